@@ -1,0 +1,374 @@
+//! Checkpoints (a compact snapshot of every live recipient) and compaction.
+//!
+//! A checkpoint at log position P holds exactly the state produced by every
+//! record before P. It is written to `checkpoint.tmp`, fdatasynced, and only
+//! after the log is durable up to P renamed over `checkpoint` (then the
+//! directory is fsynced). Reopening loads it and replays only records from P:
+//! restart costs O(live data), not O(history).
+//!
+//! Compaction then deletes sealed segments that lie wholly before P and hold no
+//! live message, and copies the live messages of sparsely used segments forward
+//! so that the next checkpoint can delete those too.
+
+use crate::bucket::SchedShard;
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::keys::Keys;
+use crate::log::{parse_segment_name, pos_seg, Batch, Pos};
+use crate::queue::Inner;
+use crate::record::{Kind, Put, Reader};
+use crate::types::{Concurrency, MessageId, RcptState};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+/// File name of the checkpoint.
+pub const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+const MAGIC: &[u8; 8] = b"MQCKPT01";
+const END_MAGIC: &[u8; 8] = b"MQCKEND1";
+const VERSION: u32 = 1;
+
+/// Maintenance bookkeeping.
+#[derive(Debug, Default, Clone)]
+pub struct Maint {
+    /// Position of the last checkpoint.
+    pub last_pos: Pos,
+    /// Log bytes written when it was taken.
+    pub bytes_at: u64,
+    /// Checkpoints written by this handle.
+    pub checkpoints: u64,
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Messages copied forward.
+    pub messages_copied: u64,
+    /// Size of the last checkpoint file.
+    pub checkpoint_bytes: u64,
+}
+
+/// Runs a checkpoint and compaction when enough log has been written since the last one.
+/// Another thread already doing maintenance makes this a no-op.
+pub fn maybe_maintain(q: &Inner) -> Result<()> {
+    let bytes = q.log.counters().bytes;
+    let Some(mut m) = q.maint.try_lock() else {
+        return Ok(());
+    };
+    if bytes.saturating_sub(m.bytes_at) < q.opts.checkpoint_bytes {
+        return Ok(());
+    }
+    run(q, &mut m)
+}
+
+/// Writes a checkpoint now and compacts.
+pub fn checkpoint(q: &Inner) -> Result<()> {
+    let mut m = q.maint.lock();
+    run(q, &mut m)
+}
+
+fn run(q: &Inner, m: &mut Maint) -> Result<()> {
+    write(q, m)?;
+    if compact(q, m)? > 0 {
+        write(q, m)?;
+        compact(q, m)?;
+    }
+    Ok(())
+}
+
+fn write(q: &Inner, m: &mut Maint) -> Result<()> {
+    let (p, buf) = {
+        let _w = q.gate.write();
+        let p = q.log.end();
+        let keys = q.keys.read();
+        let buf = encode(p, q.next_gen.load(Ordering::Relaxed), &keys, |s, f| {
+            f(&q.msgs[s].lock())
+        });
+        (p, buf)
+    };
+    let vfs = &q.opts.vfs;
+    let tmp = q.dir.join(CHECKPOINT_TMP);
+    let dst = q.dir.join(CHECKPOINT);
+    let f = vfs
+        .open(&tmp, true)
+        .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
+    f.set_len(0)
+        .and_then(|_| f.write_all_at(0, &buf))
+        .and_then(|_| f.sync_data())
+        .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    q.log.sync_to(p)?;
+    vfs.rename(&tmp, &dst)
+        .map_err(|e| Error::io("rename checkpoint", &dst, e))?;
+    vfs.sync_dir(&q.dir)
+        .map_err(|e| Error::io("fsync directory", &q.dir, e))?;
+    m.last_pos = p;
+    m.bytes_at = q.log.counters().bytes;
+    m.checkpoints += 1;
+    m.checkpoint_bytes = buf.len() as u64;
+    Ok(())
+}
+
+/// Deletes dead segments and copies live messages out of sparse ones.
+/// Returns how many messages were copied.
+fn compact(q: &Inner, m: &mut Maint) -> Result<usize> {
+    let limit = pos_seg(m.last_pos).min(q.log.active_segment());
+    let mut live: HashMap<u32, (u32, u64)> = HashMap::new();
+    for s in &q.msgs {
+        for (&seg, &(n, b)) in &s.lock().seg_live {
+            let e = live.entry(seg).or_default();
+            e.0 += n;
+            e.1 += b;
+        }
+    }
+    let mut segs: Vec<u32> = q
+        .opts
+        .vfs
+        .list(&q.dir)
+        .map_err(|e| Error::io("list queue directory", &q.dir, e))?
+        .iter()
+        .filter_map(|n| parse_segment_name(n))
+        .filter(|&s| s < limit)
+        .collect();
+    segs.sort_unstable();
+    let mut sparse = Vec::new();
+    for seg in segs {
+        match live.get(&seg) {
+            None => {
+                q.log.remove_segment(seg)?;
+                m.segments_deleted += 1;
+            }
+            Some(&(_, bytes)) => {
+                if (bytes as f64) < q.opts.compact_below * q.opts.segment_size as f64 {
+                    sparse.push(seg);
+                }
+            }
+        }
+    }
+    if sparse.is_empty() {
+        return Ok(0);
+    }
+    // Copy the live messages of sparse segments forward.
+    let mut moved = Vec::new();
+    for (s, shard) in q.msgs.iter().enumerate() {
+        let ms = shard.lock();
+        for (l, msg) in ms.msgs.iter().enumerate() {
+            if msg.gen != 0 && sparse.contains(&msg.seg) {
+                moved.push((s, l as u32, msg.gen, msg.seg, msg.off));
+            }
+        }
+    }
+    let mut copies = Vec::with_capacity(moved.len());
+    for chunk in moved.chunks(256) {
+        let mut batch = Batch::new();
+        let mut starts = Vec::new();
+        for &(_, _, _, seg, off) in chunk {
+            let (_, payload) = match q.log.read_record(seg, off as u64) {
+                Ok(r) => r,
+                Err(Error::Corrupt { .. }) => {
+                    starts.push(None);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let st = batch.push(Kind::MessageCopy, |p| p.extend_from_slice(&payload));
+            starts.push(Some(st));
+        }
+        let lens: Vec<Option<(usize, u32)>> = starts
+            .iter()
+            .map(|s| s.map(|st| (st, batch.record_len(st) as u32)))
+            .collect();
+        let (at, end) = q.log.append(batch)?;
+        q.log.sync_to(end)?;
+        for (item, l) in chunk.iter().zip(lens) {
+            if let Some((st, len)) = l {
+                let p = at + st as u64;
+                copies.push((*item, (pos_seg(p), crate::log::pos_off(p) as u32, len)));
+            }
+        }
+    }
+    let mut n = 0;
+    for ((s, l, gen, _, _), loc) in copies {
+        let mut ms = q.msgs[s].lock();
+        if ms.get(l, gen).is_some() {
+            ms.relocate(l, loc);
+            n += 1;
+        }
+    }
+    m.messages_copied += n as u64;
+    Ok(n)
+}
+
+/// Serialises the live state. `with_shard(s, f)` runs `f` on message shard `s`.
+pub fn encode(
+    p: Pos,
+    next_gen: u32,
+    keys: &Keys,
+    with_shard: impl Fn(usize, &mut dyn FnMut(&MsgShard)),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 16);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&p.to_le_bytes());
+    out.extend_from_slice(&next_gen.to_le_bytes());
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    for i in 0..keys.len() as u32 {
+        out.put_short(keys.key(i).map(|k| k.as_bytes()).unwrap_or(b""));
+    }
+    for s in 0..SHARDS {
+        with_shard(s, &mut |ms: &MsgShard| {
+            // Reasons used by live recipients, renumbered densely.
+            let mut rmap: HashMap<u32, u32> = HashMap::new();
+            let mut rlist: Vec<&str> = Vec::new();
+            for m in ms.msgs.iter().filter(|m| m.gen != 0) {
+                for i in 0..m.n as u32 {
+                    let r = ms.rcpts[(m.first + i) as usize].reason;
+                    if r != 0 && !rmap.contains_key(&r) {
+                        rlist.push(ms.reason(r));
+                        rmap.insert(r, rlist.len() as u32);
+                    }
+                }
+            }
+            out.extend_from_slice(&(rlist.len() as u32).to_le_bytes());
+            for r in &rlist {
+                out.put_short(r.as_bytes());
+            }
+            out.extend_from_slice(&(ms.live_msgs as u32).to_le_bytes());
+            for (l, m) in ms.msgs.iter().enumerate() {
+                if m.gen == 0 {
+                    continue;
+                }
+                let id = MessageId::new(m.gen, global(s, l as u32));
+                out.extend_from_slice(&id.0.to_le_bytes());
+                out.extend_from_slice(&m.seg.to_le_bytes());
+                out.extend_from_slice(&m.off.to_le_bytes());
+                out.extend_from_slice(&m.len.to_le_bytes());
+                out.extend_from_slice(&m.received.to_le_bytes());
+                out.extend_from_slice(&m.n.to_le_bytes());
+                for i in 0..m.n as u32 {
+                    let r = ms.rcpts[(m.first + i) as usize];
+                    out.push(r.state().persisted() as u8);
+                    out.extend_from_slice(&r.attempts.to_le_bytes());
+                    out.extend_from_slice(&r.next.to_le_bytes());
+                    out.extend_from_slice(&r.bucket.to_le_bytes());
+                    let reason = rmap.get(&r.reason).copied().unwrap_or(0);
+                    out.extend_from_slice(&reason.to_le_bytes());
+                }
+            }
+        });
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let total = out.len() as u64 + 16;
+    out.extend_from_slice(&total.to_le_bytes());
+    out.extend_from_slice(END_MAGIC);
+    out
+}
+
+/// State loaded from a checkpoint.
+pub struct Loaded {
+    /// Position from which to replay.
+    pub pos: Pos,
+    /// Next message generation.
+    pub next_gen: u32,
+}
+
+/// Why a checkpoint was rejected.
+pub fn decode(
+    buf: &[u8],
+    policy: Concurrency,
+    msgs: &mut [MsgShard],
+    sched: &mut [SchedShard],
+    keys: &mut Keys,
+) -> std::result::Result<Loaded, String> {
+    if buf.len() < 8 + 16 + 8 + 8 || &buf[..8] != MAGIC {
+        return Err("not a checkpoint (bad magic or too short)".into());
+    }
+    let n = buf.len();
+    if &buf[n - 8..] != END_MAGIC {
+        return Err("truncated (end marker missing)".into());
+    }
+    let total = u64::from_le_bytes(buf[n - 16..n - 8].try_into().map_err(|_| "short")?);
+    if total != n as u64 {
+        return Err(format!("length field {total} does not match file size {n}"));
+    }
+    let crc = u32::from_le_bytes(buf[n - 20..n - 16].try_into().map_err(|_| "short")?);
+    let body = &buf[..n - 20];
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let mut r = Reader::new(&body[8..]);
+    let bad = || "malformed contents".to_string();
+    let version = r.u32().ok_or_else(bad)?;
+    if version != VERSION {
+        return Err(format!("unsupported version {version}"));
+    }
+    r.u32().ok_or_else(bad)?;
+    let pos = r.u64().ok_or_else(bad)?;
+    let next_gen = r.u32().ok_or_else(bad)?;
+    let nkeys = r.u32().ok_or_else(bad)?;
+    for i in 0..nkeys {
+        let k = r.short_str().ok_or_else(bad)?;
+        if keys.intern_into(k, policy, sched) != i {
+            return Err("duplicate routing key".into());
+        }
+    }
+    for (s, ms) in msgs.iter_mut().enumerate() {
+        let nr = r.u32().ok_or_else(bad)?;
+        let mut reasons = Vec::with_capacity(nr.min(1 << 20) as usize);
+        for _ in 0..nr {
+            reasons.push(r.short_str().ok_or_else(bad)?);
+        }
+        let nm = r.u32().ok_or_else(bad)?;
+        for _ in 0..nm {
+            let id = MessageId(r.u64().ok_or_else(bad)?);
+            let seg = r.u32().ok_or_else(bad)?;
+            let off = r.u32().ok_or_else(bad)?;
+            let len = r.u32().ok_or_else(bad)?;
+            let received = r.u32().ok_or_else(bad)?;
+            let nr = r.u16().ok_or_else(bad)?;
+            if shard_of(id.slot()) != s || id.gen() == 0 || nr == 0 {
+                return Err("message in wrong shard".into());
+            }
+            let local = local_of(id.slot());
+            if local as usize > 1 << 28 {
+                return Err("slot out of range".into());
+            }
+            ms.ensure_slot(local);
+            if ms.msgs[local as usize].gen != 0 {
+                return Err("duplicate message".into());
+            }
+            let mut buckets = Vec::with_capacity(nr as usize);
+            let mut states = Vec::with_capacity(nr as usize);
+            for _ in 0..nr {
+                let st = r.u8().ok_or_else(bad)?;
+                let attempts = r.u16().ok_or_else(bad)?;
+                let next = r.u32().ok_or_else(bad)?;
+                let bucket = r.u32().ok_or_else(bad)?;
+                let reason = r.u32().ok_or_else(bad)?;
+                if bucket >= nkeys || reason as usize > reasons.len() {
+                    return Err("reference out of range".into());
+                }
+                let st = RcptState::from_u8(st).ok_or_else(bad)?;
+                buckets.push(bucket);
+                states.push((st, attempts, next, reason));
+            }
+            ms.insert(local, id.gen(), (seg, off, len), received, &buckets);
+            let first = ms.msgs[local as usize].first;
+            for (i, (st, attempts, next, reason)) in states.into_iter().enumerate() {
+                let rid = first + i as u32;
+                let rc = &mut ms.rcpts[rid as usize];
+                rc.state = st as u8;
+                rc.attempts = attempts;
+                rc.next = next;
+                if reason != 0 {
+                    ms.set_reason_text(rid, reasons[reason as usize - 1]);
+                }
+                if st.is_final() {
+                    ms.finish_rcpt(rid);
+                }
+            }
+        }
+    }
+    if r.remaining() != 0 {
+        return Err("trailing bytes".into());
+    }
+    Ok(Loaded { pos, next_gen })
+}

@@ -1,0 +1,363 @@
+//! The in-memory recipient index: one compact record per live recipient,
+//! grouped by message, sharded by message slot.
+//!
+//! Addresses and bodies stay on disk; a recipient costs [`Rcpt`] (20 bytes)
+//! plus its share of [`Msg`] (28 bytes per message) plus 4 bytes in a ready
+//! queue or timer slot.
+
+use crate::types::RcptState;
+use std::collections::HashMap;
+
+/// Number of shards for messages and for buckets.
+pub const SHARDS: usize = 16;
+const SHARD_BITS: u32 = 4;
+
+/// A recipient reference: local recipient index and shard packed in a u32.
+pub type RcptRef = u32;
+
+/// Packs (shard, local index).
+pub fn rref(shard: usize, local: u32) -> RcptRef {
+    (local << SHARD_BITS) | shard as u32
+}
+
+/// Shard of a recipient reference.
+pub fn rref_shard(r: RcptRef) -> usize {
+    (r & (SHARDS as u32 - 1)) as usize
+}
+
+/// Local index of a recipient reference.
+pub fn rref_local(r: RcptRef) -> u32 {
+    r >> SHARD_BITS
+}
+
+/// Shard of a global slot / bucket id.
+pub fn shard_of(id: u32) -> usize {
+    (id & (SHARDS as u32 - 1)) as usize
+}
+
+/// Local index of a global slot / bucket id.
+pub fn local_of(id: u32) -> u32 {
+    id >> SHARD_BITS
+}
+
+/// Global id from shard and local index.
+pub fn global(shard: usize, local: u32) -> u32 {
+    (local << SHARD_BITS) | shard as u32
+}
+
+/// One live recipient. 20 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Rcpt {
+    /// Local message slot in the same shard.
+    pub msg: u32,
+    /// Bucket id.
+    pub bucket: u32,
+    /// Next attempt (unix seconds) when deferred.
+    pub next: u32,
+    /// Interned last-error id (0 = none).
+    pub reason: u32,
+    /// Attempts so far.
+    pub attempts: u16,
+    /// [`RcptState`] as u8.
+    pub state: u8,
+    /// Flags (`F_*`).
+    pub flags: u8,
+}
+
+/// The bounce report of this recipient has been handed out (not persisted).
+pub const F_BOUNCE_TAKEN: u8 = 1;
+
+impl Rcpt {
+    /// State.
+    pub fn state(&self) -> RcptState {
+        RcptState::from_u8(self.state).unwrap_or(RcptState::Corrupt)
+    }
+}
+
+/// One live message. 28 bytes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Msg {
+    /// Generation (0 = free slot).
+    pub gen: u32,
+    /// Segment of the message record.
+    pub seg: u32,
+    /// Offset of the message record.
+    pub off: u32,
+    /// Length of the record on disk (with header and padding).
+    pub len: u32,
+    /// Accepted at (unix seconds).
+    pub received: u32,
+    /// First recipient (local index in the shard's recipient slab).
+    pub first: u32,
+    /// Number of recipients.
+    pub n: u16,
+    /// Recipients not yet in a final state.
+    pub live: u16,
+}
+
+/// A shard of messages and their recipients.
+#[derive(Default)]
+pub struct MsgShard {
+    /// Message slots.
+    pub msgs: Vec<Msg>,
+    free_msgs: Vec<u32>,
+    /// Recipient slab; a message's recipients are contiguous.
+    pub rcpts: Vec<Rcpt>,
+    /// Free recipient blocks by length.
+    free_rcpts: HashMap<u16, Vec<u32>>,
+    free_rcpt_count: usize,
+    /// Interned reasons: id → (text, refcount); id 0 is unused.
+    reasons: Vec<(Box<str>, u32)>,
+    reason_ids: HashMap<Box<str>, u32>,
+    free_reasons: Vec<u32>,
+    /// Live messages and live record bytes per segment.
+    pub seg_live: HashMap<u32, (u32, u64)>,
+    /// Failed/expired recipients whose bounce has not been handed out.
+    pub bounces: std::collections::VecDeque<RcptRef>,
+    /// Live messages.
+    pub live_msgs: usize,
+}
+
+impl MsgShard {
+    /// Allocates a message slot (generation still 0).
+    pub fn alloc_msg(&mut self) -> u32 {
+        if let Some(s) = self.free_msgs.pop() {
+            return s;
+        }
+        self.msgs.push(Msg::default());
+        (self.msgs.len() - 1) as u32
+    }
+
+    /// Ensures a specific slot exists (recovery) and returns it.
+    pub fn ensure_slot(&mut self, local: u32) {
+        while self.msgs.len() <= local as usize {
+            self.msgs.push(Msg::default());
+        }
+    }
+
+    /// Rebuilds the free-slot list after recovery placed messages at fixed slots.
+    pub fn rebuild_free(&mut self) {
+        self.free_msgs = (0..self.msgs.len() as u32)
+            .rev()
+            .filter(|&s| self.msgs[s as usize].gen == 0)
+            .collect();
+    }
+
+    /// Returns an unused slot (e.g. when enqueue failed before insertion).
+    pub fn release_slot(&mut self, local: u32) {
+        self.msgs[local as usize] = Msg::default();
+        self.free_msgs.push(local);
+    }
+
+    /// Allocates `n` contiguous recipient records.
+    pub fn alloc_rcpts(&mut self, n: u16) -> u32 {
+        if let Some(v) = self.free_rcpts.get_mut(&n) {
+            if let Some(s) = v.pop() {
+                self.free_rcpt_count -= n as usize;
+                return s;
+            }
+        }
+        let s = self.rcpts.len() as u32;
+        self.rcpts
+            .resize(self.rcpts.len() + n as usize, Rcpt::default());
+        s
+    }
+
+    /// Inserts a message at `local` with recipients in state `New`.
+    pub fn insert(&mut self, local: u32, gen: u32, loc: (u32, u32, u32), received: u32, buckets: &[u32]) {
+        let n = buckets.len() as u16;
+        let first = self.alloc_rcpts(n);
+        for (i, &b) in buckets.iter().enumerate() {
+            self.rcpts[first as usize + i] = Rcpt {
+                msg: local,
+                bucket: b,
+                state: RcptState::New as u8,
+                ..Rcpt::default()
+            };
+        }
+        self.msgs[local as usize] = Msg {
+            gen,
+            seg: loc.0,
+            off: loc.1,
+            len: loc.2,
+            received,
+            first,
+            n,
+            live: n,
+        };
+        let e = self.seg_live.entry(loc.0).or_default();
+        e.0 += 1;
+        e.1 += loc.2 as u64;
+        self.live_msgs += 1;
+    }
+
+    /// Moves a message's location (compaction).
+    pub fn relocate(&mut self, local: u32, loc: (u32, u32, u32)) {
+        let m = self.msgs[local as usize];
+        self.seg_dec(m.seg, m.len);
+        let e = self.seg_live.entry(loc.0).or_default();
+        e.0 += 1;
+        e.1 += loc.2 as u64;
+        let m = &mut self.msgs[local as usize];
+        m.seg = loc.0;
+        m.off = loc.1;
+        m.len = loc.2;
+    }
+
+    fn seg_dec(&mut self, seg: u32, len: u32) {
+        if let Some(e) = self.seg_live.get_mut(&seg) {
+            e.0 = e.0.saturating_sub(1);
+            e.1 = e.1.saturating_sub(len as u64);
+            if e.0 == 0 {
+                self.seg_live.remove(&seg);
+            }
+        }
+    }
+
+    /// Looks up a live message by local slot and generation.
+    pub fn get(&self, local: u32, gen: u32) -> Option<&Msg> {
+        self.msgs
+            .get(local as usize)
+            .filter(|m| m.gen == gen && gen != 0)
+    }
+
+    /// Index of recipient `idx` of message at `local`.
+    pub fn rcpt_index(&self, local: u32, idx: u32) -> Option<u32> {
+        let m = self.msgs.get(local as usize)?;
+        if m.gen == 0 || idx >= m.n as u32 {
+            return None;
+        }
+        Some(m.first + idx)
+    }
+
+    /// Called when a recipient reached a final state; frees the message when it was the last.
+    /// Returns true when the message was freed.
+    pub fn finish_rcpt(&mut self, rid: u32) -> bool {
+        let r = self.rcpts[rid as usize];
+        self.set_reason(rid, 0);
+        let local = r.msg;
+        let m = &mut self.msgs[local as usize];
+        m.live = m.live.saturating_sub(1);
+        if m.live > 0 {
+            return false;
+        }
+        let m = *m;
+        for i in 0..m.n as u32 {
+            let id = (m.first + i) as usize;
+            let reason = self.rcpts[id].reason;
+            if reason != 0 {
+                self.release_reason(reason);
+            }
+            self.rcpts[id] = Rcpt::default();
+        }
+        self.free_rcpts.entry(m.n).or_default().push(m.first);
+        self.free_rcpt_count += m.n as usize;
+        self.seg_dec(m.seg, m.len);
+        self.msgs[local as usize] = Msg::default();
+        self.free_msgs.push(local);
+        self.live_msgs -= 1;
+        true
+    }
+
+    /// Sets the last-error text of a recipient (interned, refcounted).
+    pub fn set_reason_text(&mut self, rid: u32, text: &str) {
+        let id = if text.is_empty() {
+            0
+        } else if let Some(&id) = self.reason_ids.get(text) {
+            self.reasons[id as usize].1 += 1;
+            id
+        } else {
+            let boxed: Box<str> = text.into();
+            let id = if let Some(id) = self.free_reasons.pop() {
+                self.reasons[id as usize] = (boxed.clone(), 1);
+                id
+            } else {
+                if self.reasons.is_empty() {
+                    self.reasons.push(("".into(), 0));
+                }
+                self.reasons.push((boxed.clone(), 1));
+                (self.reasons.len() - 1) as u32
+            };
+            self.reason_ids.insert(boxed, id);
+            id
+        };
+        let old = self.rcpts[rid as usize].reason;
+        self.rcpts[rid as usize].reason = id;
+        if old != 0 {
+            self.release_reason(old);
+        }
+    }
+
+    fn set_reason(&mut self, rid: u32, id: u32) {
+        let old = self.rcpts[rid as usize].reason;
+        self.rcpts[rid as usize].reason = id;
+        if old != 0 {
+            self.release_reason(old);
+        }
+    }
+
+    fn release_reason(&mut self, id: u32) {
+        let e = &mut self.reasons[id as usize];
+        e.1 = e.1.saturating_sub(1);
+        if e.1 == 0 {
+            let text = std::mem::take(&mut e.0);
+            self.reason_ids.remove(&text);
+            self.free_reasons.push(id);
+        }
+    }
+
+    /// Text of an interned reason.
+    pub fn reason(&self, id: u32) -> &str {
+        if id == 0 {
+            return "";
+        }
+        self.reasons.get(id as usize).map(|r| &*r.0).unwrap_or("")
+    }
+
+    /// Bytes of memory held by this shard's index structures.
+    pub fn memory(&self) -> usize {
+        self.msgs.capacity() * std::mem::size_of::<Msg>()
+            + self.free_msgs.capacity() * 4
+            + self.rcpts.capacity() * std::mem::size_of::<Rcpt>()
+            + self.free_rcpts.values().map(|v| v.capacity() * 4 + 32).sum::<usize>()
+            + self
+                .reasons
+                .iter()
+                .map(|r| r.0.len() * 2 + 48)
+                .sum::<usize>()
+            + self.bounces.capacity() * 4
+            + self.seg_live.capacity() * 24
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_sizes() {
+        assert_eq!(std::mem::size_of::<Rcpt>(), 20);
+        assert_eq!(std::mem::size_of::<Msg>(), 28);
+    }
+
+    #[test]
+    fn alloc_free_reuse() {
+        let mut s = MsgShard::default();
+        let a = s.alloc_msg();
+        s.insert(a, 1, (1, 24, 100), 0, &[3, 4]);
+        let r0 = s.rcpt_index(a, 0).unwrap();
+        s.set_reason_text(r0, "451 later");
+        s.set_reason_text(r0 + 1, "451 later");
+        assert!(!s.finish_rcpt(r0));
+        assert!(s.finish_rcpt(r0 + 1));
+        assert_eq!(s.live_msgs, 0);
+        assert!(s.reason_ids.is_empty());
+        let b = s.alloc_msg();
+        assert_eq!(a, b);
+        s.insert(b, 2, (1, 200, 100), 0, &[5, 6]);
+        assert_eq!(s.rcpt_index(b, 0), Some(r0), "block reused");
+        assert!(s.get(b, 1).is_none());
+    }
+}

@@ -1,0 +1,522 @@
+//! The append-only log: segment files, group commit, zero-copy reads.
+//!
+//! Appenders frame their records into a private buffer without any lock, then
+//! take the log mutex only to reserve a position, stamp sequence numbers and
+//! checksums, and queue the buffer. Whoever then needs durability becomes the
+//! *leader*: it takes every queued buffer, writes and fdatasyncs them outside
+//! the lock, and wakes the *followers* whose positions it covered. A failed
+//! write or sync poisons the log for good (see `docs/design.md`, "commit").
+
+use crate::error::{Error, Result};
+use crate::record::{self, Kind, HEADER_LEN};
+use crate::vfs::{VFile, Vfs};
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A log position: segment number in the high 32 bits, byte offset in the low 32.
+pub type Pos = u64;
+
+/// Builds a position.
+pub fn pos(seg: u32, off: u64) -> Pos {
+    ((seg as u64) << 32) | (off & 0xffff_ffff)
+}
+
+/// Segment of a position.
+pub fn pos_seg(p: Pos) -> u32 {
+    (p >> 32) as u32
+}
+
+/// Offset of a position.
+pub fn pos_off(p: Pos) -> u64 {
+    p & 0xffff_ffff
+}
+
+/// File name of a segment.
+pub fn segment_name(seg: u32) -> String {
+    format!("{seg:08x}.seg")
+}
+
+/// Parses a segment file name.
+pub fn parse_segment_name(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Records framed by one caller, not yet placed in the log.
+#[derive(Default)]
+pub struct Batch {
+    buf: Vec<u8>,
+    /// (start offset in buf, payload len, payload crc)
+    recs: Vec<(usize, usize, u32)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a record whose payload is written by `fill`; returns its offset in the batch.
+    pub fn push(&mut self, kind: Kind, fill: impl FnOnce(&mut Vec<u8>)) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&record::MAGIC.to_le_bytes());
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.extend_from_slice(&[kind as u8, 0, 0, 0]);
+        self.buf.extend_from_slice(&[0; 8]);
+        fill(&mut self.buf);
+        let len = self.buf.len() - start - HEADER_LEN;
+        self.buf[start + 8..start + 12].copy_from_slice(&(len as u32).to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[start + HEADER_LEN..]);
+        self.recs.push((start, len, crc));
+        let total = record::padded(HEADER_LEN + len);
+        self.buf.resize(start + total, 0);
+        start
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Bytes in the batch.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Payload length of the record starting at `start`.
+    pub fn record_len(&self, start: usize) -> usize {
+        self.recs
+            .iter()
+            .find(|r| r.0 == start)
+            .map(|r| record::padded(HEADER_LEN + r.1))
+            .unwrap_or(0)
+    }
+
+    fn stamp(&mut self, first_seq: u64) {
+        for (i, &(start, len, pcrc)) in self.recs.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            self.buf[start + 16..start + 24].copy_from_slice(&seq.to_le_bytes());
+            let mut h = crc32fast::Hasher::new();
+            h.update(&self.buf[start + 8..start + 24]);
+            h.combine(&crc32fast::Hasher::new_with_initial_len(pcrc, len as u64));
+            let crc = h.finalize();
+            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
+struct Chunk {
+    seg: u32,
+    off: u64,
+    buf: Vec<u8>,
+    /// The segment file must be created before writing this chunk.
+    create: bool,
+}
+
+struct Inner {
+    active: u32,
+    reserved: u64,
+    next_seq: u64,
+    chunks: Vec<Chunk>,
+    pending_bytes: usize,
+    oldest_pending: Option<Instant>,
+    flushing: bool,
+    durable: Pos,
+    poisoned: Option<String>,
+    /// Segments whose data precedes `durable` and that no longer receive writes.
+    sealed_upto: u32,
+}
+
+/// Statistics of the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogCounters {
+    /// fdatasync calls on segments.
+    pub syncs: u64,
+    /// Group commits (leader flushes).
+    pub commits: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// The log.
+pub struct Log {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    seg_max: u64,
+    max_payload: usize,
+    sync_interval: Duration,
+    sync_bytes: usize,
+    inner: Mutex<Inner>,
+    cv: Condvar,
+    /// Open segment files (for writing the active one and mapping any).
+    files: Mutex<HashMap<u32, Arc<dyn VFile>>>,
+    maps: RwLock<HashMap<u32, Bytes>>,
+    counters: Mutex<LogCounters>,
+}
+
+/// Parameters for opening the log after recovery.
+pub struct LogStart {
+    /// Active segment number.
+    pub active: u32,
+    /// Valid length of the active segment (0 when it must be created).
+    pub len: u64,
+    /// Next sequence number.
+    pub next_seq: u64,
+}
+
+impl Log {
+    /// Opens the log at the state recovery found.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        start: LogStart,
+        seg_max: u64,
+        max_payload: usize,
+        sync_interval: Duration,
+        sync_bytes: usize,
+    ) -> Result<Log> {
+        let log = Log {
+            vfs,
+            dir: dir.to_path_buf(),
+            seg_max,
+            max_payload,
+            sync_interval,
+            sync_bytes,
+            inner: Mutex::new(Inner {
+                active: start.active,
+                reserved: start.len,
+                next_seq: start.next_seq,
+                chunks: Vec::new(),
+                pending_bytes: 0,
+                oldest_pending: None,
+                flushing: false,
+                durable: pos(start.active, start.len),
+                poisoned: None,
+                sealed_upto: start.active,
+            }),
+            cv: Condvar::new(),
+            files: Mutex::new(HashMap::new()),
+            maps: RwLock::new(HashMap::new()),
+            counters: Mutex::new(LogCounters::default()),
+        };
+        if start.len == 0 {
+            // A fresh active segment: write its header durably now.
+            let mut b = Batch::new();
+            b.push(Kind::SegmentHeader, |p| {
+                p.extend_from_slice(&record::segment_header(start.active))
+            });
+            let mut g = log.inner.lock();
+            g.durable = pos(start.active, 0);
+            let next = g.next_seq;
+            b.stamp(next);
+            g.next_seq += 1;
+            g.reserved = b.buf.len() as u64;
+            g.chunks.push(Chunk {
+                seg: start.active,
+                off: 0,
+                buf: b.buf,
+                create: true,
+            });
+            drop(g);
+            log.sync_all()?;
+        }
+        Ok(log)
+    }
+
+    fn path(&self, seg: u32) -> PathBuf {
+        self.dir.join(segment_name(seg))
+    }
+
+    /// Largest payload accepted.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Reserves a place for `batch` and queues it. Returns the position of the batch start.
+    /// Nothing is durable until [`Log::sync_to`] covers the returned end position.
+    pub fn append(&self, mut batch: Batch) -> Result<(Pos, Pos)> {
+        if batch.is_empty() {
+            let g = self.inner.lock();
+            return Ok((pos(g.active, g.reserved), pos(g.active, g.reserved)));
+        }
+        let mut g = self.inner.lock();
+        if let Some(p) = &g.poisoned {
+            return Err(Error::Poisoned(p.clone()));
+        }
+        let len = batch.buf.len() as u64;
+        if g.reserved + len > self.seg_max && g.reserved > HEADER_LEN as u64 + 16 {
+            // Roll to a new segment; its header goes first.
+            let seg = g.active.checked_add(1).ok_or_else(|| {
+                Error::InvalidOption("segment numbers exhausted; compact and recreate the queue".into())
+            })?;
+            let mut h = Batch::new();
+            h.push(Kind::SegmentHeader, |p| {
+                p.extend_from_slice(&record::segment_header(seg))
+            });
+            let s = g.next_seq;
+            h.stamp(s);
+            g.next_seq += 1;
+            g.active = seg;
+            g.reserved = h.buf.len() as u64;
+            g.pending_bytes += h.buf.len();
+            g.chunks.push(Chunk {
+                seg,
+                off: 0,
+                buf: h.buf,
+                create: true,
+            });
+        }
+        if g.reserved + len > u32::MAX as u64 {
+            return Err(Error::TooLarge {
+                what: "log segment",
+                len: len as usize,
+                limit: u32::MAX as usize,
+            });
+        }
+        let first = g.next_seq;
+        batch.stamp(first);
+        g.next_seq += batch.recs.len() as u64;
+        let start = pos(g.active, g.reserved);
+        g.reserved += len;
+        let end = pos(g.active, g.reserved);
+        g.pending_bytes += batch.buf.len();
+        if g.oldest_pending.is_none() {
+            g.oldest_pending = Some(Instant::now());
+        }
+        let (seg, off) = (g.active, pos_off(start));
+        match g.chunks.last_mut() {
+            Some(c) if c.seg == seg && c.off + c.buf.len() as u64 == off && c.buf.len() < (1 << 20) => {
+                c.buf.extend_from_slice(&batch.buf)
+            }
+            _ => g.chunks.push(Chunk {
+                seg,
+                off,
+                buf: batch.buf,
+                create: false,
+            }),
+        }
+        Ok((start, end))
+    }
+
+    /// True when buffered (non-waited) records are old or large enough to be synced now.
+    pub fn sync_due(&self) -> bool {
+        let g = self.inner.lock();
+        !g.flushing
+            && (g.pending_bytes >= self.sync_bytes
+                || g.oldest_pending.is_some_and(|t| t.elapsed() >= self.sync_interval))
+    }
+
+    /// Waits until everything before `target` is durable, leading a group commit if needed.
+    pub fn sync_to(&self, target: Pos) -> Result<()> {
+        let mut g = self.inner.lock();
+        loop {
+            if let Some(p) = &g.poisoned {
+                return Err(Error::Poisoned(p.clone()));
+            }
+            if g.durable >= target {
+                return Ok(());
+            }
+            if g.flushing {
+                self.cv.wait(&mut g);
+                continue;
+            }
+            g.flushing = true;
+            let chunks = std::mem::take(&mut g.chunks);
+            let end = pos(g.active, g.reserved);
+            g.pending_bytes = 0;
+            g.oldest_pending = None;
+            drop(g);
+            let res = self.write_chunks(chunks);
+            g = self.inner.lock();
+            g.flushing = false;
+            match res {
+                Ok(()) => {
+                    g.durable = end;
+                    g.sealed_upto = pos_seg(end);
+                }
+                Err(e) => {
+                    if g.poisoned.is_none() {
+                        g.poisoned = Some(e.to_string());
+                    }
+                    self.cv.notify_all();
+                    return Err(e);
+                }
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync_all(&self) -> Result<()> {
+        let end = self.end();
+        self.sync_to(end)
+    }
+
+    /// Position after the last reserved byte.
+    pub fn end(&self) -> Pos {
+        let g = self.inner.lock();
+        pos(g.active, g.reserved)
+    }
+
+    /// The active segment number.
+    pub fn active_segment(&self) -> u32 {
+        self.inner.lock().active
+    }
+
+    /// The poison reason, if any.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.lock().poisoned.clone()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> LogCounters {
+        *self.counters.lock()
+    }
+
+    fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let path = self.path(seg);
+        let f = self
+            .vfs
+            .open(&path, create)
+            .map_err(|e| Error::io("open segment", &path, e))?;
+        files.insert(seg, f.clone());
+        Ok(f)
+    }
+
+    fn write_chunks(&self, chunks: Vec<Chunk>) -> Result<()> {
+        // Chunks are in log order. Each segment is written and synced before the
+        // next one is created, so a segment that has a successor is complete.
+        let mut i = 0;
+        let mut syncs = 0;
+        let mut bytes = 0;
+        while i < chunks.len() {
+            let seg = chunks[i].seg;
+            let create = chunks[i].create;
+            let f = self.file(seg, create)?;
+            let mut j = i;
+            let mut coalesced: Vec<u8> = Vec::new();
+            let mut start_off = chunks[i].off;
+            while j < chunks.len() && chunks[j].seg == seg {
+                let c = &chunks[j];
+                if !coalesced.is_empty() && start_off + coalesced.len() as u64 != c.off {
+                    f.write_all_at(start_off, &coalesced)
+                        .map_err(|e| Error::io("write segment", self.path(seg), e))?;
+                    bytes += coalesced.len();
+                    coalesced.clear();
+                    start_off = c.off;
+                }
+                if coalesced.is_empty() {
+                    start_off = c.off;
+                }
+                coalesced.extend_from_slice(&c.buf);
+                j += 1;
+            }
+            if !coalesced.is_empty() {
+                f.write_all_at(start_off, &coalesced)
+                    .map_err(|e| Error::io("write segment", self.path(seg), e))?;
+                bytes += coalesced.len();
+            }
+            f.sync_data()
+                .map_err(|e| Error::io("fdatasync segment", self.path(seg), e))?;
+            syncs += 1;
+            if create {
+                self.vfs
+                    .sync_dir(&self.dir)
+                    .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+                // The previous segment is sealed: drop its writable handle from the cache
+                // only if nobody maps it (maps keep their own reference).
+            }
+            i = j;
+        }
+        let mut c = self.counters.lock();
+        c.syncs += syncs;
+        c.commits += 1;
+        c.bytes += bytes as u64;
+        Ok(())
+    }
+
+    /// Returns bytes `[off, off+len)` of segment `seg` without copying.
+    /// The range must have been durably written.
+    pub fn read(&self, seg: u32, off: u64, len: usize) -> Result<Bytes> {
+        let end = off + len as u64;
+        if let Some(m) = self.maps.read().get(&seg) {
+            if m.len() as u64 >= end {
+                return Ok(m.slice(off as usize..end as usize));
+            }
+        }
+        let f = self.file(seg, false)?;
+        let file_len = f
+            .len()
+            .map_err(|e| Error::io("stat segment", self.path(seg), e))?;
+        if end > file_len {
+            return Err(Error::Corrupt {
+                path: self.path(seg),
+                offset: off,
+                reason: format!("record extends past end of file ({end} > {file_len})"),
+            });
+        }
+        let active = self.active_segment() == seg;
+        // Map the active segment generously so that fresh mail does not remap per read;
+        // only written (and durable) bytes below `end` are ever touched.
+        let map_len = if active {
+            end.max(self.seg_max.min(u32::MAX as u64))
+        } else {
+            file_len
+        };
+        let m = f
+            .map(map_len)
+            .map_err(|e| Error::io("mmap segment", self.path(seg), e))?;
+        let out = m.slice(off as usize..end as usize);
+        self.maps.write().insert(seg, m);
+        Ok(out)
+    }
+
+    /// Reads and verifies the record at (seg, off).
+    pub fn read_record(&self, seg: u32, off: u64) -> Result<(Kind, Bytes)> {
+        let head = self.read(seg, off, HEADER_LEN)?;
+        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        if len > self.max_payload {
+            return Err(Error::Corrupt {
+                path: self.path(seg),
+                offset: off,
+                reason: "record length over limit".into(),
+            });
+        }
+        let whole = self.read(seg, off, HEADER_LEN + len)?;
+        match record::parse(&whole, self.max_payload) {
+            Ok(f) => Ok((f.kind, whole.slice(HEADER_LEN..HEADER_LEN + len))),
+            Err(e) => Err(Error::Corrupt {
+                path: self.path(seg),
+                offset: off,
+                reason: format!("{e:?}"),
+            }),
+        }
+    }
+
+    /// Deletes a sealed segment file durably.
+    pub fn remove_segment(&self, seg: u32) -> Result<()> {
+        self.maps.write().remove(&seg);
+        self.files.lock().remove(&seg);
+        let path = self.path(seg);
+        self.vfs
+            .remove(&path)
+            .map_err(|e| Error::io("remove segment", &path, e))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,839 @@
+//! The queue: enqueue, state changes, operator actions, and the shared core
+//! that sessions, checkpoints and recovery build on.
+//!
+//! Lock order (never taken in another order): `gate` (read) → `keys` →
+//! sched shard(s) in index order → message shard → log. Operations that write
+//! records hold `gate` for reading from the moment they append until their
+//! change is applied in memory, so a checkpoint (which takes it for writing)
+//! always sees memory and log agree at one position.
+
+use crate::bucket::SchedShard;
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::keys::Keys;
+use crate::log::{pos_off, pos_seg, Batch, Log};
+use crate::poll::Signal;
+use crate::record::{self, validate, Kind, UpdateRecord};
+use crate::recovery::RecoveryReport;
+use crate::types::*;
+use parking_lot::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Longest metadata blob accepted.
+pub const MAX_META: usize = 64 * 1024;
+
+/// Throughput counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) accepted_msgs: AtomicU64,
+    pub(crate) accepted_rcpts: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) deferred: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) bounced: AtomicU64,
+    pub(crate) deleted: AtomicU64,
+    pub(crate) site_failures: AtomicU64,
+    pub(crate) lease_reclaims: AtomicU64,
+}
+
+/// A state change of one recipient, planned before its record is appended.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub state: RcptState,
+    pub attempts: u16,
+    pub next: u32,
+    pub reason: Option<String>,
+    /// Write a record (false for memory-only transitions such as leasing).
+    pub persist: bool,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub opts: Options,
+    pub log: Log,
+    pub gate: RwLock<()>,
+    pub msgs: Vec<Mutex<MsgShard>>,
+    pub sched: Vec<Mutex<SchedShard>>,
+    pub keys: RwLock<Keys>,
+    pub next_gen: AtomicU32,
+    pub enq_cursor: AtomicUsize,
+    pub ring_cursor: AtomicUsize,
+    pub signal: Signal,
+    pub counters: Counters,
+    pub report: Mutex<RecoveryReport>,
+    pub maint: Mutex<crate::checkpoint::Maint>,
+    pub _lock: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// A durable mail queue. Cheap to clone; all clones share one queue.
+///
+/// ```
+/// use mailq::{Queue, Options, NewMessage, Outcome};
+/// let dir = std::env::temp_dir().join(format!("mailq-doc-{}", std::process::id()));
+/// let q = Queue::open(&dir, Options::default()).unwrap();
+/// let id = q.enqueue(&NewMessage {
+///     sender: "alice@example.org",
+///     recipients: vec!["bob@example.com".into()],
+///     body: b"Subject: hi\r\n\r\nhello\r\n",
+///     ..Default::default()
+/// }).unwrap();
+/// let mut session = q.next_session().unwrap().expect("work is ready");
+/// assert_eq!(session.routing_key(), "example.com");
+/// let delivery = session.next_delivery().unwrap().unwrap();
+/// assert_eq!(delivery.id(), id);
+/// assert_eq!(&delivery.body()[..], b"Subject: hi\r\n\r\nhello\r\n");
+/// delivery.complete(&[Outcome::Delivered]).unwrap();
+/// drop(session);
+/// q.close().unwrap();
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Queue {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("dir", &self.inner.dir).finish()
+    }
+}
+
+pub(crate) fn now32(opts: &Options) -> u32 {
+    opts.clock.now().min(u32::MAX as u64) as u32
+}
+
+/// Applies a planned change to memory (the record, if any, is already appended).
+/// Returns true when the bucket entered the ready ring.
+pub(crate) fn apply_change(
+    ss: &mut SchedShard,
+    ms: &mut MsgShard,
+    mshard: usize,
+    rid: u32,
+    ch: &Change,
+    now: u32,
+) -> bool {
+    let r = ms.rcpts[rid as usize];
+    let old = r.state();
+    let bl = local_of(r.bucket);
+    ss.buckets[bl as usize].shift(old, ch.state);
+    {
+        let r = &mut ms.rcpts[rid as usize];
+        r.state = ch.state as u8;
+        r.attempts = ch.attempts;
+        r.next = ch.next;
+    }
+    if let Some(t) = &ch.reason {
+        ms.set_reason_text(rid, t);
+    }
+    let rr = rref(mshard, rid);
+    match ch.state {
+        RcptState::Ready => {
+            ss.buckets[bl as usize].ready.push_back(rr);
+            return ss.maybe_ring(bl, now);
+        }
+        RcptState::Deferred => ss.wheel.insert(ch.next, rr),
+        RcptState::Failed | RcptState::Expired => {
+            ms.rcpts[rid as usize].flags &= !F_BOUNCE_TAKEN;
+            ms.bounces.push_back(rr);
+        }
+        s if s.is_final() => {
+            ms.finish_rcpt(rid);
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Appends the update record for a planned change of recipient `rid`.
+pub(crate) fn push_update(
+    batch: &mut Batch,
+    ms: &MsgShard,
+    mshard: usize,
+    rid: u32,
+    ch: &Change,
+    route: &str,
+) {
+    let r = ms.rcpts[rid as usize];
+    let m = ms.msgs[r.msg as usize];
+    let id = MessageId::new(m.gen, global(mshard, r.msg));
+    let reason = match &ch.reason {
+        Some(t) => t.as_str(),
+        None => ms.reason(r.reason),
+    };
+    let u = UpdateRecord {
+        id: id.0,
+        idx: rid - m.first,
+        state: ch.state.persisted() as u8,
+        attempts: ch.attempts,
+        next: ch.next,
+        reason,
+        route,
+    };
+    batch.push(Kind::RcptUpdate, |p| record::encode_update(p, &u));
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> u32 {
+        now32(&self.opts)
+    }
+
+    /// Interns a normalised routing key and returns its bucket id.
+    pub(crate) fn bucket_id(&self, key: &str) -> u32 {
+        if let Some(id) = self.keys.read().get(key) {
+            return id;
+        }
+        let mut keys = self.keys.write();
+        let policy = self.opts.concurrency;
+        keys.intern(key, policy, |s, b| self.sched[s].lock().buckets.push(b))
+    }
+
+    /// Looks a routing key up without creating it.
+    pub(crate) fn find_bucket(&self, key: &str) -> Result<Option<u32>> {
+        let k = validate::normalize_key(key)?;
+        Ok(self.keys.read().get(&k))
+    }
+
+    pub(crate) fn key_of(&self, bucket: u32) -> Arc<str> {
+        self.keys.read().key(bucket).cloned().unwrap_or_else(|| "".into())
+    }
+
+    /// Makes the poll fd readable.
+    pub(crate) fn wake(&self) {
+        self.signal.raise();
+    }
+
+    /// Syncs buffered outcome records when they are due. Errors poison the log.
+    pub(crate) fn sync_if_due(&self) -> Result<()> {
+        if self.log.sync_due() {
+            self.log.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a message id into (message shard, local slot) if live.
+    pub(crate) fn locate(&self, id: MessageId) -> Result<(usize, u32)> {
+        let slot = id.slot();
+        let (s, l) = (shard_of(slot), local_of(slot));
+        if self.msgs[s].lock().get(l, id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        Ok((s, l))
+    }
+
+    /// Runs `plan` on one recipient of a live message under the right locks, appends the
+    /// record and applies the change. `plan` returns None to leave the recipient alone.
+    pub(crate) fn change_rcpt(
+        &self,
+        id: MessageId,
+        idx: u32,
+        plan: &dyn Fn(&Rcpt, u32) -> Option<Change>,
+    ) -> Result<bool> {
+        let _g = self.gate.read();
+        let slot = id.slot();
+        let (mshard, local) = (shard_of(slot), local_of(slot));
+        loop {
+            let (rid, bucket) = {
+                let ms = self.msgs[mshard].lock();
+                if ms.get(local, id.gen()).is_none() {
+                    return Err(Error::NoSuchMessage(id));
+                }
+                let rid = ms
+                    .rcpt_index(local, idx)
+                    .ok_or(Error::NoSuchRecipient(id, idx))?;
+                (rid, ms.rcpts[rid as usize].bucket)
+            };
+            let mut ss = self.sched[shard_of(bucket)].lock();
+            let mut ms = self.msgs[mshard].lock();
+            if ms.get(local, id.gen()).is_none() {
+                return Err(Error::NoSuchMessage(id));
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.bucket != bucket {
+                continue; // re-routed meanwhile; retry with the new bucket's lock
+            }
+            let now = self.now();
+            let Some(ch) = plan(&r, now) else {
+                return Ok(false);
+            };
+            if ch.persist {
+                let mut b = Batch::new();
+                push_update(&mut b, &ms, mshard, rid, &ch, "");
+                self.log.append(b)?;
+            }
+            let rang = apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
+            drop(ms);
+            drop(ss);
+            if rang {
+                self.wake();
+            }
+            return Ok(true);
+        }
+    }
+
+    /// Moves one recipient to another bucket, persisting the new routing key.
+    pub(crate) fn reroute_rcpt(&self, id: MessageId, idx: u32, to: u32) -> Result<bool> {
+        let _g = self.gate.read();
+        let slot = id.slot();
+        let (mshard, local) = (shard_of(slot), local_of(slot));
+        let to_key = self.key_of(to);
+        loop {
+            let (rid, from) = {
+                let ms = self.msgs[mshard].lock();
+                if ms.get(local, id.gen()).is_none() {
+                    return Err(Error::NoSuchMessage(id));
+                }
+                let rid = ms
+                    .rcpt_index(local, idx)
+                    .ok_or(Error::NoSuchRecipient(id, idx))?;
+                (rid, ms.rcpts[rid as usize].bucket)
+            };
+            if from == to {
+                return Ok(false);
+            }
+            let (sa, sb) = (shard_of(from), shard_of(to));
+            let (mut g1, mut g2) = if sa == sb {
+                (self.sched[sa].lock(), None)
+            } else if sa < sb {
+                let a = self.sched[sa].lock();
+                (a, Some(self.sched[sb].lock()))
+            } else {
+                let b = self.sched[sb].lock();
+                let a = self.sched[sa].lock();
+                (a, Some(b))
+            };
+            let mut ms = self.msgs[mshard].lock();
+            if ms.get(local, id.gen()).is_none() {
+                return Err(Error::NoSuchMessage(id));
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.bucket != from {
+                continue;
+            }
+            let st = r.state();
+            if !matches!(st, RcptState::Ready | RcptState::Deferred | RcptState::Held) {
+                return Ok(false); // in flight, pending DSN or final: leave it
+            }
+            let now = self.now();
+            let ch = Change {
+                state: st,
+                attempts: r.attempts,
+                next: r.next,
+                reason: None,
+                persist: true,
+            };
+            let mut b = Batch::new();
+            push_update(&mut b, &ms, mshard, rid, &ch, &to_key);
+            self.log.append(b)?;
+            // Leave the old bucket …
+            g1.buckets[local_of(from) as usize].shift(st, RcptState::Delivered);
+            ms.rcpts[rid as usize].bucket = to;
+            // … and join the new one.
+            let dst: &mut SchedShard = match g2.as_mut() {
+                Some(g) => g,
+                None => &mut g1,
+            };
+            dst.buckets[local_of(to) as usize].shift(RcptState::Delivered, st);
+            let rr = rref(mshard, rid);
+            let mut rang = false;
+            match st {
+                RcptState::Ready => {
+                    dst.buckets[local_of(to) as usize].ready.push_back(rr);
+                    rang = dst.maybe_ring(local_of(to), now);
+                }
+                RcptState::Deferred => dst.wheel.insert(r.next, rr),
+                _ => {}
+            }
+            drop(ms);
+            drop(g2);
+            drop(g1);
+            if rang {
+                self.wake();
+            }
+            return Ok(true);
+        }
+    }
+
+    /// (message id, recipient index) of every live recipient matching `f`.
+    pub(crate) fn collect(&self, f: &dyn Fn(&Rcpt) -> bool) -> Vec<(MessageId, u32)> {
+        let mut out = Vec::new();
+        for (s, shard) in self.msgs.iter().enumerate() {
+            let ms = shard.lock();
+            for (l, m) in ms.msgs.iter().enumerate() {
+                if m.gen == 0 {
+                    continue;
+                }
+                for i in 0..m.n as u32 {
+                    let r = &ms.rcpts[(m.first + i) as usize];
+                    let st = r.state();
+                    if !st.is_final() && st != RcptState::New && f(r) {
+                        out.push((MessageId::new(m.gen, global(s, l as u32)), i));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir`, recovering from its log and checkpoint.
+    ///
+    /// Fails with [`Error::Locked`] when another handle holds the directory and with
+    /// [`Error::NetworkFilesystem`] on NFS/CIFS/FUSE unless allowed in `opts`.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Queue> {
+        crate::recovery::open(dir.as_ref(), opts)
+    }
+
+    /// Accepts a message. Returns only when the message and its recipients are on
+    /// stable storage: the MTA may answer `250` then. Concurrent callers share fsyncs.
+    ///
+    /// Invalid input returns a typed error and writes nothing.
+    pub fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
+        let q = &self.inner;
+        let o = &q.opts;
+        if m.recipients.is_empty() {
+            return Err(Error::NoRecipients);
+        }
+        if m.recipients.len() > o.max_recipients.min(u16::MAX as usize) {
+            return Err(Error::TooLarge {
+                what: "recipient list",
+                len: m.recipients.len(),
+                limit: o.max_recipients.min(u16::MAX as usize),
+            });
+        }
+        if m.body.len() > o.max_body {
+            return Err(Error::TooLarge {
+                what: "body",
+                len: m.body.len(),
+                limit: o.max_body,
+            });
+        }
+        if m.meta.len() > MAX_META {
+            return Err(Error::TooLarge {
+                what: "metadata",
+                len: m.meta.len(),
+                limit: MAX_META,
+            });
+        }
+        validate::sender(m.sender)?;
+        let mut routes = Vec::with_capacity(m.recipients.len());
+        for r in &m.recipients {
+            let dom = validate::recipient(&r.address)?;
+            let key = match &r.route {
+                Some(k) => validate::normalize_key(k)?,
+                None => dom,
+            };
+            routes.push(key);
+        }
+        if let Some(p) = q.log.poisoned() {
+            return Err(Error::Poisoned(p));
+        }
+        let buckets: Vec<u32> = routes.iter().map(|k| q.bucket_id(k)).collect();
+        let pairs: Vec<(&str, &str)> = m
+            .recipients
+            .iter()
+            .zip(&routes)
+            .map(|(r, k)| (r.address.as_str(), k.as_str()))
+            .collect();
+
+        let now = q.now();
+        let mshard = q.enq_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        let local = q.msgs[mshard].lock().alloc_msg();
+        let gen = loop {
+            let g = q.next_gen.fetch_add(1, Ordering::Relaxed);
+            if g != 0 {
+                break g;
+            }
+        };
+        let id = MessageId::new(gen, global(mshard, local));
+        let mut batch = Batch::new();
+        let start = batch.push(Kind::Message, |p| {
+            record::encode_message(p, id.0, now as u64, m.sender, m.meta, &pairs, m.body)
+        });
+        let rec_len = batch.record_len(start) as u32;
+        if batch.len() > q.log.max_payload() {
+            q.msgs[mshard].lock().release_slot(local);
+            return Err(Error::TooLarge {
+                what: "message record",
+                len: batch.len(),
+                limit: q.log.max_payload(),
+            });
+        }
+
+        let gate = q.gate.read();
+        let res = q
+            .log
+            .append(batch)
+            .and_then(|(at, end)| q.log.sync_to(end).map(|_| at));
+        let at = match res {
+            Ok(at) => at,
+            Err(e) => {
+                q.msgs[mshard].lock().release_slot(local);
+                return Err(e);
+            }
+        };
+        q.msgs[mshard].lock().insert(
+            local,
+            gen,
+            (pos_seg(at), pos_off(at) as u32, rec_len),
+            now,
+            &buckets,
+        );
+        // Make the recipients visible to the scheduler, one sched shard at a time.
+        let mut rang = false;
+        let mut done = vec![false; buckets.len()];
+        for i in 0..buckets.len() {
+            if done[i] {
+                continue;
+            }
+            let s = shard_of(buckets[i]);
+            let mut ss = q.sched[s].lock();
+            let mut ms = q.msgs[mshard].lock();
+            let first = ms.msgs[local as usize].first;
+            for j in i..buckets.len() {
+                if done[j] || shard_of(buckets[j]) != s {
+                    continue;
+                }
+                done[j] = true;
+                let rid = first + j as u32;
+                if ms.rcpts[rid as usize].state() != RcptState::New {
+                    continue; // an operator acted on it already
+                }
+                let ch = Change {
+                    state: RcptState::Ready,
+                    attempts: 0,
+                    next: 0,
+                    reason: None,
+                    persist: false,
+                };
+                ss.buckets[local_of(buckets[j]) as usize].shift(RcptState::Delivered, RcptState::New);
+                rang |= apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
+            }
+        }
+        drop(gate);
+        q.counters.accepted_msgs.fetch_add(1, Ordering::Relaxed);
+        q.counters
+            .accepted_rcpts
+            .fetch_add(buckets.len() as u64, Ordering::Relaxed);
+        if rang {
+            q.wake();
+        }
+        if q.opts.auto_maintenance {
+            crate::checkpoint::maybe_maintain(q)?;
+        }
+        Ok(id)
+    }
+
+    /// Makes every buffered outcome record durable now.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.log.sync_all()
+    }
+
+    /// Syncs, writes a checkpoint and releases the directory lock.
+    pub fn close(self) -> Result<()> {
+        self.inner.log.sync_all()?;
+        crate::checkpoint::checkpoint(&self.inner)?;
+        Ok(())
+    }
+
+    /// The queue directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What recovery found when the queue was opened (damage, torn tail, timings).
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner.report.lock().clone()
+    }
+
+    fn each_rcpt(&self, id: MessageId, plan: &dyn Fn(&Rcpt, u32) -> Option<Change>) -> Result<usize> {
+        let (s, l) = self.inner.locate(id)?;
+        let n = self.inner.msgs[s].lock().msgs[l as usize].n as u32;
+        let mut changed = 0;
+        for i in 0..n {
+            match self.inner.change_rcpt(id, i, plan) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(Error::NoSuchMessage(_)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Holds every waiting recipient of a message (they are not delivered until released).
+    /// Returns how many recipients changed.
+    pub fn hold(&self, id: MessageId) -> Result<usize> {
+        self.each_rcpt(id, &plan_hold)
+    }
+
+    /// Releases a held message: its recipients become ready now.
+    pub fn release(&self, id: MessageId) -> Result<usize> {
+        self.each_rcpt(id, &plan_release)
+    }
+
+    /// Deletes a message: every recipient not yet final is dropped without a DSN.
+    pub fn delete(&self, id: MessageId) -> Result<usize> {
+        let n = self.each_rcpt(id, &plan_delete)?;
+        self.inner
+            .counters
+            .deleted
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn bucket_op(&self, key: &str, plan: &dyn Fn(&Rcpt, u32) -> Option<Change>) -> Result<usize> {
+        let Some(b) = self.inner.find_bucket(key)? else {
+            return Ok(0);
+        };
+        let targets = self.inner.collect(&|r| r.bucket == b);
+        let mut n = 0;
+        for (id, i) in targets {
+            match self.inner.change_rcpt(id, i, plan) {
+                Ok(true) => n += 1,
+                Ok(false) | Err(Error::NoSuchMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Holds every waiting recipient routed to `key`.
+    pub fn hold_bucket(&self, key: &str) -> Result<usize> {
+        self.bucket_op(key, &plan_hold)
+    }
+
+    /// Releases every held recipient routed to `key`.
+    pub fn release_bucket(&self, key: &str) -> Result<usize> {
+        self.bucket_op(key, &plan_release)
+    }
+
+    /// Flushes: every deferred recipient becomes ready now (like `postqueue -f`).
+    pub fn flush(&self) -> Result<usize> {
+        self.flush_matching(None)
+    }
+
+    /// Flushes the deferred recipients of one routing key (like `postqueue -s`).
+    pub fn flush_bucket(&self, key: &str) -> Result<usize> {
+        match self.inner.find_bucket(key)? {
+            Some(b) => self.flush_matching(Some(b)),
+            None => Ok(0),
+        }
+    }
+
+    fn flush_matching(&self, bucket: Option<u32>) -> Result<usize> {
+        let targets = self.inner.collect(&|r| {
+            r.state() == RcptState::Deferred && bucket.is_none_or(|b| b == r.bucket)
+        });
+        let mut n = 0;
+        for (id, i) in targets {
+            match self.inner.change_rcpt(id, i, &plan_flush) {
+                Ok(true) => n += 1,
+                Ok(false) | Err(Error::NoSuchMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A flush also revives a dead destination.
+        for s in 0..SHARDS {
+            let mut ss = self.inner.sched[s].lock();
+            let now = self.inner.now();
+            for l in 0..ss.buckets.len() as u32 {
+                let b = &mut ss.buckets[l as usize];
+                let id = global(s, l);
+                if bucket.is_some_and(|x| x != id) || b.dead_until == 0 {
+                    continue;
+                }
+                b.dead_until = now;
+                if ss.maybe_ring(l, now) {
+                    self.inner.wake();
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Suspends a routing key: no new sessions until [`Queue::resume`].
+    pub fn suspend(&self, key: &str) -> Result<()> {
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        self.inner.sched[shard_of(b)].lock().buckets[local_of(b) as usize].suspended = true;
+        Ok(())
+    }
+
+    /// Resumes a suspended routing key.
+    pub fn resume(&self, key: &str) -> Result<()> {
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        let now = self.inner.now();
+        let mut ss = self.inner.sched[shard_of(b)].lock();
+        ss.buckets[local_of(b) as usize].suspended = false;
+        if ss.maybe_ring(local_of(b), now) {
+            self.inner.wake();
+        }
+        Ok(())
+    }
+
+    /// Sets the concurrency limit of one routing key (the window is clamped to it).
+    pub fn set_concurrency_limit(&self, key: &str, limit: u16) -> Result<()> {
+        if limit == 0 {
+            return Err(Error::InvalidOption("concurrency limit must be at least 1".into()));
+        }
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        let mut ss = self.inner.sched[shard_of(b)].lock();
+        let bk = &mut ss.buckets[local_of(b) as usize];
+        bk.policy.limit = limit;
+        bk.window = bk.window.min(limit);
+        Ok(())
+    }
+
+    /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
+    /// Recipients in flight keep their session. Returns how many moved.
+    pub fn reroute(&self, from: &str, to: &str) -> Result<usize> {
+        let Some(fb) = self.inner.find_bucket(from)? else {
+            return Ok(0);
+        };
+        let tb = self.inner.bucket_id(&validate::normalize_key(to)?);
+        let targets = self.inner.collect(&|r| r.bucket == fb);
+        let mut n = 0;
+        for (id, i) in targets {
+            match self.inner.reroute_rcpt(id, i, tb) {
+                Ok(true) => n += 1,
+                Ok(false) | Err(Error::NoSuchMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Re-routes one recipient to routing key `to` (persisted).
+    pub fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
+        let tb = self.inner.bucket_id(&validate::normalize_key(to)?);
+        self.inner.reroute_rcpt(id, index, tb)
+    }
+
+    /// Hands out up to `max` failed or expired recipients for DSN generation.
+    /// Each must be acknowledged with [`Queue::ack_bounce`] once the DSN is queued;
+    /// unacknowledged ones are offered again after a restart.
+    pub fn take_bounces(&self, max: usize) -> Result<Vec<Bounce>> {
+        let q = &self.inner;
+        let mut refs = Vec::new();
+        for (s, shard) in q.msgs.iter().enumerate() {
+            let mut ms = shard.lock();
+            while refs.len() < max {
+                let Some(rr) = ms.bounces.pop_front() else {
+                    break;
+                };
+                let rid = rref_local(rr);
+                let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                    continue;
+                };
+                let st = r.state();
+                if !matches!(st, RcptState::Failed | RcptState::Expired)
+                    || r.flags & F_BOUNCE_TAKEN != 0
+                {
+                    continue;
+                }
+                ms.rcpts[rid as usize].flags |= F_BOUNCE_TAKEN;
+                let m = ms.msgs[r.msg as usize];
+                refs.push((
+                    MessageId::new(m.gen, global(s, r.msg)),
+                    rid - m.first,
+                    ms.reason(r.reason).to_string(),
+                    st == RcptState::Expired,
+                    (m.seg, m.off),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(refs.len());
+        for (id, index, reason, expired, (seg, off)) in refs {
+            let (_, payload) = q.log.read_record(seg, off as u64)?;
+            let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
+                path: q.dir.join(crate::log::segment_name(seg)),
+                offset: off as u64,
+                reason: "message record does not decode".into(),
+            })?;
+            out.push(Bounce {
+                id,
+                index,
+                sender: rec.sender.to_string(),
+                recipient: rec
+                    .rcpts
+                    .get(index as usize)
+                    .map(|r| r.0.to_string())
+                    .unwrap_or_default(),
+                reason,
+                expired,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges a bounce: the recipient is final and its message may be removed.
+    pub fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
+        let changed = self.inner.change_rcpt(id, index, &|r, _| {
+            matches!(r.state(), RcptState::Failed | RcptState::Expired).then(|| Change {
+                state: RcptState::Bounced,
+                attempts: r.attempts,
+                next: 0,
+                reason: None,
+                persist: true,
+            })
+        })?;
+        if changed {
+            self.inner.counters.bounced.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(changed)
+    }
+
+    /// The pollable descriptor: readable when a destination has work ready.
+    /// Call [`Queue::ack_poll`], then take sessions until [`Queue::next_session`] returns `None`.
+    pub fn poll_fd(&self) -> std::os::fd::RawFd {
+        self.inner.signal.fd()
+    }
+
+    /// Clears the pollable descriptor's readiness.
+    pub fn ack_poll(&self) {
+        self.inner.signal.clear();
+    }
+}
+
+fn plan_hold(r: &Rcpt, _now: u32) -> Option<Change> {
+    matches!(r.state(), RcptState::Ready | RcptState::Deferred).then(|| Change {
+        state: RcptState::Held,
+        attempts: r.attempts,
+        next: r.next,
+        reason: None,
+        persist: true,
+    })
+}
+
+fn plan_release(r: &Rcpt, _now: u32) -> Option<Change> {
+    (r.state() == RcptState::Held).then(|| Change {
+        state: RcptState::Ready,
+        attempts: r.attempts,
+        next: 0,
+        reason: None,
+        persist: true,
+    })
+}
+
+fn plan_delete(r: &Rcpt, _now: u32) -> Option<Change> {
+    (!r.state().is_final() && r.state() != RcptState::New).then(|| Change {
+        state: RcptState::Deleted,
+        attempts: r.attempts,
+        next: 0,
+        reason: None,
+        persist: true,
+    })
+}
+
+fn plan_flush(r: &Rcpt, _now: u32) -> Option<Change> {
+    (r.state() == RcptState::Deferred).then(|| Change {
+        state: RcptState::Ready,
+        attempts: r.attempts,
+        next: 0,
+        reason: None,
+        persist: false,
+    })
+}

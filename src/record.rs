@@ -1,0 +1,488 @@
+//! On-disk record framing and payload encoding.
+//!
+//! Every record is `header (24 bytes) | payload | zero padding to 8 bytes`.
+//! The header is little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `0x4D515243` |
+//! | 4 | 4 | CRC32 (IEEE) of header bytes 8..24 followed by the payload |
+//! | 8 | 4 | payload length |
+//! | 12 | 1 | record kind |
+//! | 13 | 3 | zero |
+//! | 16 | 8 | sequence number (strictly increasing across the log) |
+//!
+//! A reader checks magic, kind and length bounds before touching the payload,
+//! then the CRC, then decodes the payload with bounds-checked reads.
+
+use crate::error::{Error, Result};
+
+/// Record header length.
+pub const HEADER_LEN: usize = 24;
+/// Record magic.
+pub const MAGIC: u32 = 0x4D51_5243;
+/// Alignment of records within a segment.
+pub const ALIGN: usize = 8;
+
+/// Record kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// First record of every segment.
+    SegmentHeader = 1,
+    /// A message, written once.
+    Message = 2,
+    /// A change of one recipient's state.
+    RcptUpdate = 3,
+    /// A live message copied forward by compaction.
+    MessageCopy = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::SegmentHeader,
+            2 => Kind::Message,
+            3 => Kind::RcptUpdate,
+            4 => Kind::MessageCopy,
+            _ => return None,
+        })
+    }
+}
+
+/// Rounds `n` up to the record alignment.
+pub fn padded(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Appends one framed record to `out`.
+pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[kind as u8, 0, 0, 0]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[start + 8..]);
+    let crc = h.finalize();
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let total = padded(out.len() - start);
+    out.resize(start + total, 0);
+}
+
+/// A record decoded from a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Framed<'a> {
+    /// Kind.
+    pub kind: Kind,
+    /// Sequence number.
+    pub seq: u64,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+    /// Bytes occupied including padding.
+    pub total: usize,
+}
+
+/// Why a record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The header is all zeros: the end of written data.
+    Zero,
+    /// Fewer bytes remain than the header or the declared length needs.
+    Short,
+    /// Magic, kind or length field is wrong.
+    BadHeader(&'static str),
+    /// The checksum does not match.
+    BadCrc,
+}
+
+/// Parses the record at the start of `buf`, checking bounds and the checksum.
+pub fn parse(buf: &[u8], max_payload: usize) -> Result<Framed<'_>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        if buf.iter().all(|&b| b == 0) {
+            return Err(FrameError::Zero);
+        }
+        return Err(FrameError::Short);
+    }
+    let h = &buf[..HEADER_LEN];
+    if h.iter().all(|&b| b == 0) {
+        return Err(FrameError::Zero);
+    }
+    if u32::from_le_bytes([h[0], h[1], h[2], h[3]]) != MAGIC {
+        return Err(FrameError::BadHeader("bad magic"));
+    }
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let kind = Kind::from_u8(h[12]).ok_or(FrameError::BadHeader("unknown record kind"))?;
+    if h[13..16] != [0, 0, 0] {
+        return Err(FrameError::BadHeader("reserved bytes not zero"));
+    }
+    if len > max_payload {
+        return Err(FrameError::BadHeader("length over limit"));
+    }
+    let total = padded(HEADER_LEN + len);
+    if buf.len() < HEADER_LEN + len {
+        return Err(FrameError::Short);
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[8..]);
+    hasher.update(&buf[HEADER_LEN..HEADER_LEN + len]);
+    if hasher.finalize() != crc {
+        return Err(FrameError::BadCrc);
+    }
+    let seq = u64::from_le_bytes(h[16..24].try_into().map_err(|_| FrameError::Short)?);
+    Ok(Framed {
+        kind,
+        seq,
+        payload: &buf[HEADER_LEN..HEADER_LEN + len],
+        total: total.min(buf.len()),
+    })
+}
+
+/// A bounds-checked little-endian reader; every read fails cleanly past the end.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Starts reading `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+    /// Current position.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    /// Bytes left.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    /// Takes `n` raw bytes.
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    /// u8.
+    pub fn u8(&mut self) -> Option<u8> {
+        Some(self.bytes(1)?[0])
+    }
+    /// u16.
+    pub fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.bytes(2)?.try_into().ok()?))
+    }
+    /// u32.
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    /// u64.
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    /// u16-length-prefixed bytes.
+    pub fn short_bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()? as usize;
+        self.bytes(n)
+    }
+    /// u16-length-prefixed UTF-8.
+    pub fn short_str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.short_bytes()?).ok()
+    }
+    /// u32-length-prefixed bytes.
+    pub fn long_bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.bytes(n)
+    }
+}
+
+/// Little-endian writer helpers.
+pub trait Put {
+    /// Appends a u16-length-prefixed byte string (caller guarantees ≤ 65535).
+    fn put_short(&mut self, b: &[u8]);
+    /// Appends a u32-length-prefixed byte string.
+    fn put_long(&mut self, b: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    fn put_short(&mut self, b: &[u8]) {
+        let n = b.len().min(u16::MAX as usize);
+        self.extend_from_slice(&(n as u16).to_le_bytes());
+        self.extend_from_slice(&b[..n]);
+    }
+    fn put_long(&mut self, b: &[u8]) {
+        self.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.extend_from_slice(b);
+    }
+}
+
+/// Magic at the start of a segment header payload.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
+/// On-disk format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Payload of the segment header record.
+pub fn segment_header(segment: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(16);
+    p.extend_from_slice(SEGMENT_MAGIC);
+    p.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    p.extend_from_slice(&segment.to_le_bytes());
+    p
+}
+
+/// Parses a segment header payload into (version, segment number).
+pub fn parse_segment_header(p: &[u8]) -> Option<(u32, u32)> {
+    let mut r = Reader::new(p);
+    if r.bytes(8)? != SEGMENT_MAGIC {
+        return None;
+    }
+    Some((r.u32()?, r.u32()?))
+}
+
+/// A message as stored in a `Message` record.
+#[derive(Debug, Clone)]
+pub struct MessageRecord<'a> {
+    /// Message id.
+    pub id: u64,
+    /// Unix seconds when accepted.
+    pub received: u64,
+    /// Envelope sender (may be empty for the null sender).
+    pub sender: &'a str,
+    /// Opaque MTA metadata.
+    pub meta: &'a [u8],
+    /// (address, routing key) per recipient.
+    pub rcpts: Vec<(&'a str, &'a str)>,
+    /// Offset of the body within the payload.
+    pub body_off: usize,
+    /// Body length.
+    pub body_len: usize,
+}
+
+/// Encodes a message payload.
+pub fn encode_message(
+    out: &mut Vec<u8>,
+    id: u64,
+    received: u64,
+    sender: &str,
+    meta: &[u8],
+    rcpts: &[(&str, &str)],
+    body: &[u8],
+) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&received.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.put_short(sender.as_bytes());
+    out.put_long(meta);
+    out.extend_from_slice(&(rcpts.len() as u32).to_le_bytes());
+    for (a, k) in rcpts {
+        out.put_short(a.as_bytes());
+        out.put_short(k.as_bytes());
+    }
+    out.put_long(body);
+}
+
+/// Decodes a message payload.
+pub fn decode_message(p: &[u8]) -> Option<MessageRecord<'_>> {
+    let mut r = Reader::new(p);
+    let id = r.u64()?;
+    let received = r.u64()?;
+    let _flags = r.u32()?;
+    let sender = r.short_str()?;
+    let meta = r.long_bytes()?;
+    let n = r.u32()? as usize;
+    if n == 0 || n > r.remaining() / 4 {
+        return None;
+    }
+    let mut rcpts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let a = r.short_str()?;
+        let k = r.short_str()?;
+        rcpts.push((a, k));
+    }
+    let body_len = r.u32()? as usize;
+    let body_off = r.pos();
+    r.bytes(body_len)?;
+    if r.remaining() != 0 {
+        return None;
+    }
+    Some(MessageRecord {
+        id,
+        received,
+        sender,
+        meta,
+        rcpts,
+        body_off,
+        body_len,
+    })
+}
+
+/// A recipient state change as stored in a `RcptUpdate` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRecord<'a> {
+    /// Message id.
+    pub id: u64,
+    /// Recipient index within the message.
+    pub idx: u32,
+    /// New persisted state.
+    pub state: u8,
+    /// Attempts so far.
+    pub attempts: u16,
+    /// Next attempt (unix seconds), for deferred recipients.
+    pub next: u32,
+    /// Last error text.
+    pub reason: &'a str,
+    /// New routing key, empty when unchanged.
+    pub route: &'a str,
+}
+
+/// Encodes an update payload.
+pub fn encode_update(out: &mut Vec<u8>, u: &UpdateRecord<'_>) {
+    out.extend_from_slice(&u.id.to_le_bytes());
+    out.extend_from_slice(&u.idx.to_le_bytes());
+    out.push(u.state);
+    out.push(0);
+    out.extend_from_slice(&u.attempts.to_le_bytes());
+    out.extend_from_slice(&u.next.to_le_bytes());
+    out.put_short(u.reason.as_bytes());
+    out.put_short(u.route.as_bytes());
+}
+
+/// Decodes an update payload.
+pub fn decode_update(p: &[u8]) -> Option<UpdateRecord<'_>> {
+    let mut r = Reader::new(p);
+    let u = UpdateRecord {
+        id: r.u64()?,
+        idx: r.u32()?,
+        state: r.u8()?,
+        attempts: {
+            r.u8()?;
+            r.u16()?
+        },
+        next: r.u32()?,
+        reason: r.short_str()?,
+        route: r.short_str()?,
+    };
+    if r.remaining() != 0 {
+        return None;
+    }
+    Some(u)
+}
+
+/// Validation of addresses and routing keys.
+pub mod validate {
+    use super::*;
+    use crate::error::truncated;
+
+    /// Longest accepted address.
+    pub const MAX_ADDRESS: usize = 512;
+    /// Longest accepted domain / routing key.
+    pub const MAX_DOMAIN: usize = 255;
+
+    /// Checks a recipient address and returns its default routing key
+    /// (the domain, lower-cased, trailing dot removed).
+    pub fn recipient(addr: &str) -> Result<String> {
+        let bad = |reason| Error::InvalidAddress {
+            address: truncated(addr),
+            reason,
+        };
+        if addr.is_empty() {
+            return Err(bad("empty address"));
+        }
+        if addr.len() > MAX_ADDRESS {
+            return Err(bad("longer than 512 bytes"));
+        }
+        if addr.bytes().any(|b| b == 0) {
+            return Err(bad("contains a NUL byte"));
+        }
+        if addr.bytes().any(|b| b < 0x20 || b == 0x7f || b == b' ') {
+            return Err(bad("contains whitespace or control characters"));
+        }
+        let at = addr.rfind('@').ok_or_else(|| bad("no '@'"))?;
+        if at == 0 {
+            return Err(bad("empty local part"));
+        }
+        let domain = &addr[at + 1..];
+        if domain.is_empty() {
+            return Err(bad("empty domain"));
+        }
+        if domain.len() > MAX_DOMAIN {
+            return Err(bad("domain longer than 255 bytes"));
+        }
+        let key = normalize_key(domain).map_err(|_| bad("domain is not a valid routing key"))?;
+        Ok(key)
+    }
+
+    /// Checks an envelope sender; the empty (null) sender is allowed.
+    pub fn sender(addr: &str) -> Result<()> {
+        if addr.is_empty() {
+            return Ok(());
+        }
+        recipient(addr).map(|_| ())
+    }
+
+    /// Normalises a routing key: lower-case, trailing dot removed, ≤ 255 bytes, no NUL or space.
+    pub fn normalize_key(key: &str) -> Result<String> {
+        let bad = |reason| Error::InvalidRoutingKey {
+            key: truncated(key),
+            reason,
+        };
+        let k = key.strip_suffix('.').unwrap_or(key);
+        if k.is_empty() {
+            return Err(bad("empty"));
+        }
+        if k.len() > MAX_DOMAIN {
+            return Err(bad("longer than 255 bytes"));
+        }
+        if k.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(bad("contains NUL or control characters"));
+        }
+        Ok(k.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_roundtrip_and_damage() {
+        let mut buf = Vec::new();
+        frame(&mut buf, Kind::RcptUpdate, 7, b"hello");
+        assert_eq!(buf.len() % ALIGN, 0);
+        let f = parse(&buf, 1 << 20).unwrap();
+        assert_eq!((f.kind, f.seq, f.payload), (Kind::RcptUpdate, 7, &b"hello"[..]));
+        for i in 0..HEADER_LEN + 5 {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            assert!(parse(&b, 1 << 20).is_err(), "flip at {i} undetected");
+        }
+        assert_eq!(parse(&buf[..10], 1 << 20).unwrap_err(), FrameError::Short);
+        assert_eq!(parse(&[0u8; 40], 1 << 20).unwrap_err(), FrameError::Zero);
+    }
+
+    #[test]
+    fn message_roundtrip() {
+        let mut p = Vec::new();
+        encode_message(&mut p, 9, 100, "a@b", b"m", &[("x@y.com", "y.com")], b"BODY");
+        let m = decode_message(&p).unwrap();
+        assert_eq!(m.id, 9);
+        assert_eq!(m.rcpts, vec![("x@y.com", "y.com")]);
+        assert_eq!(&p[m.body_off..m.body_off + m.body_len], b"BODY");
+        for cut in 0..p.len() {
+            assert!(decode_message(&p[..cut]).is_none());
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(validate::recipient("Bob@Example.COM.").unwrap(), "example.com");
+        assert!(validate::recipient("nobody").is_err());
+        assert!(validate::recipient("a\0b@x").is_err());
+        let long = format!("a@{}", "x".repeat(4096));
+        assert!(validate::recipient(&long).is_err());
+        assert!(validate::sender("").is_ok());
+    }
+}

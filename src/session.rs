@@ -1,0 +1,703 @@
+//! Delivery sessions and deliveries.
+//!
+//! A [`Session`] is one concurrency slot of one destination (one SMTP
+//! connection). It is released on every path: [`Session::finish`], a site
+//! failure, `Drop` (including unwinding from a panic), or — for a worker that
+//! vanished — the lease deadline, after which the slot and its recipients are
+//! reclaimed by the next scheduler call. A [`Delivery`] is one message with up
+//! to N recipients of that destination; dropping it without an outcome returns
+//! its recipients to the ready queue.
+
+use crate::bucket::{SchedShard, Slot};
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::log::Batch;
+use crate::queue::{apply_change, push_update, Change, Inner, Queue};
+use crate::record::{self, Kind};
+use crate::types::*;
+use bytes::Bytes;
+use std::cmp::Reverse;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Longest last-error text kept per recipient.
+pub const MAX_REASON: usize = 512;
+
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(MAX_REASON);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].replace('\0', " ")
+}
+
+/// One open connection slot of a destination.
+pub struct Session {
+    q: Arc<Inner>,
+    bucket: u32,
+    token: u32,
+    key: Arc<str>,
+    deliveries: usize,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// One message and up to N of its recipients for the session's destination.
+pub struct Delivery<'s> {
+    s: &'s mut Session,
+    id: MessageId,
+    mshard: usize,
+    rids: Vec<u32>,
+    indices: Vec<u32>,
+    addrs: Vec<String>,
+    attempts: Vec<u16>,
+    sender: String,
+    meta: Bytes,
+    body: Bytes,
+    received: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Delivery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("recipients", &self.addrs)
+            .finish()
+    }
+}
+
+fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options) -> Change {
+    let attempts = r.attempts.saturating_add(1);
+    match o {
+        Outcome::Delivered => Change {
+            state: RcptState::Delivered,
+            attempts,
+            next: 0,
+            reason: None,
+            persist: true,
+        },
+        Outcome::PermFail { reason } => Change {
+            state: RcptState::Failed,
+            attempts,
+            next: 0,
+            reason: Some(clip(reason)),
+            persist: true,
+        },
+        Outcome::TempFail {
+            reason,
+            retry_after,
+        } => {
+            let age = now.saturating_sub(received) as u64;
+            if age >= opts.lifetime.as_secs() {
+                return Change {
+                    state: RcptState::Expired,
+                    attempts,
+                    next: 0,
+                    reason: Some(clip(reason)),
+                    persist: true,
+                };
+            }
+            let min = opts.min_backoff.as_secs();
+            let max = opts.max_backoff.as_secs().max(min);
+            let mut delay = age.clamp(min, max);
+            if let Some(ra) = retry_after {
+                delay = delay.max(ra.as_secs());
+            }
+            Change {
+                state: RcptState::Deferred,
+                attempts,
+                next: (now as u64 + delay).min(u32::MAX as u64) as u32,
+                reason: Some(clip(reason)),
+                persist: true,
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Fires due timers, probe wake-ups and expired leases of one shard.
+    /// Returns true when a bucket entered the ready ring.
+    pub(crate) fn promote(&self, ss: &mut SchedShard, shard: usize, now: u32) -> bool {
+        let mut rang = false;
+        let mut due = Vec::new();
+        ss.wheel.advance(now, &mut due);
+        for rr in due {
+            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let mut ms = self.msgs[msh].lock();
+            let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                continue;
+            };
+            if r.state() != RcptState::Deferred || shard_of(r.bucket) != shard || r.next > now {
+                continue; // stale timer entry
+            }
+            let ch = Change {
+                state: RcptState::Ready,
+                attempts: r.attempts,
+                next: r.next,
+                reason: None,
+                persist: false,
+            };
+            rang |= apply_change(ss, &mut ms, msh, rid, &ch, now);
+        }
+        while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
+            if t > now {
+                break;
+            }
+            ss.wakeups.pop();
+            rang |= ss.maybe_ring(bl, now);
+        }
+        while let Some(&Reverse((t, bl, tok))) = ss.leases.peek() {
+            if t > now {
+                break;
+            }
+            ss.leases.pop();
+            let slots = &ss.buckets[bl as usize].slots;
+            let Some(i) = slots.iter().position(|s| s.token == tok) else {
+                continue;
+            };
+            if slots[i].deadline > now {
+                let d = slots[i].deadline;
+                ss.leases.push(Reverse((d, bl, tok)));
+                continue;
+            }
+            let slot = ss.buckets[bl as usize].slots.swap_remove(i);
+            self.counters.lease_reclaims.fetch_add(1, Ordering::Relaxed);
+            rang |= self.return_leased(ss, &slot, now);
+            rang |= ss.maybe_ring(bl, now);
+        }
+        rang
+    }
+
+    /// Returns a slot's leased recipients to the ready queue (memory only).
+    pub(crate) fn return_leased(&self, ss: &mut SchedShard, slot: &Slot, now: u32) -> bool {
+        let mut rang = false;
+        let id = slot.leased_msg;
+        for &rr in &slot.leased {
+            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let mut ms = self.msgs[msh].lock();
+            let local = local_of(id.slot());
+            if ms.get(local, id.gen()).is_none() {
+                continue;
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.state() != RcptState::Leased || r.msg != local {
+                continue;
+            }
+            let ch = Change {
+                state: RcptState::Ready,
+                attempts: r.attempts,
+                next: r.next,
+                reason: None,
+                persist: false,
+            };
+            rang |= apply_change(ss, &mut ms, msh, rid, &ch, now);
+        }
+        rang
+    }
+
+    fn open_slot(self: &Arc<Self>, ss: &mut SchedShard, shard: usize, bl: u32, now: u32) -> Session {
+        let ttl = self.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
+        let b = &mut ss.buckets[bl as usize];
+        let token = b.next_token;
+        b.next_token = b.next_token.wrapping_add(1).max(1);
+        let deadline = now.saturating_add(ttl.max(1));
+        let probe = b.dead_until != 0;
+        b.slots.push(Slot {
+            token,
+            deadline,
+            leased: Vec::new(),
+            leased_msg: MessageId(0),
+            probe,
+        });
+        let key = b.key.clone();
+        ss.leases.push(Reverse((deadline, bl, token)));
+        Session {
+            q: self.clone(),
+            bucket: global(shard, bl),
+            token,
+            key,
+            deliveries: 0,
+            closed: false,
+        }
+    }
+}
+
+impl Queue {
+    /// Opens a session for the next destination with ready work and a free
+    /// concurrency slot, in round-robin order across destinations.
+    /// `Ok(None)` when nothing can be delivered now (see [`Queue::next_wakeup`]).
+    pub fn next_session(&self) -> Result<Option<Session>> {
+        let q = &self.inner;
+        if let Some(p) = q.log.poisoned() {
+            return Err(Error::Poisoned(p));
+        }
+        let now = q.now();
+        let start = q.ring_cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            let s = (start + i) % SHARDS;
+            let mut ss = q.sched[s].lock();
+            q.promote(&mut ss, s, now);
+            while let Some(bl) = ss.ring.pop_front() {
+                ss.buckets[bl as usize].in_ring = false;
+                if ss.buckets[bl as usize].can_open(now) {
+                    let sess = q.open_slot(&mut ss, s, bl, now);
+                    ss.maybe_ring(bl, now);
+                    return Ok(Some(sess));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a session for one routing key if it has ready work and a free slot.
+    pub fn session_for(&self, key: &str) -> Result<Option<Session>> {
+        let q = &self.inner;
+        if let Some(p) = q.log.poisoned() {
+            return Err(Error::Poisoned(p));
+        }
+        let Some(b) = q.find_bucket(key)? else {
+            return Ok(None);
+        };
+        let now = q.now();
+        let (s, bl) = (shard_of(b), local_of(b));
+        let mut ss = q.sched[s].lock();
+        q.promote(&mut ss, s, now);
+        if !ss.buckets[bl as usize].can_open(now) {
+            return Ok(None);
+        }
+        Ok(Some(q.open_slot(&mut ss, s, bl, now)))
+    }
+
+    /// Fires due timers, probes and lease reclaims in every shard. Event loops call it
+    /// at [`Queue::next_wakeup`]; returns true when work became ready (the fd is raised too).
+    pub fn tick(&self) -> bool {
+        let q = &self.inner;
+        let now = q.now();
+        let mut rang = false;
+        for s in 0..SHARDS {
+            let mut ss = q.sched[s].lock();
+            rang |= q.promote(&mut ss, s, now);
+            rang |= !ss.ring.is_empty();
+        }
+        if rang {
+            q.wake();
+        }
+        let _ = q.sync_if_due();
+        rang
+    }
+
+    /// Unix time of the next scheduled event (deferred retry, probe, lease deadline),
+    /// or `None` when nothing is scheduled. A time in the past means "now".
+    pub fn next_wakeup(&self) -> Option<u64> {
+        let q = &self.inner;
+        let mut best: Option<u32> = None;
+        let mut take = |t: Option<u32>| {
+            if let Some(t) = t {
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        };
+        for s in 0..SHARDS {
+            let ss = q.sched[s].lock();
+            if !ss.ring.is_empty() {
+                take(Some(q.now()));
+            }
+            take(ss.wheel.next_due());
+            take(ss.wakeups.peek().map(|r| r.0 .0));
+            take(ss.leases.peek().map(|r| r.0 .0));
+        }
+        best.map(u64::from)
+    }
+}
+
+impl Session {
+    /// The destination's routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.key
+    }
+
+    /// True when this session is the probe of a destination marked dead.
+    pub fn is_probe(&self) -> bool {
+        let q = &self.q;
+        let ss = q.sched[shard_of(self.bucket)].lock();
+        ss.buckets[local_of(self.bucket) as usize]
+            .slots
+            .iter()
+            .any(|s| s.token == self.token && s.probe)
+    }
+
+    /// Takes the next delivery: one message and up to `batch_recipients` of its
+    /// recipients for this destination. `Ok(None)` when the destination has no
+    /// more ready work or the session reached its delivery cap; then end the session.
+    pub fn next_delivery(&mut self) -> Result<Option<Delivery<'_>>> {
+        if self.closed || self.deliveries >= self.q.opts.deliveries_per_session {
+            return Ok(None);
+        }
+        let q = self.q.clone();
+        if let Some(p) = q.log.poisoned() {
+            return Err(Error::Poisoned(p));
+        }
+        let max = q.opts.batch_recipients.max(1);
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let ttl = q.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
+        loop {
+            let now = q.now();
+            let mut ss = q.sched[s].lock();
+            let bucket = &mut ss.buckets[bl as usize];
+            let Some(si) = bucket.slots.iter().position(|x| x.token == self.token) else {
+                self.closed = true;
+                return Err(Error::LeaseExpired);
+            };
+            bucket.slots[si].deadline = now.saturating_add(ttl.max(1));
+            // Pop until a recipient that is really ready here.
+            let mut leased: Option<(usize, u32, u32, Vec<u32>, (u32, u32))> = None;
+            while let Some(rr) = ss.buckets[bl as usize].ready.pop_front() {
+                let (msh, rid) = (rref_shard(rr), rref_local(rr));
+                let mut ms = q.msgs[msh].lock();
+                let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                    continue;
+                };
+                if r.state() != RcptState::Ready || r.bucket != self.bucket {
+                    continue;
+                }
+                let m = ms.msgs[r.msg as usize];
+                let mut rids = vec![rid];
+                for j in m.first..m.first + m.n as u32 {
+                    if rids.len() >= max {
+                        break;
+                    }
+                    let o = ms.rcpts[j as usize];
+                    if j != rid && o.bucket == self.bucket && o.state() == RcptState::Ready {
+                        rids.push(j);
+                    }
+                }
+                rids.sort_unstable();
+                for &j in &rids {
+                    ms.rcpts[j as usize].state = RcptState::Leased as u8;
+                    ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
+                }
+                leased = Some((msh, r.msg, m.gen, rids, (m.seg, m.off)));
+                break;
+            }
+            let Some((msh, local, gen, rids, (seg, off))) = leased else {
+                return Ok(None);
+            };
+            let id = MessageId::new(gen, global(msh, local));
+            {
+                let slot = &mut ss.buckets[bl as usize].slots[si];
+                slot.leased = rids.iter().map(|&r| rref(msh, r)).collect();
+                slot.leased_msg = id;
+            }
+            drop(ss);
+            match read_delivery(&q, id, seg, off) {
+                Ok((sender, meta, body, received, addrs_all)) => {
+                    let ms = q.msgs[msh].lock();
+                    let first = ms.msgs[local as usize].first;
+                    let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
+                    let attempts = rids.iter().map(|&r| ms.rcpts[r as usize].attempts).collect();
+                    drop(ms);
+                    let addrs = indices
+                        .iter()
+                        .map(|&i| addrs_all.get(i as usize).cloned().unwrap_or_default())
+                        .collect();
+                    self.deliveries += 1;
+                    return Ok(Some(Delivery {
+                        s: self,
+                        id,
+                        mshard: msh,
+                        rids,
+                        indices,
+                        addrs,
+                        attempts,
+                        sender,
+                        meta,
+                        body,
+                        received,
+                        done: false,
+                    }));
+                }
+                Err(e) => {
+                    // The record is damaged: park the recipients as corrupt, report, go on.
+                    q.report.lock().note_corrupt_message(id, &e.to_string());
+                    let mut ss = q.sched[s].lock();
+                    let mut ms = q.msgs[msh].lock();
+                    for &r in &rids {
+                        if ms.rcpts[r as usize].state() == RcptState::Leased {
+                            ms.rcpts[r as usize].state = RcptState::Corrupt as u8;
+                            ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
+                        }
+                    }
+                    if let Some(slot) = ss.buckets[bl as usize]
+                        .slots
+                        .iter_mut()
+                        .find(|x| x.token == self.token)
+                    {
+                        slot.leased.clear();
+                    }
+                    continue;
+                }
+            }
+        }
+    }
+
+    /// Reports that the destination failed as a whole (connection refused, bad
+    /// greeting, TLS failure): the window shrinks, and a run of these marks the
+    /// destination dead until a probe succeeds. Ends the session.
+    pub fn site_failure(mut self, reason: &str) -> Result<()> {
+        self.close(Some(reason))
+    }
+
+    /// Ends the session, releasing its slot.
+    pub fn finish(mut self) -> Result<()> {
+        self.close(None)
+    }
+
+    fn close(&mut self, site: Option<&str>) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let q = &self.q;
+        let now = q.now();
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let mut ss = q.sched[s].lock();
+        let Some(i) = ss.buckets[bl as usize]
+            .slots
+            .iter()
+            .position(|x| x.token == self.token)
+        else {
+            return Ok(()); // reclaimed by the lease deadline already
+        };
+        let slot = ss.buckets[bl as usize].slots.swap_remove(i);
+        let mut rang = q.return_leased(&mut ss, &slot, now);
+        if let Some(_reason) = site {
+            q.counters.site_failures.fetch_add(1, Ordering::Relaxed);
+            let min = q.opts.min_backoff.as_secs().min(u32::MAX as u64) as u32;
+            let max = q.opts.max_backoff.as_secs().min(u32::MAX as u64) as u32;
+            let b = &mut ss.buckets[bl as usize];
+            if b.site_failure(now, min, max.max(min)) {
+                let t = b.dead_until;
+                ss.wakeups.push(Reverse((t, bl)));
+            }
+        }
+        rang |= ss.maybe_ring(bl, now);
+        drop(ss);
+        if rang {
+            q.wake();
+        }
+        q.sync_if_due()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.close(None);
+    }
+}
+
+type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>);
+
+fn read_delivery(q: &Inner, id: MessageId, seg: u32, off: u32) -> Result<DeliveryData> {
+    let (kind, payload) = q.log.read_record(seg, off as u64)?;
+    let bad = |why: &str| Error::Corrupt {
+        path: q.dir.join(crate::log::segment_name(seg)),
+        offset: off as u64,
+        reason: why.to_string(),
+    };
+    if !matches!(kind, Kind::Message | Kind::MessageCopy) {
+        return Err(bad("not a message record"));
+    }
+    let rec = record::decode_message(&payload).ok_or_else(|| bad("message does not decode"))?;
+    if rec.id != id.0 {
+        return Err(bad("record belongs to another message"));
+    }
+    let body = payload.slice(rec.body_off..rec.body_off + rec.body_len);
+    let meta_start = rec.meta.as_ptr() as usize - payload.as_ptr() as usize;
+    let meta = payload.slice(meta_start..meta_start + rec.meta.len());
+    let addrs = rec.rcpts.iter().map(|r| r.0.to_string()).collect();
+    Ok((rec.sender.to_string(), meta, body, rec.received, addrs))
+}
+
+impl Delivery<'_> {
+    /// The message.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+    /// Envelope sender (empty for the null sender).
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+    /// Recipient addresses of this delivery.
+    pub fn recipients(&self) -> &[String] {
+        &self.addrs
+    }
+    /// Indices of those recipients within the message.
+    pub fn indices(&self) -> &[u32] {
+        &self.indices
+    }
+    /// Previous attempts per recipient.
+    pub fn attempts(&self) -> &[u16] {
+        &self.attempts
+    }
+    /// The body, zero-copy from the memory-mapped segment.
+    pub fn body(&self) -> Bytes {
+        self.body.clone()
+    }
+    /// The MTA's opaque metadata.
+    pub fn meta(&self) -> Bytes {
+        self.meta.clone()
+    }
+    /// When the message was accepted (unix seconds).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+    /// The session's routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.s.key
+    }
+
+    /// Records one outcome per recipient (same order as [`Delivery::recipients`]).
+    /// Outcomes are applied at once and made durable with the next group commit
+    /// (at most `outcome_sync_interval` later, or call [`Queue::sync`]).
+    pub fn complete(mut self, outcomes: &[Outcome]) -> Result<()> {
+        if outcomes.len() != self.rids.len() {
+            return Err(Error::OutcomeCount {
+                expected: self.rids.len(),
+                got: outcomes.len(),
+            });
+        }
+        self.finish(outcomes, false)
+    }
+
+    /// The connection failed during this delivery: its recipients are deferred with
+    /// `reason`, the destination gets negative feedback, and the session ends.
+    pub fn site_failure(mut self, reason: &str) -> Result<()> {
+        let outs: Vec<Outcome> = self.rids.iter().map(|_| Outcome::temp(reason)).collect();
+        let r = self.finish(&outs, true);
+        let c = self.s.close(Some(reason));
+        r.and(c)
+    }
+
+    fn finish(&mut self, outcomes: &[Outcome], site: bool) -> Result<()> {
+        self.done = true;
+        let q = self.s.q.clone();
+        let now = q.now();
+        let (s, bl) = (shard_of(self.s.bucket), local_of(self.s.bucket));
+        let ttl = q.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
+        let _g = q.gate.read();
+        let mut ss = q.sched[s].lock();
+        let Some(si) = ss.buckets[bl as usize]
+            .slots
+            .iter()
+            .position(|x| x.token == self.s.token)
+        else {
+            self.s.closed = true;
+            return Err(Error::LeaseExpired);
+        };
+        ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(ttl.max(1));
+        let mut ms = q.msgs[self.mshard].lock();
+        let local = local_of(self.id.slot());
+        let mut plan = Vec::with_capacity(self.rids.len());
+        if let Some(m) = ms.get(local, self.id.gen()).copied() {
+            for (k, &rid) in self.rids.iter().enumerate() {
+                let r = ms.rcpts[rid as usize];
+                if r.state() != RcptState::Leased || r.msg != local || r.bucket != self.s.bucket {
+                    continue; // deleted or changed by the operator while in flight
+                }
+                plan.push((rid, outcome_change(&outcomes[k], &r, m.received, now, &q.opts)));
+            }
+        }
+        let mut batch = Batch::new();
+        for (rid, ch) in &plan {
+            push_update(&mut batch, &ms, self.mshard, *rid, ch, "");
+        }
+        if let Err(e) = q.log.append(batch) {
+            drop(ms);
+            let slot = std::mem::replace(
+                &mut ss.buckets[bl as usize].slots[si].leased,
+                Vec::new(),
+            );
+            let tmp = Slot {
+                token: 0,
+                deadline: 0,
+                leased: slot,
+                leased_msg: self.id,
+                probe: false,
+            };
+            q.return_leased(&mut ss, &tmp, now);
+            return Err(e);
+        }
+        let mut rang = false;
+        let (mut d, mut t, mut f, mut x) = (0u64, 0u64, 0u64, 0u64);
+        for (rid, ch) in &plan {
+            match ch.state {
+                RcptState::Delivered => d += 1,
+                RcptState::Deferred => t += 1,
+                RcptState::Failed => f += 1,
+                RcptState::Expired => x += 1,
+                _ => {}
+            }
+            rang |= apply_change(&mut ss, &mut ms, self.mshard, *rid, ch, now);
+        }
+        drop(ms);
+        let b = &mut ss.buckets[bl as usize];
+        b.slots[si].leased.clear();
+        b.delivered += d;
+        b.deferrals += t;
+        b.failures += f + x;
+        if !site {
+            b.success();
+        }
+        drop(ss);
+        let c = &q.counters;
+        c.delivered.fetch_add(d, Ordering::Relaxed);
+        c.deferred.fetch_add(t, Ordering::Relaxed);
+        c.failed.fetch_add(f, Ordering::Relaxed);
+        c.expired.fetch_add(x, Ordering::Relaxed);
+        drop(_g);
+        if rang {
+            q.wake();
+        }
+        q.sync_if_due()
+    }
+}
+
+impl Drop for Delivery<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let q = self.s.q.clone();
+        let now = q.now();
+        let (s, bl) = (shard_of(self.s.bucket), local_of(self.s.bucket));
+        let mut ss = q.sched[s].lock();
+        let Some(si) = ss.buckets[bl as usize]
+            .slots
+            .iter()
+            .position(|x| x.token == self.s.token)
+        else {
+            return;
+        };
+        let leased = std::mem::take(&mut ss.buckets[bl as usize].slots[si].leased);
+        let tmp = Slot {
+            token: 0,
+            deadline: 0,
+            leased,
+            leased_msg: self.id,
+            probe: false,
+        };
+        let rang = q.return_leased(&mut ss, &tmp, now);
+        drop(ss);
+        if rang {
+            q.wake();
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Public value types: ids, states, outcomes, options.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Identifies a queued message. Stable across restarts; never reused while the
+/// message is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    pub(crate) fn new(gen: u32, slot: u32) -> Self {
+        MessageId(((gen as u64) << 32) | slot as u64)
+    }
+    pub(crate) fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    pub(crate) fn slot(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+/// State of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RcptState {
+    /// Accepted, not yet visible to the scheduler (only during enqueue).
+    New = 0,
+    /// Waiting in its bucket's ready queue.
+    Ready = 1,
+    /// Waiting for its next attempt time.
+    Deferred = 2,
+    /// Held by the operator; not delivered until released.
+    Held = 3,
+    /// Delivered (final).
+    Delivered = 4,
+    /// Permanently failed; a DSN is pending.
+    Failed = 5,
+    /// Lifetime exceeded; a DSN is pending.
+    Expired = 6,
+    /// Failed or expired and its DSN was acknowledged (final).
+    Bounced = 7,
+    /// Deleted by the operator (final).
+    Deleted = 8,
+    /// Handed to a delivery session.
+    Leased = 9,
+    /// The message record is damaged; kept for the operator.
+    Corrupt = 10,
+}
+
+impl RcptState {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
+        use RcptState::*;
+        Some(match v {
+            0 => New,
+            1 => Ready,
+            2 => Deferred,
+            3 => Held,
+            4 => Delivered,
+            5 => Failed,
+            6 => Expired,
+            7 => Bounced,
+            8 => Deleted,
+            9 => Leased,
+            10 => Corrupt,
+            _ => return None,
+        })
+    }
+
+    /// Final states: the recipient no longer occupies the queue.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RcptState::Delivered | RcptState::Bounced | RcptState::Deleted
+        )
+    }
+
+    /// What is written to disk for this in-memory state.
+    pub(crate) fn persisted(self) -> RcptState {
+        match self {
+            RcptState::New | RcptState::Leased | RcptState::Corrupt => RcptState::Ready,
+            s => s,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        use RcptState::*;
+        match self {
+            New => "new",
+            Ready => "ready",
+            Deferred => "deferred",
+            Held => "held",
+            Delivered => "delivered",
+            Failed => "failed",
+            Expired => "expired",
+            Bounced => "bounced",
+            Deleted => "deleted",
+            Leased => "inflight",
+            Corrupt => "corrupt",
+        }
+    }
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the next hop.
+    Delivered,
+    /// Temporary failure (4xx): retry later.
+    TempFail {
+        /// The server's reply or a local reason.
+        reason: String,
+        /// Retry no earlier than this (overrides the backoff when longer).
+        retry_after: Option<Duration>,
+    },
+    /// Permanent failure (5xx): a DSN is due.
+    PermFail {
+        /// The server's reply or a local reason.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Shorthand for a temporary failure without retry-after.
+    pub fn temp(reason: impl Into<String>) -> Self {
+        Outcome::TempFail {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+    /// Shorthand for a permanent failure.
+    pub fn perm(reason: impl Into<String>) -> Self {
+        Outcome::PermFail {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A recipient of a new message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address (`local@domain`).
+    pub address: String,
+    /// Routing key; `None` means the address's domain, lower-cased.
+    pub route: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient routed by its domain.
+    pub fn new(address: impl Into<String>) -> Self {
+        Recipient {
+            address: address.into(),
+            route: None,
+        }
+    }
+    /// A recipient with an explicit routing key (e.g. an MX set).
+    pub fn with_route(address: impl Into<String>, route: impl Into<String>) -> Self {
+        Recipient {
+            address: address.into(),
+            route: Some(route.into()),
+        }
+    }
+}
+
+impl<S: Into<String>> From<S> for Recipient {
+    fn from(s: S) -> Self {
+        Recipient::new(s)
+    }
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage<'a> {
+    /// Envelope sender; empty for the null sender (bounces).
+    pub sender: &'a str,
+    /// Recipients (at least one).
+    pub recipients: Vec<Recipient>,
+    /// Opaque bytes the MTA wants back at delivery time (headers, ids, …).
+    pub meta: &'a [u8],
+    /// The message content.
+    pub body: &'a [u8],
+}
+
+/// A source of time (unix seconds). Tests use [`ManualClock`].
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in unix seconds.
+    fn now(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock at `t` unix seconds.
+    pub fn new(t: u64) -> Arc<Self> {
+        Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(t)))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Sets the clock.
+    pub fn set(&self, t: u64) {
+        self.0.store(t, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Per-destination concurrency policy (Postfix-like defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Initial window (Postfix `initial_destination_concurrency`, 5).
+    pub initial: u16,
+    /// Upper limit (Postfix `default_destination_concurrency_limit`, 20).
+    pub limit: u16,
+    /// Consecutive site failures that mark the destination dead (one cohort).
+    pub dead_after: u16,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            initial: 5,
+            limit: 20,
+            dead_after: 5,
+        }
+    }
+}
+
+/// Options for [`crate::Queue::open`].
+#[derive(Clone)]
+pub struct Options {
+    /// Allow NFS/CIFS/FUSE directories (default false: locks and fsync are unreliable there).
+    pub allow_network_fs: bool,
+    /// Segment size at which a new segment is started (default 64 MiB).
+    pub segment_size: u64,
+    /// Largest body accepted (default 64 MiB).
+    pub max_body: usize,
+    /// Largest number of recipients per message (default 10 000).
+    pub max_recipients: usize,
+    /// Recipients per delivery (Postfix `default_destination_recipient_limit`, 50).
+    pub batch_recipients: usize,
+    /// Deliveries per session before it ends (default 100).
+    pub deliveries_per_session: usize,
+    /// Backoff lower bound (Postfix `minimal_backoff_time`, 300 s).
+    pub min_backoff: Duration,
+    /// Backoff upper bound (Postfix `maximal_backoff_time`, 4000 s).
+    pub max_backoff: Duration,
+    /// Lifetime after which undeliverable mail expires (Postfix `maximal_queue_lifetime`, 5 days).
+    pub lifetime: Duration,
+    /// Session lease; a session silent for longer has its slot reclaimed (default 10 min).
+    pub lease_ttl: Duration,
+    /// Default concurrency policy for every bucket.
+    pub concurrency: Concurrency,
+    /// Outcome records are made durable at least this often (default 100 ms);
+    /// enqueue is always durable before it returns.
+    pub outcome_sync_interval: Duration,
+    /// … or when this many bytes of outcome records are pending (default 1 MiB).
+    pub outcome_sync_bytes: usize,
+    /// Write a checkpoint after this many log bytes (default 64 MiB).
+    pub checkpoint_bytes: u64,
+    /// Run checkpoints and compaction on the caller's thread when due (default true).
+    pub auto_maintenance: bool,
+    /// Compact a sealed segment whose live bytes fall under this fraction (default 0.25).
+    pub compact_below: f64,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Filesystem (the storage seam).
+    pub vfs: Arc<dyn crate::vfs::Vfs>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow_network_fs: false,
+            segment_size: 64 << 20,
+            max_body: 64 << 20,
+            max_recipients: 10_000,
+            batch_recipients: 50,
+            deliveries_per_session: 100,
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(4000),
+            lifetime: Duration::from_secs(5 * 86400),
+            lease_ttl: Duration::from_secs(600),
+            concurrency: Concurrency::default(),
+            outcome_sync_interval: Duration::from_millis(100),
+            outcome_sync_bytes: 1 << 20,
+            checkpoint_bytes: 64 << 20,
+            auto_maintenance: true,
+            compact_below: 0.25,
+            clock: Arc::new(SystemClock),
+            vfs: Arc::new(crate::vfs::OsFs),
+        }
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("allow_network_fs", &self.allow_network_fs)
+            .field("segment_size", &self.segment_size)
+            .field("batch_recipients", &self.batch_recipients)
+            .field("min_backoff", &self.min_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A permanently failed or expired recipient, for the MTA to send a DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounce {
+    /// Message.
+    pub id: MessageId,
+    /// Recipient index.
+    pub index: u32,
+    /// Envelope sender (empty: null sender, no DSN should be sent).
+    pub sender: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// Last error.
+    pub reason: String,
+    /// True when the lifetime expired, false for a permanent failure.
+    pub expired: bool,
+}
