@@ -567,17 +567,17 @@ impl Queue {
     /// Holds every waiting recipient of a message (they are not delivered until released).
     /// Returns how many recipients changed.
     pub fn hold(&self, id: MessageId) -> Result<usize> {
-        self.each_rcpt(id, &plan_hold)
+        self.durably(self.each_rcpt(id, &plan_hold))
     }
 
     /// Releases a held message: its recipients become ready now.
     pub fn release(&self, id: MessageId) -> Result<usize> {
-        self.each_rcpt(id, &plan_release)
+        self.durably(self.each_rcpt(id, &plan_release))
     }
 
     /// Deletes a message: every recipient not yet final is dropped without a DSN.
     pub fn delete(&self, id: MessageId) -> Result<usize> {
-        let n = self.each_rcpt(id, &plan_delete)?;
+        let n = self.durably(self.each_rcpt(id, &plan_delete))?;
         self.inner
             .counters
             .deleted
@@ -603,12 +603,12 @@ impl Queue {
 
     /// Holds every waiting recipient routed to `key`.
     pub fn hold_bucket(&self, key: &str) -> Result<usize> {
-        self.bucket_op(key, &plan_hold)
+        self.durably(self.bucket_op(key, &plan_hold))
     }
 
     /// Releases every held recipient routed to `key`.
     pub fn release_bucket(&self, key: &str) -> Result<usize> {
-        self.bucket_op(key, &plan_release)
+        self.durably(self.bucket_op(key, &plan_release))
     }
 
     /// Flushes: every deferred recipient becomes ready now (like `postqueue -f`).
@@ -703,13 +703,20 @@ impl Queue {
                 Err(e) => return Err(e),
             }
         }
-        Ok(n)
+        self.durably(Ok(n))
     }
 
     /// Re-routes one recipient to routing key `to` (persisted).
     pub fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
         let tb = self.inner.bucket_id(&validate::normalize_key(to)?);
-        self.inner.reroute_rcpt(id, index, tb)
+        self.durably(self.inner.reroute_rcpt(id, index, tb))
+    }
+
+    /// Operator actions are durable when they return.
+    fn durably<T>(&self, r: Result<T>) -> Result<T> {
+        let v = r?;
+        self.inner.log.sync_all()?;
+        Ok(v)
     }
 
     /// Hands out up to `max` failed or expired recipients for DSN generation.
@@ -783,6 +790,7 @@ impl Queue {
         if changed {
             self.inner.counters.bounced.fetch_add(1, Ordering::Relaxed);
         }
+        self.inner.sync_if_due()?;
         Ok(changed)
     }
 

@@ -655,6 +655,7 @@ impl Delivery<'_> {
         b.failures += f + x;
         if !site {
             b.success();
+            rang |= ss.maybe_ring(bl, now);
         }
         drop(ss);
         let c = &q.counters;
