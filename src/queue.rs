@@ -636,6 +636,7 @@ impl Queue {
                 Err(e) => return Err(e),
             }
         }
+        self.inner.log.sync_all()?;
         // A flush also revives a dead destination.
         for s in 0..SHARDS {
             let mut ss = self.inner.sched[s].lock();
@@ -842,6 +843,6 @@ fn plan_flush(r: &Rcpt, _now: u32) -> Option<Change> {
         attempts: r.attempts,
         next: 0,
         reason: None,
-        persist: false,
+        persist: true,
     })
 }
