@@ -255,7 +255,10 @@ impl Wheel {
 
     /// Bytes held.
     pub fn memory(&self) -> usize {
-        self.slots.iter().map(|s| s.capacity() * 4 + 24).sum::<usize>()
+        self.slots
+            .iter()
+            .map(|s| s.capacity() * 4 + 24)
+            .sum::<usize>()
             + self.bits.len() * 8
             + self.far.capacity() * 8
     }

@@ -219,7 +219,7 @@ pub fn encode(
             let mut rlist: Vec<&str> = Vec::new();
             for m in ms.msgs.iter().filter(|m| m.gen != 0) {
                 for i in 0..m.n as u32 {
-                    let r = ms.rcpts[(m.first + i) as usize].reason;
+                    let r = ms.rcpts[(m.first + i) as usize].reason();
                     if r != 0 && !rmap.contains_key(&r) {
                         rlist.push(ms.reason(r));
                         rmap.insert(r, rlist.len() as u32);
@@ -245,10 +245,10 @@ pub fn encode(
                 for i in 0..m.n as u32 {
                     let r = ms.rcpts[(m.first + i) as usize];
                     out.push(r.state().persisted() as u8);
-                    out.extend_from_slice(&r.attempts.to_le_bytes());
+                    out.extend_from_slice(&r.attempts().to_le_bytes());
                     out.extend_from_slice(&r.next.to_le_bytes());
-                    out.extend_from_slice(&r.bucket.to_le_bytes());
-                    let reason = rmap.get(&r.reason).copied().unwrap_or(0);
+                    out.extend_from_slice(&r.bucket().to_le_bytes());
+                    let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
                     out.extend_from_slice(&reason.to_le_bytes());
                 }
             }
@@ -355,8 +355,8 @@ pub fn decode(
             for (i, (st, attempts, next, reason)) in states.into_iter().enumerate() {
                 let rid = first + i as u32;
                 let rc = &mut ms.rcpts[rid as usize];
-                rc.state = st as u8;
-                rc.attempts = attempts;
+                rc.set_state(st);
+                rc.set_attempts(attempts);
                 rc.next = next;
                 if reason != 0 {
                     ms.set_reason_text(rid, reasons[reason as usize - 1]);

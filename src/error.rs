@@ -9,7 +9,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Another handle (in this or another process) holds the queue directory.
-    #[error("queue directory {0} is locked by another handle; close it or open a different directory")]
+    #[error(
+        "queue directory {0} is locked by another handle; close it or open a different directory"
+    )]
     Locked(PathBuf),
 
     /// The directory is on a network or FUSE filesystem where locks and fsync are unreliable.

@@ -1,7 +1,7 @@
 //! The in-memory recipient index: one compact record per live recipient,
 //! grouped by message, sharded by message slot.
 //!
-//! Addresses and bodies stay on disk; a recipient costs [`Rcpt`] (20 bytes)
+//! Addresses and bodies stay on disk; a recipient costs [`Rcpt`] (16 bytes)
 //! plus its share of [`Msg`] (28 bytes per message) plus 4 bytes in a ready
 //! queue or timer slot.
 
@@ -45,37 +45,152 @@ pub fn global(shard: usize, local: u32) -> u32 {
     (local << SHARD_BITS) | shard as u32
 }
 
-/// One live recipient. 20 bytes.
+/// One live recipient, packed into 16 bytes:
+/// `bs` = bucket (24 bits) | state (4) | flags (4); `ra` = reason id (20) | attempts (12).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct Rcpt {
     /// Local message slot in the same shard.
     pub msg: u32,
-    /// Bucket id.
-    pub bucket: u32,
     /// Next attempt (unix seconds) when deferred.
     pub next: u32,
-    /// Interned last-error id (0 = none).
-    pub reason: u32,
-    /// Attempts so far.
-    pub attempts: u16,
-    /// [`RcptState`] as u8.
-    pub state: u8,
-    /// Flags (`F_*`).
-    pub flags: u8,
+    bs: u32,
+    ra: u32,
 }
+
+/// Most buckets (routing keys) a queue can hold.
+pub const MAX_BUCKETS: u32 = 1 << 24;
+/// Most distinct live error texts per shard.
+pub const MAX_REASONS: u32 = (1 << 20) - 1;
+/// Attempts saturate here.
+pub const MAX_ATTEMPTS: u16 = (1 << 12) - 1;
 
 /// The bounce report of this recipient has been handed out (not persisted).
 pub const F_BOUNCE_TAKEN: u8 = 1;
 
 impl Rcpt {
+    /// A recipient of message slot `msg` in `bucket`, state `New`.
+    pub fn new(msg: u32, bucket: u32) -> Self {
+        let mut r = Rcpt {
+            msg,
+            ..Rcpt::default()
+        };
+        r.set_bucket(bucket);
+        r
+    }
     /// State.
     pub fn state(&self) -> RcptState {
-        RcptState::from_u8(self.state).unwrap_or(RcptState::Corrupt)
+        RcptState::from_u8(((self.bs >> 4) & 0xf) as u8).unwrap_or(RcptState::Corrupt)
+    }
+    /// Sets the state.
+    pub fn set_state(&mut self, s: RcptState) {
+        self.bs = (self.bs & !0xf0) | ((s as u32 & 0xf) << 4);
+    }
+    /// Bucket id.
+    pub fn bucket(&self) -> u32 {
+        self.bs >> 8
+    }
+    /// Sets the bucket id (< [`MAX_BUCKETS`]).
+    pub fn set_bucket(&mut self, b: u32) {
+        debug_assert!(b < MAX_BUCKETS);
+        self.bs = (self.bs & 0xff) | (b << 8);
+    }
+    /// Flags (`F_*`).
+    pub fn flags(&self) -> u8 {
+        (self.bs & 0xf) as u8
+    }
+    /// Sets flags.
+    pub fn set_flags(&mut self, f: u8) {
+        self.bs = (self.bs & !0xf) | (f as u32 & 0xf);
+    }
+    /// Attempts so far.
+    pub fn attempts(&self) -> u16 {
+        (self.ra & 0xfff) as u16
+    }
+    /// Sets attempts (saturating at [`MAX_ATTEMPTS`]).
+    pub fn set_attempts(&mut self, a: u16) {
+        self.ra = (self.ra & !0xfff) | a.min(MAX_ATTEMPTS) as u32;
+    }
+    /// Interned last-error id (0 = none).
+    pub fn reason(&self) -> u32 {
+        self.ra >> 12
+    }
+    fn set_reason_id(&mut self, id: u32) {
+        self.ra = (self.ra & 0xfff) | (id.min(MAX_REASONS) << 12);
     }
 }
 
-/// One live message. 28 bytes.
+/// A vector that grows in fixed chunks: no doubling slack, no large reallocation
+/// (and no copy of millions of records under a lock) as the queue grows.
+pub struct Slab<T> {
+    chunks: Vec<Box<[T]>>,
+    len: usize,
+}
+
+const CHUNK_BITS: usize = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+impl<T: Copy + Default> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy + Default> Slab<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when empty.
+    #[allow(dead_code)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Element `i`, if in range.
+    pub fn get(&self, i: usize) -> Option<&T> {
+        if i < self.len {
+            Some(&self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)])
+        } else {
+            None
+        }
+    }
+    /// Grows by `n` default elements.
+    pub fn grow(&mut self, n: usize) {
+        self.len += n;
+        while self.chunks.len() * CHUNK < self.len {
+            self.chunks
+                .push(vec![T::default(); CHUNK].into_boxed_slice());
+        }
+    }
+    /// Iterates over all elements.
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        (0..self.len).map(move |i| &self[i])
+    }
+    /// Bytes allocated.
+    pub fn memory(&self) -> usize {
+        self.chunks.len() * CHUNK * std::mem::size_of::<T>() + self.chunks.capacity() * 16
+    }
+}
+
+impl<T: Copy + Default> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        assert!(i < self.len, "slab index {i} out of range {}", self.len);
+        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
+impl<T: Copy + Default> std::ops::IndexMut<usize> for Slab<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        assert!(i < self.len, "slab index {i} out of range {}", self.len);
+        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
+/// One live message. 28 bytes (a third of it per recipient at three recipients).
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct Msg {
@@ -101,10 +216,10 @@ pub struct Msg {
 #[derive(Default)]
 pub struct MsgShard {
     /// Message slots.
-    pub msgs: Vec<Msg>,
+    pub msgs: Slab<Msg>,
     free_msgs: Vec<u32>,
     /// Recipient slab; a message's recipients are contiguous.
-    pub rcpts: Vec<Rcpt>,
+    pub rcpts: Slab<Rcpt>,
     /// Free recipient blocks by length.
     free_rcpts: HashMap<u16, Vec<u32>>,
     free_rcpt_count: usize,
@@ -126,14 +241,14 @@ impl MsgShard {
         if let Some(s) = self.free_msgs.pop() {
             return s;
         }
-        self.msgs.push(Msg::default());
+        self.msgs.grow(1);
         (self.msgs.len() - 1) as u32
     }
 
     /// Ensures a specific slot exists (recovery) and returns it.
     pub fn ensure_slot(&mut self, local: u32) {
-        while self.msgs.len() <= local as usize {
-            self.msgs.push(Msg::default());
+        if self.msgs.len() <= local as usize {
+            self.msgs.grow(local as usize + 1 - self.msgs.len());
         }
     }
 
@@ -160,22 +275,23 @@ impl MsgShard {
             }
         }
         let s = self.rcpts.len() as u32;
-        self.rcpts
-            .resize(self.rcpts.len() + n as usize, Rcpt::default());
+        self.rcpts.grow(n as usize);
         s
     }
 
     /// Inserts a message at `local` with recipients in state `New`.
-    pub fn insert(&mut self, local: u32, gen: u32, loc: (u32, u32, u32), received: u32, buckets: &[u32]) {
+    pub fn insert(
+        &mut self,
+        local: u32,
+        gen: u32,
+        loc: (u32, u32, u32),
+        received: u32,
+        buckets: &[u32],
+    ) {
         let n = buckets.len() as u16;
         let first = self.alloc_rcpts(n);
         for (i, &b) in buckets.iter().enumerate() {
-            self.rcpts[first as usize + i] = Rcpt {
-                msg: local,
-                bucket: b,
-                state: RcptState::New as u8,
-                ..Rcpt::default()
-            };
+            self.rcpts[first as usize + i] = Rcpt::new(local, b);
         }
         self.msgs[local as usize] = Msg {
             gen,
@@ -246,7 +362,7 @@ impl MsgShard {
         let m = *m;
         for i in 0..m.n as u32 {
             let id = (m.first + i) as usize;
-            let reason = self.rcpts[id].reason;
+            let reason = self.rcpts[id].reason();
             if reason != 0 {
                 self.release_reason(reason);
             }
@@ -266,10 +382,16 @@ impl MsgShard {
         let id = if text.is_empty() {
             0
         } else if let Some(&id) = self.reason_ids.get(text) {
+            if self.reasons[id as usize].1 == u32::MAX {
+                return;
+            }
             self.reasons[id as usize].1 += 1;
             id
         } else {
             let boxed: Box<str> = text.into();
+            if self.reasons.len() > MAX_REASONS as usize && self.free_reasons.is_empty() {
+                return; // table full: keep the previous text rather than grow without bound
+            }
             let id = if let Some(id) = self.free_reasons.pop() {
                 self.reasons[id as usize] = (boxed.clone(), 1);
                 id
@@ -283,16 +405,16 @@ impl MsgShard {
             self.reason_ids.insert(boxed, id);
             id
         };
-        let old = self.rcpts[rid as usize].reason;
-        self.rcpts[rid as usize].reason = id;
+        let old = self.rcpts[rid as usize].reason();
+        self.rcpts[rid as usize].set_reason_id(id);
         if old != 0 {
             self.release_reason(old);
         }
     }
 
     fn set_reason(&mut self, rid: u32, id: u32) {
-        let old = self.rcpts[rid as usize].reason;
-        self.rcpts[rid as usize].reason = id;
+        let old = self.rcpts[rid as usize].reason();
+        self.rcpts[rid as usize].set_reason_id(id);
         if old != 0 {
             self.release_reason(old);
         }
@@ -318,10 +440,14 @@ impl MsgShard {
 
     /// Bytes of memory held by this shard's index structures.
     pub fn memory(&self) -> usize {
-        self.msgs.capacity() * std::mem::size_of::<Msg>()
+        self.msgs.memory()
             + self.free_msgs.capacity() * 4
-            + self.rcpts.capacity() * std::mem::size_of::<Rcpt>()
-            + self.free_rcpts.values().map(|v| v.capacity() * 4 + 32).sum::<usize>()
+            + self.rcpts.memory()
+            + self
+                .free_rcpts
+                .values()
+                .map(|v| v.capacity() * 4 + 32)
+                .sum::<usize>()
             + self
                 .reasons
                 .iter()
@@ -338,7 +464,7 @@ mod tests {
 
     #[test]
     fn record_sizes() {
-        assert_eq!(std::mem::size_of::<Rcpt>(), 20);
+        assert_eq!(std::mem::size_of::<Rcpt>(), 16);
         assert_eq!(std::mem::size_of::<Msg>(), 28);
     }
 

@@ -256,7 +256,9 @@ impl Log {
         if g.reserved + len > self.seg_max && g.reserved > HEADER_LEN as u64 + 16 {
             // Roll to a new segment; its header goes first.
             let seg = g.active.checked_add(1).ok_or_else(|| {
-                Error::InvalidOption("segment numbers exhausted; compact and recreate the queue".into())
+                Error::InvalidOption(
+                    "segment numbers exhausted; compact and recreate the queue".into(),
+                )
             })?;
             let mut h = Batch::new();
             h.push(Kind::SegmentHeader, |p| {
@@ -294,7 +296,9 @@ impl Log {
         }
         let (seg, off) = (g.active, pos_off(start));
         match g.chunks.last_mut() {
-            Some(c) if c.seg == seg && c.off + c.buf.len() as u64 == off && c.buf.len() < (1 << 20) => {
+            Some(c)
+                if c.seg == seg && c.off + c.buf.len() as u64 == off && c.buf.len() < (1 << 20) =>
+            {
                 c.buf.extend_from_slice(&batch.buf)
             }
             _ => g.chunks.push(Chunk {
@@ -312,7 +316,8 @@ impl Log {
         let g = self.inner.lock();
         !g.flushing
             && (g.pending_bytes >= self.sync_bytes
-                || g.oldest_pending.is_some_and(|t| t.elapsed() >= self.sync_interval))
+                || g.oldest_pending
+                    .is_some_and(|t| t.elapsed() >= self.sync_interval))
     }
 
     /// Waits until everything before `target` is durable, leading a group commit if needed.

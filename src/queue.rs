@@ -97,7 +97,9 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Queue")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -117,12 +119,12 @@ pub(crate) fn apply_change(
 ) -> bool {
     let r = ms.rcpts[rid as usize];
     let old = r.state();
-    let bl = local_of(r.bucket);
+    let bl = local_of(r.bucket());
     ss.buckets[bl as usize].shift(old, ch.state);
     {
         let r = &mut ms.rcpts[rid as usize];
-        r.state = ch.state as u8;
-        r.attempts = ch.attempts;
+        r.set_state(ch.state);
+        r.set_attempts(ch.attempts);
         r.next = ch.next;
     }
     if let Some(t) = &ch.reason {
@@ -136,7 +138,10 @@ pub(crate) fn apply_change(
         }
         RcptState::Deferred => ss.wheel.insert(ch.next, rr),
         RcptState::Failed | RcptState::Expired => {
-            ms.rcpts[rid as usize].flags &= !F_BOUNCE_TAKEN;
+            {
+                let r = &mut ms.rcpts[rid as usize];
+                r.set_flags(r.flags() & !F_BOUNCE_TAKEN);
+            }
             ms.bounces.push_back(rr);
         }
         s if s.is_final() => {
@@ -161,7 +166,7 @@ pub(crate) fn push_update(
     let id = MessageId::new(m.gen, global(mshard, r.msg));
     let reason = match &ch.reason {
         Some(t) => t.as_str(),
-        None => ms.reason(r.reason),
+        None => ms.reason(r.reason()),
     };
     let u = UpdateRecord {
         id: id.0,
@@ -181,13 +186,20 @@ impl Inner {
     }
 
     /// Interns a normalised routing key and returns its bucket id.
-    pub(crate) fn bucket_id(&self, key: &str) -> u32 {
+    pub(crate) fn bucket_id(&self, key: &str) -> Result<u32> {
         if let Some(id) = self.keys.read().get(key) {
-            return id;
+            return Ok(id);
         }
         let mut keys = self.keys.write();
+        if keys.get(key).is_none() && keys.len() >= MAX_BUCKETS as usize {
+            return Err(Error::TooLarge {
+                what: "routing key table",
+                len: keys.len(),
+                limit: MAX_BUCKETS as usize,
+            });
+        }
         let policy = self.opts.concurrency;
-        keys.intern(key, policy, |s, b| self.sched[s].lock().buckets.push(b))
+        Ok(keys.intern(key, policy, |s, b| self.sched[s].lock().buckets.push(b)))
     }
 
     /// Looks a routing key up without creating it.
@@ -197,7 +209,11 @@ impl Inner {
     }
 
     pub(crate) fn key_of(&self, bucket: u32) -> Arc<str> {
-        self.keys.read().key(bucket).cloned().unwrap_or_else(|| "".into())
+        self.keys
+            .read()
+            .key(bucket)
+            .cloned()
+            .unwrap_or_else(|| "".into())
     }
 
     /// Makes the poll fd readable.
@@ -243,7 +259,7 @@ impl Inner {
                 let rid = ms
                     .rcpt_index(local, idx)
                     .ok_or(Error::NoSuchRecipient(id, idx))?;
-                (rid, ms.rcpts[rid as usize].bucket)
+                (rid, ms.rcpts[rid as usize].bucket())
             };
             let mut ss = self.sched[shard_of(bucket)].lock();
             let mut ms = self.msgs[mshard].lock();
@@ -251,7 +267,7 @@ impl Inner {
                 return Err(Error::NoSuchMessage(id));
             }
             let r = ms.rcpts[rid as usize];
-            if r.bucket != bucket {
+            if r.bucket() != bucket {
                 continue; // re-routed meanwhile; retry with the new bucket's lock
             }
             let now = self.now();
@@ -288,7 +304,7 @@ impl Inner {
                 let rid = ms
                     .rcpt_index(local, idx)
                     .ok_or(Error::NoSuchRecipient(id, idx))?;
-                (rid, ms.rcpts[rid as usize].bucket)
+                (rid, ms.rcpts[rid as usize].bucket())
             };
             if from == to {
                 return Ok(false);
@@ -309,7 +325,7 @@ impl Inner {
                 return Err(Error::NoSuchMessage(id));
             }
             let r = ms.rcpts[rid as usize];
-            if r.bucket != from {
+            if r.bucket() != from {
                 continue;
             }
             let st = r.state();
@@ -319,7 +335,7 @@ impl Inner {
             let now = self.now();
             let ch = Change {
                 state: st,
-                attempts: r.attempts,
+                attempts: r.attempts(),
                 next: r.next,
                 reason: None,
                 persist: true,
@@ -329,7 +345,7 @@ impl Inner {
             self.log.append(b)?;
             // Leave the old bucket …
             g1.buckets[local_of(from) as usize].shift(st, RcptState::Delivered);
-            ms.rcpts[rid as usize].bucket = to;
+            ms.rcpts[rid as usize].set_bucket(to);
             // … and join the new one.
             let dst: &mut SchedShard = match g2.as_mut() {
                 Some(g) => g,
@@ -431,7 +447,10 @@ impl Queue {
         if let Some(p) = q.log.poisoned() {
             return Err(Error::Poisoned(p));
         }
-        let buckets: Vec<u32> = routes.iter().map(|k| q.bucket_id(k)).collect();
+        let buckets = routes
+            .iter()
+            .map(|k| q.bucket_id(k))
+            .collect::<Result<Vec<u32>>>()?;
         let pairs: Vec<(&str, &str)> = m
             .recipients
             .iter()
@@ -509,7 +528,8 @@ impl Queue {
                     reason: None,
                     persist: false,
                 };
-                ss.buckets[local_of(buckets[j]) as usize].shift(RcptState::Delivered, RcptState::New);
+                ss.buckets[local_of(buckets[j]) as usize]
+                    .shift(RcptState::Delivered, RcptState::New);
                 rang |= apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
             }
         }
@@ -549,7 +569,11 @@ impl Queue {
         self.inner.report.lock().clone()
     }
 
-    fn each_rcpt(&self, id: MessageId, plan: &dyn Fn(&Rcpt, u32) -> Option<Change>) -> Result<usize> {
+    fn each_rcpt(
+        &self,
+        id: MessageId,
+        plan: &dyn Fn(&Rcpt, u32) -> Option<Change>,
+    ) -> Result<usize> {
         let (s, l) = self.inner.locate(id)?;
         let n = self.inner.msgs[s].lock().msgs[l as usize].n as u32;
         let mut changed = 0;
@@ -589,7 +613,7 @@ impl Queue {
         let Some(b) = self.inner.find_bucket(key)? else {
             return Ok(0);
         };
-        let targets = self.inner.collect(&|r| r.bucket == b);
+        let targets = self.inner.collect(&|r| r.bucket() == b);
         let mut n = 0;
         for (id, i) in targets {
             match self.inner.change_rcpt(id, i, plan) {
@@ -626,7 +650,7 @@ impl Queue {
 
     fn flush_matching(&self, bucket: Option<u32>) -> Result<usize> {
         let targets = self.inner.collect(&|r| {
-            r.state() == RcptState::Deferred && bucket.is_none_or(|b| b == r.bucket)
+            r.state() == RcptState::Deferred && bucket.is_none_or(|b| b == r.bucket())
         });
         let mut n = 0;
         for (id, i) in targets {
@@ -658,14 +682,14 @@ impl Queue {
 
     /// Suspends a routing key: no new sessions until [`Queue::resume`].
     pub fn suspend(&self, key: &str) -> Result<()> {
-        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         self.inner.sched[shard_of(b)].lock().buckets[local_of(b) as usize].suspended = true;
         Ok(())
     }
 
     /// Resumes a suspended routing key.
     pub fn resume(&self, key: &str) -> Result<()> {
-        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         let now = self.inner.now();
         let mut ss = self.inner.sched[shard_of(b)].lock();
         ss.buckets[local_of(b) as usize].suspended = false;
@@ -678,9 +702,11 @@ impl Queue {
     /// Sets the concurrency limit of one routing key (the window is clamped to it).
     pub fn set_concurrency_limit(&self, key: &str, limit: u16) -> Result<()> {
         if limit == 0 {
-            return Err(Error::InvalidOption("concurrency limit must be at least 1".into()));
+            return Err(Error::InvalidOption(
+                "concurrency limit must be at least 1".into(),
+            ));
         }
-        let b = self.inner.bucket_id(&validate::normalize_key(key)?);
+        let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         let mut ss = self.inner.sched[shard_of(b)].lock();
         let bk = &mut ss.buckets[local_of(b) as usize];
         bk.policy.limit = limit;
@@ -694,8 +720,8 @@ impl Queue {
         let Some(fb) = self.inner.find_bucket(from)? else {
             return Ok(0);
         };
-        let tb = self.inner.bucket_id(&validate::normalize_key(to)?);
-        let targets = self.inner.collect(&|r| r.bucket == fb);
+        let tb = self.inner.bucket_id(&validate::normalize_key(to)?)?;
+        let targets = self.inner.collect(&|r| r.bucket() == fb);
         let mut n = 0;
         for (id, i) in targets {
             match self.inner.reroute_rcpt(id, i, tb) {
@@ -709,7 +735,7 @@ impl Queue {
 
     /// Re-routes one recipient to routing key `to` (persisted).
     pub fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
-        let tb = self.inner.bucket_id(&validate::normalize_key(to)?);
+        let tb = self.inner.bucket_id(&validate::normalize_key(to)?)?;
         self.durably(self.inner.reroute_rcpt(id, index, tb))
     }
 
@@ -738,16 +764,19 @@ impl Queue {
                 };
                 let st = r.state();
                 if !matches!(st, RcptState::Failed | RcptState::Expired)
-                    || r.flags & F_BOUNCE_TAKEN != 0
+                    || r.flags() & F_BOUNCE_TAKEN != 0
                 {
                     continue;
                 }
-                ms.rcpts[rid as usize].flags |= F_BOUNCE_TAKEN;
+                {
+                    let r = &mut ms.rcpts[rid as usize];
+                    r.set_flags(r.flags() | F_BOUNCE_TAKEN);
+                }
                 let m = ms.msgs[r.msg as usize];
                 refs.push((
                     MessageId::new(m.gen, global(s, r.msg)),
                     rid - m.first,
-                    ms.reason(r.reason).to_string(),
+                    ms.reason(r.reason()).to_string(),
                     st == RcptState::Expired,
                     (m.seg, m.off),
                 ));
@@ -782,7 +811,7 @@ impl Queue {
         let changed = self.inner.change_rcpt(id, index, &|r, _| {
             matches!(r.state(), RcptState::Failed | RcptState::Expired).then(|| Change {
                 state: RcptState::Bounced,
-                attempts: r.attempts,
+                attempts: r.attempts(),
                 next: 0,
                 reason: None,
                 persist: true,
@@ -810,7 +839,7 @@ impl Queue {
 fn plan_hold(r: &Rcpt, _now: u32) -> Option<Change> {
     matches!(r.state(), RcptState::Ready | RcptState::Deferred).then(|| Change {
         state: RcptState::Held,
-        attempts: r.attempts,
+        attempts: r.attempts(),
         next: r.next,
         reason: None,
         persist: true,
@@ -820,7 +849,7 @@ fn plan_hold(r: &Rcpt, _now: u32) -> Option<Change> {
 fn plan_release(r: &Rcpt, _now: u32) -> Option<Change> {
     (r.state() == RcptState::Held).then(|| Change {
         state: RcptState::Ready,
-        attempts: r.attempts,
+        attempts: r.attempts(),
         next: 0,
         reason: None,
         persist: true,
@@ -830,7 +859,7 @@ fn plan_release(r: &Rcpt, _now: u32) -> Option<Change> {
 fn plan_delete(r: &Rcpt, _now: u32) -> Option<Change> {
     (!r.state().is_final() && r.state() != RcptState::New).then(|| Change {
         state: RcptState::Deleted,
-        attempts: r.attempts,
+        attempts: r.attempts(),
         next: 0,
         reason: None,
         persist: true,
@@ -840,7 +869,7 @@ fn plan_delete(r: &Rcpt, _now: u32) -> Option<Change> {
 fn plan_flush(r: &Rcpt, _now: u32) -> Option<Change> {
     (r.state() == RcptState::Deferred).then(|| Change {
         state: RcptState::Ready,
-        attempts: r.attempts,
+        attempts: r.attempts(),
         next: 0,
         reason: None,
         persist: true,

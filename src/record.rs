@@ -453,7 +453,10 @@ mod tests {
         frame(&mut buf, Kind::RcptUpdate, 7, b"hello");
         assert_eq!(buf.len() % ALIGN, 0);
         let f = parse(&buf, 1 << 20).unwrap();
-        assert_eq!((f.kind, f.seq, f.payload), (Kind::RcptUpdate, 7, &b"hello"[..]));
+        assert_eq!(
+            (f.kind, f.seq, f.payload),
+            (Kind::RcptUpdate, 7, &b"hello"[..])
+        );
         for i in 0..HEADER_LEN + 5 {
             let mut b = buf.clone();
             b[i] ^= 0x10;
@@ -466,7 +469,15 @@ mod tests {
     #[test]
     fn message_roundtrip() {
         let mut p = Vec::new();
-        encode_message(&mut p, 9, 100, "a@b", b"m", &[("x@y.com", "y.com")], b"BODY");
+        encode_message(
+            &mut p,
+            9,
+            100,
+            "a@b",
+            b"m",
+            &[("x@y.com", "y.com")],
+            b"BODY",
+        );
         let m = decode_message(&p).unwrap();
         assert_eq!(m.id, 9);
         assert_eq!(m.rcpts, vec![("x@y.com", "y.com")]);
@@ -478,7 +489,10 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(validate::recipient("Bob@Example.COM.").unwrap(), "example.com");
+        assert_eq!(
+            validate::recipient("Bob@Example.COM.").unwrap(),
+            "example.com"
+        );
         assert!(validate::recipient("nobody").is_err());
         assert!(validate::recipient("a\0b@x").is_err());
         let long = format!("a@{}", "x".repeat(4096));

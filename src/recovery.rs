@@ -131,7 +131,13 @@ impl Builder {
             let k = record::validate::normalize_key(key).unwrap_or_else(|_| "invalid".into());
             buckets.push(self.keys.intern_into(&k, self.policy, &mut self.sched));
         }
-        self.msgs[s].insert(local, id.gen(), loc, m.received.min(u32::MAX as u64) as u32, &buckets);
+        self.msgs[s].insert(
+            local,
+            id.gen(),
+            loc,
+            m.received.min(u32::MAX as u64) as u32,
+            &buckets,
+        );
     }
 
     fn apply_update(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
@@ -150,11 +156,13 @@ impl Builder {
             return;
         };
         if self.msgs[s].get(local, id.gen()).is_none() {
-            self.report.note_corrupt_message(id, "update for unknown message");
+            self.report
+                .note_corrupt_message(id, "update for unknown message");
             return;
         }
         let Some(rid) = self.msgs[s].rcpt_index(local, u.idx) else {
-            self.report.note_corrupt_message(id, "update for unknown recipient");
+            self.report
+                .note_corrupt_message(id, "update for unknown recipient");
             return;
         };
         if self.msgs[s].rcpts[rid as usize].state().is_final() {
@@ -163,14 +171,14 @@ impl Builder {
         if !u.route.is_empty() {
             if let Ok(k) = record::validate::normalize_key(u.route) {
                 let b = self.keys.intern_into(&k, self.policy, &mut self.sched);
-                self.msgs[s].rcpts[rid as usize].bucket = b;
+                self.msgs[s].rcpts[rid as usize].set_bucket(b);
             }
         }
         let ms = &mut self.msgs[s];
         {
             let r = &mut ms.rcpts[rid as usize];
-            r.state = st as u8;
-            r.attempts = u.attempts;
+            r.set_state(st);
+            r.set_attempts(u.attempts);
             r.next = u.next;
         }
         if st.is_final() {
@@ -261,14 +269,12 @@ impl Builder {
     /// A damaged record that still looks like a message: report the id it names.
     fn note_suspect(&mut self, data: &[u8], off: usize) {
         let h = &data[off..];
-        if h.len() >= HEADER_LEN + 8
-            && h[..4] == MAGIC.to_le_bytes()
-            && matches!(h[12], 2 | 4)
-        {
+        if h.len() >= HEADER_LEN + 8 && h[..4] == MAGIC.to_le_bytes() && matches!(h[12], 2 | 4) {
             let mut idb = [0u8; 8];
             idb.copy_from_slice(&h[HEADER_LEN..HEADER_LEN + 8]);
             let id = MessageId(u64::from_le_bytes(idb));
-            self.report.note_corrupt_message(id, "damaged message record");
+            self.report
+                .note_corrupt_message(id, "damaged message record");
         }
     }
 
@@ -290,10 +296,10 @@ impl Builder {
                     if st.is_final() {
                         continue;
                     }
-                    r.state = st as u8;
+                    r.set_state(st);
                     self.report.recipients += 1;
-                    let ss = &mut self.sched[shard_of(r.bucket)];
-                    let bl = local_of(r.bucket);
+                    let ss = &mut self.sched[shard_of(r.bucket())];
+                    let bl = local_of(r.bucket());
                     ss.buckets[bl as usize].shift(RcptState::Delivered, st);
                     let rr = rref(s, rid);
                     match st {
@@ -328,7 +334,9 @@ fn resync(data: &[u8], from: usize, max: usize) -> Option<usize> {
 }
 
 fn read_file(vfs: &dyn crate::vfs::Vfs, path: &Path) -> Result<bytes::Bytes> {
-    let f = vfs.open(path, false).map_err(|e| Error::io("open", path, e))?;
+    let f = vfs
+        .open(path, false)
+        .map_err(|e| Error::io("open", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat", path, e))?;
     f.map(len).map_err(|e| Error::io("map", path, e))
 }
@@ -357,8 +365,8 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         .ok_or_else(|| Error::Locked(dir.to_path_buf()))?;
 
     let now = now32(&opts);
-    let max_payload = opts.max_body + crate::queue::MAX_META + 64 * 1024
-        + opts.max_recipients * 1100;
+    let max_payload =
+        opts.max_body + crate::queue::MAX_META + 64 * 1024 + opts.max_recipients * 1100;
     let mut b = Builder::new(opts.concurrency, now);
     let names = vfs
         .list(dir)
@@ -368,7 +376,13 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
     let mut from: Option<crate::log::Pos> = None;
     if names.iter().any(|n| n == CHECKPOINT) {
         let data = read_file(&*vfs, &dir.join(CHECKPOINT))?;
-        match checkpoint::decode(&data, opts.concurrency, &mut b.msgs, &mut b.sched, &mut b.keys) {
+        match checkpoint::decode(
+            &data,
+            opts.concurrency,
+            &mut b.msgs,
+            &mut b.sched,
+            &mut b.keys,
+        ) {
             Ok(l) => {
                 b.report.checkpoint_used = true;
                 b.next_gen = l.next_gen.max(1);
@@ -399,7 +413,10 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         }
     }
     let mut active = replay.last().copied().unwrap_or_else(|| {
-        from.map(pos_seg).unwrap_or(0).max(segs.last().copied().unwrap_or(0)) + 1
+        from.map(pos_seg)
+            .unwrap_or(0)
+            .max(segs.last().copied().unwrap_or(0))
+            + 1
     });
     let mut active_len = 0u64;
     for (i, &seg) in replay.iter().enumerate() {
@@ -415,7 +432,9 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         if is_last {
             if (end as u64) < data.len() as u64 {
                 drop(data);
-                let f = vfs.open(&path, false).map_err(|e| Error::io("open", &path, e))?;
+                let f = vfs
+                    .open(&path, false)
+                    .map_err(|e| Error::io("open", &path, e))?;
                 f.set_len(end as u64)
                     .and_then(|_| f.sync_data())
                     .map_err(|e| Error::io("truncate torn tail", &path, e))?;
@@ -428,15 +447,18 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         // The last segment has no valid header: start a fresh one after it.
         if replay.last() == Some(&active) {
             let path = dir.join(segment_name(active));
-            vfs.remove(&path).map_err(|e| Error::io("remove empty segment", &path, e))?;
+            vfs.remove(&path)
+                .map_err(|e| Error::io("remove empty segment", &path, e))?;
         }
     }
     // Messages whose record lives in a segment that is gone.
     for (s, ms) in b.msgs.iter().enumerate() {
         for (l, m) in ms.msgs.iter().enumerate() {
             if m.gen != 0 && !segs.contains(&m.seg) {
-                b.report
-                    .note_corrupt_message(MessageId::new(m.gen, global(s, l as u32)), "segment missing");
+                b.report.note_corrupt_message(
+                    MessageId::new(m.gen, global(s, l as u32)),
+                    "segment missing",
+                );
             }
         }
     }

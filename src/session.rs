@@ -76,7 +76,7 @@ impl std::fmt::Debug for Delivery<'_> {
 }
 
 fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options) -> Change {
-    let attempts = r.attempts.saturating_add(1);
+    let attempts = r.attempts().saturating_add(1);
     match o {
         Outcome::Delivered => Change {
             state: RcptState::Delivered,
@@ -136,12 +136,12 @@ impl Inner {
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;
             };
-            if r.state() != RcptState::Deferred || shard_of(r.bucket) != shard || r.next > now {
+            if r.state() != RcptState::Deferred || shard_of(r.bucket()) != shard || r.next > now {
                 continue; // stale timer entry
             }
             let ch = Change {
                 state: RcptState::Ready,
-                attempts: r.attempts,
+                attempts: r.attempts(),
                 next: r.next,
                 reason: None,
                 persist: false,
@@ -194,7 +194,7 @@ impl Inner {
             }
             let ch = Change {
                 state: RcptState::Ready,
-                attempts: r.attempts,
+                attempts: r.attempts(),
                 next: r.next,
                 reason: None,
                 persist: false,
@@ -204,7 +204,13 @@ impl Inner {
         rang
     }
 
-    fn open_slot(self: &Arc<Self>, ss: &mut SchedShard, shard: usize, bl: u32, now: u32) -> Session {
+    fn open_slot(
+        self: &Arc<Self>,
+        ss: &mut SchedShard,
+        shard: usize,
+        bl: u32,
+        now: u32,
+    ) -> Session {
         let ttl = self.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
         let b = &mut ss.buckets[bl as usize];
         let token = b.next_token;
@@ -365,7 +371,7 @@ impl Session {
                 let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                     continue;
                 };
-                if r.state() != RcptState::Ready || r.bucket != self.bucket {
+                if r.state() != RcptState::Ready || r.bucket() != self.bucket {
                     continue;
                 }
                 let m = ms.msgs[r.msg as usize];
@@ -375,13 +381,13 @@ impl Session {
                         break;
                     }
                     let o = ms.rcpts[j as usize];
-                    if j != rid && o.bucket == self.bucket && o.state() == RcptState::Ready {
+                    if j != rid && o.bucket() == self.bucket && o.state() == RcptState::Ready {
                         rids.push(j);
                     }
                 }
                 rids.sort_unstable();
                 for &j in &rids {
-                    ms.rcpts[j as usize].state = RcptState::Leased as u8;
+                    ms.rcpts[j as usize].set_state(RcptState::Leased);
                     ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
                 }
                 leased = Some((msh, r.msg, m.gen, rids, (m.seg, m.off)));
@@ -402,7 +408,10 @@ impl Session {
                     let ms = q.msgs[msh].lock();
                     let first = ms.msgs[local as usize].first;
                     let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
-                    let attempts = rids.iter().map(|&r| ms.rcpts[r as usize].attempts).collect();
+                    let attempts = rids
+                        .iter()
+                        .map(|&r| ms.rcpts[r as usize].attempts())
+                        .collect();
                     drop(ms);
                     let addrs = indices
                         .iter()
@@ -431,7 +440,7 @@ impl Session {
                     let mut ms = q.msgs[msh].lock();
                     for &r in &rids {
                         if ms.rcpts[r as usize].state() == RcptState::Leased {
-                            ms.rcpts[r as usize].state = RcptState::Corrupt as u8;
+                            ms.rcpts[r as usize].set_state(RcptState::Corrupt);
                             ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
                         }
                     }
@@ -609,10 +618,13 @@ impl Delivery<'_> {
         if let Some(m) = ms.get(local, self.id.gen()).copied() {
             for (k, &rid) in self.rids.iter().enumerate() {
                 let r = ms.rcpts[rid as usize];
-                if r.state() != RcptState::Leased || r.msg != local || r.bucket != self.s.bucket {
+                if r.state() != RcptState::Leased || r.msg != local || r.bucket() != self.s.bucket {
                     continue; // deleted or changed by the operator while in flight
                 }
-                plan.push((rid, outcome_change(&outcomes[k], &r, m.received, now, &q.opts)));
+                plan.push((
+                    rid,
+                    outcome_change(&outcomes[k], &r, m.received, now, &q.opts),
+                ));
             }
         }
         let mut batch = Batch::new();
@@ -621,10 +633,7 @@ impl Delivery<'_> {
         }
         if let Err(e) = q.log.append(batch) {
             drop(ms);
-            let slot = std::mem::replace(
-                &mut ss.buckets[bl as usize].slots[si].leased,
-                Vec::new(),
-            );
+            let slot = std::mem::replace(&mut ss.buckets[bl as usize].slots[si].leased, Vec::new());
             let tmp = Slot {
                 token: 0,
                 deadline: 0,

@@ -140,39 +140,103 @@ impl Stats {
         }
         let gauges = [
             ("messages", "Live messages.", self.messages),
-            ("oldest_age_seconds", "Age of the oldest queued message.", self.oldest_age),
-            ("corrupt", "Damage findings (damaged records, missing segments, corrupt messages).", self.corrupt),
-            ("index_bytes", "Bytes of RAM held by the in-memory index.", self.index_bytes),
-            ("poisoned", "1 when the queue refuses writes after a storage failure.", self.poisoned.is_some() as u64),
+            (
+                "oldest_age_seconds",
+                "Age of the oldest queued message.",
+                self.oldest_age,
+            ),
+            (
+                "corrupt",
+                "Damage findings (damaged records, missing segments, corrupt messages).",
+                self.corrupt,
+            ),
+            (
+                "index_bytes",
+                "Bytes of RAM held by the in-memory index.",
+                self.index_bytes,
+            ),
+            (
+                "poisoned",
+                "1 when the queue refuses writes after a storage failure.",
+                self.poisoned.is_some() as u64,
+            ),
         ];
         for (n, h, v) in gauges {
-            let _ = writeln!(s, "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge\nmailq_{n} {v}");
+            let _ = writeln!(
+                s,
+                "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge\nmailq_{n} {v}"
+            );
         }
         let counters = [
-            ("accepted_messages_total", "Messages accepted.", self.accepted),
-            ("accepted_recipients_total", "Recipients accepted.", self.accepted_recipients),
+            (
+                "accepted_messages_total",
+                "Messages accepted.",
+                self.accepted,
+            ),
+            (
+                "accepted_recipients_total",
+                "Recipients accepted.",
+                self.accepted_recipients,
+            ),
             ("delivered_total", "Recipients delivered.", self.delivered),
             ("deferred_total", "Temporary failures.", self.deferred),
             ("failed_total", "Permanent failures.", self.failed),
             ("expired_total", "Recipients expired.", self.expired),
             ("bounced_total", "DSNs acknowledged.", self.bounced),
-            ("site_failures_total", "Destination (site) failures.", self.site_failures),
-            ("lease_reclaims_total", "Sessions reclaimed after their lease expired.", self.lease_reclaims),
+            (
+                "site_failures_total",
+                "Destination (site) failures.",
+                self.site_failures,
+            ),
+            (
+                "lease_reclaims_total",
+                "Sessions reclaimed after their lease expired.",
+                self.lease_reclaims,
+            ),
             ("fsyncs_total", "fdatasync calls on the log.", self.fsyncs),
             ("group_commits_total", "Group commits.", self.commits),
-            ("written_bytes_total", "Bytes appended to the log.", self.bytes_written),
-            ("checkpoints_total", "Checkpoints written.", self.checkpoints),
+            (
+                "written_bytes_total",
+                "Bytes appended to the log.",
+                self.bytes_written,
+            ),
+            (
+                "checkpoints_total",
+                "Checkpoints written.",
+                self.checkpoints,
+            ),
         ];
         for (n, h, v) in counters {
-            let _ = writeln!(s, "# HELP mailq_{n} {h}\n# TYPE mailq_{n} counter\nmailq_{n} {v}");
+            let _ = writeln!(
+                s,
+                "# HELP mailq_{n} {h}\n# TYPE mailq_{n} counter\nmailq_{n} {v}"
+            );
         }
         let per_bucket: [(&str, &str, fn(&BucketStats) -> u64); 6] = [
-            ("bucket_depth", "Queued recipients per destination.", |b| b.depth()),
-            ("bucket_ready", "Ready recipients per destination.", |b| b.ready),
-            ("bucket_deferred", "Deferred recipients per destination.", |b| b.deferred),
-            ("bucket_inflight", "Recipients in flight per destination.", |b| b.inflight),
-            ("bucket_sessions", "Open sessions per destination.", |b| b.sessions),
-            ("bucket_window", "Concurrency window per destination.", |b| b.window),
+            ("bucket_depth", "Queued recipients per destination.", |b| {
+                b.depth()
+            }),
+            ("bucket_ready", "Ready recipients per destination.", |b| {
+                b.ready
+            }),
+            (
+                "bucket_deferred",
+                "Deferred recipients per destination.",
+                |b| b.deferred,
+            ),
+            (
+                "bucket_inflight",
+                "Recipients in flight per destination.",
+                |b| b.inflight,
+            ),
+            ("bucket_sessions", "Open sessions per destination.", |b| {
+                b.sessions
+            }),
+            (
+                "bucket_window",
+                "Concurrency window per destination.",
+                |b| b.window,
+            ),
         ];
         for (n, h, f) in per_bucket {
             let _ = writeln!(s, "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge");
@@ -225,7 +289,9 @@ fn truncate(s: &str, n: usize) -> &str {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One recipient of an inspected message.
@@ -298,7 +364,7 @@ impl Queue {
                         continue;
                     }
                     by_state[s as usize] += 1;
-                    ages.entry(r.bucket).or_default()[col] += 1;
+                    ages.entry(r.bucket()).or_default()[col] += 1;
                 }
             }
         }
@@ -313,7 +379,11 @@ impl Queue {
         ] {
             st.by_state.push((s.name(), by_state[s as usize]));
         }
-        st.oldest_age = if st.messages > 0 { (now - oldest) as u64 } else { 0 };
+        st.oldest_age = if st.messages > 0 {
+            (now - oldest) as u64
+        } else {
+            0
+        };
         index_bytes += q.keys.read().memory();
         for (s, ss) in q.sched.iter().enumerate() {
             let ss = ss.lock();
@@ -327,7 +397,8 @@ impl Queue {
                     deferred: b.count(RcptState::Deferred) as u64,
                     held: b.count(RcptState::Held) as u64,
                     inflight: b.count(RcptState::Leased) as u64,
-                    bounce_pending: (b.count(RcptState::Failed) + b.count(RcptState::Expired)) as u64,
+                    bounce_pending: (b.count(RcptState::Failed) + b.count(RcptState::Expired))
+                        as u64,
                     sessions: b.slots.len() as u64,
                     window: b.window as u64,
                     limit: b.policy.limit as u64,
@@ -428,7 +499,10 @@ impl Queue {
             let rc: Vec<Rcpt> = (m.first..m.first + m.n as u32)
                 .map(|r| ms.rcpts[r as usize])
                 .collect();
-            let reasons: Vec<String> = rc.iter().map(|r| ms.reason(r.reason).to_string()).collect();
+            let reasons: Vec<String> = rc
+                .iter()
+                .map(|r| ms.reason(r.reason()).to_string())
+                .collect();
             (m, rc, reasons)
         };
         let (_, payload) = q.log.read_record(m.seg, m.off as u64)?;
@@ -443,10 +517,17 @@ impl Queue {
             .zip(reasons)
             .enumerate()
             .map(|(i, (r, reason))| RecipientInfo {
-                address: rec.rcpts.get(i).map(|x| x.0.to_string()).unwrap_or_default(),
-                route: keys.key(r.bucket).map(|k| k.to_string()).unwrap_or_default(),
+                address: rec
+                    .rcpts
+                    .get(i)
+                    .map(|x| x.0.to_string())
+                    .unwrap_or_default(),
+                route: keys
+                    .key(r.bucket())
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
                 state: r.state(),
-                attempts: r.attempts,
+                attempts: r.attempts(),
                 next_attempt: r.next as u64,
                 last_error: reason,
             })
@@ -481,7 +562,9 @@ impl Queue {
             let ok = match q.log.read_record(seg, off as u64) {
                 Ok((_, p)) => record::decode_message(&p).is_some_and(|r| r.id == id.0),
                 Err(Error::Corrupt { .. }) => false,
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => false,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    false
+                }
                 Err(e) => return Err(e),
             };
             if !ok {

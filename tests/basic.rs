@@ -39,7 +39,10 @@ fn enqueue_deliver_roundtrip_batches_by_domain() {
     assert_eq!(
         seen,
         vec![
-            ("example.com".to_string(), vec!["x@Example.com".to_string(), "y@example.COM.".to_string()]),
+            (
+                "example.com".to_string(),
+                vec!["x@Example.com".to_string(), "y@example.COM.".to_string()]
+            ),
             ("other.net".to_string(), vec!["z@other.net".to_string()]),
         ]
     );
@@ -64,13 +67,27 @@ fn hostile_inputs_are_typed_errors_and_write_nothing() {
     let before = size(&d);
     let long_domain = format!("u@{}", "a".repeat(4096));
     let cases: Vec<(NewMessage, fn(&Error) -> bool)> = vec![
-        (msg("a@b.c", &[], b"x"), |e| matches!(e, Error::NoRecipients)),
-        (msg("a@b.c", &["nobody"], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
-        (msg("a@b.c", &[&long_domain], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
-        (msg("a@b.c", &["nul\0@x.com"], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
-        (msg("bad sender", &["ok@x.com"], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
-        (msg("a@b.c", &["@x.com"], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
-        (msg("a@b.c", &["a@"], b"x"), |e| matches!(e, Error::InvalidAddress { .. })),
+        (msg("a@b.c", &[], b"x"), |e| {
+            matches!(e, Error::NoRecipients)
+        }),
+        (msg("a@b.c", &["nobody"], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
+        (msg("a@b.c", &[&long_domain], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
+        (msg("a@b.c", &["nul\0@x.com"], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
+        (msg("bad sender", &["ok@x.com"], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
+        (msg("a@b.c", &["@x.com"], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
+        (msg("a@b.c", &["a@"], b"x"), |e| {
+            matches!(e, Error::InvalidAddress { .. })
+        }),
     ];
     for (m, check) in cases {
         let e = q.enqueue(&m).unwrap_err();
@@ -84,9 +101,15 @@ fn hostile_inputs_are_typed_errors_and_write_nothing() {
         meta: b"",
         body: b"",
     };
-    assert!(matches!(q.enqueue(&bad_route), Err(Error::InvalidRoutingKey { .. })));
+    assert!(matches!(
+        q.enqueue(&bad_route),
+        Err(Error::InvalidRoutingKey { .. })
+    ));
     let big = vec![0u8; 70 << 20];
-    assert!(matches!(q.enqueue(&msg("", &["a@b.com"], &big)), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        q.enqueue(&msg("", &["a@b.com"], &big)),
+        Err(Error::TooLarge { .. })
+    ));
     assert_eq!(size(&d), before, "nothing written");
     assert_eq!(q.stats().messages, 0);
 }
@@ -120,19 +143,29 @@ fn temp_failure_backoff_then_expiry_then_bounce() {
     clock.advance(299);
     assert!(q.next_session().unwrap().is_none());
     clock.advance(1);
-    assert_eq!(drain(&q, |_, _| Outcome::TempFail {
-        reason: "452 full".into(),
-        retry_after: Some(Duration::from_secs(7200)),
-    }), 1);
+    assert_eq!(
+        drain(&q, |_, _| Outcome::TempFail {
+            reason: "452 full".into(),
+            retry_after: Some(Duration::from_secs(7200)),
+        }),
+        1
+    );
     let info = q.inspect(id).unwrap();
-    assert_eq!(info.recipients[0].next_attempt, T0 + 300 + 7200, "retry-after wins over backoff");
+    assert_eq!(
+        info.recipients[0].next_attempt,
+        T0 + 300 + 7200,
+        "retry-after wins over backoff"
+    );
     // After the lifetime, the next temporary failure expires the recipient.
     clock.set(T0 + 5 * 86400 + 1);
     assert_eq!(drain(&q, |_, _| Outcome::temp("451 still")), 1);
     let b = q.take_bounces(10).unwrap();
     assert_eq!(b.len(), 1);
     assert!(b[0].expired);
-    assert_eq!((b[0].sender.as_str(), b[0].recipient.as_str()), ("s@src.org", "r@slow.com"));
+    assert_eq!(
+        (b[0].sender.as_str(), b[0].recipient.as_str()),
+        ("s@src.org", "r@slow.com")
+    );
     assert_eq!(b[0].reason, "451 still");
     assert!(q.take_bounces(10).unwrap().is_empty(), "handed out once");
     assert_eq!(q.stats().count("expired"), 1);
@@ -151,7 +184,10 @@ fn backoff_grows_with_age_up_to_max() {
     assert_eq!(q.inspect(id).unwrap().recipients[0].next_attempt, T0 + 2000);
     clock.advance(20_000);
     drain(&q, |_, _| Outcome::temp("451"));
-    assert_eq!(q.inspect(id).unwrap().recipients[0].next_attempt, T0 + 21_000 + 4000);
+    assert_eq!(
+        q.inspect(id).unwrap().recipients[0].next_attempt,
+        T0 + 21_000 + 4000
+    );
 }
 
 #[test]
@@ -161,7 +197,9 @@ fn permanent_failure_reported_until_acknowledged_even_across_restart() {
     let id;
     {
         let q = Queue::open(d.path(), opts(&clock)).unwrap();
-        id = q.enqueue(&msg("s@src.org", &["a@x.com", "b@x.com"], b"b")).unwrap();
+        id = q
+            .enqueue(&msg("s@src.org", &["a@x.com", "b@x.com"], b"b"))
+            .unwrap();
         drain(&q, |_, r| {
             if r.starts_with('a') {
                 Outcome::perm("550 no such user")
@@ -192,7 +230,9 @@ fn operator_hold_release_delete_flush_inspect() {
     let d = TempDir::new("ops");
     let clock = ManualClock::new(T0);
     let q = Queue::open(d.path(), opts(&clock)).unwrap();
-    let a = q.enqueue(&msg("s@o.org", &["1@a.com", "2@b.com"], b"A")).unwrap();
+    let a = q
+        .enqueue(&msg("s@o.org", &["1@a.com", "2@b.com"], b"A"))
+        .unwrap();
     let b = q.enqueue(&msg("s@o.org", &["3@a.com"], b"B")).unwrap();
     assert_eq!(q.hold(a).unwrap(), 2);
     assert_eq!(q.stats().count("held"), 2);
@@ -225,7 +265,8 @@ fn hold_survives_restart_and_bucket_hold_release() {
     {
         let q = Queue::open(d.path(), opts(&clock)).unwrap();
         for i in 0..5 {
-            q.enqueue(&msg("", &[&format!("{i}@held.com"), "x@free.com"], b"m")).unwrap();
+            q.enqueue(&msg("", &[&format!("{i}@held.com"), "x@free.com"], b"m"))
+                .unwrap();
         }
         assert_eq!(q.hold_bucket("HELD.com").unwrap(), 5);
     }
@@ -245,14 +286,19 @@ fn reroute_moves_waiting_recipients_and_persists() {
     {
         let q = Queue::open(d.path(), opts(&clock)).unwrap();
         for i in 0..10 {
-            q.enqueue(&msg("", &[&format!("u{i}@old.example")], b"m")).unwrap();
+            q.enqueue(&msg("", &[&format!("u{i}@old.example")], b"m"))
+                .unwrap();
         }
         // half deferred, half ready
         let mut n = 0;
         while let Some(mut s) = q.session_for("old.example").unwrap() {
             while let Some(dl) = s.next_delivery().unwrap() {
                 n += 1;
-                let o = if n % 2 == 0 { Outcome::temp("421 down") } else { Outcome::temp("421 down") };
+                let o = if n % 2 == 0 {
+                    Outcome::temp("421 down")
+                } else {
+                    Outcome::temp("421 down")
+                };
                 dl.complete(&[o]).unwrap();
                 if n == 5 {
                     break;
@@ -263,7 +309,14 @@ fn reroute_moves_waiting_recipients_and_persists() {
             }
         }
         assert_eq!(q.reroute("old.example", "[192.0.2.1]").unwrap(), 10);
-        assert_eq!(q.stats().buckets.iter().find(|b| b.key == "old.example").map(|b| b.depth()), None);
+        assert_eq!(
+            q.stats()
+                .buckets
+                .iter()
+                .find(|b| b.key == "old.example")
+                .map(|b| b.depth()),
+            None
+        );
         q.sync().unwrap();
     }
     let q = Queue::open(d.path(), opts(&clock)).unwrap();
@@ -276,7 +329,10 @@ fn reroute_moves_waiting_recipients_and_persists() {
         keys.insert(k.to_string());
         Outcome::Delivered
     });
-    assert_eq!(keys.into_iter().collect::<Vec<_>>(), vec!["[192.0.2.1]".to_string()]);
+    assert_eq!(
+        keys.into_iter().collect::<Vec<_>>(),
+        vec!["[192.0.2.1]".to_string()]
+    );
 }
 
 #[test]
@@ -297,10 +353,14 @@ fn site_failures_mark_dead_and_probe_revives() {
     let clock = ManualClock::new(T0);
     let q = Queue::open(d.path(), opts(&clock)).unwrap();
     for i in 0..20 {
-        q.enqueue(&msg("", &[&format!("u{i}@down.com")], b"m")).unwrap();
+        q.enqueue(&msg("", &[&format!("u{i}@down.com")], b"m"))
+            .unwrap();
     }
     for _ in 0..5 {
-        let s = q.next_session().unwrap().expect("alive destination gets sessions");
+        let s = q
+            .next_session()
+            .unwrap()
+            .expect("alive destination gets sessions");
         s.site_failure("connect: connection refused").unwrap();
     }
     let st = q.stats();
@@ -316,7 +376,11 @@ fn site_failures_mark_dead_and_probe_revives() {
     assert!(q.next_session().unwrap().is_none(), "one probe at a time");
     let dl = s.next_delivery().unwrap().unwrap();
     dl.site_failure("connect: timeout").unwrap();
-    assert_eq!(q.stats().buckets[0].dead_until, T0 + 300 + 600, "backoff doubles");
+    assert_eq!(
+        q.stats().buckets[0].dead_until,
+        T0 + 300 + 600,
+        "backoff doubles"
+    );
     clock.advance(600);
     let mut s = q.next_session().unwrap().unwrap();
     let dl = s.next_delivery().unwrap().unwrap();
@@ -331,7 +395,10 @@ fn site_failures_mark_dead_and_probe_revives() {
         .iter()
         .map(|m| q.inspect(m.id).unwrap().recipients[0].attempts as u32)
         .sum();
-    assert_eq!(attempts, 1, "the probe's recipient was deferred once by the site failure");
+    assert_eq!(
+        attempts, 1,
+        "the probe's recipient was deferred once by the site failure"
+    );
 }
 
 #[test]
@@ -354,7 +421,13 @@ fn dropped_delivery_and_session_return_recipients() {
     // Wrong outcome count is an error and the recipients go back.
     let mut s = q.next_session().unwrap().unwrap();
     let dl = s.next_delivery().unwrap().unwrap();
-    assert!(matches!(dl.complete(&[Outcome::Delivered]), Err(Error::OutcomeCount { expected: 2, got: 1 })));
+    assert!(matches!(
+        dl.complete(&[Outcome::Delivered]),
+        Err(Error::OutcomeCount {
+            expected: 2,
+            got: 1
+        })
+    ));
     drop(s);
     assert_eq!(q.stats().count("ready"), 2);
 }
@@ -379,7 +452,10 @@ fn lease_deadline_reclaims_a_lost_worker() {
     clock.advance(61);
     assert!(q.tick());
     let st = q.stats();
-    assert_eq!((st.count("ready"), st.buckets[0].sessions, st.lease_reclaims), (1, 0, 1));
+    assert_eq!(
+        (st.count("ready"), st.buckets[0].sessions, st.lease_reclaims),
+        (1, 0, 1)
+    );
     assert!(matches!(lost.next_delivery(), Err(Error::LeaseExpired)));
     drop(lost);
     assert_eq!(drain(&q, |_, _| Outcome::Delivered), 1);
@@ -390,7 +466,8 @@ fn concurrency_window_limits_sessions() {
     let d = TempDir::new("window");
     let q = Queue::open(d.path(), Options::default()).unwrap();
     for i in 0..100 {
-        q.enqueue(&msg("", &[&format!("u{i}@big.com")], b"m")).unwrap();
+        q.enqueue(&msg("", &[&format!("u{i}@big.com")], b"m"))
+            .unwrap();
     }
     let mut open = vec![];
     while let Some(s) = q.next_session().unwrap() {
@@ -446,7 +523,11 @@ extern "C" {
     fn poll(fds: *mut PollFd, n: u64, timeout: i32) -> i32;
 }
 fn libc_poll(fd: i32) -> PollFd {
-    let mut p = PollFd { fd, events: 1, revents: 0 };
+    let mut p = PollFd {
+        fd,
+        events: 1,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { poll(&mut p, 1, 0) };
     p
@@ -458,10 +539,12 @@ fn stats_prometheus_and_qshape() {
     let clock = ManualClock::new(T0);
     let q = Queue::open(d.path(), opts(&clock)).unwrap();
     for i in 0..6 {
-        q.enqueue(&msg("", &[&format!("u{i}@gmail.com")], b"m")).unwrap();
+        q.enqueue(&msg("", &[&format!("u{i}@gmail.com")], b"m"))
+            .unwrap();
     }
     clock.advance(30 * 60);
-    q.enqueue(&msg("", &["x@yahoo.com", "y@gmail.com"], b"m")).unwrap();
+    q.enqueue(&msg("", &["x@yahoo.com", "y@gmail.com"], b"m"))
+        .unwrap();
     let st = q.stats();
     assert_eq!(st.count("ready"), 8);
     assert_eq!(st.oldest_age, 1800);

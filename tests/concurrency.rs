@@ -26,14 +26,23 @@ fn slots_never_leak_under_drops_errors_and_panics() {
         d.path(),
         Options {
             lease_ttl: Duration::from_secs(30),
-            concurrency: Concurrency { initial: 3, limit: 6, dead_after: 1000 },
+            concurrency: Concurrency {
+                initial: 3,
+                limit: 6,
+                dead_after: 1000,
+            },
             ..opts(&clock)
         },
     )
     .unwrap();
     for i in 0..3000 {
-        let dom = if i % 3 == 0 { "gmail.com".to_string() } else { format!("d{}.net", i % 11) };
-        q.enqueue(&msg("", &[&format!("u{i}@{dom}")], b"x")).unwrap();
+        let dom = if i % 3 == 0 {
+            "gmail.com".to_string()
+        } else {
+            format!("d{}.net", i % 11)
+        };
+        q.enqueue(&msg("", &[&format!("u{i}@{dom}")], b"x"))
+            .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let max_seen = Arc::new(AtomicUsize::new(0));
@@ -42,7 +51,13 @@ fn slots_never_leak_under_drops_errors_and_panics() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for b in q.stats().buckets {
-                    assert!(b.sessions <= b.limit, "{} has {} sessions > limit {}", b.key, b.sessions, b.limit);
+                    assert!(
+                        b.sessions <= b.limit,
+                        "{} has {} sessions > limit {}",
+                        b.key,
+                        b.sessions,
+                        b.limit
+                    );
                     max_seen.fetch_max(b.sessions as usize, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(1));
@@ -103,7 +118,10 @@ fn slots_never_leak_under_drops_errors_and_panics() {
         assert_eq!(b.inflight, 0, "{} leaked in-flight recipients", b.key);
     }
     assert!(st.lease_reclaims > 0);
-    assert!(max_seen.load(Ordering::Relaxed) >= 2, "sessions really overlapped");
+    assert!(
+        max_seen.load(Ordering::Relaxed) >= 2,
+        "sessions really overlapped"
+    );
     // Everything still accounted for.
     let total: u64 = st.recipients() + st.delivered;
     let bounced_or_pending = st.count("failed");
@@ -127,8 +145,12 @@ fn producers_and_workers_in_parallel() {
             std::thread::spawn(move || {
                 for i in 0..per {
                     let body = format!("{p}-{i}");
-                    q.enqueue(&msg("", &[&format!("{p}-{i}@p{p}-{}.org", i % 50)], body.as_bytes()))
-                        .unwrap();
+                    q.enqueue(&msg(
+                        "",
+                        &[&format!("{p}-{i}@p{p}-{}.org", i % 50)],
+                        body.as_bytes(),
+                    ))
+                    .unwrap();
                 }
                 done.fetch_add(1, Ordering::SeqCst);
             })
@@ -163,5 +185,9 @@ fn producers_and_workers_in_parallel() {
     assert_eq!(delivered.lock().len(), producers * per);
     let st = q.stats();
     assert_eq!(st.recipients(), 0);
-    assert!(st.commits < (producers * per) as u64, "group commit shared fsyncs: {} commits", st.commits);
+    assert!(
+        st.commits < (producers * per) as u64,
+        "group commit shared fsyncs: {} commits",
+        st.commits
+    );
 }

@@ -70,10 +70,17 @@ impl Model {
 
 fn check(q: &Queue, m: &Model, now: u64) {
     let live = m.live();
-    assert_eq!(q.stats().messages as usize, live.len(), "live message count");
+    assert_eq!(
+        q.stats().messages as usize,
+        live.len(),
+        "live message count"
+    );
     for (id, (_, rs)) in &m.msgs {
         if !live.contains(id) {
-            assert!(matches!(q.inspect(*id), Err(Error::NoSuchMessage(_))), "{id} should be gone");
+            assert!(
+                matches!(q.inspect(*id), Err(Error::NoSuchMessage(_))),
+                "{id} should be gone"
+            );
             continue;
         }
         let info = q.inspect(*id).unwrap();
@@ -89,7 +96,11 @@ fn check(q: &Queue, m: &Model, now: u64) {
                 (M::Gone, s) => s.is_final(),
                 _ => false,
             };
-            assert!(ok, "{id}#{i}: model {:?} queue {:?} (next {})", mr.state, ri.state, ri.next_attempt);
+            assert!(
+                ok,
+                "{id}#{i}: model {:?} queue {:?} (next {})",
+                mr.state, ri.state, ri.next_attempt
+            );
             if mr.state != M::Gone {
                 assert_eq!(mr.attempts, ri.attempts, "{id}#{i} attempts");
                 assert_eq!(mr.route, ri.route, "{id}#{i} route");
@@ -107,20 +118,29 @@ fn run(ops: Vec<Op>) {
         ..opts(&clock)
     };
     let mut q = Some(Queue::open(d.path(), o()).unwrap());
-    let mut m = Model { msgs: BTreeMap::new() };
+    let mut m = Model {
+        msgs: BTreeMap::new(),
+    };
     let mut n = 0usize;
     for op in ops {
         let qq = q.as_ref().unwrap();
         let now = clock.now();
         match op {
             Op::Enqueue(doms) => {
-                let rc: Vec<String> = doms.iter().map(|&i| format!("u{n}@{}", DOMAINS[i])).collect();
+                let rc: Vec<String> = doms
+                    .iter()
+                    .map(|&i| format!("u{n}@{}", DOMAINS[i]))
+                    .collect();
                 n += 1;
                 let refs: Vec<&str> = rc.iter().map(|s| s.as_str()).collect();
                 let id = qq.enqueue(&msg("s@x.org", &refs, b"body")).unwrap();
                 let rs = doms
                     .iter()
-                    .map(|&i| MR { state: M::Ready, attempts: 0, route: DOMAINS[i].to_string() })
+                    .map(|&i| MR {
+                        state: M::Ready,
+                        attempts: 0,
+                        route: DOMAINS[i].to_string(),
+                    })
                     .collect();
                 m.msgs.insert(id, (now, rs));
             }
@@ -142,7 +162,10 @@ fn run(ops: Vec<Op>) {
                     for (k, &i) in dl.indices().iter().enumerate() {
                         let r = &mut rs[i as usize];
                         assert_eq!(r.route, dl.routing_key());
-                        assert!(matches!(r.state, M::Ready) || matches!(r.state, M::Deferred(t) if t <= now));
+                        assert!(
+                            matches!(r.state, M::Ready)
+                                || matches!(r.state, M::Deferred(t) if t <= now)
+                        );
                         r.attempts += 1;
                         let o = match (seed as usize + k) % 3 {
                             0 => {
@@ -224,7 +247,10 @@ fn run(ops: Vec<Op>) {
                 let mut expect = 0;
                 for (_, rs) in m.msgs.values_mut() {
                     for r in rs {
-                        if r.route == from && matches!(r.state, M::Ready | M::Deferred(_) | M::Held) && a != b {
+                        if r.route == from
+                            && matches!(r.state, M::Ready | M::Deferred(_) | M::Held)
+                            && a != b
+                        {
                             r.route = to.to_string();
                             expect += 1;
                         }

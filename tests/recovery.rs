@@ -19,8 +19,12 @@ fn body(i: usize) -> Vec<u8> {
 fn enqueue_n(q: &Queue, n: usize) -> Vec<MessageId> {
     (0..n)
         .map(|i| {
-            q.enqueue(&msg("s@src.org", &[&format!("u{i}@d{}.com", i % 7)], &body(i)))
-                .unwrap()
+            q.enqueue(&msg(
+                "s@src.org",
+                &[&format!("u{i}@d{}.com", i % 7)],
+                &body(i),
+            ))
+            .unwrap()
         })
         .collect()
 }
@@ -47,7 +51,13 @@ fn reopen_after_clean_close_uses_checkpoint() {
     let clock = ManualClock::new(T0);
     let q = Queue::open(d.path(), small(&clock)).unwrap();
     let ids = enqueue_n(&q, 300);
-    drain(&q, |_, r| if r.starts_with("u1") { Outcome::temp("451 x") } else { Outcome::Delivered });
+    drain(&q, |_, r| {
+        if r.starts_with("u1") {
+            Outcome::temp("451 x")
+        } else {
+            Outcome::Delivered
+        }
+    });
     let before = q.stats();
     q.close().unwrap();
     let q = Queue::open(d.path(), small(&clock)).unwrap();
@@ -71,7 +81,11 @@ fn reopen_after_clean_close_uses_checkpoint() {
     q.close().unwrap();
     let q = Queue::open(d.path(), small(&clock)).unwrap();
     assert_eq!(q.stats().messages, 0);
-    assert!(segment_files(d.path()).len() <= 2, "{:?}", segment_files(d.path()));
+    assert!(
+        segment_files(d.path()).len() <= 2,
+        "{:?}",
+        segment_files(d.path())
+    );
 }
 
 #[test]
@@ -103,7 +117,11 @@ fn reopen_after_abandoning_handle_replays_log() {
     assert!(!rep.checkpoint_used);
     assert!(rep.records_replayed >= 250);
     assert_eq!(rep.corrupt_count(), 0);
-    assert_eq!(q.stats().count("ready"), 150, "completions durable, the rest recovered");
+    assert_eq!(
+        q.stats().count("ready"),
+        150,
+        "completions durable, the rest recovered"
+    );
     assert_eq!(deliver_all_checked(&q, &ids).len(), 150);
 }
 
@@ -119,8 +137,12 @@ fn torn_tail_is_truncated_and_reported() {
     let last = segment_files(d.path()).pop().unwrap();
     let len = std::fs::metadata(&last).unwrap().len();
     // A torn write: half a record header plus garbage, then a zeroed region.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
-    f.write_all(&[0x43, 0x52, 0x51, 0x4d, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    f.write_all(&[0x43, 0x52, 0x51, 0x4d, 1, 2, 3, 4, 5, 6, 7])
+        .unwrap();
     f.write_all(&[0u8; 4096]).unwrap();
     drop(f);
     let q = Queue::open(d.path(), small(&clock)).unwrap();
@@ -148,7 +170,11 @@ fn flipped_byte_in_sealed_segment_is_reported_and_rest_recovered() {
     let segs = segment_files(d.path());
     assert!(segs.len() >= 3, "need sealed segments, got {}", segs.len());
     let victim = &segs[0];
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(victim).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(victim)
+        .unwrap();
     let off = 30_000u64;
     f.seek(SeekFrom::Start(off)).unwrap();
     f.write_all(&[0xFF]).unwrap();
@@ -158,7 +184,11 @@ fn flipped_byte_in_sealed_segment_is_reported_and_rest_recovered() {
     assert_eq!(rep.damaged.len(), 1, "{:?}", rep.damaged);
     assert_eq!(rep.damaged[0].segment, 1);
     assert!(rep.damaged[0].offset <= off && off < rep.damaged[0].offset + rep.damaged[0].len);
-    assert_eq!(rep.corrupt_messages.len(), 1, "the damaged message is named");
+    assert_eq!(
+        rep.corrupt_messages.len(),
+        1,
+        "the damaged message is named"
+    );
     let bad = rep.corrupt_messages[0];
     assert!(ids.contains(&bad));
     assert!(q.stats().corrupt >= 1);
@@ -178,7 +208,11 @@ fn flipped_byte_behind_checkpoint_is_found_at_read_and_by_verify() {
         q.close().unwrap();
     }
     let victim = &segment_files(d.path())[0];
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(victim).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(victim)
+        .unwrap();
     f.seek(SeekFrom::Start(30_000)).unwrap();
     f.write_all(&[0xFF]).unwrap();
     drop(f);
@@ -189,7 +223,11 @@ fn flipped_byte_behind_checkpoint_is_found_at_read_and_by_verify() {
     let seen = deliver_all_checked(&q, &ids);
     assert_eq!(seen.len(), 399);
     let st = q.stats();
-    assert_eq!(st.count("corrupt"), 1, "kept for the operator, like Postfix's corrupt queue");
+    assert_eq!(
+        st.count("corrupt"),
+        1,
+        "kept for the operator, like Postfix's corrupt queue"
+    );
     assert_eq!(st.corrupt_ids, bad);
     assert!(q.delete(bad[0]).is_ok());
 }
@@ -212,7 +250,11 @@ fn corrupt_checkpoint_falls_back_to_full_replay() {
     let q = Queue::open(d.path(), small(&clock)).unwrap();
     let rep = q.recovery_report();
     assert!(!rep.checkpoint_used);
-    assert!(rep.checkpoint_error.as_deref().unwrap().contains("checksum"));
+    assert!(rep
+        .checkpoint_error
+        .as_deref()
+        .unwrap()
+        .contains("checksum"));
     assert_eq!(deliver_all_checked(&q, &ids).len(), 50);
 }
 
@@ -229,16 +271,24 @@ fn disk_use_stays_bounded_under_churn() {
     let live_body = vec![b'L'; 2000];
     // A standing population of deferred mail …
     for i in 0..200 {
-        q.enqueue(&msg("", &[&format!("u{i}@slow.com")], &live_body)).unwrap();
+        q.enqueue(&msg("", &[&format!("u{i}@slow.com")], &live_body))
+            .unwrap();
     }
     drain(&q, |_, _| Outcome::temp("451"));
     // … and a lot of churn that is delivered at once.
     let churn_body = vec![b'C'; 4000];
     for round in 0..40 {
         for i in 0..100 {
-            q.enqueue(&msg("", &[&format!("c{round}-{i}@fast.com")], &churn_body)).unwrap();
+            q.enqueue(&msg("", &[&format!("c{round}-{i}@fast.com")], &churn_body))
+                .unwrap();
         }
-        drain(&q, |k, _| if k == "fast.com" { Outcome::Delivered } else { Outcome::temp("451") });
+        drain(&q, |k, _| {
+            if k == "fast.com" {
+                Outcome::Delivered
+            } else {
+                Outcome::temp("451")
+            }
+        });
     }
     let disk: u64 = segment_files(d.path())
         .iter()
@@ -247,7 +297,10 @@ fn disk_use_stays_bounded_under_churn() {
     let written = 40 * 100 * 4000 + 200 * 2000;
     let live = 200 * 2000u64;
     assert!(q.stats().segments_deleted > 10);
-    assert!(disk < written as u64 / 4, "disk {disk} of {written} written");
+    assert!(
+        disk < written as u64 / 4,
+        "disk {disk} of {written} written"
+    );
     assert!(disk < live * 3 + 2 * 256 * 1024, "disk {disk} live {live}");
     assert_eq!(q.stats().count("deferred"), 200);
     q.close().unwrap();
