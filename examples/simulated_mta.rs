@@ -71,18 +71,6 @@ fn dead(key: &str) -> bool {
         .is_some_and(|n| n % 97 == 0)
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
-
 /// Nothing in flight and nothing deliverable now (dead or suspended destinations wait).
 fn settled(q: &Queue) -> bool {
     let st = q.stats();
@@ -330,7 +318,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("== memory ==");
     let before_idx = q.memory_usage();
-    let before_rss = rss_bytes();
     let before_rcpts = q.stats().recipients();
     for k in ["gmail.com", "yahoo.example", "outlook.example"] {
         q.suspend(k)?;
@@ -364,8 +351,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let after = q.stats();
     let added = after.recipients() - before_rcpts;
     let idx = q.memory_usage() - before_idx;
-    let rss = rss_bytes();
-    let _ = before_rss;
     println!(
         "backlog: {} messages / {} recipients queued in {:.2} s ({:.0} msg/s)",
         per * producers,
@@ -376,12 +361,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "RAM per queued recipient: {:.1} bytes (index growth for the backlog, counted from allocations; target ≤ 32)",
         idx as f64 / added as f64,
-    );
-    println!(
-        "whole process: {:.1} MB anonymous RSS for {} queued recipients ({:.1} bytes each, an upper bound that includes allocator caches from the run above)",
-        rss as f64 / 1e6,
-        after.recipients(),
-        rss as f64 / after.recipients() as f64
     );
 
     // Phase 4: restart.
