@@ -298,6 +298,9 @@ impl Queue {
             q.wake();
         }
         let _ = q.sync_if_due();
+        if q.opts.auto_maintenance {
+            let _ = crate::checkpoint::maybe_maintain(q);
+        }
         rang
     }
 
@@ -364,7 +367,7 @@ impl Session {
             };
             bucket.slots[si].deadline = now.saturating_add(ttl.max(1));
             // Pop until a recipient that is really ready here.
-            let mut leased: Option<(usize, u32, u32, Vec<u32>, (u32, u32))> = None;
+            let mut leased: Option<Leased> = None;
             while let Some(rr) = ss.buckets[bl as usize].ready.pop_front() {
                 let (msh, rid) = (rref_shard(rr), rref_local(rr));
                 let mut ms = q.msgs[msh].lock();
@@ -502,7 +505,11 @@ impl Session {
         if rang {
             q.wake();
         }
-        q.sync_if_due()
+        q.sync_if_due()?;
+        if q.opts.auto_maintenance {
+            crate::checkpoint::maybe_maintain(q)?;
+        }
+        Ok(())
     }
 }
 
@@ -511,6 +518,9 @@ impl Drop for Session {
         let _ = self.close(None);
     }
 }
+
+/// (message shard, local slot, generation, recipient indices, (segment, offset)).
+type Leased = (usize, u32, u32, Vec<u32>, (u32, u32));
 
 type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>);
 
@@ -633,7 +643,7 @@ impl Delivery<'_> {
         }
         if let Err(e) = q.log.append(batch) {
             drop(ms);
-            let slot = std::mem::replace(&mut ss.buckets[bl as usize].slots[si].leased, Vec::new());
+            let slot = std::mem::take(&mut ss.buckets[bl as usize].slots[si].leased);
             let tmp = Slot {
                 token: 0,
                 deadline: 0,

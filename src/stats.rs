@@ -212,7 +212,8 @@ impl Stats {
                 "# HELP mailq_{n} {h}\n# TYPE mailq_{n} counter\nmailq_{n} {v}"
             );
         }
-        let per_bucket: [(&str, &str, fn(&BucketStats) -> u64); 6] = [
+        type Col = (&'static str, &'static str, fn(&BucketStats) -> u64);
+        let per_bucket: [Col; 6] = [
             ("bucket_depth", "Queued recipients per destination.", |b| {
                 b.depth()
             }),

@@ -31,6 +31,7 @@ pub trait Vfs: Send + Sync + 'static {
 }
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)]
 pub trait VFile: Send + Sync {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
