@@ -552,7 +552,14 @@ impl Queue {
         self.inner.log.sync_all()
     }
 
-    /// Syncs, writes a checkpoint and releases the directory lock.
+    /// Writes a checkpoint now (and compacts), so that the next open replays nothing.
+    /// Also happens automatically every `checkpoint_bytes` of log.
+    pub fn checkpoint(&self) -> Result<()> {
+        crate::checkpoint::checkpoint(&self.inner)
+    }
+
+    /// Syncs and writes a checkpoint. The directory lock is released when the last
+    /// clone of this queue is dropped.
     pub fn close(self) -> Result<()> {
         self.inner.log.sync_all()?;
         crate::checkpoint::checkpoint(&self.inner)?;

@@ -288,7 +288,8 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// Run checkpoints and compaction on the caller's thread when due (default true).
     pub auto_maintenance: bool,
-    /// Compact a sealed segment whose live bytes fall under this fraction (default 0.25).
+    /// Compact a sealed segment whose live bytes fall under this fraction of the segment
+    /// size (default 2/3, which bounds sealed segments to 1.5× their live data).
     pub compact_below: f64,
     /// Time source.
     pub clock: Arc<dyn Clock>,
@@ -314,7 +315,7 @@ impl Default for Options {
             outcome_sync_bytes: 1 << 20,
             checkpoint_bytes: 64 << 20,
             auto_maintenance: true,
-            compact_below: 0.25,
+            compact_below: 2.0 / 3.0,
             clock: Arc::new(SystemClock),
             vfs: Arc::new(crate::vfs::OsFs),
         }

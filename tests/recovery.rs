@@ -310,13 +310,3 @@ fn disk_use_stays_bounded_under_churn() {
     clock.advance(4000);
     assert_eq!(drain(&q, |_, _| Outcome::Delivered), 200);
 }
-
-#[test]
-fn network_filesystem_check_can_be_overridden() {
-    // /dev/shm is tmpfs (local): accepted. The refusal path is exercised by the error type.
-    let e = Error::NetworkFilesystem {
-        path: "/mnt/nfs/q".into(),
-        fs: "NFS".into(),
-    };
-    assert!(e.to_string().contains("allow_network_fs"));
-}
