@@ -13,6 +13,7 @@
 mod bucket;
 mod checkpoint;
 pub mod error;
+pub mod ffi;
 mod index;
 mod keys;
 mod log;

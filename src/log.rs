@@ -387,6 +387,11 @@ impl Log {
         *self.counters.lock()
     }
 
+    /// The open file of a segment (kept open while the caller holds it).
+    pub fn segment_file(&self, seg: u32) -> Result<Arc<dyn VFile>> {
+        self.file(seg, false)
+    }
+
     fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
         let mut files = self.files.lock();
         if let Some(f) = files.get(&seg) {

@@ -68,6 +68,13 @@ pub(crate) struct Inner {
     pub _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: outcomes still buffered become durable when the last handle goes.
+        let _ = self.log.sync_all();
+    }
+}
+
 /// A durable mail queue. Cheap to clone; all clones share one queue.
 ///
 /// ```

@@ -53,6 +53,17 @@ impl std::fmt::Debug for Session {
 /// One message and up to N of its recipients for the session's destination.
 pub struct Delivery<'s> {
     s: &'s mut Session,
+    c: DeliveryCore,
+}
+
+/// A delivery without the borrow of its session (used by the C ABI, which owns
+/// sessions and deliveries through handles). Dropping it without an outcome
+/// returns its recipients to the ready queue.
+pub(crate) struct DeliveryCore {
+    q: Arc<Inner>,
+    bucket: u32,
+    token: u32,
+    key: Arc<str>,
     id: MessageId,
     mshard: usize,
     rids: Vec<u32>,
@@ -63,14 +74,16 @@ pub struct Delivery<'s> {
     meta: Bytes,
     body: Bytes,
     received: u64,
+    /// Segment and absolute file offset of the body.
+    body_at: (u32, u64),
     done: bool,
 }
 
 impl std::fmt::Debug for Delivery<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
-            .field("id", &self.id)
-            .field("recipients", &self.addrs)
+            .field("id", &self.c.id)
+            .field("recipients", &self.c.addrs)
             .finish()
     }
 }
@@ -347,6 +360,15 @@ impl Session {
     /// recipients for this destination. `Ok(None)` when the destination has no
     /// more ready work or the session reached its delivery cap; then end the session.
     pub fn next_delivery(&mut self) -> Result<Option<Delivery<'_>>> {
+        Ok(self.next_core()?.map(|c| Delivery { s: self, c }))
+    }
+
+    /// True once the session ended (site failure, lease expiry, finish).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub(crate) fn next_core(&mut self) -> Result<Option<DeliveryCore>> {
         if self.closed || self.deliveries >= self.q.opts.deliveries_per_session {
             return Ok(None);
         }
@@ -407,7 +429,7 @@ impl Session {
             }
             drop(ss);
             match read_delivery(&q, id, seg, off) {
-                Ok((sender, meta, body, received, addrs_all)) => {
+                Ok((sender, meta, body, received, addrs_all, body_off)) => {
                     let ms = q.msgs[msh].lock();
                     let first = ms.msgs[local as usize].first;
                     let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
@@ -421,8 +443,11 @@ impl Session {
                         .map(|&i| addrs_all.get(i as usize).cloned().unwrap_or_default())
                         .collect();
                     self.deliveries += 1;
-                    return Ok(Some(Delivery {
-                        s: self,
+                    return Ok(Some(DeliveryCore {
+                        q: q.clone(),
+                        bucket: self.bucket,
+                        token: self.token,
+                        key: self.key.clone(),
                         id,
                         mshard: msh,
                         rids,
@@ -433,6 +458,7 @@ impl Session {
                         meta,
                         body,
                         received,
+                        body_at: (seg, off as u64 + body_off as u64),
                         done: false,
                     }));
                 }
@@ -472,7 +498,7 @@ impl Session {
         self.close(None)
     }
 
-    fn close(&mut self, site: Option<&str>) -> Result<()> {
+    pub(crate) fn close(&mut self, site: Option<&str>) -> Result<()> {
         if self.closed {
             return Ok(());
         }
@@ -522,7 +548,7 @@ impl Drop for Session {
 /// (message shard, local slot, generation, recipient indices, (segment, offset)).
 type Leased = (usize, u32, u32, Vec<u32>, (u32, u32));
 
-type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>);
+type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>, usize);
 
 fn read_delivery(q: &Inner, id: MessageId, seg: u32, off: u32) -> Result<DeliveryData> {
     let (kind, payload) = q.log.read_record(seg, off as u64)?;
@@ -542,51 +568,102 @@ fn read_delivery(q: &Inner, id: MessageId, seg: u32, off: u32) -> Result<Deliver
     let meta_start = rec.meta.as_ptr() as usize - payload.as_ptr() as usize;
     let meta = payload.slice(meta_start..meta_start + rec.meta.len());
     let addrs = rec.rcpts.iter().map(|r| r.0.to_string()).collect();
-    Ok((rec.sender.to_string(), meta, body, rec.received, addrs))
+    Ok((
+        rec.sender.to_string(),
+        meta,
+        body,
+        rec.received,
+        addrs,
+        crate::record::HEADER_LEN + rec.body_off,
+    ))
 }
 
 impl Delivery<'_> {
     /// The message.
     pub fn id(&self) -> MessageId {
-        self.id
+        self.c.id
     }
     /// Envelope sender (empty for the null sender).
     pub fn sender(&self) -> &str {
-        &self.sender
+        &self.c.sender
     }
     /// Recipient addresses of this delivery.
     pub fn recipients(&self) -> &[String] {
-        &self.addrs
+        &self.c.addrs
     }
     /// Indices of those recipients within the message.
     pub fn indices(&self) -> &[u32] {
-        &self.indices
+        &self.c.indices
     }
     /// Previous attempts per recipient.
     pub fn attempts(&self) -> &[u16] {
-        &self.attempts
+        &self.c.attempts
     }
     /// The body, zero-copy from the memory-mapped segment.
     pub fn body(&self) -> Bytes {
-        self.body.clone()
+        self.c.body.clone()
     }
     /// The MTA's opaque metadata.
     pub fn meta(&self) -> Bytes {
-        self.meta.clone()
+        self.c.meta.clone()
     }
     /// When the message was accepted (unix seconds).
     pub fn received(&self) -> u64 {
-        self.received
+        self.c.received
     }
     /// The session's routing key.
     pub fn routing_key(&self) -> &str {
-        &self.s.key
+        &self.c.key
     }
 
     /// Records one outcome per recipient (same order as [`Delivery::recipients`]).
     /// Outcomes are applied at once and made durable with the next group commit
     /// (at most `outcome_sync_interval` later, or call [`Queue::sync`]).
     pub fn complete(mut self, outcomes: &[Outcome]) -> Result<()> {
+        let r = self.c.complete(outcomes);
+        if matches!(r, Err(Error::LeaseExpired)) {
+            self.s.closed = true;
+        }
+        r
+    }
+
+    /// The connection failed during this delivery: its recipients are deferred with
+    /// `reason`, the destination gets negative feedback, and the session ends.
+    pub fn site_failure(mut self, reason: &str) -> Result<()> {
+        let r = self.c.site_failure_outcomes(reason);
+        let c = self.s.close(Some(reason));
+        r.and(c)
+    }
+}
+
+impl DeliveryCore {
+    pub(crate) fn id(&self) -> MessageId {
+        self.id
+    }
+    pub(crate) fn sender(&self) -> &str {
+        &self.sender
+    }
+    pub(crate) fn recipients(&self) -> &[String] {
+        &self.addrs
+    }
+    pub(crate) fn indices(&self) -> &[u32] {
+        &self.indices
+    }
+    pub(crate) fn attempts(&self) -> &[u16] {
+        &self.attempts
+    }
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+    pub(crate) fn meta(&self) -> &Bytes {
+        &self.meta
+    }
+    /// The open segment file holding the body and the body's absolute offset in it.
+    pub(crate) fn body_file(&self) -> Result<(Arc<dyn crate::vfs::VFile>, u64)> {
+        Ok((self.q.log.segment_file(self.body_at.0)?, self.body_at.1))
+    }
+
+    pub(crate) fn complete(&mut self, outcomes: &[Outcome]) -> Result<()> {
         if outcomes.len() != self.rids.len() {
             return Err(Error::OutcomeCount {
                 expected: self.rids.len(),
@@ -596,29 +673,24 @@ impl Delivery<'_> {
         self.finish(outcomes, false)
     }
 
-    /// The connection failed during this delivery: its recipients are deferred with
-    /// `reason`, the destination gets negative feedback, and the session ends.
-    pub fn site_failure(mut self, reason: &str) -> Result<()> {
+    pub(crate) fn site_failure_outcomes(&mut self, reason: &str) -> Result<()> {
         let outs: Vec<Outcome> = self.rids.iter().map(|_| Outcome::temp(reason)).collect();
-        let r = self.finish(&outs, true);
-        let c = self.s.close(Some(reason));
-        r.and(c)
+        self.finish(&outs, true)
     }
 
     fn finish(&mut self, outcomes: &[Outcome], site: bool) -> Result<()> {
         self.done = true;
-        let q = self.s.q.clone();
+        let q = self.q.clone();
         let now = q.now();
-        let (s, bl) = (shard_of(self.s.bucket), local_of(self.s.bucket));
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         let ttl = q.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
         let _g = q.gate.read();
         let mut ss = q.sched[s].lock();
         let Some(si) = ss.buckets[bl as usize]
             .slots
             .iter()
-            .position(|x| x.token == self.s.token)
+            .position(|x| x.token == self.token)
         else {
-            self.s.closed = true;
             return Err(Error::LeaseExpired);
         };
         ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(ttl.max(1));
@@ -628,7 +700,7 @@ impl Delivery<'_> {
         if let Some(m) = ms.get(local, self.id.gen()).copied() {
             for (k, &rid) in self.rids.iter().enumerate() {
                 let r = ms.rcpts[rid as usize];
-                if r.state() != RcptState::Leased || r.msg != local || r.bucket() != self.s.bucket {
+                if r.state() != RcptState::Leased || r.msg != local || r.bucket() != self.bucket {
                     continue; // deleted or changed by the operator while in flight
                 }
                 plan.push((
@@ -690,19 +762,19 @@ impl Delivery<'_> {
     }
 }
 
-impl Drop for Delivery<'_> {
+impl Drop for DeliveryCore {
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        let q = self.s.q.clone();
+        let q = self.q.clone();
         let now = q.now();
-        let (s, bl) = (shard_of(self.s.bucket), local_of(self.s.bucket));
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         let mut ss = q.sched[s].lock();
         let Some(si) = ss.buckets[bl as usize]
             .slots
             .iter()
-            .position(|x| x.token == self.s.token)
+            .position(|x| x.token == self.token)
         else {
             return;
         };

@@ -45,6 +45,10 @@ pub trait VFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// A read-only view of bytes `[0, len)`; the caller never reads past what was written.
     fn map(&self, len: u64) -> io::Result<Bytes>;
+    /// The OS file descriptor, when there is one (for `sendfile(2)` by C callers).
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// The real filesystem.
@@ -173,5 +177,10 @@ impl VFile for OsFile {
         // written length) are never changed or removed underneath the mapping.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
         Ok(Bytes::from_owner(map))
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.file.as_raw_fd())
     }
 }
