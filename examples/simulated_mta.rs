@@ -217,15 +217,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect();
+    // A live progress line on a terminal; in logs, one line per phase.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |label: &str, q: &Queue, tally: &Tally, accepted: u64| {
+        if !tty && !label.ends_with("ed") && label != "t+120m" {
+            return;
+        }
         let st = q.stats();
         eprint!(
-            "\r{label:<10} accepted {accepted:>7}  delivered {:>7}  deferred {:>6}  bounced {:>5}  site-fail {:>5}  queued {:>7}   ",
+            "{}{label:<10} accepted {accepted:>7}  delivered {:>7}  deferred {:>6}  bounced {:>5}  site-fail {:>5}  queued {:>7}   {}",
+            if tty { "\r" } else { "" },
             tally.delivered.load(Ordering::Relaxed),
             tally.temp.load(Ordering::Relaxed),
             tally.perm.load(Ordering::Relaxed),
             tally.site.load(Ordering::Relaxed),
             st.recipients(),
+            if tty { "" } else { "\n" },
         );
         let _ = std::io::stderr().flush();
     };
