@@ -13,6 +13,9 @@
 use crate::bucket::SchedShard;
 use crate::error::{Error, Result};
 use crate::index::*;
+
+/// Highest local message slot accepted from disk (16 shards × 16 M messages).
+pub const MAX_SLOT: u32 = 1 << 24;
 use crate::keys::Keys;
 use crate::log::{parse_segment_name, pos_seg, Batch, Pos};
 use crate::queue::Inner;
@@ -43,19 +46,29 @@ pub struct Maint {
     pub messages_copied: u64,
     /// Size of the last checkpoint file.
     pub checkpoint_bytes: u64,
+    /// The last automatic maintenance failure (reported in stats).
+    pub last_error: Option<String>,
 }
 
 /// Runs a checkpoint and compaction when enough log has been written since the last one.
-/// Another thread already doing maintenance makes this a no-op.
-pub fn maybe_maintain(q: &Inner) -> Result<()> {
+/// Another thread already doing maintenance makes this a no-op. A failure is kept
+/// for the stats and retried after another `checkpoint_bytes` of log, never returned
+/// to the caller whose (already durable) operation triggered it.
+pub fn maybe_maintain(q: &Inner) {
     let bytes = q.log.counters().bytes;
     let Some(mut m) = q.maint.try_lock() else {
-        return Ok(());
+        return;
     };
     if bytes.saturating_sub(m.bytes_at) < q.opts.checkpoint_bytes {
-        return Ok(());
+        return;
     }
-    run(q, &mut m)
+    match run(q, &mut m) {
+        Ok(()) => m.last_error = None,
+        Err(e) => {
+            m.bytes_at = bytes;
+            m.last_error = Some(e.to_string());
+        }
+    }
 }
 
 /// Writes a checkpoint now and compacts.
@@ -66,9 +79,12 @@ pub fn checkpoint(q: &Inner) -> Result<()> {
 
 fn run(q: &Inner, m: &mut Maint) -> Result<()> {
     write(q, m)?;
-    if compact(q, m)? > 0 {
+    // Copies made by compaction are captured by another checkpoint, which lets the
+    // emptied segments go; every round that copied ends with a checkpoint.
+    let mut rounds = 0;
+    while rounds < 2 && compact(q, m)? > 0 {
         write(q, m)?;
-        compact(q, m)?;
+        rounds += 1;
     }
     Ok(())
 }
@@ -76,11 +92,16 @@ fn run(q: &Inner, m: &mut Maint) -> Result<()> {
 fn write(q: &Inner, m: &mut Maint) -> Result<()> {
     let (p, buf) = {
         let _w = q.gate.write();
-        let p = q.log.end();
+        let (p, seq) = q.log.end_and_seq();
         let keys = q.keys.read();
-        let buf = encode(p, q.next_gen.load(Ordering::Relaxed), &keys, |s, f| {
-            f(&q.msgs[s].lock())
-        });
+        let buf = encode(
+            p,
+            seq,
+            q.next_gen.load(Ordering::Relaxed),
+            q.salt,
+            &keys,
+            |s, f| f(&q.msgs[s].lock()),
+        );
         (p, buf)
     };
     let vfs = &q.opts.vfs;
@@ -154,37 +175,34 @@ fn compact(q: &Inner, m: &mut Maint) -> Result<usize> {
             }
         }
     }
+    // Each copy is appended while its message is known live (gate shared + shard
+    // lock, generation re-checked), so a copy can never follow the message's last
+    // completion in the log. The location moves in memory only once it is durable.
     let mut copies = Vec::with_capacity(moved.len());
-    for chunk in moved.chunks(256) {
+    for &(s, l, gen, seg, off) in &moved {
+        let payload = match q.log.read_record(seg, off as u64) {
+            Ok((_, p)) => p,
+            Err(Error::Corrupt { .. }) => continue,
+            Err(e) => return Err(e),
+        };
         let mut batch = Batch::new();
-        let mut starts = Vec::new();
-        for &(_, _, _, seg, off) in chunk {
-            let (_, payload) = match q.log.read_record(seg, off as u64) {
-                Ok(r) => r,
-                Err(Error::Corrupt { .. }) => {
-                    starts.push(None);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let st = batch.push(Kind::MessageCopy, |p| p.extend_from_slice(&payload));
-            starts.push(Some(st));
+        let st = batch.push(Kind::MessageCopy, |p| p.extend_from_slice(&payload));
+        let len = batch.record_len(st) as u32;
+        let _g = q.gate.read();
+        let ms = q.msgs[s].lock();
+        if ms.get(l, gen).is_none() {
+            continue;
         }
-        let lens: Vec<Option<(usize, u32)>> = starts
-            .iter()
-            .map(|s| s.map(|st| (st, batch.record_len(st) as u32)))
-            .collect();
-        let (at, end) = q.log.append(batch)?;
-        q.log.sync_to(end)?;
-        for (item, l) in chunk.iter().zip(lens) {
-            if let Some((st, len)) = l {
-                let p = at + st as u64;
-                copies.push((*item, (pos_seg(p), crate::log::pos_off(p) as u32, len)));
-            }
-        }
+        let (at, _) = q.log.append(batch)?;
+        drop(ms);
+        copies.push((
+            (s, l, gen),
+            (pos_seg(at), crate::log::pos_off(at) as u32, len),
+        ));
     }
+    q.log.sync_all()?;
     let mut n = 0;
-    for ((s, l, gen, _, _), loc) in copies {
+    for ((s, l, gen), loc) in copies {
         let mut ms = q.msgs[s].lock();
         if ms.get(l, gen).is_some() {
             ms.relocate(l, loc);
@@ -198,7 +216,9 @@ fn compact(q: &Inner, m: &mut Maint) -> Result<usize> {
 /// Serialises the live state. `with_shard(s, f)` runs `f` on message shard `s`.
 pub fn encode(
     p: Pos,
+    seq: u64,
     next_gen: u32,
+    salt: u32,
     keys: &Keys,
     with_shard: impl Fn(usize, &mut dyn FnMut(&MsgShard)),
 ) -> Vec<u8> {
@@ -207,7 +227,9 @@ pub fn encode(
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&p.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&next_gen.to_le_bytes());
+    out.extend_from_slice(&salt.to_le_bytes());
     out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
     for i in 0..keys.len() as u32 {
         out.put_short(keys.key(i).map(|k| k.as_bytes()).unwrap_or(b""));
@@ -266,8 +288,12 @@ pub fn encode(
 pub struct Loaded {
     /// Position from which to replay.
     pub pos: Pos,
+    /// Sequence number of the first record at or after `pos`.
+    pub seq: u64,
     /// Next message generation.
     pub next_gen: u32,
+    /// CRC salt of the queue's records.
+    pub salt: u32,
 }
 
 /// Why a checkpoint was rejected.
@@ -302,8 +328,13 @@ pub fn decode(
     }
     r.u32().ok_or_else(bad)?;
     let pos = r.u64().ok_or_else(bad)?;
+    let seq = r.u64().ok_or_else(bad)?;
     let next_gen = r.u32().ok_or_else(bad)?;
+    let salt = r.u32().ok_or_else(bad)?;
     let nkeys = r.u32().ok_or_else(bad)?;
+    if nkeys > crate::index::MAX_BUCKETS {
+        return Err("too many routing keys".into());
+    }
     for i in 0..nkeys {
         let k = r.short_str().ok_or_else(bad)?;
         if keys.intern_into(k, policy, sched) != i {
@@ -328,7 +359,7 @@ pub fn decode(
                 return Err("message in wrong shard".into());
             }
             let local = local_of(id.slot());
-            if local as usize > 1 << 28 {
+            if local > MAX_SLOT {
                 return Err("slot out of range".into());
             }
             ms.ensure_slot(local);
@@ -370,5 +401,10 @@ pub fn decode(
     if r.remaining() != 0 {
         return Err("trailing bytes".into());
     }
-    Ok(Loaded { pos, next_gen })
+    Ok(Loaded {
+        pos,
+        seq,
+        next_gen,
+        salt,
+    })
 }

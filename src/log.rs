@@ -53,8 +53,8 @@ pub fn parse_segment_name(name: &str) -> Option<u32> {
 #[derive(Default)]
 pub struct Batch {
     buf: Vec<u8>,
-    /// (start offset in buf, payload len, payload crc)
-    recs: Vec<(usize, usize, u32)>,
+    /// (start offset in buf, payload len, payload crc, kind)
+    recs: Vec<(usize, usize, u32, Kind)>,
 }
 
 impl Batch {
@@ -75,7 +75,7 @@ impl Batch {
         let len = self.buf.len() - start - HEADER_LEN;
         self.buf[start + 8..start + 12].copy_from_slice(&(len as u32).to_le_bytes());
         let crc = crc32fast::hash(&self.buf[start + HEADER_LEN..]);
-        self.recs.push((start, len, crc));
+        self.recs.push((start, len, crc, kind));
         let total = record::padded(HEADER_LEN + len);
         self.buf.resize(start + total, 0);
         start
@@ -100,11 +100,11 @@ impl Batch {
             .unwrap_or(0)
     }
 
-    fn stamp(&mut self, first_seq: u64) {
-        for (i, &(start, len, pcrc)) in self.recs.iter().enumerate() {
+    fn stamp(&mut self, first_seq: u64, salt: u32) {
+        for (i, &(start, len, pcrc, kind)) in self.recs.iter().enumerate() {
             let seq = first_seq + i as u64;
             self.buf[start + 16..start + 24].copy_from_slice(&seq.to_le_bytes());
-            let mut h = crc32fast::Hasher::new();
+            let mut h = crc32fast::Hasher::new_with_initial(record::seed(kind, salt));
             h.update(&self.buf[start + 8..start + 24]);
             h.combine(&crc32fast::Hasher::new_with_initial_len(pcrc, len as u64));
             let crc = h.finalize();
@@ -151,7 +151,7 @@ pub struct Log {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     seg_max: u64,
-    max_payload: usize,
+    salt: u32,
     sync_interval: Duration,
     sync_bytes: usize,
     inner: Mutex<Inner>,
@@ -159,6 +159,8 @@ pub struct Log {
     /// Open segment files (for writing the active one and mapping any).
     files: Mutex<HashMap<u32, Arc<dyn VFile>>>,
     maps: RwLock<HashMap<u32, Bytes>>,
+    /// Lengths of sealed segments (they never change while open).
+    sealed_len: Mutex<HashMap<u32, u64>>,
     counters: Mutex<LogCounters>,
 }
 
@@ -170,6 +172,8 @@ pub struct LogStart {
     pub len: u64,
     /// Next sequence number.
     pub next_seq: u64,
+    /// CRC salt of this queue.
+    pub salt: u32,
 }
 
 impl Log {
@@ -180,7 +184,6 @@ impl Log {
         dir: &Path,
         start: LogStart,
         seg_max: u64,
-        max_payload: usize,
         sync_interval: Duration,
         sync_bytes: usize,
     ) -> Result<Log> {
@@ -188,7 +191,7 @@ impl Log {
             vfs,
             dir: dir.to_path_buf(),
             seg_max,
-            max_payload,
+            salt: start.salt,
             sync_interval,
             sync_bytes,
             inner: Mutex::new(Inner {
@@ -206,18 +209,19 @@ impl Log {
             cv: Condvar::new(),
             files: Mutex::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
+            sealed_len: Mutex::new(HashMap::new()),
             counters: Mutex::new(LogCounters::default()),
         };
         if start.len == 0 {
             // A fresh active segment: write its header durably now.
             let mut b = Batch::new();
             b.push(Kind::SegmentHeader, |p| {
-                p.extend_from_slice(&record::segment_header(start.active))
+                p.extend_from_slice(&record::segment_header(start.active, start.salt))
             });
             let mut g = log.inner.lock();
             g.durable = pos(start.active, 0);
             let next = g.next_seq;
-            b.stamp(next);
+            b.stamp(next, start.salt);
             g.next_seq += 1;
             g.reserved = b.buf.len() as u64;
             g.chunks.push(Chunk {
@@ -234,11 +238,6 @@ impl Log {
 
     fn path(&self, seg: u32) -> PathBuf {
         self.dir.join(segment_name(seg))
-    }
-
-    /// Largest payload accepted.
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
     }
 
     /// Reserves a place for `batch` and queues it. Returns the position of the batch start.
@@ -262,10 +261,10 @@ impl Log {
             })?;
             let mut h = Batch::new();
             h.push(Kind::SegmentHeader, |p| {
-                p.extend_from_slice(&record::segment_header(seg))
+                p.extend_from_slice(&record::segment_header(seg, self.salt))
             });
             let s = g.next_seq;
-            h.stamp(s);
+            h.stamp(s, self.salt);
             g.next_seq += 1;
             g.active = seg;
             g.reserved = h.buf.len() as u64;
@@ -285,7 +284,7 @@ impl Log {
             });
         }
         let first = g.next_seq;
-        batch.stamp(first);
+        batch.stamp(first, self.salt);
         g.next_seq += batch.recs.len() as u64;
         let start = pos(g.active, g.reserved);
         g.reserved += len;
@@ -370,6 +369,12 @@ impl Log {
     pub fn end(&self) -> Pos {
         let g = self.inner.lock();
         pos(g.active, g.reserved)
+    }
+
+    /// Position after the last reserved byte and the sequence number the next record gets.
+    pub fn end_and_seq(&self) -> (Pos, u64) {
+        let g = self.inner.lock();
+        (pos(g.active, g.reserved), g.next_seq)
     }
 
     /// The active segment number.
@@ -462,6 +467,16 @@ impl Log {
     /// The range must have been durably written.
     pub fn read(&self, seg: u32, off: u64, len: usize) -> Result<Bytes> {
         let end = off + len as u64;
+        let readable = self.readable_len(seg)?;
+        if end > readable {
+            return Err(Error::Corrupt {
+                path: self.path(seg),
+                offset: off,
+                reason: format!(
+                    "record extends past the written end of the segment ({end} > {readable})"
+                ),
+            });
+        }
         if let Some(m) = self.maps.read().get(&seg) {
             if m.len() as u64 >= end {
                 return Ok(m.slice(off as usize..end as usize));
@@ -494,19 +509,44 @@ impl Log {
         Ok(out)
     }
 
+    /// Bytes of `seg` that may be read: up to the durable position in the segment
+    /// being written, the file length for sealed ones. Reads never go past it, so a
+    /// mapping longer than the file is never touched beyond its end (no SIGBUS).
+    fn readable_len(&self, seg: u32) -> Result<u64> {
+        {
+            let g = self.inner.lock();
+            let dseg = pos_seg(g.durable);
+            if seg == dseg {
+                return Ok(pos_off(g.durable));
+            }
+            if seg > dseg {
+                return Ok(0);
+            }
+        }
+        if let Some(&l) = self.sealed_len.lock().get(&seg) {
+            return Ok(l);
+        }
+        let f = self.file(seg, false)?;
+        let l = f
+            .len()
+            .map_err(|e| Error::io("stat segment", self.path(seg), e))?;
+        self.sealed_len.lock().insert(seg, l);
+        Ok(l)
+    }
+
     /// Reads and verifies the record at (seg, off).
     pub fn read_record(&self, seg: u32, off: u64) -> Result<(Kind, Bytes)> {
         let head = self.read(seg, off, HEADER_LEN)?;
         let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-        if len > self.max_payload {
+        if len > record::MAX_RECORD {
             return Err(Error::Corrupt {
                 path: self.path(seg),
                 offset: off,
                 reason: "record length over limit".into(),
             });
         }
-        let whole = self.read(seg, off, HEADER_LEN + len)?;
-        match record::parse(&whole, self.max_payload) {
+        let whole = self.read(seg, off, record::padded(HEADER_LEN + len))?;
+        match record::parse(&whole, self.salt) {
             Ok(f) => Ok((f.kind, whole.slice(HEADER_LEN..HEADER_LEN + len))),
             Err(e) => Err(Error::Corrupt {
                 path: self.path(seg),
@@ -519,6 +559,7 @@ impl Log {
     /// Deletes a sealed segment file durably.
     pub fn remove_segment(&self, seg: u32) -> Result<()> {
         self.maps.write().remove(&seg);
+        self.sealed_len.lock().remove(&seg);
         self.files.lock().remove(&seg);
         let path = self.path(seg);
         self.vfs

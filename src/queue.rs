@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub counters: Counters,
     pub report: Mutex<RecoveryReport>,
     pub maint: Mutex<crate::checkpoint::Maint>,
+    /// CRC salt of this queue's records.
+    pub salt: u32,
     pub _lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -480,12 +482,12 @@ impl Queue {
             record::encode_message(p, id.0, now as u64, m.sender, m.meta, &pairs, m.body)
         });
         let rec_len = batch.record_len(start) as u32;
-        if batch.len() > q.log.max_payload() {
+        if batch.len() > record::MAX_RECORD {
             q.msgs[mshard].lock().release_slot(local);
             return Err(Error::TooLarge {
                 what: "message record",
                 len: batch.len(),
-                limit: q.log.max_payload(),
+                limit: record::MAX_RECORD,
             });
         }
 
@@ -549,7 +551,9 @@ impl Queue {
             q.wake();
         }
         if q.opts.auto_maintenance {
-            crate::checkpoint::maybe_maintain(q)?;
+            // The message is durable and queued: a maintenance failure must not turn
+            // this into an error (the MTA would reject mail it has accepted).
+            crate::checkpoint::maybe_maintain(q);
         }
         Ok(id)
     }
@@ -798,12 +802,21 @@ impl Queue {
         }
         let mut out = Vec::with_capacity(refs.len());
         for (id, index, reason, expired, (seg, off)) in refs {
-            let (_, payload) = q.log.read_record(seg, off as u64)?;
-            let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
-                path: q.dir.join(crate::log::segment_name(seg)),
-                offset: off as u64,
-                reason: "message record does not decode".into(),
-            })?;
+            // One unreadable message must not cost the others their DSN: report it and
+            // go on (it is offered again after a restart).
+            let rec = match q.log.read_record(seg, off as u64) {
+                Ok((_, payload)) => payload,
+                Err(e) => {
+                    q.report.lock().note_corrupt_message(id, &e.to_string());
+                    continue;
+                }
+            };
+            let Some(rec) = record::decode_message(&rec) else {
+                q.report
+                    .lock()
+                    .note_corrupt_message(id, "message record does not decode");
+                continue;
+            };
             out.push(Bounce {
                 id,
                 index,

@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `0x4D515243` |
-//! | 4 | 4 | CRC32 (IEEE) of header bytes 8..24 followed by the payload |
+//! | 4 | 4 | CRC32 (IEEE), seeded with the queue's salt, of header bytes 8..24 followed by the payload |
 //! | 8 | 4 | payload length |
 //! | 12 | 1 | record kind |
 //! | 13 | 3 | zero |
@@ -14,6 +14,11 @@
 //!
 //! A reader checks magic, kind and length bounds before touching the payload,
 //! then the CRC, then decodes the payload with bounds-checked reads.
+//!
+//! The CRC of every record except the segment header is seeded with a random
+//! per-queue salt (stored in each segment header and in the checkpoint), so a
+//! record-shaped byte string inside a message body — which a sender controls —
+//! cannot pass for a record when recovery resynchronises after damage.
 
 use crate::error::{Error, Result};
 
@@ -23,6 +28,9 @@ pub const HEADER_LEN: usize = 24;
 pub const MAGIC: u32 = 0x4D51_5243;
 /// Alignment of records within a segment.
 pub const ALIGN: usize = 8;
+/// Largest payload the format accepts (a format limit, independent of options,
+/// so that lowering `max_body` never makes stored mail unreadable).
+pub const MAX_RECORD: usize = (1 << 30) + (128 << 20);
 
 /// Record kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +63,17 @@ pub fn padded(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// Appends one framed record to `out`.
-pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8]) {
+/// CRC seed of a record kind under `salt`.
+pub fn seed(kind: Kind, salt: u32) -> u32 {
+    if kind == Kind::SegmentHeader {
+        0
+    } else {
+        salt
+    }
+}
+
+/// Appends one framed record to `out` (tests and tools; the log uses `Batch`).
+pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8], salt: u32) {
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -64,7 +81,7 @@ pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8]) {
     out.extend_from_slice(&[kind as u8, 0, 0, 0]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(payload);
-    let mut h = crc32fast::Hasher::new();
+    let mut h = crc32fast::Hasher::new_with_initial(seed(kind, salt));
     h.update(&out[start + 8..]);
     let crc = h.finalize();
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -98,8 +115,22 @@ pub enum FrameError {
     BadCrc,
 }
 
-/// Parses the record at the start of `buf`, checking bounds and the checksum.
-pub fn parse(buf: &[u8], max_payload: usize) -> Result<Framed<'_>, FrameError> {
+/// Header fields read without checking the CRC (for resynchronisation prechecks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Kind.
+    pub kind: Kind,
+    /// Payload length.
+    pub len: usize,
+    /// Sequence number.
+    pub seq: u64,
+    /// Stored CRC.
+    pub crc: u32,
+}
+
+/// Checks magic, kind, reserved bytes and the length bound of the header at the
+/// start of `buf`, without touching the payload.
+pub fn header(buf: &[u8]) -> Result<Header, FrameError> {
     if buf.len() < HEADER_LEN {
         if buf.iter().all(|&b| b == 0) {
             return Err(FrameError::Zero);
@@ -110,34 +141,47 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Result<Framed<'_>, FrameError> {
     if h.iter().all(|&b| b == 0) {
         return Err(FrameError::Zero);
     }
-    if u32::from_le_bytes([h[0], h[1], h[2], h[3]]) != MAGIC {
+    let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    if u32_at(0) != MAGIC {
         return Err(FrameError::BadHeader("bad magic"));
     }
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     let kind = Kind::from_u8(h[12]).ok_or(FrameError::BadHeader("unknown record kind"))?;
     if h[13..16] != [0, 0, 0] {
         return Err(FrameError::BadHeader("reserved bytes not zero"));
     }
-    if len > max_payload {
+    let len = u32_at(8) as usize;
+    if len > MAX_RECORD {
         return Err(FrameError::BadHeader("length over limit"));
     }
-    let total = padded(HEADER_LEN + len);
-    if buf.len() < HEADER_LEN + len {
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&h[16..24]);
+    Ok(Header {
+        kind,
+        len,
+        seq: u64::from_le_bytes(seq),
+        crc: u32_at(4),
+    })
+}
+
+/// Parses the record at the start of `buf`, checking bounds (including its
+/// padding: a record cut anywhere is `Short`) and the checksum seeded with `salt`.
+pub fn parse(buf: &[u8], salt: u32) -> Result<Framed<'_>, FrameError> {
+    let h = header(buf)?;
+    let total = padded(HEADER_LEN + h.len);
+    if buf.len() < total {
         return Err(FrameError::Short);
     }
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&h[8..]);
-    hasher.update(&buf[HEADER_LEN..HEADER_LEN + len]);
-    if hasher.finalize() != crc {
+    let mut hasher = crc32fast::Hasher::new_with_initial(seed(h.kind, salt));
+    hasher.update(&buf[8..HEADER_LEN]);
+    hasher.update(&buf[HEADER_LEN..HEADER_LEN + h.len]);
+    if hasher.finalize() != h.crc {
         return Err(FrameError::BadCrc);
     }
-    let seq = u64::from_le_bytes(h[16..24].try_into().map_err(|_| FrameError::Short)?);
     Ok(Framed {
-        kind,
-        seq,
-        payload: &buf[HEADER_LEN..HEADER_LEN + len],
-        total: total.min(buf.len()),
+        kind: h.kind,
+        seq: h.seq,
+        payload: &buf[HEADER_LEN..HEADER_LEN + h.len],
+        total,
     })
 }
 
@@ -225,21 +269,22 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Payload of the segment header record.
-pub fn segment_header(segment: u32) -> Vec<u8> {
-    let mut p = Vec::with_capacity(16);
+pub fn segment_header(segment: u32, salt: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(20);
     p.extend_from_slice(SEGMENT_MAGIC);
     p.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     p.extend_from_slice(&segment.to_le_bytes());
+    p.extend_from_slice(&salt.to_le_bytes());
     p
 }
 
-/// Parses a segment header payload into (version, segment number).
-pub fn parse_segment_header(p: &[u8]) -> Option<(u32, u32)> {
+/// Parses a segment header payload into (version, segment number, salt).
+pub fn parse_segment_header(p: &[u8]) -> Option<(u32, u32, u32)> {
     let mut r = Reader::new(p);
     if r.bytes(8)? != SEGMENT_MAGIC {
         return None;
     }
-    Some((r.u32()?, r.u32()?))
+    Some((r.u32()?, r.u32()?, r.u32()?))
 }
 
 /// A message as stored in a `Message` record.
@@ -293,7 +338,7 @@ pub fn decode_message(p: &[u8]) -> Option<MessageRecord<'_>> {
     let sender = r.short_str()?;
     let meta = r.long_bytes()?;
     let n = r.u32()? as usize;
-    if n == 0 || n > r.remaining() / 4 {
+    if n == 0 || n > u16::MAX as usize || n > r.remaining() / 4 {
         return None;
     }
     let mut rcpts = Vec::with_capacity(n);
@@ -450,9 +495,9 @@ mod tests {
     #[test]
     fn frame_roundtrip_and_damage() {
         let mut buf = Vec::new();
-        frame(&mut buf, Kind::RcptUpdate, 7, b"hello");
+        frame(&mut buf, Kind::RcptUpdate, 7, b"hello", 99);
         assert_eq!(buf.len() % ALIGN, 0);
-        let f = parse(&buf, 1 << 20).unwrap();
+        let f = parse(&buf, 99).unwrap();
         assert_eq!(
             (f.kind, f.seq, f.payload),
             (Kind::RcptUpdate, 7, &b"hello"[..])
@@ -460,10 +505,20 @@ mod tests {
         for i in 0..HEADER_LEN + 5 {
             let mut b = buf.clone();
             b[i] ^= 0x10;
-            assert!(parse(&b, 1 << 20).is_err(), "flip at {i} undetected");
+            assert!(parse(&b, 99).is_err(), "flip at {i} undetected");
         }
-        assert_eq!(parse(&buf[..10], 1 << 20).unwrap_err(), FrameError::Short);
-        assert_eq!(parse(&[0u8; 40], 1 << 20).unwrap_err(), FrameError::Zero);
+        assert_eq!(parse(&buf[..10], 99).unwrap_err(), FrameError::Short);
+        assert_eq!(
+            parse(&buf[..buf.len() - 1], 99).unwrap_err(),
+            FrameError::Short,
+            "cut padding"
+        );
+        assert_eq!(parse(&[0u8; 40], 99).unwrap_err(), FrameError::Zero);
+        assert_eq!(
+            parse(&buf, 98).unwrap_err(),
+            FrameError::BadCrc,
+            "another queue's salt"
+        );
     }
 
     #[test]
@@ -485,6 +540,14 @@ mod tests {
         for cut in 0..p.len() {
             assert!(decode_message(&p[..cut]).is_none());
         }
+        // A recipient count over 65535 is rejected, whatever the payload holds.
+        let mut q = Vec::new();
+        q.extend_from_slice(&[0u8; 20]);
+        q.put_short(b"");
+        q.put_long(b"");
+        q.extend_from_slice(&65536u32.to_le_bytes());
+        q.extend_from_slice(&vec![0u8; 65536 * 4 + 4]);
+        assert!(decode_message(&q).is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::bucket::SchedShard;
 use crate::checkpoint::{self, Maint, CHECKPOINT};
 use crate::error::{Error, Result};
+use crate::index::MAX_BUCKETS;
 use crate::index::*;
 use crate::keys::Keys;
 use crate::log::{parse_segment_name, pos, pos_off, pos_seg, segment_name, Log, LogStart};
@@ -81,6 +82,11 @@ struct Builder {
     keys: Keys,
     next_gen: u32,
     next_seq: u64,
+    /// Sequence number of the last good record (resynchronisation accepts only
+    /// records that plausibly follow it).
+    last_seq: u64,
+    salt: u32,
+    checkpoint_used: bool,
     report: RecoveryReport,
 }
 
@@ -93,11 +99,14 @@ impl Builder {
             keys: Keys::default(),
             next_gen: 1,
             next_seq: 1,
+            last_seq: 0,
+            salt: 0,
+            checkpoint_used: false,
             report: RecoveryReport::default(),
         }
     }
 
-    fn apply_message(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
+    fn apply_message(&mut self, copy: bool, payload: &[u8], seg: u32, off: u64, total: usize) {
         let Some(m) = record::decode_message(payload) else {
             self.report.damaged.push(Damage {
                 segment: seg,
@@ -109,7 +118,7 @@ impl Builder {
         };
         let id = MessageId(m.id);
         let (s, local) = (shard_of(id.slot()), local_of(id.slot()));
-        if id.gen() == 0 || local as usize > 1 << 28 {
+        if id.gen() == 0 || local > crate::checkpoint::MAX_SLOT {
             self.report.note_corrupt_message(id, "bad id");
             return;
         }
@@ -126,9 +135,19 @@ impl Builder {
             self.report.note_corrupt_message(id, "slot already in use");
             return;
         }
+        if copy && self.checkpoint_used {
+            // A compaction copy of a message the checkpoint does not hold: the message
+            // finished before the copy could matter. Never resurrect it.
+            return;
+        }
         let mut buckets = Vec::with_capacity(m.rcpts.len());
         for (_, key) in &m.rcpts {
             let k = record::validate::normalize_key(key).unwrap_or_else(|_| "invalid".into());
+            if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
+                self.report
+                    .note_corrupt_message(id, "routing key table full");
+                return;
+            }
             buckets.push(self.keys.intern_into(&k, self.policy, &mut self.sched));
         }
         self.msgs[s].insert(
@@ -170,6 +189,11 @@ impl Builder {
         }
         if !u.route.is_empty() {
             if let Ok(k) = record::validate::normalize_key(u.route) {
+                if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
+                    self.report
+                        .note_corrupt_message(id, "routing key table full");
+                    return;
+                }
                 let b = self.keys.intern_into(&k, self.policy, &mut self.sched);
                 self.msgs[s].rcpts[rid as usize].set_bucket(b);
             }
@@ -188,25 +212,31 @@ impl Builder {
         }
     }
 
+    fn good(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
     /// Replays one segment from `start`; returns the valid end.
-    fn replay(&mut self, seg: u32, data: &[u8], start: usize, is_last: bool, max: usize) -> usize {
+    fn replay(&mut self, seg: u32, data: &[u8], start: usize, is_last: bool) -> usize {
         let mut off = start;
         if start == 0 {
-            match record::parse(data, max) {
+            match record::parse(data, self.salt) {
                 Ok(f) if f.kind == Kind::SegmentHeader => {
-                    if record::parse_segment_header(f.payload).map(|h| h.1) != Some(seg) {
+                    let h = record::parse_segment_header(f.payload);
+                    if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
                         self.report.damaged.push(Damage {
                             segment: seg,
                             offset: 0,
                             len: f.total as u64,
-                            reason: "segment header names another segment".into(),
+                            reason: "segment header names another segment or queue".into(),
                         });
                     }
-                    self.next_seq = self.next_seq.max(f.seq + 1);
+                    self.good(f.seq);
                     off = f.total;
                 }
                 _ => {
-                    if is_last && resync(data, 0, max).is_none() {
+                    if is_last && resync(data, 0, self.salt, self.last_seq).is_none() {
                         self.report.torn_tail_bytes += data.len() as u64;
                         return 0;
                     }
@@ -215,23 +245,29 @@ impl Builder {
             }
         }
         while off < data.len() {
-            match record::parse(&data[off..], max) {
-                Ok(f) => {
+            match record::parse(&data[off..], self.salt) {
+                Ok(f) if f.seq > self.last_seq => {
                     self.report.records_replayed += 1;
                     self.report.bytes_replayed += f.total as u64;
-                    self.next_seq = self.next_seq.max(f.seq + 1);
+                    self.good(f.seq);
                     match f.kind {
-                        Kind::Message | Kind::MessageCopy => {
-                            self.apply_message(f.payload, seg, off as u64, f.total)
+                        Kind::Message => {
+                            self.apply_message(false, f.payload, seg, off as u64, f.total)
+                        }
+                        Kind::MessageCopy => {
+                            self.apply_message(true, f.payload, seg, off as u64, f.total)
                         }
                         Kind::RcptUpdate => self.apply_update(f.payload, seg, off as u64, f.total),
                         Kind::SegmentHeader => {}
                     }
                     off += f.total;
                 }
-                Err(e) => {
-                    let next = resync(data, off + record::ALIGN, max);
-                    match next {
+                other => {
+                    let e = match other {
+                        Ok(_) => "sequence number goes backwards".to_string(),
+                        Err(e) => format!("{e:?}"),
+                    };
+                    match resync(data, off, self.salt, self.last_seq) {
                         None if is_last => {
                             // A torn or zero tail: the last batch never became durable.
                             self.report.torn_tail_bytes += (data.len() - off) as u64;
@@ -244,7 +280,7 @@ impl Builder {
                                 segment: seg,
                                 offset: off as u64,
                                 len: (data.len() - off) as u64,
-                                reason: format!("{e:?} in sealed segment"),
+                                reason: format!("{e} in sealed segment"),
                             });
                             self.note_suspect(data, off);
                             return data.len();
@@ -254,7 +290,7 @@ impl Builder {
                                 segment: seg,
                                 offset: off as u64,
                                 len: (n - off) as u64,
-                                reason: format!("{e:?}"),
+                                reason: e,
                             });
                             self.note_suspect(data, off);
                             off = n;
@@ -320,17 +356,62 @@ impl Builder {
     }
 }
 
-/// Finds the next offset ≥ `from` (aligned) where a valid record starts.
-fn resync(data: &[u8], from: usize, max: usize) -> Option<usize> {
-    let mut o = from.div_ceil(record::ALIGN) * record::ALIGN;
+/// Finds where replay can resume after damage at `from`: the next aligned offset
+/// holding a record that passes every check *and* plausibly follows the last good
+/// record — its sequence number is above `last_seq` and at most one more per 24
+/// bytes skipped (the smallest record). The cheap header checks run first, so a
+/// body full of fake headers costs one CRC only for in-window candidates; and a
+/// forged record would also need the queue's secret salt.
+fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
+    let mut o = (from + 1).div_ceil(record::ALIGN) * record::ALIGN;
     let magic = MAGIC.to_le_bytes();
     while o + HEADER_LEN <= data.len() {
-        if data[o..o + 4] == magic && record::parse(&data[o..], max).is_ok() {
-            return Some(o);
+        if data[o..o + 4] == magic {
+            if let Ok(h) = record::header(&data[o..]) {
+                let window = ((o - from) / HEADER_LEN) as u64 + 2;
+                if h.seq > last_seq
+                    && h.seq <= last_seq.saturating_add(window)
+                    && record::parse(&data[o..], salt).is_ok()
+                {
+                    return Some(o);
+                }
+            }
         }
         o += record::ALIGN;
     }
     None
+}
+
+/// The salt named by the first readable segment header.
+fn find_salt(vfs: &dyn crate::vfs::Vfs, dir: &Path, segs: &BTreeSet<u32>) -> Result<Option<u32>> {
+    for &seg in segs {
+        let data = read_file(vfs, &dir.join(segment_name(seg)))?;
+        if let Ok(f) = record::parse(&data, 0) {
+            if f.kind == Kind::SegmentHeader {
+                if let Some((_, _, salt)) = record::parse_segment_header(f.payload) {
+                    return Ok(Some(salt));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A random, non-zero salt for a new queue.
+fn new_salt() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into our 4-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let mut v = u32::from_le_bytes(b);
+    if n != 4 {
+        // No entropy source: fall back to time and pid (still unknown to senders).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        v = (t ^ (t >> 32) ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9)) as u32;
+    }
+    v.max(1)
 }
 
 fn read_file(vfs: &dyn crate::vfs::Vfs, path: &Path) -> Result<bytes::Bytes> {
@@ -365,8 +446,6 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         .ok_or_else(|| Error::Locked(dir.to_path_buf()))?;
 
     let now = now32(&opts);
-    let max_payload =
-        opts.max_body + crate::queue::MAX_META + 64 * 1024 + opts.max_recipients * 1100;
     let mut b = Builder::new(opts.concurrency, now);
     let names = vfs
         .list(dir)
@@ -385,7 +464,10 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         ) {
             Ok(l) => {
                 b.report.checkpoint_used = true;
+                b.checkpoint_used = true;
                 b.next_gen = l.next_gen.max(1);
+                b.salt = l.salt;
+                b.good(l.seq.saturating_sub(1));
                 from = Some(l.pos);
             }
             Err(why) => {
@@ -397,6 +479,13 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
                 b.report = report;
             }
         }
+    }
+
+    if !b.checkpoint_used {
+        b.salt = match find_salt(&*vfs, dir, &segs)? {
+            Some(salt) => salt,
+            None => new_salt(),
+        };
     }
 
     // Replay the log from the checkpoint position (or from the start).
@@ -424,11 +513,26 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         let data = read_file(&*vfs, &path)?;
         let is_last = i + 1 == replay.len();
         let start = match from {
-            Some(p) if pos_seg(p) == seg => (pos_off(p) as usize).min(data.len()),
+            Some(p) if pos_seg(p) == seg => pos_off(p) as usize,
             _ => 0,
         };
         b.report.segments_scanned += 1;
-        let end = b.replay(seg, &data, start, is_last, max_payload);
+        if start > data.len() {
+            // The filesystem lost data the checkpoint says was durable. Report it, and
+            // never append below the checkpoint position (a later replay would skip it).
+            b.report.damaged.push(Damage {
+                segment: seg,
+                offset: data.len() as u64,
+                len: (start - data.len()) as u64,
+                reason: "segment is shorter than the checkpoint position".into(),
+            });
+            if is_last {
+                active = seg.saturating_add(1);
+                active_len = 0;
+            }
+            continue;
+        }
+        let end = b.replay(seg, &data, start, is_last);
         if is_last {
             if (end as u64) < data.len() as u64 {
                 drop(data);
@@ -444,7 +548,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         }
     }
     if active_len == 0 {
-        // The last segment has no valid header: start a fresh one after it.
+        // The last segment has no valid record at all: it is recreated empty.
         if replay.last() == Some(&active) {
             let path = dir.join(segment_name(active));
             vfs.remove(&path)
@@ -471,9 +575,9 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
             active,
             len: active_len,
             next_seq: b.next_seq,
+            salt: b.salt,
         },
         opts.segment_size,
-        max_payload,
         opts.outcome_sync_interval,
         opts.outcome_sync_bytes,
     )?;
@@ -498,6 +602,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
             ..Default::default()
         }),
         opts,
+        salt: b.salt,
         _lock: lock,
     };
     let q = Queue {

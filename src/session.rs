@@ -312,7 +312,7 @@ impl Queue {
         }
         let _ = q.sync_if_due();
         if q.opts.auto_maintenance {
-            let _ = crate::checkpoint::maybe_maintain(q);
+            crate::checkpoint::maybe_maintain(q);
         }
         rang
     }
@@ -431,7 +431,19 @@ impl Session {
             match read_delivery(&q, id, seg, off) {
                 Ok((sender, meta, body, received, addrs_all, body_off)) => {
                     let ms = q.msgs[msh].lock();
-                    let first = ms.msgs[local as usize].first;
+                    let Some(first) = ms.get(local, gen).map(|m| m.first) else {
+                        // Deleted by the operator meanwhile: nothing left to deliver.
+                        drop(ms);
+                        let mut ss = q.sched[s].lock();
+                        if let Some(slot) = ss.buckets[bl as usize]
+                            .slots
+                            .iter_mut()
+                            .find(|x| x.token == self.token)
+                        {
+                            slot.leased.clear();
+                        }
+                        continue;
+                    };
                     let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
                     let attempts = rids
                         .iter()
@@ -463,24 +475,56 @@ impl Session {
                     }));
                 }
                 Err(e) => {
-                    // The record is damaged: park the recipients as corrupt, report, go on.
-                    q.report.lock().note_corrupt_message(id, &e.to_string());
+                    let now = q.now();
                     let mut ss = q.sched[s].lock();
-                    let mut ms = q.msgs[msh].lock();
-                    for &r in &rids {
-                        if ms.rcpts[r as usize].state() == RcptState::Leased {
-                            ms.rcpts[r as usize].set_state(RcptState::Corrupt);
-                            ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
-                        }
-                    }
-                    if let Some(slot) = ss.buckets[bl as usize]
+                    let Some(slot) = ss.buckets[bl as usize]
                         .slots
                         .iter_mut()
-                        .find(|x| x.token == self.token)
-                    {
-                        slot.leased.clear();
+                        .find(|x| x.token == self.token && x.leased_msg == id)
+                    else {
+                        // The lease was reclaimed meanwhile; those recipients are not ours.
+                        self.closed = true;
+                        return Err(Error::LeaseExpired);
+                    };
+                    slot.leased.clear();
+                    let mut ms = q.msgs[msh].lock();
+                    let loc = ms.get(local, gen).map(|m| (m.seg, m.off));
+                    // Damage only when the record is really bad where it still lives; a
+                    // message moved by compaction, or an I/O error, is not corruption.
+                    let corrupt = matches!(e, Error::Corrupt { .. }) && loc == Some((seg, off));
+                    let mut rang = false;
+                    for &r in &rids {
+                        let rc = ms.rcpts[r as usize];
+                        if rc.state() != RcptState::Leased || rc.msg != local || loc.is_none() {
+                            continue;
+                        }
+                        if corrupt {
+                            ms.rcpts[r as usize].set_state(RcptState::Corrupt);
+                            ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
+                        } else {
+                            let ch = Change {
+                                state: RcptState::Ready,
+                                attempts: rc.attempts(),
+                                next: rc.next,
+                                reason: None,
+                                persist: false,
+                            };
+                            rang |= apply_change(&mut ss, &mut ms, msh, r, &ch, now);
+                        }
                     }
-                    continue;
+                    drop(ms);
+                    drop(ss);
+                    if rang {
+                        q.wake();
+                    }
+                    if corrupt {
+                        q.report.lock().note_corrupt_message(id, &e.to_string());
+                        continue;
+                    }
+                    if loc.is_some_and(|l| l != (seg, off)) {
+                        continue; // relocated: lease it again from its new place
+                    }
+                    return Err(e);
                 }
             }
         }
@@ -533,7 +577,7 @@ impl Session {
         }
         q.sync_if_due()?;
         if q.opts.auto_maintenance {
-            crate::checkpoint::maybe_maintain(q)?;
+            crate::checkpoint::maybe_maintain(q);
         }
         Ok(())
     }

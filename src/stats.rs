@@ -113,6 +113,8 @@ pub struct Stats {
     pub index_bytes: u64,
     /// The queue refuses writes after this storage failure.
     pub poisoned: Option<String>,
+    /// The last automatic checkpoint/compaction failure, if the last attempt failed.
+    pub maintenance_error: Option<String>,
 }
 
 impl Stats {
@@ -439,6 +441,7 @@ impl Queue {
         let m = q.maint.lock();
         st.checkpoints = m.checkpoints;
         st.segments_deleted = m.segments_deleted;
+        st.maintenance_error = m.last_error.clone();
         st.index_bytes = index_bytes as u64;
         st.poisoned = q.log.poisoned();
         st

@@ -17,10 +17,11 @@ struct Faults {
     enospc: AtomicBool,
     syncs: AtomicUsize,
     nfs: AtomicBool,
+    checkpoint_enospc: AtomicBool,
 }
 
 struct FaultyFs(Arc<Faults>);
-struct FaultyFile(Arc<dyn VFile>, Arc<Faults>);
+struct FaultyFile(Arc<dyn VFile>, Arc<Faults>, bool);
 
 impl Vfs for FaultyFs {
     fn create_dir_all(&self, d: &Path) -> io::Result<()> {
@@ -30,7 +31,8 @@ impl Vfs for FaultyFs {
         OsFs.list(d)
     }
     fn open(&self, p: &Path, c: bool) -> io::Result<Arc<dyn VFile>> {
-        Ok(Arc::new(FaultyFile(OsFs.open(p, c)?, self.0.clone())))
+        let ckpt = p.ends_with("checkpoint.tmp");
+        Ok(Arc::new(FaultyFile(OsFs.open(p, c)?, self.0.clone(), ckpt)))
     }
     fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
         OsFs.rename(a, b)
@@ -60,6 +62,9 @@ impl VFile for FaultyFile {
         self.0.read_exact_at(o, b)
     }
     fn write_all_at(&self, o: u64, b: &[u8]) -> io::Result<()> {
+        if self.2 && self.1.checkpoint_enospc.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28));
+        }
         if self.1.enospc.load(Ordering::SeqCst) {
             // A partial write, then ENOSPC.
             self.0.write_all_at(o, &b[..b.len() / 2])?;
@@ -179,4 +184,42 @@ fn network_filesystem_is_refused_unless_allowed() {
     )
     .unwrap();
     q.enqueue(&msg("", &["a@x.com"], b"m")).unwrap();
+}
+
+/// A checkpoint that cannot be written (the disk fills up with the big file while
+/// small log appends still fit) must not turn accepted mail into errors.
+#[test]
+fn failed_automatic_checkpoint_does_not_fail_enqueue() {
+    let d = TempDir::new("ckpt-enospc");
+    let clock = ManualClock::new(T0);
+    let f = Arc::new(Faults::default());
+    let o = || Options {
+        checkpoint_bytes: 8 * 1024,
+        ..faulty(&f, &clock)
+    };
+    let q = Queue::open(d.path(), o()).unwrap();
+    f.checkpoint_enospc.store(true, Ordering::SeqCst);
+    for i in 0..50 {
+        q.enqueue(&msg("", &[&format!("u{i}@x.com")], &[b'z'; 1000]))
+            .expect("accepted mail is not an error");
+    }
+    let st = q.stats();
+    assert!(
+        st.maintenance_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("disk full"),
+        "{:?}",
+        st.maintenance_error
+    );
+    assert!(st.poisoned.is_none(), "the log itself is fine");
+    f.checkpoint_enospc.store(false, Ordering::SeqCst);
+    for i in 0..20 {
+        q.enqueue(&msg("", &[&format!("v{i}@x.com")], &[b'z'; 1000]))
+            .unwrap();
+    }
+    assert!(q.stats().maintenance_error.is_none());
+    drop(q);
+    let q = Queue::open(d.path(), o()).unwrap();
+    assert_eq!(q.stats().messages, 70);
 }
