@@ -1,0 +1,221 @@
+//! Criterion suite: durable enqueue, scheduling, restart.
+//!
+//! `cargo bench` runs everything (several minutes: the restart group builds a
+//! queue of 1 M messages / 3 M recipients once). `cargo bench -- enqueue`,
+//! `-- schedule`, `-- restart` run one group. CI only builds it
+//! (`cargo bench --no-run`). The peer comparison is `examples/compare.rs`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mailq::{NewMessage, Options, Outcome, Queue, Recipient};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mailq-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn message(i: u64, rcpts: usize, body: &[u8]) -> NewMessage<'_> {
+    NewMessage {
+        sender: "list@sender.example",
+        recipients: (0..rcpts)
+            .map(|k| Recipient::new(format!("u{i}.{k}@d{}.example", (i + k as u64) % 1000)))
+            .collect(),
+        meta: b"",
+        body,
+    }
+}
+
+/// Durable enqueue: 1 and 32 producers × 1/4/64 KiB × 1/3/50 recipients.
+fn enqueue(c: &mut Criterion) {
+    let mut g = c.benchmark_group("enqueue");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    for producers in [1usize, 32] {
+        for body_kib in [1usize, 4, 64] {
+            for rcpts in [1usize, 3, 50] {
+                let dir = tmp("enqueue");
+                let q = Queue::open(&dir, Options::default()).expect("open");
+                let body = vec![b'x'; body_kib * 1024];
+                let id = format!("{producers}p/{body_kib}KiB/{rcpts}r");
+                g.throughput(Throughput::Elements(1));
+                g.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    b.iter_custom(|iters| {
+                        let next = Arc::new(AtomicU64::new(0));
+                        let t = Instant::now();
+                        std::thread::scope(|s| {
+                            for _ in 0..producers {
+                                let (q, next, body) = (q.clone(), next.clone(), &body);
+                                s.spawn(move || loop {
+                                    let i = next.fetch_add(1, Ordering::Relaxed);
+                                    if i >= iters {
+                                        break;
+                                    }
+                                    q.enqueue(&message(i, rcpts, body)).expect("enqueue");
+                                });
+                            }
+                        });
+                        t.elapsed()
+                    })
+                });
+                drop(q);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    g.finish();
+}
+
+/// Zipf over 100k domains with one (gmail.com) taking 2/3.
+struct Zipf(Vec<f64>, u64);
+impl Zipf {
+    fn new(n: usize) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut acc = 0.0;
+        for k in 1..n {
+            acc += 1.0 / k as f64;
+            cdf.push(acc);
+        }
+        cdf.iter_mut().for_each(|c| *c /= acc);
+        Zipf(cdf, 0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f64 {
+        self.1 ^= self.1 << 13;
+        self.1 ^= self.1 >> 7;
+        self.1 ^= self.1 << 17;
+        (self.1 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn domain(&mut self) -> String {
+        if self.unit() < 2.0 / 3.0 {
+            return "gmail.com".into();
+        }
+        let u = self.unit();
+        format!("d{}.example", 1 + self.0.partition_point(|&c| c < u))
+    }
+}
+
+/// Lease + complete per recipient, 100k destinations, Zipf skew, one thread.
+fn schedule(c: &mut Criterion) {
+    let dir = tmp("schedule");
+    let q = Queue::open(&dir, Options::default()).expect("open");
+    let zipf = parking_lot::Mutex::new(Zipf::new(100_000));
+    // Refill (untimed) so that at least `n` recipients are ready.
+    let refill = |n: u64| {
+        let have = q.stats().count("ready");
+        let need = n.saturating_sub(have).div_ceil(10);
+        let next = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= need {
+                        break;
+                    }
+                    let rc: Vec<Recipient> = {
+                        let mut z = zipf.lock();
+                        (0..10)
+                            .map(|k| Recipient::new(format!("u{i}.{k}@{}", z.domain())))
+                            .collect()
+                    };
+                    q.enqueue(&NewMessage {
+                        sender: "s@x.example",
+                        recipients: rc,
+                        meta: b"",
+                        body: b"b",
+                    })
+                    .expect("enqueue");
+                });
+            }
+        });
+    };
+    refill(1_000_000);
+    let mut g = c.benchmark_group("schedule");
+    g.sample_size(10).throughput(Throughput::Elements(1));
+    g.bench_function("lease+complete per recipient, 100k buckets, zipf", |b| {
+        b.iter_custom(|iters| {
+            refill(iters);
+            let mut done = 0u64;
+            let t = Instant::now();
+            while done < iters {
+                let Some(mut s) = q.next_session().expect("session") else {
+                    break;
+                };
+                while let Some(d) = s.next_delivery().expect("delivery") {
+                    let n = d.recipients().len();
+                    d.complete(&vec![Outcome::Delivered; n]).expect("complete");
+                    done += n as u64;
+                    if done >= iters {
+                        break;
+                    }
+                }
+            }
+            let e = t.elapsed();
+            // Normalise to exactly `iters` recipients.
+            e.mul_f64(iters as f64 / done.max(1) as f64)
+        })
+    });
+    g.finish();
+    drop(q);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reopen a queue of 1 M messages / 3 M recipients, from its checkpoint and without.
+fn restart(c: &mut Criterion) {
+    let dir = tmp("restart");
+    {
+        let q = Queue::open(&dir, Options::default()).expect("open");
+        let next = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..32 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 1_000_000 {
+                        break;
+                    }
+                    q.enqueue(&message(i, 3, b"tiny")).expect("enqueue");
+                });
+            }
+        });
+        q.close().expect("close");
+    }
+    let mut g = c.benchmark_group("restart");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("reopen 1M msgs / 3M rcpts from checkpoint", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let q = Queue::open(&dir, Options::default()).expect("open");
+                total += t.elapsed();
+                assert_eq!(q.stats().recipients(), 3_000_000);
+                drop(q);
+            }
+            total
+        })
+    });
+    g.sample_size(10).measurement_time(Duration::from_secs(60));
+    g.bench_function(
+        "reopen 1M msgs / 3M rcpts without checkpoint (full replay + new checkpoint)",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::fs::remove_file(dir.join("checkpoint")).expect("remove checkpoint");
+                    let t = Instant::now();
+                    let q = Queue::open(&dir, Options::default()).expect("open");
+                    total += t.elapsed();
+                    assert_eq!(q.stats().recipients(), 3_000_000);
+                    drop(q);
+                }
+                total
+            })
+        },
+    );
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, enqueue, schedule, restart);
+criterion_main!(benches);
