@@ -22,6 +22,7 @@ mod queue;
 pub mod record;
 mod recovery;
 mod session;
+pub mod simfs;
 mod stats;
 mod types;
 pub mod vfs;

@@ -504,6 +504,13 @@ impl Log {
         let m = f
             .map(map_len)
             .map_err(|e| Error::io("mmap segment", self.path(seg), e))?;
+        if (m.len() as u64) < end {
+            return Err(Error::Corrupt {
+                path: self.path(seg),
+                offset: off,
+                reason: format!("segment mapping is {} bytes, record ends at {end}", m.len()),
+            });
+        }
         let out = m.slice(off as usize..end as usize);
         self.maps.write().insert(seg, m);
         Ok(out)

@@ -1,0 +1,458 @@
+//! A simulated filesystem for fault injection (tests, fuzzing, and MTAs that
+//! want to test their own crash handling against mailq).
+//!
+//! It keeps what the process has written apart from what is durable:
+//! file contents become durable at `sync_data`, directory entries (creations,
+//! renames, removals) at `sync_dir`. It can
+//! - crash after any operation (`crash_after`): that operation and every later
+//!   one fail, as if the process died there;
+//! - compute the state a machine would find after such a crash
+//!   ([`SimFs::restart`]): unsynced writes lost, kept, torn at a 512-byte
+//!   boundary, or applied in a shuffled subset (reordering);
+//! - fail one chosen operation with ENOSPC or EIO (`fail_at`) without crashing.
+//!
+//! ```
+//! use mailq::simfs::{SimFs, CrashMode};
+//! use mailq::{Options, Queue, NewMessage};
+//! let fs = SimFs::new();
+//! let opts = || Options { vfs: fs.vfs(), ..Options::default() };
+//! let q = Queue::open("/q", opts()).unwrap();
+//! let id = q.enqueue(&NewMessage { recipients: vec!["a@b.example".into()], body: b"x", ..Default::default() }).unwrap();
+//! drop(q);
+//! fs.restart(CrashMode::LoseUnsynced, 1);
+//! let q = Queue::open("/q", opts()).unwrap();
+//! assert_eq!(q.inspect(id).unwrap().recipients.len(), 1);
+//! ```
+
+use crate::vfs::{VFile, Vfs};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What happens to writes that were not yet synced when the machine crashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Every unsynced write is lost.
+    LoseUnsynced,
+    /// Every unsynced write survived.
+    KeepUnsynced,
+    /// A prefix of the unsynced writes survived, the last of them torn at a
+    /// 512-byte boundary.
+    TornTail,
+    /// A random subset of the unsynced writes survived (writes reordered).
+    Reorder,
+}
+
+/// The kind of injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No space left on device (a write keeps half its bytes).
+    NoSpace,
+    /// I/O error.
+    Eio,
+}
+
+#[derive(Default, Clone)]
+struct Inode {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes since the last sync: (offset, bytes).
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct State {
+    inodes: HashMap<u64, Inode>,
+    next_ino: u64,
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    dirs: HashSet<PathBuf>,
+    locks: HashSet<PathBuf>,
+    ops: u64,
+    crash_after: Option<u64>,
+    crashed: bool,
+    fail_at: Option<(u64, Fault)>,
+    generation: u64,
+}
+
+/// The simulated filesystem. Cheap to clone; clones share state.
+#[derive(Clone, Default)]
+pub struct SimFs {
+    st: Arc<Mutex<State>>,
+}
+
+struct SimFile {
+    fs: SimFs,
+    ino: u64,
+    generation: u64,
+}
+
+struct LockGuard {
+    fs: SimFs,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut st = self.fs.st.lock();
+        if st.generation == self.generation {
+            st.locks.remove(&self.dir);
+        }
+    }
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
+/// xorshift for deterministic crash outcomes.
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+impl SimFs {
+    /// An empty filesystem.
+    pub fn new() -> Self {
+        SimFs::default()
+    }
+
+    /// This filesystem as the `Options::vfs` value.
+    pub fn vfs(&self) -> Arc<dyn Vfs> {
+        Arc::new(self.clone())
+    }
+
+    /// Operations performed so far (every `Vfs`/`VFile` call counts one).
+    pub fn ops(&self) -> u64 {
+        self.st.lock().ops
+    }
+
+    /// Crash when operation number `n` (1-based, counting from now on) is attempted.
+    pub fn crash_after(&self, n: u64) {
+        let mut st = self.st.lock();
+        st.crash_after = Some(st.ops + n);
+    }
+
+    /// True once the simulated crash happened.
+    pub fn crashed(&self) -> bool {
+        self.st.lock().crashed
+    }
+
+    /// Fail operation number `n` (1-based, from now on) with `fault`.
+    pub fn fail_at(&self, n: u64, fault: Fault) {
+        let mut st = self.st.lock();
+        st.fail_at = Some((st.ops + n, fault));
+    }
+
+    /// The machine restarts: the namespace reverts to its last durable state and
+    /// each file keeps its durable bytes plus what `mode` says of its unsynced
+    /// writes. Old handles stop working; locks are released.
+    pub fn restart(&self, mode: CrashMode, seed: u64) {
+        let mut st = self.st.lock();
+        let mut seed = seed | 1;
+        st.names = st.durable_names.clone();
+        let live: HashSet<u64> = st.names.values().copied().collect();
+        st.inodes.retain(|ino, _| live.contains(ino));
+        for inode in st.inodes.values_mut() {
+            let mut data = inode.durable.clone();
+            let pending = std::mem::take(&mut inode.pending);
+            let keep: Vec<(u64, Vec<u8>)> = match mode {
+                CrashMode::LoseUnsynced => Vec::new(),
+                CrashMode::KeepUnsynced => pending,
+                CrashMode::TornTail => {
+                    let n = if pending.is_empty() {
+                        0
+                    } else {
+                        (rng(&mut seed) % (pending.len() as u64 + 1)) as usize
+                    };
+                    let mut v: Vec<(u64, Vec<u8>)> = pending.into_iter().take(n).collect();
+                    if let Some(last) = v.last_mut() {
+                        let sectors = last.1.len().div_ceil(512);
+                        let keep = (rng(&mut seed) as usize % (sectors + 1)) * 512;
+                        last.1.truncate(keep.min(last.1.len()));
+                    }
+                    v
+                }
+                CrashMode::Reorder => pending
+                    .into_iter()
+                    .filter(|_| rng(&mut seed) % 2 == 0)
+                    .collect(),
+            };
+            for (off, bytes) in keep {
+                let end = off as usize + bytes.len();
+                if data.len() < end {
+                    data.resize(end, 0);
+                }
+                data[off as usize..end].copy_from_slice(&bytes);
+            }
+            inode.data = data.clone();
+            inode.durable = data;
+        }
+        st.locks.clear();
+        st.crashed = false;
+        st.crash_after = None;
+        st.fail_at = None;
+        st.generation += 1;
+    }
+
+    /// Contents of a file as the process sees it (for tests that corrupt files).
+    pub fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        let st = self.st.lock();
+        st.names.get(path).map(|i| st.inodes[i].data.clone())
+    }
+
+    /// Replaces a file's contents, durably (for tests that corrupt files).
+    pub fn write_durable(&self, path: &Path, data: Vec<u8>) {
+        let mut st = self.st.lock();
+        if let Some(&i) = st.names.get(path) {
+            let ino = st.inodes.entry(i).or_default();
+            ino.durable = data.clone();
+            ino.data = data;
+            ino.pending.clear();
+        }
+    }
+
+    /// Names of files in a directory.
+    pub fn files(&self, dir: &Path) -> Vec<PathBuf> {
+        let st = self.st.lock();
+        st.names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect()
+    }
+
+    /// Counts an operation; fails it when a crash or fault is due.
+    fn op(&self) -> io::Result<Option<Fault>> {
+        let mut st = self.st.lock();
+        if st.crashed {
+            return Err(eio());
+        }
+        st.ops += 1;
+        if st.crash_after == Some(st.ops) {
+            st.crashed = true;
+            return Err(eio());
+        }
+        if let Some((n, f)) = st.fail_at {
+            if n == st.ops {
+                st.fail_at = None;
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check(&self, generation: u64) -> io::Result<()> {
+        if self.st.lock().generation != generation {
+            return Err(io::Error::new(io::ErrorKind::Other, "stale handle from before a crash"));
+        }
+        Ok(())
+    }
+}
+
+fn fault_err(f: Fault) -> io::Error {
+    match f {
+        Fault::NoSpace => io::Error::from_raw_os_error(28),
+        Fault::Eio => eio(),
+    }
+}
+
+impl Vfs for SimFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        self.st.lock().dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let st = self.st.lock();
+        Ok(st
+            .names
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect())
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.st.lock();
+        let ino = match st.names.get(path) {
+            Some(&i) => i,
+            None if create => {
+                st.next_ino += 1;
+                let i = st.next_ino;
+                st.inodes.insert(i, Inode::default());
+                st.names.insert(path.to_path_buf(), i);
+                i
+            }
+            None => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        Ok(Arc::new(SimFile {
+            fs: self.clone(),
+            ino,
+            generation: st.generation,
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.st.lock();
+        let ino = st
+            .names
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        st.names.insert(to.to_path_buf(), ino);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.st.lock();
+        st.names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.st.lock();
+        let cur: Vec<(PathBuf, u64)> = st
+            .names
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        st.durable_names.retain(|p, _| p.parent() != Some(dir));
+        st.durable_names.extend(cur);
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.st.lock();
+        if !st.locks.insert(dir.to_path_buf()) {
+            return Ok(None);
+        }
+        let generation = st.generation;
+        Ok(Some(Box::new(LockGuard {
+            fs: self.clone(),
+            dir: dir.to_path_buf(),
+            generation,
+        })))
+    }
+
+    fn network_fs(&self, _dir: &Path) -> io::Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+impl VFile for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        self.fs.check(self.generation)?;
+        if let Some(f) = self.fs.op()? {
+            return Err(fault_err(f));
+        }
+        Ok(self.fs.st.lock().inodes[&self.ino].data.len() as u64)
+    }
+
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.fs.check(self.generation)?;
+        if let Some(f) = self.fs.op()? {
+            return Err(fault_err(f));
+        }
+        let st = self.fs.st.lock();
+        let d = &st.inodes[&self.ino].data;
+        let end = off as usize + buf.len();
+        if end > d.len() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        buf.copy_from_slice(&d[off as usize..end]);
+        Ok(())
+    }
+
+    fn write_all_at(&self, off: u64, buf: &[u8]) -> io::Result<()> {
+        self.fs.check(self.generation)?;
+        let fault = self.fs.op()?;
+        let bytes = match fault {
+            Some(Fault::NoSpace) => &buf[..buf.len() / 2],
+            Some(Fault::Eio) => return Err(eio()),
+            None => buf,
+        };
+        let mut st = self.fs.st.lock();
+        let ino = st.inodes.entry(self.ino).or_default();
+        let end = off as usize + bytes.len();
+        if ino.data.len() < end {
+            ino.data.resize(end, 0);
+        }
+        ino.data[off as usize..end].copy_from_slice(bytes);
+        ino.pending.push((off, bytes.to_vec()));
+        match fault {
+            Some(f) => Err(fault_err(f)),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.check(self.generation)?;
+        if let Some(f) = self.fs.op()? {
+            // A failed fsync: the kernel may have dropped the dirty pages.
+            let mut st = self.fs.st.lock();
+            if let Some(ino) = st.inodes.get_mut(&self.ino) {
+                ino.pending.clear();
+                ino.data = ino.durable.clone();
+            }
+            return Err(fault_err(f));
+        }
+        let mut st = self.fs.st.lock();
+        let ino = st.inodes.entry(self.ino).or_default();
+        ino.durable = ino.data.clone();
+        ino.pending.clear();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.check(self.generation)?;
+        if let Some(f) = self.fs.op()? {
+            return Err(fault_err(f));
+        }
+        let mut st = self.fs.st.lock();
+        let ino = st.inodes.entry(self.ino).or_default();
+        // Like ftruncate(2): visible now, durable with the next sync_data; a crash
+        // before that brings back the durable length.
+        ino.data.resize(len as usize, 0);
+        ino.pending.retain(|(off, _)| *off < len);
+        Ok(())
+    }
+
+    fn map(&self, _len: u64) -> io::Result<Bytes> {
+        self.fs.check(self.generation)?;
+        if let Some(f) = self.fs.op()? {
+            return Err(fault_err(f));
+        }
+        // A snapshot of everything written so far (at least what may be read).
+        Ok(Bytes::from(self.fs.st.lock().inodes[&self.ino].data.clone()))
+    }
+}
