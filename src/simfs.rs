@@ -63,7 +63,7 @@ struct Inode {
     pending: Vec<(u64, Vec<u8>)>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct State {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
@@ -121,6 +121,14 @@ impl SimFs {
     /// An empty filesystem.
     pub fn new() -> Self {
         SimFs::default()
+    }
+
+    /// An independent copy of this filesystem (same files, same durable state).
+    pub fn fork(&self) -> SimFs {
+        let st = self.st.lock().clone();
+        SimFs {
+            st: Arc::new(Mutex::new(st)),
+        }
     }
 
     /// This filesystem as the `Options::vfs` value.
