@@ -258,7 +258,10 @@ impl SimFs {
 
     fn check(&self, generation: u64) -> io::Result<()> {
         if self.st.lock().generation != generation {
-            return Err(io::Error::new(io::ErrorKind::Other, "stale handle from before a crash"));
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                "stale handle from before a crash",
+            ));
         }
         Ok(())
     }
@@ -461,6 +464,8 @@ impl VFile for SimFile {
             return Err(fault_err(f));
         }
         // A snapshot of everything written so far (at least what may be read).
-        Ok(Bytes::from(self.fs.st.lock().inodes[&self.ino].data.clone()))
+        Ok(Bytes::from(
+            self.fs.st.lock().inodes[&self.ino].data.clone(),
+        ))
     }
 }

@@ -30,7 +30,9 @@ fn build(clock: &Arc<ManualClock>) -> (SimFs, Expected) {
     let q = Queue::open(DIR, opts(&fs, clock)).unwrap();
     let mut exp = Expected::new();
     let mut add = |q: &Queue, i: usize| {
-        let rc: Vec<String> = (0..1 + i % 2).map(|k| format!("r{i}.{k}@d{}.example", i % 3)).collect();
+        let rc: Vec<String> = (0..1 + i % 2)
+            .map(|k| format!("r{i}.{k}@d{}.example", i % 3))
+            .collect();
         let body = format!("body of message {i}: {}", "x".repeat(300 + i * 7)).into_bytes();
         let id = q
             .enqueue(&NewMessage {
@@ -71,17 +73,26 @@ fn build(clock: &Arc<ManualClock>) -> (SimFs, Expected) {
 
 /// Opens the flipped queue and delivers everything. Returns (damage detected, messages fully delivered).
 fn check(fs: &SimFs, clock: &Arc<ManualClock>, exp: &Expected, what: &str) -> (bool, usize) {
-    let q = Queue::open(DIR, opts(fs, clock)).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+    let q =
+        Queue::open(DIR, opts(fs, clock)).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     let rep = q.recovery_report();
-    let mut detected = rep.corrupt_count() > 0 || rep.checkpoint_error.is_some() || rep.torn_tail_bytes > 0;
+    let mut detected =
+        rep.corrupt_count() > 0 || rep.checkpoint_error.is_some() || rep.torn_tail_bytes > 0;
     detected |= !q.verify().unwrap().is_empty();
     q.flush().unwrap();
     clock.advance(100_000);
     let mut got: BTreeMap<MessageId, usize> = BTreeMap::new();
     while let Some(mut s) = q.next_session().unwrap() {
         while let Some(d) = s.next_delivery().unwrap() {
-            let (rc, body) = exp.get(&d.id()).unwrap_or_else(|| panic!("{what}: unknown message {} delivered", d.id()));
-            assert_eq!(&d.body()[..], &body[..], "{what}: wrong body for {}", d.id());
+            let (rc, body) = exp
+                .get(&d.id())
+                .unwrap_or_else(|| panic!("{what}: unknown message {} delivered", d.id()));
+            assert_eq!(
+                &d.body()[..],
+                &body[..],
+                "{what}: wrong body for {}",
+                d.id()
+            );
             for (a, i) in d.recipients().iter().zip(d.indices()) {
                 assert_eq!(a, &rc[*i as usize], "{what}: wrong address for {}", d.id());
             }
@@ -93,7 +104,10 @@ fn check(fs: &SimFs, clock: &Arc<ManualClock>, exp: &Expected, what: &str) -> (b
     clock.set(T0);
     let corrupt = q.stats().corrupt_ids;
     detected |= !corrupt.is_empty();
-    let full = exp.iter().filter(|(id, (rc, _))| got.get(id) == Some(&rc.len())).count();
+    let full = exp
+        .iter()
+        .filter(|(id, (rc, _))| got.get(id) == Some(&rc.len()))
+        .count();
     for (id, (rc, _)) in exp {
         if got.get(id) != Some(&rc.len()) && !corrupt.contains(id) {
             assert!(detected, "{what}: {id} silently lost");
@@ -111,7 +125,11 @@ fn every_bit_flip_in_sealed_segments_and_checkpoint() {
     let (fs, exp) = build(&clock);
     let mut files: Vec<_> = fs.files(Path::new(DIR));
     files.sort();
-    let segs: Vec<_> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).cloned().collect();
+    let segs: Vec<_> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .cloned()
+        .collect();
     assert!(segs.len() >= 3, "need sealed segments: {segs:?}");
     // Every segment but the last (whose final record is indistinguishable from a
     // torn write, see docs/fault-model.md), and the checkpoint.

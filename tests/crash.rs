@@ -81,10 +81,13 @@ impl Ctx {
     fn deliver(&mut self, max: usize, outcome: fn(usize) -> Outcome) -> Result<usize> {
         let mut k = 0;
         while k < max {
-            let Some(mut s) = self.q().next_session()? else { break };
+            let Some(mut s) = self.q().next_session()? else {
+                break;
+            };
             while k < max {
                 let Some(d) = s.next_delivery()? else { break };
-                let outs: Vec<Outcome> = (0..d.recipients().len()).map(|i| outcome(k + i)).collect();
+                let outs: Vec<Outcome> =
+                    (0..d.recipients().len()).map(|i| outcome(k + i)).collect();
                 let (id, idx) = (d.id(), d.indices().to_vec());
                 d.complete(&outs)?;
                 for (i, o) in idx.into_iter().zip(&outs) {
@@ -120,7 +123,9 @@ impl Ctx {
         if let Some(q) = self.q.take() {
             q.close()?;
         }
-        self.acks.unsure.extend(self.acks.unsynced.drain(..).map(|(a, b, _)| (a, b)));
+        self.acks
+            .unsure
+            .extend(self.acks.unsynced.drain(..).map(|(a, b, _)| (a, b)));
         self.q = Some(Queue::open(DIR, (self.opts)(&self.fs, &self.clock))?);
         Ok(())
     }
@@ -246,7 +251,9 @@ fn w_delete_flush(c: &mut Ctx) -> Result<()> {
 }
 
 fn w_big_message(c: &mut Ctx) -> Result<()> {
-    let r: Vec<String> = (0..30).map(|k| format!("big{k}@d{}.example", k % 7)).collect();
+    let r: Vec<String> = (0..30)
+        .map(|k| format!("big{k}@d{}.example", k % 7))
+        .collect();
     c.enqueue(&r, 20_000)?;
     c.deliver(3, mixed)?;
     c.sync()?;
@@ -264,23 +271,35 @@ fn w_auto_maintenance(c: &mut Ctx) -> Result<()> {
 }
 
 /// Verifies the post-crash queue against what was acknowledged. Returns an error text.
-fn verify(fs: &SimFs, clock: &Arc<ManualClock>, opts: fn(&SimFs, &Arc<ManualClock>) -> Options, acks: &Acks) -> std::result::Result<(), String> {
+fn verify(
+    fs: &SimFs,
+    clock: &Arc<ManualClock>,
+    opts: fn(&SimFs, &Arc<ManualClock>) -> Options,
+    acks: &Acks,
+) -> std::result::Result<(), String> {
     let q = Queue::open(DIR, opts(fs, clock)).map_err(|e| format!("reopen failed: {e}"))?;
     let mut must_deliver: BTreeSet<(MessageId, u32)> = BTreeSet::new();
     for (id, (rcpts, _)) in &acks.msgs {
         let info = q.inspect(*id).ok();
         for i in 0..rcpts.len() as u32 {
             let key = (*id, i);
-            let st = info.as_ref().and_then(|m| m.recipients.get(i as usize)).map(|r| r.state);
+            let st = info
+                .as_ref()
+                .and_then(|m| m.recipients.get(i as usize))
+                .map(|r| r.state);
             if acks.unsure.contains(&key) {
-                if st.is_some_and(|s| !s.is_final() && s != RcptState::Failed && s != RcptState::Expired) {
+                if st.is_some_and(|s| {
+                    !s.is_final() && s != RcptState::Failed && s != RcptState::Expired
+                }) {
                     must_deliver.insert(key);
                 }
                 continue;
             }
             if acks.done.contains(&key) {
                 if st.is_some_and(|s| !s.is_final()) {
-                    return Err(format!("{id}#{i} was durably completed but came back as {st:?}"));
+                    return Err(format!(
+                        "{id}#{i} was durably completed but came back as {st:?}"
+                    ));
                 }
                 continue;
             }
@@ -306,22 +325,30 @@ fn verify(fs: &SimFs, clock: &Arc<ManualClock>, opts: fn(&SimFs, &Arc<ManualCloc
     clock.advance(10_000);
     let mut seen = BTreeSet::new();
     loop {
-        let Some(mut s) = q.next_session().map_err(|e| e.to_string())? else { break };
+        let Some(mut s) = q.next_session().map_err(|e| e.to_string())? else {
+            break;
+        };
         while let Some(d) = s.next_delivery().map_err(|e| e.to_string())? {
             let body = d.body().to_vec();
             for (addr, idx) in d.recipients().iter().zip(d.indices()) {
                 if !acks.attempted.contains_key(&(addr.clone(), body.clone())) {
-                    return Err(format!("delivered {addr} with a body that was never enqueued for it"));
+                    return Err(format!(
+                        "delivered {addr} with a body that was never enqueued for it"
+                    ));
                 }
                 if let Some((rc, b)) = acks.msgs.get(&d.id()) {
                     if rc[*idx as usize] != *addr || *b != body {
-                        return Err(format!("{} delivered with the wrong address or body", d.id()));
+                        return Err(format!(
+                            "{} delivered with the wrong address or body",
+                            d.id()
+                        ));
                     }
                 }
                 seen.insert((d.id(), *idx));
             }
             let n = d.recipients().len();
-            d.complete(&vec![Outcome::Delivered; n]).map_err(|e| e.to_string())?;
+            d.complete(&vec![Outcome::Delivered; n])
+                .map_err(|e| e.to_string())?;
         }
     }
     if let Some(k) = must_deliver.difference(&seen).next() {
@@ -339,7 +366,12 @@ fn verify(fs: &SimFs, clock: &Arc<ManualClock>, opts: fn(&SimFs, &Arc<ManualCloc
     Ok(())
 }
 
-fn run_to(fs: &SimFs, clock: &Arc<ManualClock>, opts: fn(&SimFs, &Arc<ManualClock>) -> Options, w: Workload) -> Acks {
+fn run_to(
+    fs: &SimFs,
+    clock: &Arc<ManualClock>,
+    opts: fn(&SimFs, &Arc<ManualClock>) -> Options,
+    w: Workload,
+) -> Acks {
     let mut c = Ctx {
         fs: fs.clone(),
         clock: clock.clone(),
@@ -353,7 +385,8 @@ fn run_to(fs: &SimFs, clock: &Arc<ManualClock>, opts: fn(&SimFs, &Arc<ManualCloc
         let _ = w(&mut c);
     }
     let mut acks = c.acks.clone();
-    acks.unsure.extend(acks.unsynced.iter().map(|(a, b, _)| (*a, *b)));
+    acks.unsure
+        .extend(acks.unsynced.iter().map(|(a, b, _)| (*a, *b)));
     drop(c);
     acks
 }
@@ -365,17 +398,26 @@ fn enumerate(name: &str, opts: fn(&SimFs, &Arc<ManualClock>) -> Options, w: Work
     let total = fs.ops();
     let mut points = 0;
     for k in 1..=total {
-        for (mi, mode) in [CrashMode::LoseUnsynced, CrashMode::KeepUnsynced, CrashMode::TornTail, CrashMode::Reorder]
-            .into_iter()
-            .enumerate()
+        for (mi, mode) in [
+            CrashMode::LoseUnsynced,
+            CrashMode::KeepUnsynced,
+            CrashMode::TornTail,
+            CrashMode::Reorder,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let fs = SimFs::new();
             let clock = ManualClock::new(T0);
             fs.crash_after(k);
-            let acks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_to(&fs, &clock, opts, w)))
-                .unwrap_or_else(|_| panic!("{name}: panic while running to crash point {k}"));
+            let acks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_to(&fs, &clock, opts, w)
+            }))
+            .unwrap_or_else(|_| panic!("{name}: panic while running to crash point {k}"));
             fs.restart(mode, k * 7 + mi as u64);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify(&fs, &clock, opts, &acks)));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                verify(&fs, &clock, opts, &acks)
+            }));
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => panic!("{name}: crash after op {k}/{total} ({mode:?}): {e}"),
@@ -421,23 +463,37 @@ fn storage_errors_at_every_operation() {
         for k in 1..=total {
             let fs = SimFs::new();
             let clock = ManualClock::new(T0);
-            let mut c = Ctx { fs: fs.clone(), clock: clock.clone(), opts: base, q: None, acks: Acks::default(), n: 0 };
+            let mut c = Ctx {
+                fs: fs.clone(),
+                clock: clock.clone(),
+                opts: base,
+                q: None,
+                acks: Acks::default(),
+                n: 0,
+            };
             fs.fail_at(k, fault);
             if let Ok(q) = Queue::open(DIR, base(&fs, &clock)) {
                 c.q = Some(q);
                 if let Err(e) = w_outcomes(&mut c) {
                     assert!(
-                        matches!(e, Error::DiskFull(_) | Error::Io { .. } | Error::Poisoned(_)),
+                        matches!(
+                            e,
+                            Error::DiskFull(_) | Error::Io { .. } | Error::Poisoned(_)
+                        ),
                         "untyped failure at op {k}: {e}"
                     );
                     // Once a write or sync failed, later writes are refused.
                     if c.q().stats().poisoned.is_some() {
-                        assert!(matches!(c.q().enqueue(&common::msg("", &["x@y.example"], b"z")), Err(Error::Poisoned(_))));
+                        assert!(matches!(
+                            c.q().enqueue(&common::msg("", &["x@y.example"], b"z")),
+                            Err(Error::Poisoned(_))
+                        ));
                     }
                 }
             }
             let mut acks = c.acks.clone();
-            acks.unsure.extend(acks.unsynced.iter().map(|(a, b, _)| (*a, *b)));
+            acks.unsure
+                .extend(acks.unsynced.iter().map(|(a, b, _)| (*a, *b)));
             drop(c);
             // Reopen on the same disk (no crash): everything acknowledged is there.
             fs.restart(CrashMode::KeepUnsynced, 1);
