@@ -189,7 +189,7 @@ impl SimFs {
                 }
                 CrashMode::Reorder => pending
                     .into_iter()
-                    .filter(|_| rng(&mut seed) % 2 == 0)
+                    .filter(|_| rng(&mut seed).is_multiple_of(2))
                     .collect(),
             };
             for (off, bytes) in keep {
@@ -258,10 +258,7 @@ impl SimFs {
 
     fn check(&self, generation: u64) -> io::Result<()> {
         if self.st.lock().generation != generation {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "stale handle from before a crash",
-            ));
+            return Err(io::Error::other("stale handle from before a crash"));
         }
         Ok(())
     }
