@@ -38,7 +38,7 @@ struct Acks {
 struct Ctx {
     fs: SimFs,
     clock: Arc<ManualClock>,
-    opts: fn(&SimFs, &Arc<ManualClock>) -> Options,
+    opts: OptsFn,
     q: Option<Queue>,
     acks: Acks,
     n: u64,
@@ -132,6 +132,7 @@ impl Ctx {
 }
 
 type Workload = fn(&mut Ctx) -> Result<()>;
+type OptsFn = fn(&SimFs, &Arc<ManualClock>) -> Options;
 
 fn base(fs: &SimFs, clock: &Arc<ManualClock>) -> Options {
     Options {
@@ -274,7 +275,7 @@ fn w_auto_maintenance(c: &mut Ctx) -> Result<()> {
 fn verify(
     fs: &SimFs,
     clock: &Arc<ManualClock>,
-    opts: fn(&SimFs, &Arc<ManualClock>) -> Options,
+    opts: OptsFn,
     acks: &Acks,
 ) -> std::result::Result<(), String> {
     let q = Queue::open(DIR, opts(fs, clock)).map_err(|e| format!("reopen failed: {e}"))?;
@@ -366,12 +367,7 @@ fn verify(
     Ok(())
 }
 
-fn run_to(
-    fs: &SimFs,
-    clock: &Arc<ManualClock>,
-    opts: fn(&SimFs, &Arc<ManualClock>) -> Options,
-    w: Workload,
-) -> Acks {
+fn run_to(fs: &SimFs, clock: &Arc<ManualClock>, opts: OptsFn, w: Workload) -> Acks {
     let mut c = Ctx {
         fs: fs.clone(),
         clock: clock.clone(),
@@ -391,7 +387,7 @@ fn run_to(
     acks
 }
 
-fn enumerate(name: &str, opts: fn(&SimFs, &Arc<ManualClock>) -> Options, w: Workload) -> usize {
+fn enumerate(name: &str, opts: OptsFn, w: Workload) -> usize {
     let fs = SimFs::new();
     let clock = ManualClock::new(T0);
     let _ = run_to(&fs, &clock, opts, w);
@@ -432,7 +428,7 @@ fn enumerate(name: &str, opts: fn(&SimFs, &Arc<ManualClock>) -> Options, w: Work
 
 #[test]
 fn crash_at_every_io_operation() {
-    let workloads: [(&str, fn(&SimFs, &Arc<ManualClock>) -> Options, Workload); 11] = [
+    let workloads: [(&str, OptsFn, Workload); 11] = [
         ("enqueue burst", base, w_enqueue_burst),
         ("segment roll", small_segments, w_segment_roll),
         ("deliveries, every outcome", base, w_outcomes),
