@@ -102,7 +102,7 @@ fn check(dir: &Path) -> (usize, usize) {
         "{:?}",
         q.recovery_report()
     );
-    for (id, _) in &acked {
+    for id in acked.keys() {
         let info = q.inspect(MessageId(*id));
         for k in 0..2u32 {
             let st = info.as_ref().ok().map(|m| m.recipients[k as usize].state);
