@@ -215,6 +215,29 @@ impl SimFs {
         st.names.get(path).map(|i| st.inodes[i].data.clone())
     }
 
+    /// Creates (or replaces) a file with `data`, durably, name included.
+    pub fn put(&self, path: &Path, data: Vec<u8>) {
+        let mut st = self.st.lock();
+        let ino = match st.names.get(path) {
+            Some(&i) => i,
+            None => {
+                st.next_ino += 1;
+                let i = st.next_ino;
+                st.names.insert(path.to_path_buf(), i);
+                st.durable_names.insert(path.to_path_buf(), i);
+                i
+            }
+        };
+        st.inodes.insert(
+            ino,
+            Inode {
+                data: data.clone(),
+                durable: data,
+                pending: Vec::new(),
+            },
+        );
+    }
+
     /// Replaces a file's contents, durably (for tests that corrupt files).
     pub fn write_durable(&self, path: &Path, data: Vec<u8>) {
         let mut st = self.st.lock();
