@@ -505,7 +505,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         from.map(pos_seg)
             .unwrap_or(0)
             .max(segs.last().copied().unwrap_or(0))
-            + 1
+            .saturating_add(1)
     });
     let mut active_len = 0u64;
     for (i, &seg) in replay.iter().enumerate() {
