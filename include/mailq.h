@@ -12,12 +12,18 @@
  *   (until the session or delivery they belong to ends, or for the duration of
  *   a callback); mailq_prometheus() returns a string you free with
  *   mailq_string_free().
- * - Threads: a mailq handle may be used from several threads at once; a
- *   session, delivery or message handle from one thread at a time. The library
- *   starts no thread.
+ * - Threads: a mailq handle may be used from several threads at once. A
+ *   session and its delivery belong together: use them from one thread at a
+ *   time. Ending a session (mailq_session_free, mailq_session_site_failure)
+ *   ends its open delivery and invalidates every pointer obtained from it.
+ *   A message handle is used from one thread at a time. The library starts no
+ *   thread.
+ * - Locking: the queue directory stays locked until mailq_close/mailq_free
+ *   *and* every session, delivery and message handle of it are freed.
  * - fork(2): a handle belongs to the process that opened it. A child must not
- *   use (or free) the parent's handles; exec, or open the queue itself after
- *   the parent closed it (the directory lock allows one owner).
+ *   use (or free) the parent's handles. The directory lock (flock) is shared
+ *   with a forked child through the inherited descriptor: a child that wants
+ *   its own queue must exec first (mailq opens its files with O_CLOEXEC).
  * - No panic ever crosses this boundary: internal errors are MAILQ_ERR_PANIC.
  */
 
@@ -522,9 +528,10 @@ extern "C" {
 const char *mailq_version(void);
 
 /**
- * A static, human-readable description of a status.
+ * A static, human-readable description of a status (any int is accepted:
+ * unknown values, e.g. from a newer library, give "unknown status").
  */
-const char *mailq_strerror(enum mailq_status status);
+const char *mailq_strerror(int status);
 
 /**
  * Detail of the last error on this thread ("" after a success). Valid until the
@@ -533,9 +540,11 @@ const char *mailq_strerror(enum mailq_status status);
 const char *mailq_last_error_message(void);
 
 /**
- * Fills `opts` with the defaults and sets `opts->size`.
+ * Fills `opts` with the defaults and sets `opts->size`. Pass
+ * `sizeof(mailq_options)` as `size`: a library newer than your header writes
+ * only the fields you know.
  */
-enum mailq_status mailq_options_init(struct mailq_options *opts);
+enum mailq_status mailq_options_init(struct mailq_options *opts, size_t size);
 
 /**
  * Opens (or creates) the queue in directory `dir`. `opts` may be NULL for the
@@ -598,8 +607,8 @@ enum mailq_status mailq_message_set_meta(struct mailq_message *m, const uint8_t 
 enum mailq_status mailq_message_append(struct mailq_message *m, const uint8_t *chunk, size_t len);
 
 /**
- * Makes the message durable and returns its id (SMTP: end of DATA, then 250).
- * The handle is freed whether or not this succeeds.
+ * Makes the message durable and stores its id in `*id_out` (may be NULL)
+ * (SMTP: end of DATA, then 250). The handle is freed whether or not this succeeds.
  */
 enum mailq_status mailq_message_commit(struct mailq_message *m, uint64_t *id_out);
 
@@ -697,8 +706,10 @@ enum mailq_status mailq_delivery_set_outcome(struct mailq_delivery *d, size_t i,
 /**
  * Applies the outcomes set with `mailq_delivery_set_outcome` and frees the
  * delivery. Every recipient needs an outcome (`MAILQ_ERR_INVALID_ARGUMENT`
- * otherwise, and the delivery stays open). Outcomes become durable with the next
- * group commit (`mailq_sync` forces it).
+ * otherwise, and the delivery stays open). On any other error (`DISK_FULL`,
+ * `IO`, `POISONED`, `LEASE_EXPIRED`) the delivery is freed too and its
+ * recipients go back to the queue (they will be delivered again). Outcomes
+ * become durable with the next group commit (`mailq_sync` forces it).
  */
 enum mailq_status mailq_delivery_complete(struct mailq_delivery *d);
 
@@ -819,7 +830,8 @@ enum mailq_status mailq_walk_buckets(struct mailq *q, mailq_bucket_fn cb, void *
 enum mailq_status mailq_prometheus(struct mailq *q, char **out, size_t *len);
 
 /**
- * Frees a string returned by mailq (NULL is ignored).
+ * Frees the string returned by `mailq_prometheus` (NULL is ignored). Never pass
+ * other pointers the library returns: those belong to the library.
  */
 void mailq_string_free(char *s);
 

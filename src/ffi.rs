@@ -345,6 +345,10 @@ enum Obj {
     Message(Arc<Mutex<MessageObj>>),
 }
 
+// Handle tokens pack a generation and an index into one pointer-sized value.
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the mailq C ABI needs a 64-bit target (handle tokens are 64-bit)");
+
 struct Registry {
     slots: Vec<(u32, Option<Obj>)>,
     free: Vec<usize>,
@@ -407,7 +411,13 @@ thread_local! {
 
 fn set_last_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    // try_with: during thread or process teardown (atexit handlers, TLS destructors)
+    // the slot may be gone; the status code still reports the error.
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut b) = e.try_borrow_mut() {
+            *b = c;
+        }
+    });
 }
 
 struct Fail(mailq_status, String);
@@ -495,6 +505,16 @@ unsafe fn opt_text<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>, 
     }
 }
 
+/// A server reply or reason: any bytes (SMTP replies are not always UTF-8),
+/// converted lossily. NULL gives None.
+unsafe fn reason_text(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null and NUL-terminated per the documented contract.
+    Some(String::from_utf8_lossy(unsafe { CStr::from_ptr(p) }.to_bytes()).into_owned())
+}
+
 unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8], Fail> {
     if len == 0 {
         return Ok(&[]);
@@ -568,48 +588,95 @@ pub extern "C" fn mailq_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// A static, human-readable description of a status.
+/// A static, human-readable description of a status (any int is accepted:
+/// unknown values, e.g. from a newer library, give "unknown status").
 #[no_mangle]
-pub extern "C" fn mailq_strerror(status: mailq_status) -> *const c_char {
-    let s: &'static str = match status {
-        MAILQ_OK => "success\0",
-        MAILQ_ERR_NULL => "a required pointer argument was NULL\0",
-        MAILQ_ERR_INVALID_HANDLE => "invalid handle (NULL, already freed, or of another type)\0",
-        MAILQ_ERR_INVALID_ARGUMENT => "invalid argument\0",
-        MAILQ_ERR_UTF8 => "text is not valid UTF-8\0",
-        MAILQ_ERR_INVALID_ADDRESS => "invalid address; nothing was queued\0",
-        MAILQ_ERR_NO_RECIPIENTS => "message has no recipients; nothing was queued\0",
-        MAILQ_ERR_TOO_LARGE => "too large\0",
-        MAILQ_ERR_INVALID_ROUTE => "invalid routing key\0",
-        MAILQ_ERR_LOCKED => "queue directory is locked by another handle\0",
-        MAILQ_ERR_NETWORK_FS => "queue directory is on a network filesystem\0",
-        MAILQ_ERR_POISONED => "queue refuses writes after a storage failure; reopen it\0",
-        MAILQ_ERR_IO => "I/O error\0",
-        MAILQ_ERR_DISK_FULL => "disk full\0",
-        MAILQ_ERR_CORRUPT => "corrupt data detected\0",
-        MAILQ_ERR_NOT_FOUND => "no such message or recipient\0",
-        MAILQ_ERR_LEASE_EXPIRED => "session lease expired; recipients were requeued\0",
-        MAILQ_ERR_BUSY => "session has an open delivery\0",
-        MAILQ_ERR_VERSION => "incompatible on-disk format version\0",
-        MAILQ_ERR_PANIC => "internal error\0",
+pub extern "C" fn mailq_strerror(status: c_int) -> *const c_char {
+    const ALL: [mailq_status; 20] = [
+        MAILQ_OK,
+        MAILQ_ERR_NULL,
+        MAILQ_ERR_INVALID_HANDLE,
+        MAILQ_ERR_INVALID_ARGUMENT,
+        MAILQ_ERR_UTF8,
+        MAILQ_ERR_INVALID_ADDRESS,
+        MAILQ_ERR_NO_RECIPIENTS,
+        MAILQ_ERR_TOO_LARGE,
+        MAILQ_ERR_INVALID_ROUTE,
+        MAILQ_ERR_LOCKED,
+        MAILQ_ERR_NETWORK_FS,
+        MAILQ_ERR_POISONED,
+        MAILQ_ERR_IO,
+        MAILQ_ERR_DISK_FULL,
+        MAILQ_ERR_CORRUPT,
+        MAILQ_ERR_NOT_FOUND,
+        MAILQ_ERR_LEASE_EXPIRED,
+        MAILQ_ERR_BUSY,
+        MAILQ_ERR_VERSION,
+        MAILQ_ERR_PANIC,
+    ];
+    let Some(&status) = ALL.iter().find(|s| **s as c_int == status) else {
+        return c"unknown status".as_ptr();
     };
-    s.as_ptr().cast()
+    let s: &'static CStr = match status {
+        MAILQ_OK => c"success",
+        MAILQ_ERR_NULL => c"a required pointer argument was NULL",
+        MAILQ_ERR_INVALID_HANDLE => c"invalid handle (NULL, already freed, or of another type)",
+        MAILQ_ERR_INVALID_ARGUMENT => c"invalid argument",
+        MAILQ_ERR_UTF8 => c"text is not valid UTF-8",
+        MAILQ_ERR_INVALID_ADDRESS => c"invalid address; nothing was queued",
+        MAILQ_ERR_NO_RECIPIENTS => c"message has no recipients; nothing was queued",
+        MAILQ_ERR_TOO_LARGE => c"too large",
+        MAILQ_ERR_INVALID_ROUTE => c"invalid routing key",
+        MAILQ_ERR_LOCKED => c"queue directory is locked by another handle",
+        MAILQ_ERR_NETWORK_FS => c"queue directory is on a network filesystem",
+        MAILQ_ERR_POISONED => c"queue refuses writes after a storage failure; reopen it",
+        MAILQ_ERR_IO => c"I/O error",
+        MAILQ_ERR_DISK_FULL => c"disk full",
+        MAILQ_ERR_CORRUPT => c"corrupt data detected",
+        MAILQ_ERR_NOT_FOUND => c"no such message or recipient",
+        MAILQ_ERR_LEASE_EXPIRED => c"session lease expired; recipients were requeued",
+        MAILQ_ERR_BUSY => c"session has an open delivery",
+        MAILQ_ERR_VERSION => c"incompatible on-disk format version",
+        MAILQ_ERR_PANIC => c"internal error",
+    };
+    s.as_ptr()
 }
 
 /// Detail of the last error on this thread ("" after a success). Valid until the
 /// next mailq call on this thread.
 #[no_mangle]
 pub extern "C" fn mailq_last_error_message() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|e| e.try_borrow().map(|b| b.as_ptr()).unwrap_or(c"".as_ptr()))
+        .unwrap_or(c"".as_ptr())
 }
 
-/// Fills `opts` with the defaults and sets `opts->size`.
+/// Fills `opts` with the defaults and sets `opts->size`. Pass
+/// `sizeof(mailq_options)` as `size`: a library newer than your header writes
+/// only the fields you know.
 #[no_mangle]
-pub unsafe extern "C" fn mailq_options_init(opts: *mut mailq_options) -> mailq_status {
+pub unsafe extern "C" fn mailq_options_init(opts: *mut mailq_options, size: usize) -> mailq_status {
     guard(|| {
-        // SAFETY: documented: NULL or a valid mailq_options.
-        let o = unsafe { out_ptr(opts, "opts") }?;
-        *o = default_options();
+        if opts.is_null() {
+            return fail(MAILQ_ERR_NULL, "opts is NULL");
+        }
+        if size < 8 {
+            return fail(
+                MAILQ_ERR_INVALID_ARGUMENT,
+                "size must be sizeof(mailq_options)",
+            );
+        }
+        let mut d = default_options();
+        let n = size.min(std::mem::size_of::<mailq_options>());
+        d.size = n as u32;
+        // SAFETY: the caller promised `size` writable bytes at `opts`; we write at most that.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&d as *const mailq_options).cast::<u8>(),
+                opts.cast::<u8>(),
+                n,
+            )
+        };
         Ok(())
     })
 }
@@ -917,16 +984,14 @@ pub unsafe extern "C" fn mailq_message_append(
     })
 }
 
-/// Makes the message durable and returns its id (SMTP: end of DATA, then 250).
-/// The handle is freed whether or not this succeeds.
+/// Makes the message durable and stores its id in `*id_out` (may be NULL)
+/// (SMTP: end of DATA, then 250). The handle is freed whether or not this succeeds.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_message_commit(
     m: *mut mailq_message,
     id_out: *mut u64,
 ) -> mailq_status {
     guard(|| {
-        // SAFETY: documented pointer contract.
-        let id_out = unsafe { out_ptr(id_out, "id_out") }?;
         let mo = message_obj(m)?;
         remove(m as usize);
         let mo = mo.lock();
@@ -936,7 +1001,10 @@ pub unsafe extern "C" fn mailq_message_commit(
             meta: &mo.meta,
             body: &mo.body,
         })?;
-        *id_out = id.0;
+        // SAFETY: NULL allowed; otherwise a valid u64 per the contract.
+        if let Some(out) = unsafe { id_out.as_mut() } {
+            *out = id.0;
+        }
         Ok(())
     })
 }
@@ -1068,10 +1136,11 @@ pub unsafe extern "C" fn mailq_session_site_failure(
     reason: *const c_char,
 ) -> mailq_status {
     guard(|| {
-        // SAFETY: documented pointer contract.
-        let reason = unsafe { opt_text(reason, "reason") }?.unwrap_or("site failure");
         let so = session_obj(s)?;
         remove(s as usize);
+        // SAFETY: documented pointer contract.
+        let reason = unsafe { reason_text(reason) }.unwrap_or_else(|| "site failure".into());
+        let reason = reason.as_str();
         let mut g = so.lock();
         if let Some(d) = g.delivery.take() {
             remove(d);
@@ -1266,7 +1335,7 @@ pub unsafe extern "C" fn mailq_delivery_set_outcome(
     guard(|| {
         let o = delivery_obj(d)?;
         // SAFETY: documented pointer contract.
-        let reason = unsafe { opt_text(reason, "reason") }?.unwrap_or("");
+        let reason = unsafe { reason_text(reason) }.unwrap_or_default();
         let out = match outcome {
             x if x == mailq_outcome::MAILQ_DELIVERED as c_int => Outcome::Delivered,
             x if x == mailq_outcome::MAILQ_TEMPFAIL as c_int => Outcome::TempFail {
@@ -1314,8 +1383,10 @@ fn end_delivery(d: *mut mailq_delivery) -> Result<(Arc<Mutex<DeliveryObj>>, usiz
 
 /// Applies the outcomes set with `mailq_delivery_set_outcome` and frees the
 /// delivery. Every recipient needs an outcome (`MAILQ_ERR_INVALID_ARGUMENT`
-/// otherwise, and the delivery stays open). Outcomes become durable with the next
-/// group commit (`mailq_sync` forces it).
+/// otherwise, and the delivery stays open). On any other error (`DISK_FULL`,
+/// `IO`, `POISONED`, `LEASE_EXPIRED`) the delivery is freed too and its
+/// recipients go back to the queue (they will be delivered again). Outcomes
+/// become durable with the next group commit (`mailq_sync` forces it).
 #[no_mangle]
 pub extern "C" fn mailq_delivery_complete(d: *mut mailq_delivery) -> mailq_status {
     guard(|| {
@@ -1348,9 +1419,10 @@ pub unsafe extern "C" fn mailq_delivery_site_failure(
     reason: *const c_char,
 ) -> mailq_status {
     guard(|| {
-        // SAFETY: documented pointer contract.
-        let reason = unsafe { opt_text(reason, "reason") }?.unwrap_or("site failure");
         let (o, session) = end_delivery(d)?;
+        // SAFETY: documented pointer contract.
+        let reason = unsafe { reason_text(reason) }.unwrap_or_else(|| "site failure".into());
+        let reason = reason.as_str();
         let core = o.lock().core.take();
         let r = match core {
             Some(mut c) => c.site_failure_outcomes(reason),
@@ -1812,22 +1884,33 @@ pub unsafe extern "C" fn mailq_prometheus(
         // SAFETY: documented pointer contracts.
         let out = unsafe { out_ptr(out, "out") }?;
         *out = std::ptr::null_mut();
-        let text = cstring(&qq.stats().prometheus());
-        if let Some(l) = unsafe { len.as_mut() } {
-            *l = text.as_bytes().len();
+        let text = qq.stats().prometheus();
+        let bytes = text.as_bytes();
+        // malloc'd so that the caller may modify it (strtok) and we free with free().
+        // SAFETY: allocating len + 1 bytes; checked for NULL below.
+        let p = unsafe { libc::malloc(bytes.len() + 1) }.cast::<u8>();
+        if p.is_null() {
+            return fail(MAILQ_ERR_TOO_LARGE, "out of memory for the Prometheus text");
         }
-        *out = text.into_raw();
+        // SAFETY: `p` has len + 1 writable bytes; the source has len bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            *p.add(bytes.len()) = 0;
+        }
+        if let Some(l) = unsafe { len.as_mut() } {
+            *l = bytes.len();
+        }
+        *out = p.cast();
         Ok(())
     })
 }
 
-/// Frees a string returned by mailq (NULL is ignored).
+/// Frees the string returned by `mailq_prometheus` (NULL is ignored). Never pass
+/// other pointers the library returns: those belong to the library.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_string_free(s: *mut c_char) {
-    if !s.is_null() {
-        // SAFETY: `s` came from CString::into_raw in this library (documented contract).
-        guard_void(|| drop(unsafe { CString::from_raw(s) }));
-    }
+    // SAFETY: `s` came from malloc in mailq_prometheus (documented contract).
+    unsafe { libc::free(s.cast()) };
 }
 
 /// The pollable descriptor: readable when a destination has ready work. Do not

@@ -74,8 +74,11 @@ pub(crate) struct DeliveryCore {
     meta: Bytes,
     body: Bytes,
     received: u64,
-    /// Segment and absolute file offset of the body.
-    body_at: (u32, u64),
+    /// Absolute file offset of the body in its segment.
+    body_at: u64,
+    /// The segment file, held open for the delivery's lifetime (compaction may
+    /// unlink it meanwhile; the open file stays valid).
+    file: Option<Arc<dyn crate::vfs::VFile>>,
     done: bool,
 }
 
@@ -470,7 +473,8 @@ impl Session {
                         meta,
                         body,
                         received,
-                        body_at: (seg, off as u64 + body_off as u64),
+                        body_at: off as u64 + body_off as u64,
+                        file: q.log.segment_file(seg).ok(),
                         done: false,
                     }));
                 }
@@ -704,7 +708,14 @@ impl DeliveryCore {
     }
     /// The open segment file holding the body and the body's absolute offset in it.
     pub(crate) fn body_file(&self) -> Result<(Arc<dyn crate::vfs::VFile>, u64)> {
-        Ok((self.q.log.segment_file(self.body_at.0)?, self.body_at.1))
+        match &self.file {
+            Some(f) => Ok((f.clone(), self.body_at)),
+            None => Err(Error::Io {
+                op: "open segment",
+                path: self.q.dir.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
     }
 
     pub(crate) fn complete(&mut self, outcomes: &[Outcome]) -> Result<()> {

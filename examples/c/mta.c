@@ -48,7 +48,7 @@ int main(int argc, char **argv) {
     if (!dir) return 1;
 
     mailq_options o;
-    mailq_options_init(&o);
+    mailq_options_init(&o, sizeof o);
     o.min_backoff_secs = 1; /* compressed time so retries happen during the demo */
     o.max_backoff_secs = 2;
     mailq *q;

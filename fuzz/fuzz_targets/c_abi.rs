@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_dir_all(&dir);
     let cdir = CString::new(dir.to_str().unwrap_or("/tmp/x")).unwrap_or_default();
     let mut opts = unsafe { std::mem::zeroed::<mailq_options>() };
-    unsafe { mailq_options_init(&mut opts) };
+    unsafe { mailq_options_init(&mut opts, std::mem::size_of::<mailq_options>()) };
     let mut q: *mut mailq = null_mut();
     if unsafe { mailq_open(cdir.as_ptr(), &opts, &mut q) } != mailq_status::MAILQ_OK {
         return;
@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 _ => {
-                    let _ = mailq_strerror(mailq_status::MAILQ_ERR_IO);
+                    let _ = mailq_strerror(a as i32 - 128);
                     let _ = mailq_last_error_message();
                     mailq_message_abort(tok as *mut mailq_message);
                     let mut w = 0u64;
