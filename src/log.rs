@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::record::{self, Kind, HEADER_LEN};
 use crate::vfs::{VFile, Vfs};
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,7 +121,16 @@ struct Chunk {
     create: bool,
 }
 
+/// A follower parked until the durable position reaches `target`.
+struct Waiter {
+    target: Pos,
+    id: u64,
+    thread: std::thread::Thread,
+}
+
 struct Inner {
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
     active: u32,
     reserved: u64,
     next_seq: u64,
@@ -155,7 +164,6 @@ pub struct Log {
     sync_interval: Duration,
     sync_bytes: usize,
     inner: Mutex<Inner>,
-    cv: Condvar,
     /// Open segment files (for writing the active one and mapping any).
     files: Mutex<HashMap<u32, Arc<dyn VFile>>>,
     maps: RwLock<HashMap<u32, Bytes>>,
@@ -195,6 +203,8 @@ impl Log {
             sync_interval,
             sync_bytes,
             inner: Mutex::new(Inner {
+                waiters: Vec::new(),
+                next_waiter: 0,
                 active: start.active,
                 reserved: start.len,
                 next_seq: start.next_seq,
@@ -206,7 +216,6 @@ impl Log {
                 poisoned: None,
                 sealed_upto: start.active,
             }),
-            cv: Condvar::new(),
             files: Mutex::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
             sealed_len: Mutex::new(HashMap::new()),
@@ -320,19 +329,47 @@ impl Log {
     }
 
     /// Waits until everything before `target` is durable, leading a group commit if needed.
+    ///
+    /// Followers park individually and the leader wakes exactly those its flush
+    /// made durable, plus one more to lead the next batch when work is queued and it
+    /// does not continue itself: on a small machine, waking every waiter on every
+    /// commit (most of them only to sleep again) costs more CPU than the commit.
     pub fn sync_to(&self, target: Pos) -> Result<()> {
         let mut g = self.inner.lock();
+        let mut led = false;
+        let mut extra_round = true;
         loop {
             if let Some(p) = &g.poisoned {
                 return Err(Error::Poisoned(p.clone()));
             }
             if g.durable >= target {
-                return Ok(());
+                let more = !g.flushing && !g.chunks.is_empty();
+                // A leader that finds the next batch already queued flushes it too
+                // (once) instead of handing over: a sleeping follower would need a
+                // scheduler round trip before the disk gets busy again.
+                if !(led && extra_round && more) {
+                    if more {
+                        Self::wake_leader(&mut g);
+                    }
+                    return Ok(());
+                }
+                extra_round = false;
             }
             if g.flushing {
-                self.cv.wait(&mut g);
+                let id = g.next_waiter;
+                g.next_waiter += 1;
+                g.waiters.push(Waiter {
+                    target,
+                    id,
+                    thread: std::thread::current(),
+                });
+                drop(g);
+                std::thread::park();
+                g = self.inner.lock();
+                g.waiters.retain(|w| w.id != id);
                 continue;
             }
+            led = true;
             g.flushing = true;
             let chunks = std::mem::take(&mut g.chunks);
             let end = pos(g.active, g.reserved);
@@ -346,16 +383,34 @@ impl Log {
                 Ok(()) => {
                     g.durable = end;
                     g.sealed_upto = pos_seg(end);
+                    let durable = g.durable;
+                    g.waiters.retain(|w| {
+                        if w.target <= durable {
+                            w.thread.unpark();
+                            false
+                        } else {
+                            true
+                        }
+                    });
                 }
                 Err(e) => {
                     if g.poisoned.is_none() {
                         g.poisoned = Some(e.to_string());
                     }
-                    self.cv.notify_all();
+                    for w in g.waiters.drain(..) {
+                        w.thread.unpark();
+                    }
                     return Err(e);
                 }
             }
-            self.cv.notify_all();
+        }
+    }
+
+    /// Wakes the waiter with the lowest target to lead the next commit.
+    fn wake_leader(g: &mut Inner) {
+        if let Some(i) = (0..g.waiters.len()).min_by_key(|&i| g.waiters[i].target) {
+            let w = g.waiters.swap_remove(i);
+            w.thread.unpark();
         }
     }
 

@@ -142,7 +142,7 @@ pub(crate) fn apply_change(
     let rr = rref(mshard, rid);
     match ch.state {
         RcptState::Ready => {
-            ss.buckets[bl as usize].ready.push_back(rr);
+            ss.buckets[bl as usize].push_ready(rr);
             return ss.maybe_ring(bl, now);
         }
         RcptState::Deferred => ss.wheel.insert(ch.next, rr),
@@ -365,7 +365,7 @@ impl Inner {
             let mut rang = false;
             match st {
                 RcptState::Ready => {
-                    dst.buckets[local_of(to) as usize].ready.push_back(rr);
+                    dst.buckets[local_of(to) as usize].push_ready(rr);
                     rang = dst.maybe_ring(local_of(to), now);
                 }
                 RcptState::Deferred => dst.wheel.insert(r.next, rr),

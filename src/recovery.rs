@@ -339,7 +339,7 @@ impl Builder {
                     ss.buckets[bl as usize].shift(RcptState::Delivered, st);
                     let rr = rref(s, rid);
                     match st {
-                        RcptState::Ready => ss.buckets[bl as usize].ready.push_back(rr),
+                        RcptState::Ready => ss.buckets[bl as usize].push_ready(rr),
                         RcptState::Deferred => ss.wheel.insert(r.next, rr),
                         RcptState::Failed | RcptState::Expired => ms.bounces.push_back(rr),
                         _ => {}
