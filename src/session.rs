@@ -418,10 +418,10 @@ impl Session {
                     ms.rcpts[j as usize].set_state(RcptState::Leased);
                     ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
                 }
-                leased = Some((msh, r.msg, m.gen, rids, (m.seg, m.off)));
+                leased = Some((msh, r.msg, m.gen, rids, m.first, (m.seg, m.off)));
                 break;
             }
-            let Some((msh, local, gen, rids, (seg, off))) = leased else {
+            let Some((msh, local, gen, rids, first, (seg, off))) = leased else {
                 return Ok(None);
             };
             let id = MessageId::new(gen, global(msh, local));
@@ -431,10 +431,11 @@ impl Session {
                 slot.leased_msg = id;
             }
             drop(ss);
-            match read_delivery(&q, id, seg, off) {
-                Ok((sender, meta, body, received, addrs_all, body_off)) => {
+            let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
+            match read_delivery(&q, id, seg, off, &indices) {
+                Ok((sender, meta, body, received, addrs, body_off)) => {
                     let ms = q.msgs[msh].lock();
-                    let Some(first) = ms.get(local, gen).map(|m| m.first) else {
+                    if ms.get(local, gen).is_none() {
                         // Deleted by the operator meanwhile: nothing left to deliver.
                         drop(ms);
                         let mut ss = q.sched[s].lock();
@@ -446,17 +447,12 @@ impl Session {
                             slot.leased.clear();
                         }
                         continue;
-                    };
-                    let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
+                    }
                     let attempts = rids
                         .iter()
                         .map(|&r| ms.rcpts[r as usize].attempts())
                         .collect();
                     drop(ms);
-                    let addrs = indices
-                        .iter()
-                        .map(|&i| addrs_all.get(i as usize).cloned().unwrap_or_default())
-                        .collect();
                     self.deliveries += 1;
                     return Ok(Some(DeliveryCore {
                         q: q.clone(),
@@ -593,12 +589,19 @@ impl Drop for Session {
     }
 }
 
-/// (message shard, local slot, generation, recipient indices, (segment, offset)).
-type Leased = (usize, u32, u32, Vec<u32>, (u32, u32));
+/// (message shard, local slot, generation, recipient ids, first recipient id, (segment, offset)).
+type Leased = (usize, u32, u32, Vec<u32>, u32, (u32, u32));
 
 type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>, usize);
 
-fn read_delivery(q: &Inner, id: MessageId, seg: u32, off: u32) -> Result<DeliveryData> {
+/// Reads and checks a message record; returns the addresses of recipients `want` only.
+fn read_delivery(
+    q: &Inner,
+    id: MessageId,
+    seg: u32,
+    off: u32,
+    want: &[u32],
+) -> Result<DeliveryData> {
     let (kind, payload) = q.log.read_record(seg, off as u64)?;
     let bad = |why: &str| Error::Corrupt {
         path: q.dir.join(crate::log::segment_name(seg)),
@@ -615,7 +618,15 @@ fn read_delivery(q: &Inner, id: MessageId, seg: u32, off: u32) -> Result<Deliver
     let body = payload.slice(rec.body_off..rec.body_off + rec.body_len);
     let meta_start = rec.meta.as_ptr() as usize - payload.as_ptr() as usize;
     let meta = payload.slice(meta_start..meta_start + rec.meta.len());
-    let addrs = rec.rcpts.iter().map(|r| r.0.to_string()).collect();
+    let addrs = want
+        .iter()
+        .map(|&i| {
+            rec.rcpts
+                .get(i as usize)
+                .map(|r| r.0.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
     Ok((
         rec.sender.to_string(),
         meta,
