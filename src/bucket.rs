@@ -165,6 +165,8 @@ pub struct Wheel {
     /// All times before `base` have been drained.
     base: u32,
     far: BinaryHeap<Reverse<(u32, RcptRef)>>,
+    /// Entries inserted with a time the wheel has already passed: due at once.
+    overdue: Vec<RcptRef>,
     len: usize,
 }
 
@@ -179,6 +181,7 @@ impl Wheel {
             bits: vec![0; (WHEEL_SLOTS / 64) as usize],
             base: now,
             far: BinaryHeap::new(),
+            overdue: Vec::new(),
             len: 0,
         }
     }
@@ -191,8 +194,13 @@ impl Wheel {
 
     /// Schedules `r` at time `t`.
     pub fn insert(&mut self, t: u32, r: RcptRef) {
-        let t = t.max(self.base);
         self.len += 1;
+        if t < self.base {
+            // Already due (e.g. a re-routed recipient whose retry time has passed):
+            // a wheel slot would only be visited after the next full turn.
+            self.overdue.push(r);
+            return;
+        }
         if t - self.base < WHEEL_SLOTS {
             let i = (t % WHEEL_SLOTS) as usize;
             self.slots[i].push(r);
@@ -213,6 +221,8 @@ impl Wheel {
 
     /// Moves every entry due at or before `now` into `out`.
     pub fn advance(&mut self, now: u32, out: &mut Vec<RcptRef>) {
+        self.len -= self.overdue.len();
+        out.append(&mut self.overdue);
         if now < self.base {
             return;
         }
@@ -238,6 +248,9 @@ impl Wheel {
 
     /// The earliest time at which an entry (possibly stale) is due.
     pub fn next_due(&self) -> Option<u32> {
+        if !self.overdue.is_empty() {
+            return Some(self.base.saturating_sub(1));
+        }
         let start = self.base % WHEEL_SLOTS;
         let words = self.bits.len();
         let mut best = None;
@@ -331,7 +344,7 @@ mod tests {
         w.insert(1005, 1);
         w.insert(1000 + 5000, 2);
         w.insert(999, 3);
-        assert_eq!(w.next_due(), Some(1000));
+        assert_eq!(w.next_due(), Some(999), "already due");
         let mut out = vec![];
         w.advance(1004, &mut out);
         assert_eq!(out, vec![3]);
@@ -350,6 +363,13 @@ mod tests {
         out.clear();
         w.advance(200_000, &mut out);
         assert_eq!(out, vec![9]);
+        // Inserted in the past after the wheel moved on: due at the next advance,
+        // even within the same second.
+        w.insert(150_000, 10);
+        assert_eq!(w.next_due(), Some(200_000));
+        out.clear();
+        w.advance(200_000, &mut out);
+        assert_eq!(out, vec![10]);
     }
 
     #[test]

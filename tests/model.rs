@@ -225,16 +225,22 @@ fn run(ops: Vec<Op>) {
                 assert_eq!(got, expect);
             }
             Op::Flush => {
-                // Due recipients may already have been promoted to ready by the scheduler.
+                // A due recipient is ready in the model but may still be deferred (due)
+                // in the queue — timer promotion is not persisted, so after a reopen it
+                // is deferred again — and may already be promoted: both count or not.
                 let (mut must, mut may) = (0, 0);
                 for (_, rs) in m.msgs.values_mut() {
                     for r in rs {
-                        if let M::Deferred(t) = r.state {
-                            r.state = M::Ready;
-                            may += 1;
-                            if t > now {
-                                must += 1;
+                        match r.state {
+                            M::Deferred(t) => {
+                                r.state = M::Ready;
+                                may += 1;
+                                if t > now {
+                                    must += 1;
+                                }
                             }
+                            M::Ready => may += 1,
+                            _ => {}
                         }
                     }
                 }
@@ -295,7 +301,7 @@ fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48), ..ProptestConfig::default() })]
     #[test]
     fn queue_matches_model(ops in prop::collection::vec(op(), 1..60)) {
         run(ops);
