@@ -326,7 +326,6 @@ struct DeliveryObj {
     sender: CString,
     rcpts: Vec<CString>,
     outcomes: Vec<Option<Outcome>>,
-    file: Option<Arc<dyn crate::vfs::VFile>>,
 }
 
 struct MessageObj {
@@ -562,6 +561,19 @@ fn delivery_obj(h: *const mailq_delivery) -> Result<Arc<Mutex<DeliveryObj>>, Fai
             MAILQ_ERR_INVALID_HANDLE,
             "not an open mailq_delivery handle (NULL, freed, completed, or another type)",
         ),
+    }
+}
+
+/// Runs `f` on the live core of delivery `d`.
+fn with_core<R>(
+    d: *const mailq_delivery,
+    f: impl FnOnce(&DeliveryCore) -> Result<R, Fail>,
+) -> Result<R, Fail> {
+    let o = delivery_obj(d)?;
+    let g = o.lock();
+    match g.core.as_ref() {
+        Some(c) => f(c),
+        None => fail(MAILQ_ERR_INVALID_HANDLE, "delivery already ended"),
     }
 }
 
@@ -1118,7 +1130,6 @@ pub unsafe extern "C" fn mailq_session_next_delivery(
             outcomes: vec![None; n],
             core: Some(core),
             session: s as usize,
-            file: None,
         };
         let h = insert(Obj::Delivery(Arc::new(Mutex::new(obj))));
         g.delivery = Some(h);
@@ -1221,23 +1232,20 @@ pub unsafe extern "C" fn mailq_delivery_recipient_info(
     attempts_out: *mut u32,
 ) -> mailq_status {
     guard(|| {
-        let o = delivery_obj(d)?;
         // SAFETY: documented pointer contracts.
         let index_out = unsafe { out_ptr(index_out, "index_out") }?;
         let attempts_out = unsafe { out_ptr(attempts_out, "attempts_out") }?;
-        let g = o.lock();
-        let Some(c) = g.core.as_ref() else {
-            return fail(MAILQ_ERR_INVALID_HANDLE, "delivery already ended");
-        };
-        if i >= c.indices().len() {
-            return fail(
-                MAILQ_ERR_INVALID_ARGUMENT,
-                format!("recipient {i} out of range"),
-            );
-        }
-        *index_out = c.indices()[i];
-        *attempts_out = c.attempts()[i] as u32;
-        Ok(())
+        with_core(d, |c| {
+            if i >= c.indices().len() {
+                return fail(
+                    MAILQ_ERR_INVALID_ARGUMENT,
+                    format!("recipient {i} out of range"),
+                );
+            }
+            *index_out = c.indices()[i];
+            *attempts_out = c.attempts()[i] as u32;
+            Ok(())
+        })
     })
 }
 
@@ -1250,18 +1258,15 @@ pub unsafe extern "C" fn mailq_delivery_body(
     len: *mut usize,
 ) -> mailq_status {
     guard(|| {
-        let o = delivery_obj(d)?;
         // SAFETY: documented pointer contracts.
         let ptr = unsafe { out_ptr(ptr, "ptr") }?;
         let len = unsafe { out_ptr(len, "len") }?;
-        let g = o.lock();
-        let Some(c) = g.core.as_ref() else {
-            return fail(MAILQ_ERR_INVALID_HANDLE, "delivery already ended");
-        };
-        // The Bytes (and its mapping) live in the registry object until the delivery ends.
-        *ptr = c.body().as_ptr();
-        *len = c.body().len();
-        Ok(())
+        with_core(d, |c| {
+            // The Bytes (and its mapping) live in the registry object until the delivery ends.
+            *ptr = c.body().as_ptr();
+            *len = c.body().len();
+            Ok(())
+        })
     })
 }
 
@@ -1275,28 +1280,24 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
     len: *mut usize,
 ) -> mailq_status {
     guard(|| {
-        let o = delivery_obj(d)?;
         // SAFETY: documented pointer contracts.
         let fd = unsafe { out_ptr(fd, "fd") }?;
         let offset = unsafe { out_ptr(offset, "offset") }?;
         let len = unsafe { out_ptr(len, "len") }?;
-        let mut g = o.lock();
-        let Some(c) = g.core.as_ref() else {
-            return fail(MAILQ_ERR_INVALID_HANDLE, "delivery already ended");
-        };
-        let (file, off) = c.body_file()?;
-        let body_len = c.body().len();
-        let Some(raw) = file.raw_fd() else {
-            return fail(
-                MAILQ_ERR_INVALID_ARGUMENT,
-                "this filesystem has no file descriptors",
-            );
-        };
-        g.file = Some(file);
-        *fd = raw;
-        *offset = off;
-        *len = body_len;
-        Ok(())
+        with_core(d, |c| {
+            let (file, off) = c.body_file()?;
+            let body_len = c.body().len();
+            let Some(raw) = file.raw_fd() else {
+                return fail(
+                    MAILQ_ERR_INVALID_ARGUMENT,
+                    "this filesystem has no file descriptors",
+                );
+            };
+            *fd = raw;
+            *offset = off;
+            *len = body_len;
+            Ok(())
+        })
     })
 }
 
@@ -1308,17 +1309,14 @@ pub unsafe extern "C" fn mailq_delivery_meta(
     len: *mut usize,
 ) -> mailq_status {
     guard(|| {
-        let o = delivery_obj(d)?;
         // SAFETY: documented pointer contracts.
         let ptr = unsafe { out_ptr(ptr, "ptr") }?;
         let len = unsafe { out_ptr(len, "len") }?;
-        let g = o.lock();
-        let Some(c) = g.core.as_ref() else {
-            return fail(MAILQ_ERR_INVALID_HANDLE, "delivery already ended");
-        };
-        *ptr = c.meta().as_ptr();
-        *len = c.meta().len();
-        Ok(())
+        with_core(d, |c| {
+            *ptr = c.meta().as_ptr();
+            *len = c.meta().len();
+            Ok(())
+        })
     })
 }
 
