@@ -141,13 +141,9 @@ impl<T: Copy + Default> Default for Slab<T> {
 
 impl<T: Copy + Default> Slab<T> {
     /// Number of elements.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.len
-    }
-    /// True when empty.
-    #[allow(dead_code)]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
     /// Element `i`, if in range.
     pub fn get(&self, i: usize) -> Option<&T> {

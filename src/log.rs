@@ -140,8 +140,6 @@ struct Inner {
     flushing: bool,
     durable: Pos,
     poisoned: Option<String>,
-    /// Segments whose data precedes `durable` and that no longer receive writes.
-    sealed_upto: u32,
 }
 
 /// Statistics of the log.
@@ -214,7 +212,6 @@ impl Log {
                 flushing: false,
                 durable: pos(start.active, start.len),
                 poisoned: None,
-                sealed_upto: start.active,
             }),
             files: Mutex::new(HashMap::new()),
             maps: RwLock::new(HashMap::new()),
@@ -382,7 +379,6 @@ impl Log {
             match res {
                 Ok(()) => {
                     g.durable = end;
-                    g.sealed_upto = pos_seg(end);
                     let durable = g.durable;
                     g.waiters.retain(|w| {
                         if w.target <= durable {
