@@ -29,7 +29,8 @@ pub const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
-const VERSION: u32 = 1;
+/// Checkpoint format version.
+pub const VERSION: u32 = 1;
 
 /// Maintenance bookkeeping.
 #[derive(Debug, Default, Clone)]
@@ -78,32 +79,24 @@ pub fn checkpoint(q: &Inner) -> Result<()> {
 }
 
 fn run(q: &Inner, m: &mut Maint) -> Result<()> {
-    write(q, m)?;
+    let mut live = write(q, m)?;
     // Copies made by compaction are captured by another checkpoint, which lets the
     // emptied segments go; every round that copied ends with a checkpoint.
     let mut rounds = 0;
-    while rounds < 2 && compact(q, m)? > 0 {
-        write(q, m)?;
+    while rounds < 2 && compact(q, m, &live)? > 0 {
+        live = write(q, m)?;
         rounds += 1;
     }
     Ok(())
 }
 
-fn write(q: &Inner, m: &mut Maint) -> Result<()> {
-    let (p, buf) = {
-        let _w = q.gate.write();
-        let (p, seq) = q.log.end_and_seq();
-        let keys = q.keys.read();
-        let buf = encode(
-            p,
-            seq,
-            q.next_gen.load(Ordering::Relaxed),
-            q.salt,
-            &keys,
-            |s, f| f(&q.msgs[s].lock()),
-        );
-        (p, buf)
-    };
+/// Live messages and bytes per segment, as of one checkpoint position.
+type SegLive = HashMap<u32, (u32, u64)>;
+
+/// Writes the checkpoint and returns the per-segment live counts *as of its
+/// position*: after the rename those are durable facts, whereas the in-memory
+/// counts may already include completions that are not yet synced.
+fn write(q: &Inner, m: &mut Maint) -> Result<SegLive> {
     let vfs = &q.opts.vfs;
     let tmp = q.dir.join(CHECKPOINT_TMP);
     let dst = q.dir.join(CHECKPOINT);
@@ -111,9 +104,37 @@ fn write(q: &Inner, m: &mut Maint) -> Result<()> {
         .open(&tmp, true)
         .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
     f.set_len(0)
-        .and_then(|_| f.write_all_at(0, &buf))
-        .and_then(|_| f.sync_data())
-        .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+        .map_err(|e| Error::io("truncate checkpoint", &tmp, e))?;
+    let mut sink = Sink::new(&*f);
+    let mut live = SegLive::new();
+    let p = {
+        // The encode streams to the file in bounded pieces (page cache only; the
+        // fsync comes after the gate is released): no checkpoint-sized buffer.
+        let _w = q.gate.write();
+        let (p, seq) = q.log.end_and_seq();
+        let keys = q.keys.read();
+        encode(
+            &mut sink,
+            p,
+            seq,
+            q.next_gen.load(Ordering::Relaxed),
+            q.salt,
+            &keys,
+            |s, f| {
+                let ms = q.msgs[s].lock();
+                for (&seg, &(n, b)) in &ms.seg_live {
+                    let e = live.entry(seg).or_default();
+                    e.0 += n;
+                    e.1 += b;
+                }
+                f(&ms)
+            },
+        );
+        p
+    };
+    let len = sink.finish().map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    f.sync_data()
+        .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
     q.log.sync_to(p)?;
     vfs.rename(&tmp, &dst)
         .map_err(|e| Error::io("rename checkpoint", &dst, e))?;
@@ -122,22 +143,75 @@ fn write(q: &Inner, m: &mut Maint) -> Result<()> {
     m.last_pos = p;
     m.bytes_at = q.log.counters().bytes;
     m.checkpoints += 1;
-    m.checkpoint_bytes = buf.len() as u64;
-    Ok(())
+    m.checkpoint_bytes = len;
+    Ok(live)
+}
+
+/// Streams checkpoint bytes to a file in bounded pieces, checksumming as it goes.
+/// The first write error is kept and reported by [`Sink::finish`].
+pub struct Sink<'a> {
+    f: &'a dyn crate::vfs::VFile,
+    buf: Vec<u8>,
+    off: u64,
+    crc: crc32fast::Hasher,
+    err: Option<std::io::Error>,
+}
+
+/// Bytes buffered before a checkpoint piece is written.
+const SINK_CHUNK: usize = 256 << 10;
+
+impl<'a> Sink<'a> {
+    fn new(f: &'a dyn crate::vfs::VFile) -> Self {
+        Sink {
+            f,
+            buf: Vec::with_capacity(SINK_CHUNK + 4096),
+            off: 0,
+            crc: crc32fast::Hasher::new(),
+            err: None,
+        }
+    }
+
+    fn spill(&mut self) {
+        self.crc.update(&self.buf);
+        if self.err.is_none() {
+            if let Err(e) = self.f.write_all_at(self.off, &self.buf) {
+                self.err = Some(e);
+            }
+        }
+        self.off += self.buf.len() as u64;
+        self.buf.clear();
+    }
+
+    fn maybe_spill(&mut self) {
+        if self.buf.len() >= SINK_CHUNK {
+            self.spill();
+        }
+    }
+
+    /// Appends the checksum, length and end marker; returns the file length.
+    fn finish(mut self) -> std::io::Result<u64> {
+        self.spill();
+        let crc = self.crc.clone().finalize();
+        let total = self.off + 4 + 8 + 8;
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&total.to_le_bytes());
+        self.buf.extend_from_slice(END_MAGIC);
+        self.spill();
+        match self.err {
+            Some(e) => Err(e),
+            None => Ok(self.off),
+        }
+    }
 }
 
 /// Deletes dead segments and copies live messages out of sparse ones.
 /// Returns how many messages were copied.
-fn compact(q: &Inner, m: &mut Maint) -> Result<usize> {
+///
+/// A segment is deleted only when the checkpoint just installed (durable) holds
+/// no live message in it: `live` are the counts at the checkpoint's position,
+/// never the in-memory ones, which may include completions not yet synced.
+fn compact(q: &Inner, m: &mut Maint, live: &SegLive) -> Result<usize> {
     let limit = pos_seg(m.last_pos).min(q.log.active_segment());
-    let mut live: HashMap<u32, (u32, u64)> = HashMap::new();
-    for s in &q.msgs {
-        for (&seg, &(n, b)) in &s.lock().seg_live {
-            let e = live.entry(seg).or_default();
-            e.0 += n;
-            e.1 += b;
-        }
-    }
     let mut segs: Vec<u32> = q
         .opts
         .vfs
@@ -215,14 +289,14 @@ fn compact(q: &Inner, m: &mut Maint) -> Result<usize> {
 
 /// Serialises the live state. `with_shard(s, f)` runs `f` on message shard `s`.
 pub fn encode(
+    out: &mut Sink<'_>,
     p: Pos,
     seq: u64,
     next_gen: u32,
     salt: u32,
     keys: &Keys,
-    with_shard: impl Fn(usize, &mut dyn FnMut(&MsgShard)),
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 << 16);
+    mut with_shard: impl FnMut(usize, &mut dyn FnMut(&MsgShard)),
+) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -233,6 +307,7 @@ pub fn encode(
     out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
     for i in 0..keys.len() as u32 {
         out.put_short(keys.key(i).map(|k| k.as_bytes()).unwrap_or(b""));
+        out.maybe_spill();
     }
     for s in 0..SHARDS {
         with_shard(s, &mut |ms: &MsgShard| {
@@ -251,6 +326,7 @@ pub fn encode(
             out.extend_from_slice(&(rlist.len() as u32).to_le_bytes());
             for r in &rlist {
                 out.put_short(r.as_bytes());
+                out.maybe_spill();
             }
             out.extend_from_slice(&(ms.live_msgs as u32).to_le_bytes());
             for (l, m) in ms.msgs.iter().enumerate() {
@@ -273,15 +349,44 @@ pub fn encode(
                     let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
                     out.extend_from_slice(&reason.to_le_bytes());
                 }
+                out.maybe_spill();
             }
         });
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let total = out.len() as u64 + 16;
-    out.extend_from_slice(&total.to_le_bytes());
-    out.extend_from_slice(END_MAGIC);
-    out
+}
+
+impl Sink<'_> {
+    fn extend_from_slice(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+    fn push(&mut self, b: u8) {
+        self.buf.push(b);
+    }
+    fn put_short(&mut self, b: &[u8]) {
+        self.buf.put_short(b);
+    }
+}
+
+/// Why a checkpoint was not loaded.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// An intact checkpoint of another format version: refused, never replaced
+    /// by a silent full replay.
+    Version(u32),
+    /// Damaged or malformed: the log is replayed in full instead.
+    Damaged(String),
+}
+
+impl From<String> for DecodeError {
+    fn from(s: String) -> Self {
+        DecodeError::Damaged(s)
+    }
+}
+
+impl From<&str> for DecodeError {
+    fn from(s: &str) -> Self {
+        DecodeError::Damaged(s.to_string())
+    }
 }
 
 /// State loaded from a checkpoint.
@@ -303,28 +408,28 @@ pub fn decode(
     msgs: &mut [MsgShard],
     sched: &mut [SchedShard],
     keys: &mut Keys,
-) -> std::result::Result<Loaded, String> {
+) -> std::result::Result<Loaded, DecodeError> {
     if buf.len() < 8 + 16 + 8 + 8 || &buf[..8] != MAGIC {
-        return Err("not a checkpoint (bad magic or too short)".into());
+        return Err(DecodeError::from("not a checkpoint (bad magic or too short)"));
     }
     let n = buf.len();
     if &buf[n - 8..] != END_MAGIC {
-        return Err("truncated (end marker missing)".into());
+        return Err(DecodeError::from("truncated (end marker missing)"));
     }
     let total = u64::from_le_bytes(buf[n - 16..n - 8].try_into().map_err(|_| "short")?);
     if total != n as u64 {
-        return Err(format!("length field {total} does not match file size {n}"));
+        return Err(DecodeError::from(format!("length field {total} does not match file size {n}")));
     }
     let crc = u32::from_le_bytes(buf[n - 20..n - 16].try_into().map_err(|_| "short")?);
     let body = &buf[..n - 20];
     if crc32fast::hash(body) != crc {
-        return Err("checksum mismatch".into());
+        return Err(DecodeError::from("checksum mismatch"));
     }
     let mut r = Reader::new(&body[8..]);
     let bad = || "malformed contents".to_string();
     let version = r.u32().ok_or_else(bad)?;
     if version != VERSION {
-        return Err(format!("unsupported version {version}"));
+        return Err(DecodeError::Version(version));
     }
     r.u32().ok_or_else(bad)?;
     let pos = r.u64().ok_or_else(bad)?;
@@ -333,12 +438,12 @@ pub fn decode(
     let salt = r.u32().ok_or_else(bad)?;
     let nkeys = r.u32().ok_or_else(bad)?;
     if nkeys > crate::index::MAX_BUCKETS {
-        return Err("too many routing keys".into());
+        return Err(DecodeError::from("too many routing keys"));
     }
     for i in 0..nkeys {
         let k = r.short_str().ok_or_else(bad)?;
         if keys.intern_into(k, policy, sched) != i {
-            return Err("duplicate routing key".into());
+            return Err(DecodeError::from("duplicate routing key"));
         }
     }
     for (s, ms) in msgs.iter_mut().enumerate() {
@@ -356,15 +461,15 @@ pub fn decode(
             let received = r.u32().ok_or_else(bad)?;
             let nr = r.u16().ok_or_else(bad)?;
             if shard_of(id.slot()) != s || id.gen() == 0 || nr == 0 {
-                return Err("message in wrong shard".into());
+                return Err(DecodeError::from("message in wrong shard"));
             }
             let local = local_of(id.slot());
             if local > MAX_SLOT {
-                return Err("slot out of range".into());
+                return Err(DecodeError::from("slot out of range"));
             }
             ms.ensure_slot(local);
             if ms.msgs[local as usize].gen != 0 {
-                return Err("duplicate message".into());
+                return Err(DecodeError::from("duplicate message"));
             }
             let mut buckets = Vec::with_capacity(nr as usize);
             let mut states = Vec::with_capacity(nr as usize);
@@ -375,7 +480,7 @@ pub fn decode(
                 let bucket = r.u32().ok_or_else(bad)?;
                 let reason = r.u32().ok_or_else(bad)?;
                 if bucket >= nkeys || reason as usize > reasons.len() {
-                    return Err("reference out of range".into());
+                    return Err(DecodeError::from("reference out of range"));
                 }
                 let st = RcptState::from_u8(st).ok_or_else(bad)?;
                 buckets.push(bucket);
@@ -399,7 +504,7 @@ pub fn decode(
         }
     }
     if r.remaining() != 0 {
-        return Err("trailing bytes".into());
+        return Err(DecodeError::from("trailing bytes"));
     }
     Ok(Loaded {
         pos,

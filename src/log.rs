@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::record::{self, Kind, HEADER_LEN};
 use crate::vfs::{VFile, Vfs};
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,6 +142,48 @@ struct Inner {
     poisoned: Option<String>,
 }
 
+/// Most segment files kept open at once (sealed ones are reopened on demand), so
+/// that a queue with thousands of segments never runs out of descriptors.
+pub const MAX_OPEN_SEGMENTS: usize = 64;
+
+/// Length of a segment's header record: a segment holding only this holds no data.
+fn segment_header_len() -> u64 {
+    record::padded(HEADER_LEN + record::segment_header(0, 0).len()) as u64
+}
+
+/// The cache of open segment files.
+#[derive(Default)]
+struct Files {
+    open: HashMap<u32, (Arc<dyn VFile>, u64)>,
+    clock: u64,
+    /// Segments deleted by compaction: never reopened (a reader holding a stale
+    /// location gets an error and re-checks where the message lives now).
+    removed: HashSet<u32>,
+}
+
+/// Clears `flushing` and poisons the log if the leader's write unwinds (a panic
+/// in a custom `Vfs`), so that no follower, `close()` or drop parks forever.
+struct FlushGuard<'a> {
+    log: &'a Log,
+    armed: bool,
+}
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut g = self.log.inner.lock();
+        g.flushing = false;
+        if g.poisoned.is_none() {
+            g.poisoned = Some("a storage call panicked during a commit".into());
+        }
+        for w in g.waiters.drain(..) {
+            w.thread.unpark();
+        }
+    }
+}
+
 /// Statistics of the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogCounters {
@@ -162,9 +204,9 @@ pub struct Log {
     sync_interval: Duration,
     sync_bytes: usize,
     inner: Mutex<Inner>,
-    /// Open segment files (for writing the active one and mapping any).
-    files: Mutex<HashMap<u32, Arc<dyn VFile>>>,
-    maps: RwLock<HashMap<u32, Bytes>>,
+    /// Open segment files, least recently used evicted beyond [`MAX_OPEN_SEGMENTS`]
+    /// (the highest-numbered one, being written, is never evicted).
+    files: Mutex<Files>,
     /// Lengths of sealed segments (they never change while open).
     sealed_len: Mutex<HashMap<u32, u64>>,
     counters: Mutex<LogCounters>,
@@ -213,8 +255,7 @@ impl Log {
                 durable: pos(start.active, start.len),
                 poisoned: None,
             }),
-            files: Mutex::new(HashMap::new()),
-            maps: RwLock::new(HashMap::new()),
+            files: Mutex::new(Files::default()),
             sealed_len: Mutex::new(HashMap::new()),
             counters: Mutex::new(LogCounters::default()),
         };
@@ -258,7 +299,7 @@ impl Log {
             return Err(Error::Poisoned(p.clone()));
         }
         let len = batch.buf.len() as u64;
-        if g.reserved + len > self.seg_max && g.reserved > HEADER_LEN as u64 + 16 {
+        if g.reserved + len > self.seg_max && g.reserved > segment_header_len() {
             // Roll to a new segment; its header goes first.
             let seg = g.active.checked_add(1).ok_or_else(|| {
                 Error::InvalidOption(
@@ -336,9 +377,9 @@ impl Log {
         let mut led = false;
         let mut extra_round = true;
         loop {
-            if let Some(p) = &g.poisoned {
-                return Err(Error::Poisoned(p.clone()));
-            }
+            // Durability first: a follower whose bytes were made durable before a
+            // later commit failed was acknowledged truthfully (a `Poisoned` here
+            // would make the client retry and queue a duplicate).
             if g.durable >= target {
                 let more = !g.flushing && !g.chunks.is_empty();
                 // A leader that finds the next batch already queued flushes it too
@@ -351,6 +392,9 @@ impl Log {
                     return Ok(());
                 }
                 extra_round = false;
+            }
+            if let Some(p) = &g.poisoned {
+                return Err(Error::Poisoned(p.clone()));
             }
             if g.flushing {
                 let id = g.next_waiter;
@@ -373,7 +417,12 @@ impl Log {
             g.pending_bytes = 0;
             g.oldest_pending = None;
             drop(g);
+            let mut guard = FlushGuard {
+                log: self,
+                armed: true,
+            };
             let res = self.write_chunks(chunks);
+            guard.armed = false;
             g = self.inner.lock();
             g.flushing = false;
             match res {
@@ -449,18 +498,67 @@ impl Log {
     }
 
     fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
-        let mut files = self.files.lock();
-        if let Some(f) = files.get(&seg) {
-            return Ok(f.clone());
-        }
         let path = self.path(seg);
-        let f = self
-            .vfs
-            .open(&path, create)
-            .map_err(|e| Error::io("open segment", &path, e))?;
-        files.insert(seg, f.clone());
+        let removed = || Error::Corrupt {
+            path: self.path(seg),
+            offset: 0,
+            reason: "segment was removed by compaction".into(),
+        };
+        {
+            let mut files = self.files.lock();
+            files.clock += 1;
+            let now = files.clock;
+            if let Some(e) = files.open.get_mut(&seg) {
+                e.1 = now;
+                return Ok(e.0.clone());
+            }
+            if files.removed.contains(&seg) {
+                return Err(removed());
+            }
+        }
+        // Opened without the cache lock (other readers go on meanwhile).
+        let f = match self.vfs.open(&path, create) {
+            Ok(f) => f,
+            // A segment that should hold a live message and does not exist is damage,
+            // not a transient I/O error (retrying would spin forever).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: "segment file is missing".into(),
+                })
+            }
+            Err(e) => return Err(Error::io("open segment", &path, e)),
+        };
+        let mut files = self.files.lock();
+        if files.removed.contains(&seg) {
+            // Removed while we opened it: never cache (it would pin the disk space).
+            return Err(removed());
+        }
+        files.clock += 1;
+        let now = files.clock;
+        if let Some(e) = files.open.get_mut(&seg) {
+            e.1 = now;
+            return Ok(e.0.clone());
+        }
+        if files.open.len() >= MAX_OPEN_SEGMENTS {
+            // Evict the least recently used handle, never the segment being written
+            // (the highest number). Holders of an evicted Arc keep it valid.
+            let newest = files.open.keys().copied().max().unwrap_or(0).max(seg);
+            if let Some(&victim) = files
+                .open
+                .iter()
+                .filter(|(&s, _)| s != newest)
+                .min_by_key(|(_, e)| e.1)
+                .map(|(s, _)| s)
+            {
+                files.open.remove(&victim);
+            }
+        }
+        files.open.insert(seg, (f.clone(), now));
         Ok(f)
     }
+
 
     fn write_chunks(&self, chunks: Vec<Chunk>) -> Result<()> {
         // Chunks are in log order. Each segment is written and synced before the
@@ -514,8 +612,9 @@ impl Log {
         Ok(())
     }
 
-    /// Returns bytes `[off, off+len)` of segment `seg` without copying.
-    /// The range must have been durably written.
+    /// Reads bytes `[off, off+len)` of segment `seg` with `pread` into a fresh
+    /// buffer. The range must have been durably written. Reads never go through a
+    /// memory mapping, so a bad sector comes back as an error, never as SIGBUS.
     pub fn read(&self, seg: u32, off: u64, len: usize) -> Result<Bytes> {
         let end = off + len as u64;
         let readable = self.readable_len(seg)?;
@@ -528,48 +627,21 @@ impl Log {
                 ),
             });
         }
-        if let Some(m) = self.maps.read().get(&seg) {
-            if m.len() as u64 >= end {
-                return Ok(m.slice(off as usize..end as usize));
-            }
-        }
         let f = self.file(seg, false)?;
-        let file_len = f
-            .len()
-            .map_err(|e| Error::io("stat segment", self.path(seg), e))?;
-        if end > file_len {
-            return Err(Error::Corrupt {
+        let mut buf = vec![0u8; len];
+        match f.read_exact_at(off, &mut buf) {
+            Ok(()) => Ok(Bytes::from(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
                 path: self.path(seg),
                 offset: off,
-                reason: format!("record extends past end of file ({end} > {file_len})"),
-            });
+                reason: format!("record extends past end of file (ends at {end})"),
+            }),
+            Err(e) => Err(Error::io("read segment", self.path(seg), e)),
         }
-        let active = self.active_segment() == seg;
-        // Map the active segment generously so that fresh mail does not remap per read;
-        // only written (and durable) bytes below `end` are ever touched.
-        let map_len = if active {
-            end.max(self.seg_max.min(u32::MAX as u64))
-        } else {
-            file_len
-        };
-        let m = f
-            .map(map_len)
-            .map_err(|e| Error::io("mmap segment", self.path(seg), e))?;
-        if (m.len() as u64) < end {
-            return Err(Error::Corrupt {
-                path: self.path(seg),
-                offset: off,
-                reason: format!("segment mapping is {} bytes, record ends at {end}", m.len()),
-            });
-        }
-        let out = m.slice(off as usize..end as usize);
-        self.maps.write().insert(seg, m);
-        Ok(out)
     }
 
     /// Bytes of `seg` that may be read: up to the durable position in the segment
-    /// being written, the file length for sealed ones. Reads never go past it, so a
-    /// mapping longer than the file is never touched beyond its end (no SIGBUS).
+    /// being written, the file length for sealed ones.
     fn readable_len(&self, seg: u32) -> Result<u64> {
         {
             let g = self.inner.lock();
@@ -588,7 +660,9 @@ impl Log {
         let l = f
             .len()
             .map_err(|e| Error::io("stat segment", self.path(seg), e))?;
-        self.sealed_len.lock().insert(seg, l);
+        if !self.files.lock().removed.contains(&seg) {
+            self.sealed_len.lock().insert(seg, l);
+        }
         Ok(l)
     }
 
@@ -616,9 +690,12 @@ impl Log {
 
     /// Deletes a sealed segment file durably.
     pub fn remove_segment(&self, seg: u32) -> Result<()> {
-        self.maps.write().remove(&seg);
+        {
+            let mut files = self.files.lock();
+            files.removed.insert(seg);
+            files.open.remove(&seg);
+        }
         self.sealed_len.lock().remove(&seg);
-        self.files.lock().remove(&seg);
         let path = self.path(seg);
         self.vfs
             .remove(&path)

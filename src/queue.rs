@@ -381,6 +381,34 @@ impl Inner {
         }
     }
 
+    /// Where a live message's record is now.
+    pub(crate) fn location(&self, id: MessageId) -> Option<(u32, u32)> {
+        let slot = id.slot();
+        let ms = self.msgs[shard_of(slot)].lock();
+        ms.get(local_of(slot), id.gen()).map(|m| (m.seg, m.off))
+    }
+
+    /// Reads the message record of `id` last seen at `loc`. A failure is damage
+    /// only if the message still lives there: compaction may have moved it (and
+    /// deleted the old segment) between the lookup and the read, then the read is
+    /// retried at the new place.
+    pub(crate) fn read_message_record(
+        &self,
+        id: MessageId,
+        mut loc: (u32, u32),
+    ) -> Result<bytes::Bytes> {
+        loop {
+            match self.log.read_record(loc.0, loc.1 as u64) {
+                Ok((_, payload)) => return Ok(payload),
+                Err(e) => match self.location(id) {
+                    Some(now) if now != loc => loc = now,
+                    None => return Err(Error::NoSuchMessage(id)),
+                    Some(_) => return Err(e),
+                },
+            }
+        }
+    }
+
     /// (message id, recipient index) of every live recipient matching `f`.
     pub(crate) fn collect(&self, f: &dyn Fn(&Rcpt) -> bool) -> Vec<(MessageId, u32)> {
         let mut out = Vec::new();
@@ -801,11 +829,12 @@ impl Queue {
             }
         }
         let mut out = Vec::with_capacity(refs.len());
-        for (id, index, reason, expired, (seg, off)) in refs {
+        for (id, index, reason, expired, loc) in refs {
             // One unreadable message must not cost the others their DSN: report it and
-            // go on (it is offered again after a restart).
-            let rec = match q.log.read_record(seg, off as u64) {
-                Ok((_, payload)) => payload,
+            // go on (it is offered again after a restart). A message moved by
+            // compaction meanwhile is read again from where it lives now.
+            let rec = match q.read_message_record(id, loc) {
+                Ok(rec) => rec,
                 Err(e) => {
                     q.report.lock().note_corrupt_message(id, &e.to_string());
                     continue;

@@ -14,7 +14,7 @@ use crate::queue::{now32, Counters, Inner, Queue};
 use crate::record::{self, Kind, HEADER_LEN, MAGIC};
 use crate::types::*;
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc;
@@ -54,6 +54,8 @@ pub struct RecoveryReport {
     pub missing_segments: Vec<u32>,
     /// Messages whose record is damaged or missing (also found later, at delivery).
     pub corrupt_messages: Vec<MessageId>,
+    /// Why each of `corrupt_messages` was found damaged (what check failed, where).
+    pub corrupt_reasons: HashMap<MessageId, String>,
     /// Messages recovered.
     pub messages: usize,
     /// Live recipients recovered.
@@ -68,10 +70,18 @@ impl RecoveryReport {
         self.damaged.len() + self.missing_segments.len() + self.corrupt_messages.len()
     }
 
-    pub(crate) fn note_corrupt_message(&mut self, id: MessageId, _why: &str) {
-        if !self.corrupt_messages.contains(&id) {
+    /// Records a damaged message once (O(1): recovery may find many), keeping the
+    /// first reason for the operator.
+    pub(crate) fn note_corrupt_message(&mut self, id: MessageId, why: &str) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.corrupt_reasons.entry(id) {
+            e.insert(why.to_string());
             self.corrupt_messages.push(id);
         }
+    }
+
+    /// Why message `id` was found damaged, if it was.
+    pub fn corrupt_reason(&self, id: MessageId) -> Option<&str> {
+        self.corrupt_reasons.get(&id).map(String::as_str)
     }
 }
 
@@ -87,6 +97,8 @@ struct Builder {
     last_seq: u64,
     salt: u32,
     checkpoint_used: bool,
+    /// A segment header of another format version: (segment, version).
+    foreign: Option<(u32, u32)>,
     report: RecoveryReport,
 }
 
@@ -102,6 +114,7 @@ impl Builder {
             last_seq: 0,
             salt: 0,
             checkpoint_used: false,
+            foreign: None,
             report: RecoveryReport::default(),
         }
     }
@@ -132,8 +145,17 @@ impl Builder {
             return;
         }
         if cur.gen != 0 {
-            self.report.note_corrupt_message(id, "slot already in use");
-            return;
+            // Generations only grow, and a slot is reused only after its message
+            // finished: a newer generation proves the old message is done even when
+            // its final update record was damaged. The newer message wins.
+            if (id.gen().wrapping_sub(cur.gen) as i32) < 0 {
+                self.report.note_corrupt_message(
+                    id,
+                    "record of an older message found after its slot was reused",
+                );
+                return;
+            }
+            evict(ms, local);
         }
         if copy && self.checkpoint_used {
             // A compaction copy of a message the checkpoint does not hold: the message
@@ -220,10 +242,24 @@ impl Builder {
     /// Replays one segment from `start`; returns the valid end.
     fn replay(&mut self, seg: u32, data: &[u8], start: usize, is_last: bool) -> usize {
         let mut off = start;
+        if start > 0 {
+            if let Ok(f) = record::parse(data, self.salt) {
+                if let Some((v, _, _)) = record::parse_segment_header(f.payload) {
+                    if v != record::FORMAT_VERSION {
+                        self.foreign.get_or_insert((seg, v));
+                        return 0;
+                    }
+                }
+            }
+        }
         if start == 0 {
             match record::parse(data, self.salt) {
                 Ok(f) if f.kind == Kind::SegmentHeader => {
                     let h = record::parse_segment_header(f.payload);
+                    if let Some((v, _, _)) = h.filter(|h| h.0 != record::FORMAT_VERSION) {
+                        self.foreign.get_or_insert((seg, v));
+                        return 0;
+                    }
                     if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
                         self.report.damaged.push(Damage {
                             segment: seg,
@@ -356,6 +392,19 @@ impl Builder {
     }
 }
 
+/// Frees a message whose slot a newer message reuses (its final records were lost).
+fn evict(ms: &mut MsgShard, local: u32) {
+    let m = ms.msgs[local as usize];
+    for rid in m.first..m.first + m.n as u32 {
+        if !ms.rcpts[rid as usize].state().is_final() {
+            ms.rcpts[rid as usize].set_state(RcptState::Deleted);
+            if ms.finish_rcpt(rid) {
+                break;
+            }
+        }
+    }
+}
+
 /// Finds where replay can resume after damage at `from`: the next aligned offset
 /// holding a record that passes every check *and* plausibly follows the last good
 /// record — its sequence number is above `last_seq` and at most one more per 24
@@ -414,12 +463,25 @@ fn new_salt() -> u32 {
     v.max(1)
 }
 
-fn read_file(vfs: &dyn crate::vfs::Vfs, path: &Path) -> Result<bytes::Bytes> {
+/// Reads a whole file with bounded `pread`s (never a mapping: a bad sector is an
+/// `Error::Io` for the operator, not a SIGBUS that kills the MTA).
+fn read_file(vfs: &dyn crate::vfs::Vfs, path: &Path) -> Result<Vec<u8>> {
+    const CHUNK: usize = 4 << 20;
     let f = vfs
         .open(path, false)
         .map_err(|e| Error::io("open", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat", path, e))?;
-    f.map(len).map_err(|e| Error::io("map", path, e))
+    let len = usize::try_from(len).map_err(|_| Error::TooLarge {
+        what: "file",
+        len: usize::MAX,
+        limit: isize::MAX as usize,
+    })?;
+    let mut buf = vec![0u8; len];
+    for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
+        f.read_exact_at((i * CHUNK) as u64, chunk)
+            .map_err(|e| Error::io("read", path, e))?;
+    }
+    Ok(buf)
 }
 
 /// Opens a queue directory (see [`Queue::open`]).
@@ -470,7 +532,14 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
                 b.good(l.seq.saturating_sub(1));
                 from = Some(l.pos);
             }
-            Err(why) => {
+            Err(checkpoint::DecodeError::Version(found)) => {
+                return Err(Error::Version {
+                    path: dir.join(CHECKPOINT),
+                    found,
+                    supported: checkpoint::VERSION,
+                });
+            }
+            Err(checkpoint::DecodeError::Damaged(why)) => {
                 let report = RecoveryReport {
                     checkpoint_error: Some(why),
                     ..Default::default()
@@ -491,8 +560,10 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
     // Replay the log from the checkpoint position (or from the start).
     let first_seg = from.map(pos_seg).unwrap_or(0);
     let replay: Vec<u32> = segs.iter().copied().filter(|&s| s >= first_seg).collect();
-    if let (Some(p), Some(&lo)) = (from, replay.first()) {
-        if lo != pos_seg(p) && pos_off(p) > 0 {
+    if let Some(p) = from {
+        // The checkpoint's segment must still exist (it holds the records from the
+        // checkpoint position on), also when every later segment is gone too.
+        if pos_off(p) > 0 && replay.first() != Some(&pos_seg(p)) {
             b.report.missing_segments.push(pos_seg(p));
         }
     }
@@ -533,6 +604,13 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
             continue;
         }
         let end = b.replay(seg, &data, start, is_last);
+        if let Some((seg, found)) = b.foreign {
+            return Err(Error::Version {
+                path: dir.join(segment_name(seg)),
+                found,
+                supported: record::FORMAT_VERSION,
+            });
+        }
         if is_last {
             if (end as u64) < data.len() as u64 {
                 drop(data);

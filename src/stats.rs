@@ -509,7 +509,7 @@ impl Queue {
                 .collect();
             (m, rc, reasons)
         };
-        let (_, payload) = q.log.read_record(m.seg, m.off as u64)?;
+        let payload = q.read_message_record(id, (m.seg, m.off))?;
         let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
             path: q.dir.join(crate::log::segment_name(m.seg)),
             offset: m.off as u64,
@@ -557,18 +557,11 @@ impl Queue {
             true
         });
         for id in all {
-            let loc = {
-                let slot = id.slot();
-                let ms = q.msgs[shard_of(slot)].lock();
-                ms.get(local_of(slot), id.gen()).map(|m| (m.seg, m.off))
-            };
-            let Some((seg, off)) = loc else { continue };
-            let ok = match q.log.read_record(seg, off as u64) {
-                Ok((_, p)) => record::decode_message(&p).is_some_and(|r| r.id == id.0),
+            let Some(loc) = q.location(id) else { continue };
+            let ok = match q.read_message_record(id, loc) {
+                Ok(p) => record::decode_message(&p).is_some_and(|r| r.id == id.0),
+                Err(Error::NoSuchMessage(_)) => continue,
                 Err(Error::Corrupt { .. }) => false,
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    false
-                }
                 Err(e) => return Err(e),
             };
             if !ok {
