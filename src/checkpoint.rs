@@ -132,7 +132,9 @@ fn write(q: &Inner, m: &mut Maint) -> Result<SegLive> {
         );
         p
     };
-    let len = sink.finish().map_err(|e| Error::io("write checkpoint", &tmp, e))?;
+    let len = sink
+        .finish()
+        .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
     f.sync_data()
         .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
     q.log.sync_to(p)?;
@@ -410,7 +412,9 @@ pub fn decode(
     keys: &mut Keys,
 ) -> std::result::Result<Loaded, DecodeError> {
     if buf.len() < 8 + 16 + 8 + 8 || &buf[..8] != MAGIC {
-        return Err(DecodeError::from("not a checkpoint (bad magic or too short)"));
+        return Err(DecodeError::from(
+            "not a checkpoint (bad magic or too short)",
+        ));
     }
     let n = buf.len();
     if &buf[n - 8..] != END_MAGIC {
@@ -418,7 +422,9 @@ pub fn decode(
     }
     let total = u64::from_le_bytes(buf[n - 16..n - 8].try_into().map_err(|_| "short")?);
     if total != n as u64 {
-        return Err(DecodeError::from(format!("length field {total} does not match file size {n}")));
+        return Err(DecodeError::from(format!(
+            "length field {total} does not match file size {n}"
+        )));
     }
     let crc = u32::from_le_bytes(buf[n - 20..n - 16].try_into().map_err(|_| "short")?);
     let body = &buf[..n - 20];

@@ -229,6 +229,18 @@ pub struct MsgShard {
     pub bounces: std::collections::VecDeque<RcptRef>,
     /// Live messages.
     pub live_msgs: usize,
+    /// Operator decisions taken while a recipient was in flight, applied when its
+    /// attempt ends (keyed by local recipient index; cleared when it goes final).
+    pub intents: HashMap<u32, Intent>,
+}
+
+/// What the operator decided about an in-flight recipient (already persisted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Intent {
+    /// Hold it when the attempt ends without delivering it.
+    pub hold: bool,
+    /// Move it to this bucket when the attempt ends.
+    pub route: Option<u32>,
 }
 
 impl MsgShard {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A log position: segment number in the high 32 bits, byte offset in the low 32.
 pub type Pos = u64;
@@ -136,7 +136,8 @@ struct Inner {
     next_seq: u64,
     chunks: Vec<Chunk>,
     pending_bytes: usize,
-    oldest_pending: Option<Instant>,
+    /// When (clock milliseconds) the oldest unsynced, unwaited record was queued.
+    oldest_pending: Option<u64>,
     flushing: bool,
     durable: Pos,
     poisoned: Option<String>,
@@ -203,6 +204,7 @@ pub struct Log {
     salt: u32,
     sync_interval: Duration,
     sync_bytes: usize,
+    clock: Arc<dyn crate::types::Clock>,
     inner: Mutex<Inner>,
     /// Open segment files, least recently used evicted beyond [`MAX_OPEN_SEGMENTS`]
     /// (the highest-numbered one, being written, is never evicted).
@@ -234,6 +236,7 @@ impl Log {
         seg_max: u64,
         sync_interval: Duration,
         sync_bytes: usize,
+        clock: Arc<dyn crate::types::Clock>,
     ) -> Result<Log> {
         let log = Log {
             vfs,
@@ -242,6 +245,7 @@ impl Log {
             salt: start.salt,
             sync_interval,
             sync_bytes,
+            clock,
             inner: Mutex::new(Inner {
                 waiters: Vec::new(),
                 next_waiter: 0,
@@ -338,7 +342,7 @@ impl Log {
         let end = pos(g.active, g.reserved);
         g.pending_bytes += batch.buf.len();
         if g.oldest_pending.is_none() {
-            g.oldest_pending = Some(Instant::now());
+            g.oldest_pending = Some(self.clock.now_millis());
         }
         let (seg, off) = (g.active, pos_off(start));
         match g.chunks.last_mut() {
@@ -360,10 +364,24 @@ impl Log {
     /// True when buffered (non-waited) records are old or large enough to be synced now.
     pub fn sync_due(&self) -> bool {
         let g = self.inner.lock();
-        !g.flushing
-            && (g.pending_bytes >= self.sync_bytes
-                || g.oldest_pending
-                    .is_some_and(|t| t.elapsed() >= self.sync_interval))
+        if g.flushing {
+            return false;
+        }
+        if g.pending_bytes >= self.sync_bytes {
+            return true;
+        }
+        let now = self.clock.now_millis();
+        // A clock that moved back makes the record "due" rather than older than ever.
+        g.oldest_pending.is_some_and(|t| {
+            now < t || now - t >= self.sync_interval.as_millis().min(u64::MAX as u128) as u64
+        })
+    }
+
+    /// When (clock milliseconds) buffered records must be synced, if any are buffered.
+    pub fn sync_deadline(&self) -> Option<u64> {
+        let g = self.inner.lock();
+        g.oldest_pending
+            .map(|t| t.saturating_add(self.sync_interval.as_millis().min(u64::MAX as u128) as u64))
     }
 
     /// Waits until everything before `target` is durable, leading a group commit if needed.
@@ -558,7 +576,6 @@ impl Log {
         files.open.insert(seg, (f.clone(), now));
         Ok(f)
     }
-
 
     fn write_chunks(&self, chunks: Vec<Chunk>) -> Result<()> {
         // Chunks are in log order. Each segment is written and synced before the

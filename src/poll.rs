@@ -55,6 +55,9 @@ impl Signal {
         }
     }
 
+    /// Makes the fd readable after `after` (placeholder until the timerfd lands).
+    pub fn arm(&self, _after: std::time::Duration) {}
+
     /// The raw descriptor, for epoll/poll/select.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Recipient records per message shard (a recipient reference packs the index in 28 bits).
+pub const MAX_RCPT_SLOTS: usize = 1 << 28;
+
 /// Longest metadata blob accepted.
 pub const MAX_META: usize = 64 * 1024;
 
@@ -48,6 +51,49 @@ pub(crate) struct Change {
     pub reason: Option<String>,
     /// Write a record (false for memory-only transitions such as leasing).
     pub persist: bool,
+    /// For an in-flight recipient: leave it in flight, persist `state`, and set
+    /// (true) or clear (false) the hold that applies when its attempt ends.
+    pub inflight_hold: Option<bool>,
+}
+
+impl Change {
+    /// A change to `state` keeping attempts and next-attempt time.
+    pub(crate) fn to(r: &Rcpt, state: RcptState, next: u32, persist: bool) -> Change {
+        Change {
+            state,
+            attempts: r.attempts(),
+            next,
+            reason: None,
+            persist,
+            inflight_hold: None,
+        }
+    }
+}
+
+/// A recipient whose attempt ended while the operator had re-routed it: it is
+/// detached from its old bucket (still marked in flight, counted nowhere) and
+/// joins the new bucket once the caller has released its locks (lock order).
+#[derive(Debug, Clone)]
+pub(crate) struct Move {
+    pub mshard: usize,
+    pub rid: u32,
+    pub local: u32,
+    pub gen: u32,
+    pub from: u32,
+    pub to: u32,
+    pub ch: Change,
+}
+
+/// Applies the operator's in-flight decisions to the change that ends an
+/// attempt. Returns the bucket to move to, if re-routed.
+pub(crate) fn resolve_intent(ch: &mut Change, it: &Intent, bucket: u32) -> Option<u32> {
+    if it.hold && matches!(ch.state, RcptState::Ready | RcptState::Deferred) {
+        ch.state = RcptState::Held;
+    }
+    match it.route {
+        Some(to) if to != bucket && !ch.state.is_final() => Some(to),
+        _ => None,
+    }
 }
 
 pub(crate) struct Inner {
@@ -65,6 +111,11 @@ pub(crate) struct Inner {
     pub counters: Counters,
     pub report: Mutex<RecoveryReport>,
     pub maint: Mutex<crate::checkpoint::Maint>,
+    /// Re-routed recipients whose attempt ended, waiting to join their new bucket
+    /// (a leaf lock; drained by [`Inner::apply_moves`] after other locks are released).
+    pub moves: Mutex<Vec<Move>>,
+    /// Highest local message slot enqueue may use (recovery's limit).
+    pub slot_limit: AtomicU32,
     /// CRC salt of this queue's records.
     pub salt: u32,
     pub _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -154,6 +205,7 @@ pub(crate) fn apply_change(
             ms.bounces.push_back(rr);
         }
         s if s.is_final() => {
+            ms.intents.remove(&rid);
             ms.finish_rcpt(rid);
         }
         _ => {}
@@ -230,10 +282,17 @@ impl Inner {
         self.signal.raise();
     }
 
-    /// Syncs buffered outcome records when they are due. Errors poison the log.
+    /// Syncs buffered outcome records when they are due, else arms the poll fd's
+    /// timer for their deadline so that an idle event loop wakes up to sync them.
+    /// Errors poison the log.
     pub(crate) fn sync_if_due(&self) -> Result<()> {
         if self.log.sync_due() {
             self.log.sync_all()?;
+        } else if let Some(d) = self.log.sync_deadline() {
+            let now = self.opts.clock.now_millis();
+            self.signal.arm(std::time::Duration::from_millis(
+                d.saturating_sub(now).max(1),
+            ));
         }
         Ok(())
     }
@@ -283,6 +342,23 @@ impl Inner {
             let Some(ch) = plan(&r, now) else {
                 return Ok(false);
             };
+            if let Some(hold) = ch.inflight_hold {
+                // In flight: persist the decision now, apply it when the attempt ends.
+                let cur = ms.intents.get(&rid).copied().unwrap_or_default();
+                if cur.hold == hold {
+                    return Ok(false);
+                }
+                let mut b = Batch::new();
+                push_update(&mut b, &ms, mshard, rid, &ch, "");
+                self.log.append(b)?;
+                let it = Intent { hold, ..cur };
+                if it == Intent::default() {
+                    ms.intents.remove(&rid);
+                } else {
+                    ms.intents.insert(rid, it);
+                }
+                return Ok(true);
+            }
             if ch.persist {
                 let mut b = Batch::new();
                 push_update(&mut b, &ms, mshard, rid, &ch, "");
@@ -338,17 +414,42 @@ impl Inner {
                 continue;
             }
             let st = r.state();
+            if st == RcptState::Leased {
+                // In flight: the new route is persisted now (a crash re-queues it
+                // there) and taken when the attempt ends, whatever its outcome.
+                let it = ms.intents.get(&rid).copied().unwrap_or_default();
+                if it.route == Some(to) {
+                    return Ok(false);
+                }
+                let st = if it.hold {
+                    RcptState::Held
+                } else {
+                    RcptState::Ready
+                };
+                let mut b = Batch::new();
+                push_update(
+                    &mut b,
+                    &ms,
+                    mshard,
+                    rid,
+                    &Change::to(&r, st, r.next, true),
+                    &to_key,
+                );
+                self.log.append(b)?;
+                ms.intents.insert(
+                    rid,
+                    Intent {
+                        route: Some(to),
+                        ..it
+                    },
+                );
+                return Ok(true);
+            }
             if !matches!(st, RcptState::Ready | RcptState::Deferred | RcptState::Held) {
-                return Ok(false); // in flight, pending DSN or final: leave it
+                return Ok(false); // pending DSN, corrupt or final: leave it
             }
             let now = self.now();
-            let ch = Change {
-                state: st,
-                attempts: r.attempts(),
-                next: r.next,
-                reason: None,
-                persist: true,
-            };
+            let ch = Change::to(&r, st, r.next, true);
             let mut b = Batch::new();
             push_update(&mut b, &ms, mshard, rid, &ch, &to_key);
             self.log.append(b)?;
@@ -497,7 +598,21 @@ impl Queue {
 
         let now = q.now();
         let mshard = q.enq_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        let local = q.msgs[mshard].lock().alloc_msg();
+        let local = {
+            let mut ms = q.msgs[mshard].lock();
+            let local = ms.alloc_msg();
+            // Never accept what recovery would refuse to load.
+            let limit = q.slot_limit.load(Ordering::Relaxed);
+            if local > limit || ms.rcpts.len() + buckets.len() > MAX_RCPT_SLOTS {
+                ms.release_slot(local);
+                return Err(Error::TooLarge {
+                    what: "queue (message slots in one shard)",
+                    len: local as usize,
+                    limit: limit as usize,
+                });
+            }
+            local
+        };
         let gen = loop {
             let g = q.next_gen.fetch_add(1, Ordering::Relaxed);
             if g != 0 {
@@ -558,13 +673,7 @@ impl Queue {
                 if ms.rcpts[rid as usize].state() != RcptState::New {
                     continue; // an operator acted on it already
                 }
-                let ch = Change {
-                    state: RcptState::Ready,
-                    attempts: 0,
-                    next: 0,
-                    reason: None,
-                    persist: false,
-                };
+                let ch = Change::to(&ms.rcpts[rid as usize], RcptState::Ready, 0, false);
                 ss.buckets[local_of(buckets[j]) as usize]
                     .shift(RcptState::Delivered, RcptState::New);
                 rang |= apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
@@ -865,13 +974,8 @@ impl Queue {
     /// Acknowledges a bounce: the recipient is final and its message may be removed.
     pub fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
         let changed = self.inner.change_rcpt(id, index, &|r, _| {
-            matches!(r.state(), RcptState::Failed | RcptState::Expired).then(|| Change {
-                state: RcptState::Bounced,
-                attempts: r.attempts(),
-                next: 0,
-                reason: None,
-                persist: true,
-            })
+            matches!(r.state(), RcptState::Failed | RcptState::Expired)
+                .then(|| Change::to(r, RcptState::Bounced, 0, true))
         })?;
         if changed {
             self.inner.counters.bounced.fetch_add(1, Ordering::Relaxed);
@@ -886,48 +990,44 @@ impl Queue {
         self.inner.signal.fd()
     }
 
-    /// Clears the pollable descriptor's readiness.
+    /// Clears the pollable descriptor's readiness and syncs outcome records whose
+    /// interval has passed (the descriptor also wakes for that deadline). A sync
+    /// failure poisons the queue; later calls report it.
     pub fn ack_poll(&self) {
         self.inner.signal.clear();
+        let _ = self.inner.sync_if_due();
     }
 }
 
 fn plan_hold(r: &Rcpt, _now: u32) -> Option<Change> {
-    matches!(r.state(), RcptState::Ready | RcptState::Deferred).then(|| Change {
-        state: RcptState::Held,
-        attempts: r.attempts(),
-        next: r.next,
-        reason: None,
-        persist: true,
-    })
+    match r.state() {
+        RcptState::Ready | RcptState::Deferred => {
+            Some(Change::to(r, RcptState::Held, r.next, true))
+        }
+        RcptState::Leased => Some(Change {
+            inflight_hold: Some(true),
+            ..Change::to(r, RcptState::Held, r.next, true)
+        }),
+        _ => None,
+    }
 }
 
 fn plan_release(r: &Rcpt, _now: u32) -> Option<Change> {
-    (r.state() == RcptState::Held).then(|| Change {
-        state: RcptState::Ready,
-        attempts: r.attempts(),
-        next: 0,
-        reason: None,
-        persist: true,
-    })
+    match r.state() {
+        RcptState::Held => Some(Change::to(r, RcptState::Ready, 0, true)),
+        RcptState::Leased => Some(Change {
+            inflight_hold: Some(false),
+            ..Change::to(r, RcptState::Ready, r.next, true)
+        }),
+        _ => None,
+    }
 }
 
 fn plan_delete(r: &Rcpt, _now: u32) -> Option<Change> {
-    (!r.state().is_final() && r.state() != RcptState::New).then(|| Change {
-        state: RcptState::Deleted,
-        attempts: r.attempts(),
-        next: 0,
-        reason: None,
-        persist: true,
-    })
+    (!r.state().is_final() && r.state() != RcptState::New)
+        .then(|| Change::to(r, RcptState::Deleted, 0, true))
 }
 
 fn plan_flush(r: &Rcpt, _now: u32) -> Option<Change> {
-    (r.state() == RcptState::Deferred).then(|| Change {
-        state: RcptState::Ready,
-        attempts: r.attempts(),
-        next: 0,
-        reason: None,
-        persist: true,
-    })
+    (r.state() == RcptState::Deferred).then(|| Change::to(r, RcptState::Ready, 0, true))
 }

@@ -658,6 +658,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         opts.segment_size,
         opts.outcome_sync_interval,
         opts.outcome_sync_bytes,
+        opts.clock.clone(),
     )?;
     let replayed = b.report.bytes_replayed;
     let mut report = b.report;
@@ -675,6 +676,8 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         signal: Signal::new().map_err(|e| Error::io("eventfd", dir, e))?,
         counters: Counters::default(),
         report: Mutex::new(report),
+        moves: Mutex::new(Vec::new()),
+        slot_limit: AtomicU32::new(crate::checkpoint::MAX_SLOT),
         maint: Mutex::new(Maint {
             last_pos: from.unwrap_or(pos(0, 0)),
             ..Default::default()
@@ -715,6 +718,26 @@ fn validate_options(o: &Options) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&o.compact_below) {
         return bad("compact_below must be within 0..=1");
+    }
+    if o.checkpoint_bytes < 4096 {
+        return bad(
+            "checkpoint_bytes must be at least 4096 (u64::MAX disables automatic checkpoints)",
+        );
+    }
+    if o.lease_ttl < Duration::from_secs(1) {
+        return bad("lease_ttl must be at least 1 s (a session silent for longer loses its slot)");
+    }
+    if o.min_backoff < Duration::from_secs(1) {
+        return bad("min_backoff must be at least 1 s");
+    }
+    if o.min_backoff > o.max_backoff {
+        return bad("min_backoff must not exceed max_backoff");
+    }
+    if o.lifetime < Duration::from_secs(1) {
+        return bad("lifetime must be at least 1 s (Postfix's default is 5 days)");
+    }
+    if o.lifetime.as_secs() > u32::MAX as u64 || o.max_backoff.as_secs() > u32::MAX as u64 {
+        return bad("lifetime and max_backoff must fit in 32-bit seconds");
     }
     Ok(())
 }

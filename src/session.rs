@@ -12,7 +12,7 @@ use crate::bucket::{SchedShard, Slot};
 use crate::error::{Error, Result};
 use crate::index::*;
 use crate::log::Batch;
-use crate::queue::{apply_change, push_update, Change, Inner, Queue};
+use crate::queue::{apply_change, push_update, resolve_intent, Change, Inner, Move, Queue};
 use crate::record::{self, Kind};
 use crate::types::*;
 use bytes::Bytes;
@@ -100,6 +100,7 @@ fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options
             next: 0,
             reason: None,
             persist: true,
+            inflight_hold: None,
         },
         Outcome::PermFail { reason } => Change {
             state: RcptState::Failed,
@@ -107,6 +108,7 @@ fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options
             next: 0,
             reason: Some(clip(reason)),
             persist: true,
+            inflight_hold: None,
         },
         Outcome::TempFail {
             reason,
@@ -120,6 +122,7 @@ fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options
                     next: 0,
                     reason: Some(clip(reason)),
                     persist: true,
+                    inflight_hold: None,
                 };
             }
             let min = opts.min_backoff.as_secs();
@@ -134,6 +137,7 @@ fn outcome_change(o: &Outcome, r: &Rcpt, received: u32, now: u32, opts: &Options
                 next: (now as u64 + delay).min(u32::MAX as u64) as u32,
                 reason: Some(clip(reason)),
                 persist: true,
+                inflight_hold: None,
             }
         }
     }
@@ -152,16 +156,16 @@ impl Inner {
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;
             };
-            if r.state() != RcptState::Deferred || shard_of(r.bucket()) != shard || r.next > now {
+            if r.state() != RcptState::Deferred || shard_of(r.bucket()) != shard {
                 continue; // stale timer entry
             }
-            let ch = Change {
-                state: RcptState::Ready,
-                attempts: r.attempts(),
-                next: r.next,
-                reason: None,
-                persist: false,
-            };
+            if r.next > now {
+                // Not due (the clock moved back, or an entry for an older time): re-arm
+                // rather than drop, or the recipient would never be retried.
+                ss.wheel.insert(r.next, rr);
+                continue;
+            }
+            let ch = Change::to(&r, RcptState::Ready, r.next, false);
             rang |= apply_change(ss, &mut ms, msh, rid, &ch, now);
         }
         while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
@@ -193,7 +197,8 @@ impl Inner {
         rang
     }
 
-    /// Returns a slot's leased recipients to the ready queue (memory only).
+    /// Returns a slot's leased recipients to the ready queue (memory only), or
+    /// where the operator decided while they were in flight.
     pub(crate) fn return_leased(&self, ss: &mut SchedShard, slot: &Slot, now: u32) -> bool {
         let mut rang = false;
         let id = slot.leased_msg;
@@ -208,16 +213,87 @@ impl Inner {
             if r.state() != RcptState::Leased || r.msg != local {
                 continue;
             }
-            let ch = Change {
-                state: RcptState::Ready,
-                attempts: r.attempts(),
-                next: r.next,
-                reason: None,
-                persist: false,
-            };
-            rang |= apply_change(ss, &mut ms, msh, rid, &ch, now);
+            let ch = Change::to(&r, RcptState::Ready, r.next, false);
+            rang |= self.end_attempt(ss, &mut ms, msh, rid, id, ch, now);
         }
         rang
+    }
+
+    /// Ends the attempt of in-flight recipient `rid` with `ch`, after applying the
+    /// operator's in-flight decisions (hold, re-route). A re-routed recipient is
+    /// detached here and queued as a [`Move`] (see [`Inner::apply_moves`]).
+    /// Returns true when its bucket entered the ready ring.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn end_attempt(
+        &self,
+        ss: &mut SchedShard,
+        ms: &mut MsgShard,
+        msh: usize,
+        rid: u32,
+        id: MessageId,
+        mut ch: Change,
+        now: u32,
+    ) -> bool {
+        let r = ms.rcpts[rid as usize];
+        let it = ms.intents.remove(&rid).unwrap_or_default();
+        let Some(to) = resolve_intent(&mut ch, &it, r.bucket()) else {
+            return apply_change(ss, ms, msh, rid, &ch, now);
+        };
+        ss.buckets[local_of(r.bucket()) as usize].shift(RcptState::Leased, RcptState::Delivered);
+        self.moves.lock().push(Move {
+            mshard: msh,
+            rid,
+            local: r.msg,
+            gen: id.gen(),
+            from: r.bucket(),
+            to,
+            ch,
+        });
+        false
+    }
+
+    /// Moves re-routed recipients whose attempt ended into their new bucket. Called
+    /// by every path that may end an attempt, once it holds no scheduler lock.
+    pub(crate) fn apply_moves(&self) {
+        let moves = {
+            let mut m = self.moves.lock();
+            if m.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *m)
+        };
+        let mut rang = false;
+        for mut mv in moves {
+            loop {
+                let mut ss = self.sched[shard_of(mv.to)].lock();
+                let mut ms = self.msgs[mv.mshard].lock();
+                let live = ms.get(mv.local, mv.gen).is_some();
+                let r = ms.rcpts[mv.rid as usize];
+                if !live || r.state() != RcptState::Leased || r.bucket() != mv.from {
+                    break; // deleted (or otherwise settled) meanwhile
+                }
+                // A decision taken while it was detached applies too.
+                if let Some(it) = ms.intents.remove(&mv.rid) {
+                    if let Some(to) = resolve_intent(&mut mv.ch, &it, mv.to) {
+                        if shard_of(to) != shard_of(mv.to) {
+                            mv.to = to;
+                            drop(ms);
+                            drop(ss);
+                            continue;
+                        }
+                        mv.to = to;
+                    }
+                }
+                ms.rcpts[mv.rid as usize].set_bucket(mv.to);
+                ss.buckets[local_of(mv.to) as usize].shift(RcptState::Delivered, RcptState::Leased);
+                let now = self.now();
+                rang |= apply_change(&mut ss, &mut ms, mv.mshard, mv.rid, &mv.ch, now);
+                break;
+            }
+        }
+        if rang {
+            self.wake();
+        }
     }
 
     fn open_slot(
@@ -263,8 +339,10 @@ impl Queue {
             return Err(Error::Poisoned(p));
         }
         let now = q.now();
+        q.apply_moves();
         let start = q.ring_cursor.fetch_add(1, Ordering::Relaxed);
-        for i in 0..SHARDS {
+        let mut found = None;
+        'shards: for i in 0..SHARDS {
             let s = (start + i) % SHARDS;
             let mut ss = q.sched[s].lock();
             q.promote(&mut ss, s, now);
@@ -273,11 +351,14 @@ impl Queue {
                 if ss.buckets[bl as usize].can_open(now) {
                     let sess = q.open_slot(&mut ss, s, bl, now);
                     ss.maybe_ring(bl, now);
-                    return Ok(Some(sess));
+                    found = Some(sess);
+                    break 'shards;
                 }
             }
         }
-        Ok(None)
+        // Lease reclaims in `promote` may have ended re-routed attempts.
+        q.apply_moves();
+        Ok(found)
     }
 
     /// Opens a session for one routing key if it has ready work and a free slot.
@@ -293,10 +374,12 @@ impl Queue {
         let (s, bl) = (shard_of(b), local_of(b));
         let mut ss = q.sched[s].lock();
         q.promote(&mut ss, s, now);
-        if !ss.buckets[bl as usize].can_open(now) {
-            return Ok(None);
-        }
-        Ok(Some(q.open_slot(&mut ss, s, bl, now)))
+        let sess = ss.buckets[bl as usize]
+            .can_open(now)
+            .then(|| q.open_slot(&mut ss, s, bl, now));
+        drop(ss);
+        q.apply_moves();
+        Ok(sess)
     }
 
     /// Fires due timers, probes and lease reclaims in every shard. Event loops call it
@@ -310,6 +393,7 @@ impl Queue {
             rang |= q.promote(&mut ss, s, now);
             rang |= !ss.ring.is_empty();
         }
+        q.apply_moves();
         if rang {
             q.wake();
         }
@@ -320,20 +404,51 @@ impl Queue {
         rang
     }
 
-    /// Unix time of the next scheduled event (deferred retry, probe, lease deadline),
-    /// or `None` when nothing is scheduled. A time in the past means "now".
+    /// Unix time of the next scheduled event (deferred retry, probe, lease deadline,
+    /// or the deadline for syncing buffered outcome records), or `None` when nothing
+    /// is scheduled. A time in the past means "now". Call [`Queue::tick`] then.
+    /// Its resolution is a second: an event loop that wants the outcome-sync
+    /// deadline to the millisecond uses [`Queue::next_timeout`] (or the poll fd,
+    /// which also wakes for it).
     pub fn next_wakeup(&self) -> Option<u64> {
         let q = &self.inner;
+        let mut best = self.next_event_secs().map(|t| t.saturating_mul(1000));
+        if let Some(d) = q.log.sync_deadline() {
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+        // Round up: waking before a deadline would only find nothing to do.
+        best.map(|ms| ms.div_ceil(1000))
+    }
+
+    /// Time until the next scheduled event (see [`Queue::next_wakeup`]), to the
+    /// millisecond; `Some(Duration::ZERO)` when something is due now.
+    pub fn next_timeout(&self) -> Option<std::time::Duration> {
+        let q = &self.inner;
+        let now_ms = q.opts.clock.now_millis();
+        let mut best = self.next_event_secs().map(|t| t.saturating_mul(1000));
+        if let Some(d) = q.log.sync_deadline() {
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+        best.map(|ms| std::time::Duration::from_millis(ms.saturating_sub(now_ms)))
+    }
+
+    /// The earliest scheduler event in unix seconds.
+    fn next_event_secs(&self) -> Option<u64> {
+        let q = &self.inner;
+        let now = q.now();
         let mut best: Option<u32> = None;
         let mut take = |t: Option<u32>| {
             if let Some(t) = t {
                 best = Some(best.map_or(t, |b| b.min(t)));
             }
         };
+        if !q.moves.lock().is_empty() {
+            take(Some(now));
+        }
         for s in 0..SHARDS {
             let ss = q.sched[s].lock();
             if !ss.ring.is_empty() {
-                take(Some(q.now()));
+                take(Some(now));
             }
             take(ss.wheel.next_due());
             take(ss.wakeups.peek().map(|r| r.0 .0));
@@ -391,6 +506,23 @@ impl Session {
                 return Err(Error::LeaseExpired);
             };
             bucket.slots[si].deadline = now.saturating_add(ttl.max(1));
+            if !bucket.slots[si].leased.is_empty() {
+                // The previous delivery never ended (leaked with `mem::forget`): its
+                // recipients go back now instead of staying in flight for ever.
+                let prev = Slot {
+                    token: 0,
+                    deadline: 0,
+                    leased: std::mem::take(&mut bucket.slots[si].leased),
+                    leased_msg: bucket.slots[si].leased_msg,
+                    probe: false,
+                };
+                if q.return_leased(&mut ss, &prev, now) {
+                    q.wake();
+                }
+                drop(ss);
+                q.apply_moves();
+                continue;
+            }
             // Pop until a recipient that is really ready here.
             let mut leased: Option<Leased> = None;
             while let Some(rr) = ss.buckets[bl as usize].ready.pop_front() {
@@ -499,21 +631,17 @@ impl Session {
                             continue;
                         }
                         if corrupt {
+                            ms.intents.remove(&r);
                             ms.rcpts[r as usize].set_state(RcptState::Corrupt);
                             ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
                         } else {
-                            let ch = Change {
-                                state: RcptState::Ready,
-                                attempts: rc.attempts(),
-                                next: rc.next,
-                                reason: None,
-                                persist: false,
-                            };
-                            rang |= apply_change(&mut ss, &mut ms, msh, r, &ch, now);
+                            let ch = Change::to(&rc, RcptState::Ready, rc.next, false);
+                            rang |= q.end_attempt(&mut ss, &mut ms, msh, r, id, ch, now);
                         }
                     }
                     drop(ms);
                     drop(ss);
+                    q.apply_moves();
                     if rang {
                         q.wake();
                     }
@@ -572,6 +700,7 @@ impl Session {
         }
         rang |= ss.maybe_ring(bl, now);
         drop(ss);
+        q.apply_moves();
         if rang {
             q.wake();
         }
@@ -769,10 +898,12 @@ impl DeliveryCore {
                 if r.state() != RcptState::Leased || r.msg != local || r.bucket() != self.bucket {
                     continue; // deleted or changed by the operator while in flight
                 }
-                plan.push((
-                    rid,
-                    outcome_change(&outcomes[k], &r, m.received, now, &q.opts),
-                ));
+                let mut ch = outcome_change(&outcomes[k], &r, m.received, now, &q.opts);
+                if let Some(it) = ms.intents.get(&rid) {
+                    // The record must say what the operator's decision makes of it.
+                    resolve_intent(&mut ch, it, r.bucket());
+                }
+                plan.push((rid, ch));
             }
         }
         let mut batch = Batch::new();
@@ -790,19 +921,21 @@ impl DeliveryCore {
                 probe: false,
             };
             q.return_leased(&mut ss, &tmp, now);
+            drop(ss);
+            q.apply_moves();
             return Err(e);
         }
         let mut rang = false;
         let (mut d, mut t, mut f, mut x) = (0u64, 0u64, 0u64, 0u64);
-        for (rid, ch) in &plan {
+        for (rid, ch) in plan {
             match ch.state {
                 RcptState::Delivered => d += 1,
-                RcptState::Deferred => t += 1,
+                RcptState::Deferred | RcptState::Held => t += 1,
                 RcptState::Failed => f += 1,
                 RcptState::Expired => x += 1,
                 _ => {}
             }
-            rang |= apply_change(&mut ss, &mut ms, self.mshard, *rid, ch, now);
+            rang |= q.end_attempt(&mut ss, &mut ms, self.mshard, rid, self.id, ch, now);
         }
         drop(ms);
         let b = &mut ss.buckets[bl as usize];
@@ -821,6 +954,7 @@ impl DeliveryCore {
         c.failed.fetch_add(f, Ordering::Relaxed);
         c.expired.fetch_add(x, Ordering::Relaxed);
         drop(_g);
+        q.apply_moves();
         if rang {
             q.wake();
         }
@@ -854,6 +988,7 @@ impl Drop for DeliveryCore {
         };
         let rang = q.return_leased(&mut ss, &tmp, now);
         drop(ss);
+        q.apply_moves();
         if rang {
             q.wake();
         }

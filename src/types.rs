@@ -193,6 +193,10 @@ pub struct NewMessage<'a> {
 pub trait Clock: Send + Sync + 'static {
     /// Now, in unix seconds.
     fn now(&self) -> u64;
+    /// Now, in unix milliseconds (used for the outcome sync interval).
+    fn now_millis(&self) -> u64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -201,34 +205,47 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
+        self.now_millis() / 1000
+    }
+    fn now_millis(&self) -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
             .unwrap_or(0)
     }
 }
 
-/// A clock that only moves when told to.
+/// A clock that only moves when told to (millisecond resolution).
 #[derive(Debug)]
 pub struct ManualClock(std::sync::atomic::AtomicU64);
 
 impl ManualClock {
     /// A clock at `t` unix seconds.
     pub fn new(t: u64) -> Arc<Self> {
-        Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(t)))
+        Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(
+            t.saturating_mul(1000),
+        )))
     }
     /// Moves the clock forward.
     pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+        self.advance_millis(secs.saturating_mul(1000));
     }
-    /// Sets the clock.
+    /// Moves the clock forward by milliseconds.
+    pub fn advance_millis(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Sets the clock (unix seconds; may move it backwards).
     pub fn set(&self, t: u64) {
-        self.0.store(t, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .store(t.saturating_mul(1000), std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> u64 {
+        self.now_millis() / 1000
+    }
+    fn now_millis(&self) -> u64 {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

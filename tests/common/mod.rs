@@ -73,3 +73,98 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// A filesystem that runs a hook inside one chosen operation of the simulated
+/// filesystem: a queue call made *during* another call's I/O (a checkpoint's
+/// rename, a segment unlink, a segment open), so interleavings that need two
+/// threads are reachable from one. The hook runs once, before the operation.
+pub mod hookfs {
+    use mailq::simfs::SimFs;
+    use mailq::vfs::{VFile, Vfs};
+    use parking_lot::Mutex;
+    use std::io;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// Which operation fires the hook.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum On {
+        Open,
+        Rename,
+        Remove,
+    }
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    #[derive(Clone)]
+    pub struct HookFs {
+        pub fs: SimFs,
+        hook: Arc<Mutex<Option<(On, String, Hook)>>>,
+    }
+
+    impl HookFs {
+        pub fn new(fs: SimFs) -> Self {
+            HookFs {
+                fs,
+                hook: Arc::new(Mutex::new(None)),
+            }
+        }
+        pub fn vfs(&self) -> Arc<dyn Vfs> {
+            Arc::new(self.clone())
+        }
+        /// Runs `f` at the next `on` operation whose path contains `needle`.
+        pub fn arm(&self, on: On, needle: &str, f: impl FnOnce() + Send + 'static) {
+            *self.hook.lock() = Some((on, needle.to_string(), Box::new(f)));
+        }
+        pub fn armed(&self) -> bool {
+            self.hook.lock().is_some()
+        }
+        pub fn disarm(&self) {
+            *self.hook.lock() = None;
+        }
+        fn fire(&self, on: On, path: &Path) {
+            let f = {
+                let mut g = self.hook.lock();
+                match &*g {
+                    Some((o, n, _)) if *o == on && path.to_string_lossy().contains(n.as_str()) => {
+                        g.take().map(|h| h.2)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(f) = f {
+                f();
+            }
+        }
+    }
+
+    impl Vfs for HookFs {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.fs.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.fs.list(dir)
+        }
+        fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
+            self.fire(On::Open, path);
+            self.fs.open(path, create)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.fire(On::Rename, to);
+            self.fs.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.fire(On::Remove, path);
+            self.fs.remove(path)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.fs.sync_dir(dir)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+            self.fs.lock_dir(dir)
+        }
+        fn network_fs(&self, dir: &Path) -> io::Result<Option<String>> {
+            self.fs.network_fs(dir)
+        }
+    }
+}
