@@ -159,14 +159,21 @@ impl Bucket {
 /// A timer wheel of one-second slots for deferred recipients, with an
 /// overflow heap for times beyond its horizon. Entries are recipient
 /// references, validated when they fire.
+///
+/// Every entry keeps its own time: an entry scheduled at `t` is handed out by
+/// the first [`Wheel::advance`] with `now >= t`, never earlier, whether the
+/// clock moved forwards (past the horizon) or backwards (the wheel is then
+/// rebased on the new time, see [`Wheel::observe`]).
 pub struct Wheel {
     slots: Vec<Vec<RcptRef>>,
     bits: Vec<u64>,
-    /// All times before `base` have been drained.
+    /// All times before `base` have been drained; slot `i` holds the entries
+    /// of the one time `t` in `base..base + WHEEL_SLOTS` with `t % WHEEL_SLOTS == i`.
     base: u32,
     far: BinaryHeap<Reverse<(u32, RcptRef)>>,
-    /// Entries inserted with a time the wheel has already passed: due at once.
-    overdue: Vec<RcptRef>,
+    /// Entries inserted with a time before `base` (the wheel has passed it),
+    /// with that time.
+    overdue: Vec<(u32, RcptRef)>,
     len: usize,
 }
 
@@ -196,9 +203,10 @@ impl Wheel {
     pub fn insert(&mut self, t: u32, r: RcptRef) {
         self.len += 1;
         if t < self.base {
-            // Already due (e.g. a re-routed recipient whose retry time has passed):
-            // a wheel slot would only be visited after the next full turn.
-            self.overdue.push(r);
+            // The wheel has passed `t` (a re-routed recipient whose retry time has
+            // passed, or a clock that stepped back): a wheel slot would only be
+            // visited after the next full turn.
+            self.overdue.push((t, r));
             return;
         }
         if t - self.base < WHEEL_SLOTS {
@@ -210,8 +218,18 @@ impl Wheel {
         }
     }
 
+    fn slot_set(&self, i: usize) -> bool {
+        self.bits[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// The time of the entries in slot `i`.
+    fn slot_time(&self, i: usize) -> u32 {
+        let delta = (i as u32 + WHEEL_SLOTS - self.base % WHEEL_SLOTS) % WHEEL_SLOTS;
+        self.base.wrapping_add(delta)
+    }
+
     fn drain_slot(&mut self, i: usize, out: &mut Vec<RcptRef>) {
-        if self.bits[i / 64] & (1 << (i % 64)) != 0 {
+        if self.slot_set(i) {
             let v = std::mem::take(&mut self.slots[i]);
             self.len -= v.len();
             out.extend(v);
@@ -219,21 +237,63 @@ impl Wheel {
         }
     }
 
+    /// Tells the wheel the current time without draining anything. When the
+    /// clock has stepped back (`now + 1 < base`), the wheel is rebased on `now`:
+    /// every entry is re-filed by its own time, so that each fires exactly when
+    /// `now` reaches it. Returns true when it rebased.
+    pub fn observe(&mut self, now: u32) -> bool {
+        if now.saturating_add(1) >= self.base {
+            return false;
+        }
+        let all: Vec<(u32, RcptRef)> = self.entries().collect();
+        for w in 0..self.bits.len() {
+            let mut word = self.bits[w];
+            while word != 0 {
+                let i = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                self.slots[i].clear();
+            }
+            self.bits[w] = 0;
+        }
+        self.far.clear();
+        self.overdue.clear();
+        self.len = 0;
+        self.base = now;
+        for (t, r) in all {
+            self.insert(t, r);
+        }
+        true
+    }
+
     /// Moves every entry due at or before `now` into `out`.
     pub fn advance(&mut self, now: u32, out: &mut Vec<RcptRef>) {
-        self.len -= self.overdue.len();
-        out.append(&mut self.overdue);
+        self.observe(now);
+        if !self.overdue.is_empty() {
+            // Without a rebase `base <= now + 1`, so every overdue entry is due;
+            // after one, those re-filed as overdue are before `now`.
+            let before = self.overdue.len();
+            self.overdue.retain(|&(t, r)| {
+                if t <= now {
+                    out.push(r);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= before - self.overdue.len();
+        }
         if now < self.base {
             return;
         }
-        let steps = (now - self.base + 1).min(WHEEL_SLOTS);
+        let steps = (now - self.base).saturating_add(1).min(WHEEL_SLOTS);
         for k in 0..steps {
-            let i = ((self.base + k) % WHEEL_SLOTS) as usize;
+            let i = (self.base.wrapping_add(k) % WHEEL_SLOTS) as usize;
             self.drain_slot(i, out);
         }
-        self.base = now + 1;
+        self.base = now.saturating_add(1);
+        let horizon = self.base as u64 + WHEEL_SLOTS as u64;
         while let Some(&Reverse((t, r))) = self.far.peek() {
-            if t >= self.base + WHEEL_SLOTS {
+            if t as u64 >= horizon {
                 break;
             }
             self.far.pop();
@@ -246,11 +306,10 @@ impl Wheel {
         }
     }
 
-    /// The earliest time at which an entry (possibly stale) is due.
+    /// The earliest time at which an entry (possibly stale) is due: the smallest
+    /// time of any entry, which may be in the past.
     pub fn next_due(&self) -> Option<u32> {
-        if !self.overdue.is_empty() {
-            return Some(self.base.saturating_sub(1));
-        }
+        let overdue = self.overdue.iter().map(|e| e.0).min();
         let start = self.base % WHEEL_SLOTS;
         let words = self.bits.len();
         let mut best = None;
@@ -263,17 +322,25 @@ impl Wheel {
                 word &= !(!0u64 << (start % 64));
             }
             if word != 0 {
-                let i = (wi * 64 + word.trailing_zeros() as usize) as u32;
-                let delta = (i + WHEEL_SLOTS - start) % WHEEL_SLOTS;
-                best = Some(self.base + delta);
+                let i = wi * 64 + word.trailing_zeros() as usize;
+                best = Some(self.slot_time(i));
                 break;
             }
         }
         let far = self.far.peek().map(|r| r.0 .0);
-        match (best, far) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [overdue, best, far].into_iter().flatten().min()
+    }
+
+    /// Every entry with its time, in no particular order (for invariant checks).
+    pub fn entries(&self) -> impl Iterator<Item = (u32, RcptRef)> + '_ {
+        let slots = (0..self.slots.len())
+            .filter(move |&i| self.slot_set(i))
+            .flat_map(move |i| {
+                let t = self.slot_time(i);
+                self.slots[i].iter().map(move |&r| (t, r))
+            });
+        let far = self.far.iter().map(|e| e.0);
+        slots.chain(far).chain(self.overdue.iter().copied())
     }
 
     /// Bytes held.
@@ -284,6 +351,7 @@ impl Wheel {
             .sum::<usize>()
             + self.bits.len() * 8
             + self.far.capacity() * 8
+            + self.overdue.capacity() * 8
     }
 }
 
@@ -364,12 +432,189 @@ mod tests {
         w.advance(200_000, &mut out);
         assert_eq!(out, vec![9]);
         // Inserted in the past after the wheel moved on: due at the next advance,
-        // even within the same second.
+        // even within the same second, and reported at its own time.
         w.insert(150_000, 10);
-        assert_eq!(w.next_due(), Some(200_000));
+        assert_eq!(w.next_due(), Some(150_000));
         out.clear();
         w.advance(200_000, &mut out);
         assert_eq!(out, vec![10]);
+    }
+
+    /// Drains the wheel second by second over `from..=to`, returning (time, ref) fired.
+    fn run(w: &mut Wheel, from: u32, to: u32) -> Vec<(u32, RcptRef)> {
+        let mut fired = vec![];
+        for now in from..=to {
+            let mut out = vec![];
+            w.advance(now, &mut out);
+            fired.extend(out.into_iter().map(|r| (now, r)));
+        }
+        fired
+    }
+
+    fn sorted(mut v: Vec<(u32, RcptRef)>) -> Vec<(u32, RcptRef)> {
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn wheel_backward_jump_fires_at_own_times() {
+        let t0 = 1_000_000;
+        let mut w = Wheel::new(t0);
+        let mut out = vec![];
+        w.advance(t0, &mut out);
+        // Deferred by 10 s, 5 min, and beyond the horizon.
+        w.insert(t0 + 10, 1);
+        w.insert(t0 + 300, 2);
+        w.insert(t0 + 5000, 3);
+        // The clock steps back an hour.
+        let back = t0 - 3600;
+        assert_eq!(w.next_due(), Some(t0 + 10), "true earliest time");
+        let mut out = vec![];
+        w.advance(back, &mut out);
+        assert!(out.is_empty(), "nothing is due an hour early: {out:?}");
+        assert_eq!(w.next_due(), Some(t0 + 10));
+        // Deferred again from the stepped-back clock: 10 s later.
+        w.insert(back + 10, 4);
+        assert_eq!(w.next_due(), Some(back + 10));
+        let fired = run(&mut w, back + 1, t0 + 5000);
+        assert_eq!(
+            fired,
+            vec![(back + 10, 4), (t0 + 10, 1), (t0 + 300, 2), (t0 + 5000, 3)]
+        );
+        assert!(w.is_empty());
+        assert_eq!(w.next_due(), None);
+    }
+
+    #[test]
+    fn wheel_overdue_insert_after_backward_jump() {
+        let t0 = 2_000_000;
+        let mut w = Wheel::new(t0);
+        let mut out = vec![];
+        w.advance(t0 + 100, &mut out);
+        // The clock is now an hour behind the wheel's base; the caller defers a
+        // recipient by 60 s from the stepped-back clock without advancing first.
+        let back = t0 + 100 - 3600;
+        w.insert(back + 60, 7);
+        w.insert(back - 5, 8); // genuinely overdue
+        assert_eq!(w.next_due(), Some(back - 5));
+        assert_eq!(w.entries().count(), 2);
+        w.advance(back, &mut out);
+        assert_eq!(out, vec![8], "only the entry due by now");
+        assert_eq!(w.next_due(), Some(back + 60));
+        assert_eq!(sorted(w.entries().collect()), vec![(back + 60, 7)]);
+        out.clear();
+        w.advance(back + 59, &mut out);
+        assert!(out.is_empty(), "not a second early");
+        w.advance(back + 60, &mut out);
+        assert_eq!(out, vec![7]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn wheel_observe_rebases_without_draining() {
+        let mut w = Wheel::new(10_000);
+        let mut out = vec![];
+        w.advance(10_000, &mut out);
+        w.insert(10_050, 1);
+        w.insert(9_000, 2);
+        assert!(!w.observe(10_000), "same time: no rebase");
+        assert!(w.observe(5_000), "an hour and more back: rebase");
+        assert_eq!(w.next_due(), Some(9_000));
+        assert_eq!(sorted(w.entries().collect()), vec![(9_000, 2), (10_050, 1)]);
+        w.advance(8_999, &mut out);
+        assert!(out.is_empty());
+        w.advance(9_000, &mut out);
+        assert_eq!(out, vec![2]);
+        out.clear();
+        w.advance(10_049, &mut out);
+        assert!(out.is_empty());
+        w.advance(10_050, &mut out);
+        assert_eq!(out, vec![1]);
+    }
+
+    #[test]
+    fn wheel_forward_jump_past_horizon() {
+        let t0 = 3_000_000;
+        let mut w = Wheel::new(t0);
+        w.insert(t0 + 5, 1);
+        w.insert(t0 + WHEEL_SLOTS - 1, 2);
+        w.insert(t0 + 3 * WHEEL_SLOTS, 3);
+        w.insert(t0 + 3 * WHEEL_SLOTS + 100, 4);
+        w.insert(t0 + 10 * WHEEL_SLOTS, 5);
+        assert_eq!(w.next_due(), Some(t0 + 5));
+        let mut out = vec![];
+        // Jump two and a half horizons forward.
+        let now = t0 + 5 * WHEEL_SLOTS / 2;
+        w.advance(now, &mut out);
+        out.sort_unstable();
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(w.next_due(), Some(t0 + 3 * WHEEL_SLOTS));
+        // Jump just past 3 and 4, not 5.
+        out.clear();
+        w.advance(t0 + 3 * WHEEL_SLOTS + 100, &mut out);
+        out.sort_unstable();
+        assert_eq!(out, vec![3, 4]);
+        assert_eq!(w.next_due(), Some(t0 + 10 * WHEEL_SLOTS));
+        assert_eq!(
+            w.entries().collect::<Vec<_>>(),
+            vec![(t0 + 10 * WHEEL_SLOTS, 5)]
+        );
+        // Then back before everything, a new entry 20 s later, then forward past
+        // the horizon again to exactly 5's time.
+        out.clear();
+        w.advance(t0, &mut out);
+        assert!(out.is_empty());
+        w.insert(t0 + 20, 6);
+        assert_eq!(w.next_due(), Some(t0 + 20));
+        w.advance(t0 + 19, &mut out);
+        assert!(out.is_empty(), "not before its time: {out:?}");
+        w.advance(t0 + 10 * WHEEL_SLOTS - 1, &mut out);
+        assert_eq!(out, vec![6]);
+        assert_eq!(w.next_due(), Some(t0 + 10 * WHEEL_SLOTS));
+        out.clear();
+        w.advance(t0 + 10 * WHEEL_SLOTS, &mut out);
+        assert_eq!(out, vec![5]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn wheel_random_clock_fires_exactly_when_due() {
+        // A clock that mostly ticks but sometimes jumps back or far ahead: every
+        // entry fires at the first advance with now >= its time, never before.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as u32
+        };
+        let mut now = 1_000_000u32;
+        let mut w = Wheel::new(now);
+        let mut pending: std::collections::HashMap<RcptRef, u32> = Default::default();
+        let mut next_ref = 0;
+        for _ in 0..20_000 {
+            match rnd(100) {
+                0..=1 => now -= rnd(7200),
+                2 => now += rnd(3 * WHEEL_SLOTS),
+                _ => now += rnd(3),
+            }
+            for _ in 0..rnd(3) {
+                let t = (now + rnd(6000)).saturating_sub(rnd(50));
+                w.insert(t, next_ref);
+                pending.insert(next_ref, t);
+                next_ref += 1;
+            }
+            let expect = pending.values().copied().min();
+            assert_eq!(w.next_due(), expect);
+            let mut out = vec![];
+            w.advance(now, &mut out);
+            for r in out {
+                let t = pending.remove(&r).expect("fired once");
+                assert!(t <= now, "entry for {t} fired at {now}");
+            }
+            assert!(pending.values().all(|&t| t > now), "due entry not fired");
+            assert_eq!(w.entries().count(), pending.len());
+        }
     }
 
     #[test]
