@@ -1270,8 +1270,44 @@ pub unsafe extern "C" fn mailq_delivery_body(
     })
 }
 
+/// A new descriptor for reading the file open as `raw`, owned by the caller.
+///
+/// Reopens `/proc/self/fd/<raw>`: a read-only open file description of its own
+/// (this works for a segment that compaction already unlinked). Without /proc,
+/// falls back to `fcntl(F_DUPFD_CLOEXEC)`, which shares the log's open file
+/// description; the log only uses positional I/O, so the caller moving that
+/// description's offset cannot affect it. Either way, closing the new
+/// descriptor leaves the queue's own descriptor open.
+fn caller_owned_read_fd(raw: c_int) -> std::io::Result<c_int> {
+    let path = CString::new(format!("/proc/self/fd/{raw}")).map_err(std::io::Error::other)?;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        return Ok(fd);
+    }
+    let reopen = std::io::Error::last_os_error();
+    // SAFETY: fcntl on a descriptor the delivery's segment file keeps open while
+    // we run (the caller holds the delivery lock); no pointers are passed.
+    let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd >= 0 {
+        return Ok(fd);
+    }
+    let dup = std::io::Error::last_os_error();
+    Err(std::io::Error::new(
+        dup.kind(),
+        format!("reopen via /proc/self/fd: {reopen}; F_DUPFD_CLOEXEC: {dup}"),
+    ))
+}
+
 /// The body as a file region, for sendfile(2): read `len` bytes of `*fd` at
-/// `*offset`. The descriptor stays open until the delivery ends; do not close it.
+/// `*offset` (use pread(2) or sendfile(2) with an offset pointer).
+///
+/// `*fd` is a NEW close-on-exec descriptor that the caller owns: close(2) it
+/// when done, on every path. Each call returns another one. It is a read-only
+/// reopen of the segment file (a duplicate where /proc is not mounted: only
+/// read from it), stays valid after the delivery ends, and closing it never
+/// affects the queue's own descriptors. On error `*fd` is -1 and nothing needs
+/// closing.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_delivery_body_fd(
     d: *const mailq_delivery,
@@ -1282,6 +1318,7 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
     guard(|| {
         // SAFETY: documented pointer contracts.
         let fd = unsafe { out_ptr(fd, "fd") }?;
+        *fd = -1;
         let offset = unsafe { out_ptr(offset, "offset") }?;
         let len = unsafe { out_ptr(len, "len") }?;
         with_core(d, |c| {
@@ -1293,7 +1330,13 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
                     "this filesystem has no file descriptors",
                 );
             };
-            *fd = raw;
+            let own = caller_owned_read_fd(raw).map_err(|e| {
+                Fail(
+                    MAILQ_ERR_IO,
+                    format!("cannot open a descriptor for the body: {e}"),
+                )
+            })?;
+            *fd = own;
             *offset = off;
             *len = body_len;
             Ok(())
@@ -1982,5 +2025,153 @@ mod tests {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("mailq-ffi-unit-{}", std::process::id())),
         );
+    }
+
+    fn last_error() -> String {
+        // SAFETY: mailq_last_error_message returns a valid NUL-terminated string
+        // that lives until the next mailq call on this thread.
+        unsafe { CStr::from_ptr(mailq_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn enqueue(q: *mut mailq, rcpt: &CStr, body: &[u8]) -> u64 {
+        let rcpts = [rcpt.as_ptr()];
+        let mut id = 0;
+        // SAFETY: every pointer is valid for the call and `n`/lengths match.
+        let st = unsafe {
+            mailq_enqueue(
+                q,
+                c"s@example.org".as_ptr(),
+                rcpts.as_ptr(),
+                std::ptr::null(),
+                1,
+                std::ptr::null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                &mut id,
+            )
+        };
+        assert_eq!(st, MAILQ_OK, "enqueue: {}", last_error());
+        id
+    }
+
+    /// Opens the next session and takes its first delivery.
+    fn take(q: *mut mailq) -> (*mut mailq_session, *mut mailq_delivery) {
+        let mut s = std::ptr::null_mut();
+        let mut d = std::ptr::null_mut();
+        // SAFETY: valid handles and out-pointers.
+        unsafe {
+            assert_eq!(mailq_next_session(q, &mut s), MAILQ_OK, "{}", last_error());
+            assert!(!s.is_null(), "no session");
+            assert_eq!(
+                mailq_session_next_delivery(s, &mut d),
+                MAILQ_OK,
+                "{}",
+                last_error()
+            );
+        }
+        assert!(!d.is_null(), "no delivery");
+        (s, d)
+    }
+
+    /// Marks every recipient delivered, completes the delivery, ends the session.
+    fn deliver(s: *mut mailq_session, d: *mut mailq_delivery) {
+        for i in 0..mailq_delivery_recipient_count(d) {
+            // SAFETY: valid handle; NULL reason is allowed for MAILQ_DELIVERED.
+            let st = unsafe {
+                mailq_delivery_set_outcome(
+                    d,
+                    i,
+                    mailq_outcome::MAILQ_DELIVERED as c_int,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            assert_eq!(st, MAILQ_OK, "{}", last_error());
+        }
+        assert_eq!(mailq_delivery_complete(d), MAILQ_OK, "{}", last_error());
+        mailq_session_free(s);
+    }
+
+    fn pread_exact(fd: c_int, off: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        // SAFETY: `buf` has `len` writable bytes.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, off as libc::off_t) };
+        assert_eq!(
+            n,
+            len as isize,
+            "pread: {}",
+            std::io::Error::last_os_error()
+        );
+        buf
+    }
+
+    /// The body fd is a new descriptor the caller owns: closing it (as the
+    /// header says to) must not close the log's own descriptor. With the old
+    /// code it was the log's write descriptor, so the enqueues after the close
+    /// failed (EBADF, then a poisoned queue).
+    #[test]
+    fn body_fd_is_the_callers_to_close_and_the_queue_keeps_working() {
+        let dir = std::env::temp_dir().join(format!("mailq-ffi-bodyfd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cdir = CString::new(dir.to_str().expect("temp dir is UTF-8")).expect("no NUL");
+        let mut q = std::ptr::null_mut();
+        // SAFETY: valid C string and out-pointer; NULL options mean the defaults.
+        let st = unsafe { mailq_open(cdir.as_ptr(), std::ptr::null(), &mut q) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+
+        let body = b"Subject: fd\r\n\r\nbody through a descriptor\r\n";
+        enqueue(q, c"a@fd.example", body);
+        let (s, d) = take(q);
+        let (mut fd, mut off, mut len) = (-1, 0u64, 0usize);
+        // SAFETY: valid handle and out-pointers.
+        let st = unsafe { mailq_delivery_body_fd(d, &mut fd, &mut off, &mut len) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+        assert!(fd >= 0);
+        let log_fd = match with_core(d, |c| Ok(c.body_file()?.0.raw_fd())) {
+            Ok(raw) => raw,
+            Err(Fail(st, msg)) => panic!("{st:?}: {msg}"),
+        };
+        // SAFETY: fcntl on a descriptor we own; no pointers.
+        let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        // SAFETY: as above.
+        let fl_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(len, body.len());
+        assert_eq!(pread_exact(fd, off, len), body);
+        deliver(s, d);
+        // Still the caller's after the delivery ended.
+        assert_eq!(pread_exact(fd, off, len), body);
+        // SAFETY: closing the descriptor this call handed to us, once.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+
+        // The queue still writes and syncs its log.
+        for i in 0..5 {
+            let rcpt = CString::new(format!("r{i}@fd.example")).expect("no NUL");
+            enqueue(q, &rcpt, format!("after close {i}").as_bytes());
+            let (s, d) = take(q);
+            deliver(s, d);
+        }
+        assert_eq!(mailq_sync(q), MAILQ_OK, "{}", last_error());
+        let mut st = mailq_stats {
+            size: std::mem::size_of::<mailq_stats>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: valid handle; `st.size` is the full struct size.
+        assert_eq!(unsafe { mailq_stats_get(q, &mut st) }, MAILQ_OK);
+        assert_eq!(st.poisoned, 0);
+        assert_eq!((st.messages, st.delivered), (0, 6));
+        assert_ne!(Some(fd), log_fd, "handed out the log's own descriptor");
+        assert!(
+            fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0,
+            "not close-on-exec"
+        );
+        if std::path::Path::new("/proc/self/fd").is_dir() {
+            // Reopened through /proc: an open file description of its own, read-only.
+            assert_eq!(fl_flags & libc::O_ACCMODE, libc::O_RDONLY, "not read-only");
+        }
+        assert_eq!(mailq_close(q), MAILQ_OK, "{}", last_error());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
