@@ -348,30 +348,71 @@ enum Obj {
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("the mailq C ABI needs a 64-bit target (handle tokens are 64-bit)");
 
+/// The handle table. A handle is a slot index and the slot's generation at the
+/// time of insertion; it is valid while the slot holds an object of that
+/// generation.
+///
+/// Generations never wrap: every insertion into a slot increments its
+/// generation, and a slot whose generation reached `u32::MAX` is retired when
+/// its object is removed (never put back on the free list). So within a slot
+/// every handle ever issued has a distinct generation, and a stale handle can
+/// never match a later object. A retired slot costs one `(u32, None)` entry per
+/// 2^32 - 1 handles issued from it.
 struct Registry {
     slots: Vec<(u32, Option<Obj>)>,
     free: Vec<usize>,
 }
 
-static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry {
-    slots: Vec::new(),
-    free: Vec::new(),
-});
+static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry::new());
+
+impl Registry {
+    const fn new() -> Self {
+        Registry {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, o: Obj) -> usize {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[i];
+        // Free slots are below u32::MAX (see `remove`): no wrap-around.
+        slot.0 += 1;
+        slot.1 = Some(o);
+        // The token: generation in the high half, index + 1 in the low half.
+        ((slot.0 as usize) << 32) | (i + 1)
+    }
+
+    fn lookup(&self, h: usize) -> Option<Obj> {
+        let (i, gen) = decode(h)?;
+        match self.slots.get(i) {
+            Some((g, Some(o))) if *g == gen => Some(o.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, h: usize) -> Option<Obj> {
+        let (i, gen) = decode(h)?;
+        let out = match self.slots.get_mut(i) {
+            Some((g, o @ Some(_))) if *g == gen => o.take(),
+            _ => None,
+        };
+        // A slot at the last generation is retired: reusing it would wrap.
+        if out.is_some() && gen != u32::MAX {
+            self.free.push(i);
+        }
+        out
+    }
+}
 
 fn insert(o: Obj) -> usize {
-    let mut r = REGISTRY.lock();
-    let i = match r.free.pop() {
-        Some(i) => i,
-        None => {
-            r.slots.push((0, None));
-            r.slots.len() - 1
-        }
-    };
-    let slot = &mut r.slots[i];
-    slot.0 = slot.0.wrapping_add(1).max(1);
-    slot.1 = Some(o);
-    // The token: generation in the high half, index + 1 in the low half.
-    ((slot.0 as usize) << 32) | (i + 1)
+    REGISTRY.lock().insert(o)
 }
 
 fn decode(h: usize) -> Option<(usize, u32)> {
@@ -380,25 +421,11 @@ fn decode(h: usize) -> Option<(usize, u32)> {
 }
 
 fn lookup(h: usize) -> Option<Obj> {
-    let (i, gen) = decode(h)?;
-    let r = REGISTRY.lock();
-    match r.slots.get(i) {
-        Some((g, Some(o))) if *g == gen => Some(o.clone()),
-        _ => None,
-    }
+    REGISTRY.lock().lookup(h)
 }
 
 fn remove(h: usize) -> Option<Obj> {
-    let (i, gen) = decode(h)?;
-    let mut r = REGISTRY.lock();
-    let out = match r.slots.get_mut(i) {
-        Some((g, o @ Some(_))) if *g == gen => o.take(),
-        _ => None,
-    };
-    if out.is_some() {
-        r.free.push(i);
-    }
-    out
+    REGISTRY.lock().remove(h)
 }
 
 // ---------------------------------------------------------------------------
@@ -2025,6 +2052,63 @@ mod tests {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("mailq-ffi-unit-{}", std::process::id())),
         );
+    }
+
+    fn session_obj_for_test(key: &str) -> Obj {
+        Obj::Session(Arc::new(Mutex::new(SessionObj {
+            session: None,
+            key: cstring(key),
+            delivery: None,
+        })))
+    }
+
+    fn key_of(o: Option<Obj>) -> Option<String> {
+        match o {
+            Some(Obj::Session(s)) => Some(s.lock().key.to_string_lossy().into_owned()),
+            _ => None,
+        }
+    }
+
+    /// A slot whose generation reaches u32::MAX is retired, so its generation
+    /// never wraps and no stale handle can validate against a newer object.
+    /// With the old code the slot went back on the free list and the next
+    /// insertion wrapped to generation 1: the handle issued at generation 1
+    /// long before resolved to the new object.
+    #[test]
+    fn handle_generations_never_wrap() {
+        let mut r = Registry::new();
+        let first = r.insert(session_obj_for_test("first"));
+        let (slot, gen) = decode(first).expect("valid token");
+        assert_eq!(gen, 1);
+        assert!(r.remove(first).is_some());
+        // As if the slot had been used 2^32 - 2 times.
+        r.slots[slot].0 = u32::MAX - 1;
+        let last = r.insert(session_obj_for_test("last"));
+        assert_eq!(decode(last), Some((slot, u32::MAX)));
+        assert_eq!(key_of(r.lookup(last)).as_deref(), Some("last"));
+        assert!(r.remove(last).is_some());
+
+        let next = r.insert(session_obj_for_test("next"));
+        for stale in [first, last] {
+            assert!(
+                r.lookup(stale).is_none(),
+                "stale handle {stale:#x} resolved"
+            );
+            assert!(r.remove(stale).is_none(), "stale handle {stale:#x} removed");
+        }
+        assert_eq!(key_of(r.lookup(next)).as_deref(), Some("next"));
+        let (next_slot, _) = decode(next).expect("valid token");
+        assert_ne!(next_slot, slot, "the retired slot was reused");
+        assert!(
+            !r.free.contains(&slot),
+            "the retired slot is on the free list"
+        );
+        // Every generation the retired slot ever had is rejected.
+        for g in [0, 1, 2, u32::MAX - 1, u32::MAX] {
+            let token = ((g as usize) << 32) | (slot + 1);
+            assert!(r.lookup(token).is_none(), "generation {g} resolved");
+        }
+        assert_eq!(key_of(r.lookup(next)).as_deref(), Some("next"));
     }
 
     fn last_error() -> String {
