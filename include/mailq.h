@@ -688,7 +688,14 @@ enum mailq_status mailq_delivery_body(const struct mailq_delivery *d, const uint
 
 /**
  * The body as a file region, for sendfile(2): read `len` bytes of `*fd` at
- * `*offset`. The descriptor stays open until the delivery ends; do not close it.
+ * `*offset` (use pread(2) or sendfile(2) with an offset pointer).
+ *
+ * `*fd` is a NEW close-on-exec descriptor that the caller owns: close(2) it
+ * when done, on every path. Each call returns another one. It is a read-only
+ * reopen of the segment file (a duplicate where /proc is not mounted: only
+ * read from it), stays valid after the delivery ends, and closing it never
+ * affects the queue's own descriptors. On error `*fd` is -1 and nothing needs
+ * closing.
  */
 enum mailq_status mailq_delivery_body_fd(const struct mailq_delivery *d, int *fd, uint64_t *offset, size_t *len);
 

@@ -348,30 +348,71 @@ enum Obj {
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("the mailq C ABI needs a 64-bit target (handle tokens are 64-bit)");
 
+/// The handle table. A handle is a slot index and the slot's generation at the
+/// time of insertion; it is valid while the slot holds an object of that
+/// generation.
+///
+/// Generations never wrap: every insertion into a slot increments its
+/// generation, and a slot whose generation reached `u32::MAX` is retired when
+/// its object is removed (never put back on the free list). So within a slot
+/// every handle ever issued has a distinct generation, and a stale handle can
+/// never match a later object. A retired slot costs one `(u32, None)` entry per
+/// 2^32 - 1 handles issued from it.
 struct Registry {
     slots: Vec<(u32, Option<Obj>)>,
     free: Vec<usize>,
 }
 
-static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry {
-    slots: Vec::new(),
-    free: Vec::new(),
-});
+static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry::new());
+
+impl Registry {
+    const fn new() -> Self {
+        Registry {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, o: Obj) -> usize {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[i];
+        // Free slots are below u32::MAX (see `remove`): no wrap-around.
+        slot.0 += 1;
+        slot.1 = Some(o);
+        // The token: generation in the high half, index + 1 in the low half.
+        ((slot.0 as usize) << 32) | (i + 1)
+    }
+
+    fn lookup(&self, h: usize) -> Option<Obj> {
+        let (i, gen) = decode(h)?;
+        match self.slots.get(i) {
+            Some((g, Some(o))) if *g == gen => Some(o.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, h: usize) -> Option<Obj> {
+        let (i, gen) = decode(h)?;
+        let out = match self.slots.get_mut(i) {
+            Some((g, o @ Some(_))) if *g == gen => o.take(),
+            _ => None,
+        };
+        // A slot at the last generation is retired: reusing it would wrap.
+        if out.is_some() && gen != u32::MAX {
+            self.free.push(i);
+        }
+        out
+    }
+}
 
 fn insert(o: Obj) -> usize {
-    let mut r = REGISTRY.lock();
-    let i = match r.free.pop() {
-        Some(i) => i,
-        None => {
-            r.slots.push((0, None));
-            r.slots.len() - 1
-        }
-    };
-    let slot = &mut r.slots[i];
-    slot.0 = slot.0.wrapping_add(1).max(1);
-    slot.1 = Some(o);
-    // The token: generation in the high half, index + 1 in the low half.
-    ((slot.0 as usize) << 32) | (i + 1)
+    REGISTRY.lock().insert(o)
 }
 
 fn decode(h: usize) -> Option<(usize, u32)> {
@@ -380,25 +421,11 @@ fn decode(h: usize) -> Option<(usize, u32)> {
 }
 
 fn lookup(h: usize) -> Option<Obj> {
-    let (i, gen) = decode(h)?;
-    let r = REGISTRY.lock();
-    match r.slots.get(i) {
-        Some((g, Some(o))) if *g == gen => Some(o.clone()),
-        _ => None,
-    }
+    REGISTRY.lock().lookup(h)
 }
 
 fn remove(h: usize) -> Option<Obj> {
-    let (i, gen) = decode(h)?;
-    let mut r = REGISTRY.lock();
-    let out = match r.slots.get_mut(i) {
-        Some((g, o @ Some(_))) if *g == gen => o.take(),
-        _ => None,
-    };
-    if out.is_some() {
-        r.free.push(i);
-    }
-    out
+    REGISTRY.lock().remove(h)
 }
 
 // ---------------------------------------------------------------------------
@@ -1270,8 +1297,44 @@ pub unsafe extern "C" fn mailq_delivery_body(
     })
 }
 
+/// A new descriptor for reading the file open as `raw`, owned by the caller.
+///
+/// Reopens `/proc/self/fd/<raw>`: a read-only open file description of its own
+/// (this works for a segment that compaction already unlinked). Without /proc,
+/// falls back to `fcntl(F_DUPFD_CLOEXEC)`, which shares the log's open file
+/// description; the log only uses positional I/O, so the caller moving that
+/// description's offset cannot affect it. Either way, closing the new
+/// descriptor leaves the queue's own descriptor open.
+fn caller_owned_read_fd(raw: c_int) -> std::io::Result<c_int> {
+    let path = CString::new(format!("/proc/self/fd/{raw}")).map_err(std::io::Error::other)?;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        return Ok(fd);
+    }
+    let reopen = std::io::Error::last_os_error();
+    // SAFETY: fcntl on a descriptor the delivery's segment file keeps open while
+    // we run (the caller holds the delivery lock); no pointers are passed.
+    let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd >= 0 {
+        return Ok(fd);
+    }
+    let dup = std::io::Error::last_os_error();
+    Err(std::io::Error::new(
+        dup.kind(),
+        format!("reopen via /proc/self/fd: {reopen}; F_DUPFD_CLOEXEC: {dup}"),
+    ))
+}
+
 /// The body as a file region, for sendfile(2): read `len` bytes of `*fd` at
-/// `*offset`. The descriptor stays open until the delivery ends; do not close it.
+/// `*offset` (use pread(2) or sendfile(2) with an offset pointer).
+///
+/// `*fd` is a NEW close-on-exec descriptor that the caller owns: close(2) it
+/// when done, on every path. Each call returns another one. It is a read-only
+/// reopen of the segment file (a duplicate where /proc is not mounted: only
+/// read from it), stays valid after the delivery ends, and closing it never
+/// affects the queue's own descriptors. On error `*fd` is -1 and nothing needs
+/// closing.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_delivery_body_fd(
     d: *const mailq_delivery,
@@ -1282,6 +1345,7 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
     guard(|| {
         // SAFETY: documented pointer contracts.
         let fd = unsafe { out_ptr(fd, "fd") }?;
+        *fd = -1;
         let offset = unsafe { out_ptr(offset, "offset") }?;
         let len = unsafe { out_ptr(len, "len") }?;
         with_core(d, |c| {
@@ -1293,7 +1357,13 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
                     "this filesystem has no file descriptors",
                 );
             };
-            *fd = raw;
+            let own = caller_owned_read_fd(raw).map_err(|e| {
+                Fail(
+                    MAILQ_ERR_IO,
+                    format!("cannot open a descriptor for the body: {e}"),
+                )
+            })?;
+            *fd = own;
             *offset = off;
             *len = body_len;
             Ok(())
@@ -1982,5 +2052,210 @@ mod tests {
         let _ = std::fs::remove_dir_all(
             std::env::temp_dir().join(format!("mailq-ffi-unit-{}", std::process::id())),
         );
+    }
+
+    fn session_obj_for_test(key: &str) -> Obj {
+        Obj::Session(Arc::new(Mutex::new(SessionObj {
+            session: None,
+            key: cstring(key),
+            delivery: None,
+        })))
+    }
+
+    fn key_of(o: Option<Obj>) -> Option<String> {
+        match o {
+            Some(Obj::Session(s)) => Some(s.lock().key.to_string_lossy().into_owned()),
+            _ => None,
+        }
+    }
+
+    /// A slot whose generation reaches u32::MAX is retired, so its generation
+    /// never wraps and no stale handle can validate against a newer object.
+    /// With the old code the slot went back on the free list and the next
+    /// insertion wrapped to generation 1: the handle issued at generation 1
+    /// long before resolved to the new object.
+    #[test]
+    fn handle_generations_never_wrap() {
+        let mut r = Registry::new();
+        let first = r.insert(session_obj_for_test("first"));
+        let (slot, gen) = decode(first).expect("valid token");
+        assert_eq!(gen, 1);
+        assert!(r.remove(first).is_some());
+        // As if the slot had been used 2^32 - 2 times.
+        r.slots[slot].0 = u32::MAX - 1;
+        let last = r.insert(session_obj_for_test("last"));
+        assert_eq!(decode(last), Some((slot, u32::MAX)));
+        assert_eq!(key_of(r.lookup(last)).as_deref(), Some("last"));
+        assert!(r.remove(last).is_some());
+
+        let next = r.insert(session_obj_for_test("next"));
+        for stale in [first, last] {
+            assert!(
+                r.lookup(stale).is_none(),
+                "stale handle {stale:#x} resolved"
+            );
+            assert!(r.remove(stale).is_none(), "stale handle {stale:#x} removed");
+        }
+        assert_eq!(key_of(r.lookup(next)).as_deref(), Some("next"));
+        let (next_slot, _) = decode(next).expect("valid token");
+        assert_ne!(next_slot, slot, "the retired slot was reused");
+        assert!(
+            !r.free.contains(&slot),
+            "the retired slot is on the free list"
+        );
+        // Every generation the retired slot ever had is rejected.
+        for g in [0, 1, 2, u32::MAX - 1, u32::MAX] {
+            let token = ((g as usize) << 32) | (slot + 1);
+            assert!(r.lookup(token).is_none(), "generation {g} resolved");
+        }
+        assert_eq!(key_of(r.lookup(next)).as_deref(), Some("next"));
+    }
+
+    fn last_error() -> String {
+        // SAFETY: mailq_last_error_message returns a valid NUL-terminated string
+        // that lives until the next mailq call on this thread.
+        unsafe { CStr::from_ptr(mailq_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn enqueue(q: *mut mailq, rcpt: &CStr, body: &[u8]) -> u64 {
+        let rcpts = [rcpt.as_ptr()];
+        let mut id = 0;
+        // SAFETY: every pointer is valid for the call and `n`/lengths match.
+        let st = unsafe {
+            mailq_enqueue(
+                q,
+                c"s@example.org".as_ptr(),
+                rcpts.as_ptr(),
+                std::ptr::null(),
+                1,
+                std::ptr::null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                &mut id,
+            )
+        };
+        assert_eq!(st, MAILQ_OK, "enqueue: {}", last_error());
+        id
+    }
+
+    /// Opens the next session and takes its first delivery.
+    fn take(q: *mut mailq) -> (*mut mailq_session, *mut mailq_delivery) {
+        let mut s = std::ptr::null_mut();
+        let mut d = std::ptr::null_mut();
+        // SAFETY: valid handles and out-pointers.
+        unsafe {
+            assert_eq!(mailq_next_session(q, &mut s), MAILQ_OK, "{}", last_error());
+            assert!(!s.is_null(), "no session");
+            assert_eq!(
+                mailq_session_next_delivery(s, &mut d),
+                MAILQ_OK,
+                "{}",
+                last_error()
+            );
+        }
+        assert!(!d.is_null(), "no delivery");
+        (s, d)
+    }
+
+    /// Marks every recipient delivered, completes the delivery, ends the session.
+    fn deliver(s: *mut mailq_session, d: *mut mailq_delivery) {
+        for i in 0..mailq_delivery_recipient_count(d) {
+            // SAFETY: valid handle; NULL reason is allowed for MAILQ_DELIVERED.
+            let st = unsafe {
+                mailq_delivery_set_outcome(
+                    d,
+                    i,
+                    mailq_outcome::MAILQ_DELIVERED as c_int,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            assert_eq!(st, MAILQ_OK, "{}", last_error());
+        }
+        assert_eq!(mailq_delivery_complete(d), MAILQ_OK, "{}", last_error());
+        mailq_session_free(s);
+    }
+
+    fn pread_exact(fd: c_int, off: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        // SAFETY: `buf` has `len` writable bytes.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, off as libc::off_t) };
+        assert_eq!(
+            n,
+            len as isize,
+            "pread: {}",
+            std::io::Error::last_os_error()
+        );
+        buf
+    }
+
+    /// The body fd is a new descriptor the caller owns: closing it (as the
+    /// header says to) must not close the log's own descriptor. With the old
+    /// code it was the log's write descriptor, so the enqueues after the close
+    /// failed (EBADF, then a poisoned queue).
+    #[test]
+    fn body_fd_is_the_callers_to_close_and_the_queue_keeps_working() {
+        let dir = std::env::temp_dir().join(format!("mailq-ffi-bodyfd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cdir = CString::new(dir.to_str().expect("temp dir is UTF-8")).expect("no NUL");
+        let mut q = std::ptr::null_mut();
+        // SAFETY: valid C string and out-pointer; NULL options mean the defaults.
+        let st = unsafe { mailq_open(cdir.as_ptr(), std::ptr::null(), &mut q) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+
+        let body = b"Subject: fd\r\n\r\nbody through a descriptor\r\n";
+        enqueue(q, c"a@fd.example", body);
+        let (s, d) = take(q);
+        let (mut fd, mut off, mut len) = (-1, 0u64, 0usize);
+        // SAFETY: valid handle and out-pointers.
+        let st = unsafe { mailq_delivery_body_fd(d, &mut fd, &mut off, &mut len) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+        assert!(fd >= 0);
+        let log_fd = match with_core(d, |c| Ok(c.body_file()?.0.raw_fd())) {
+            Ok(raw) => raw,
+            Err(Fail(st, msg)) => panic!("{st:?}: {msg}"),
+        };
+        // SAFETY: fcntl on a descriptor we own; no pointers.
+        let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        // SAFETY: as above.
+        let fl_flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(len, body.len());
+        assert_eq!(pread_exact(fd, off, len), body);
+        deliver(s, d);
+        // Still the caller's after the delivery ended.
+        assert_eq!(pread_exact(fd, off, len), body);
+        // SAFETY: closing the descriptor this call handed to us, once.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+
+        // The queue still writes and syncs its log.
+        for i in 0..5 {
+            let rcpt = CString::new(format!("r{i}@fd.example")).expect("no NUL");
+            enqueue(q, &rcpt, format!("after close {i}").as_bytes());
+            let (s, d) = take(q);
+            deliver(s, d);
+        }
+        assert_eq!(mailq_sync(q), MAILQ_OK, "{}", last_error());
+        let mut st = mailq_stats {
+            size: std::mem::size_of::<mailq_stats>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: valid handle; `st.size` is the full struct size.
+        assert_eq!(unsafe { mailq_stats_get(q, &mut st) }, MAILQ_OK);
+        assert_eq!(st.poisoned, 0);
+        assert_eq!((st.messages, st.delivered), (0, 6));
+        assert_ne!(Some(fd), log_fd, "handed out the log's own descriptor");
+        assert!(
+            fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0,
+            "not close-on-exec"
+        );
+        if std::path::Path::new("/proc/self/fd").is_dir() {
+            // Reopened through /proc: an open file description of its own, read-only.
+            assert_eq!(fl_flags & libc::O_ACCMODE, libc::O_RDONLY, "not read-only");
+        }
+        assert_eq!(mailq_close(q), MAILQ_OK, "{}", last_error());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,7 +15,6 @@ use mailq::simfs::{CrashMode, SimFs};
 use mailq::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 const DIR: &str = "/queue";
 
@@ -450,12 +449,24 @@ fn crash_at_every_io_operation() {
 /// refuses writes until reopened, nothing acknowledged is lost, and it works again.
 #[test]
 fn storage_errors_at_every_operation() {
+    // w_outcomes acknowledges 10 enqueues, each durable before it returns (at
+    // least a write and an fdatasync), and makes outcomes durable twice with
+    // `sync` (again at least a write and an fdatasync): a lower bound on the I/O
+    // operations of one clean run, independent of how recovery opens files.
+    const MIN_OPS: u64 = 10 * 2 + 2 * 2;
     let mut checked = 0;
+    let mut expected = 0;
     for fault in [mailq::simfs::Fault::NoSpace, mailq::simfs::Fault::Eio] {
         let fs = SimFs::new();
         let clock = ManualClock::new(T0);
         let _ = run_to(&fs, &clock, base, w_outcomes);
         let total = fs.ops();
+        assert!(
+            total >= MIN_OPS,
+            "{fault:?}: the clean run did {total} I/O operations, fewer than the workload needs ({MIN_OPS})"
+        );
+        expected += total;
+        let mut surfaced = 0;
         for k in 1..=total {
             let fs = SimFs::new();
             let clock = ManualClock::new(T0);
@@ -468,25 +479,35 @@ fn storage_errors_at_every_operation() {
                 n: 0,
             };
             fs.fail_at(k, fault);
-            if let Ok(q) = Queue::open(DIR, base(&fs, &clock)) {
-                c.q = Some(q);
-                if let Err(e) = w_outcomes(&mut c) {
-                    assert!(
-                        matches!(
-                            e,
-                            Error::DiskFull(_) | Error::Io { .. } | Error::Poisoned(_)
-                        ),
-                        "untyped failure at op {k}: {e}"
-                    );
-                    // Once a write or sync failed, later writes are refused.
-                    if c.q().stats().poisoned.is_some() {
-                        assert!(matches!(
-                            c.q().enqueue(&common::msg("", &["x@y.example"], b"z")),
-                            Err(Error::Poisoned(_))
-                        ));
+            match Queue::open(DIR, base(&fs, &clock)) {
+                Ok(q) => {
+                    c.q = Some(q);
+                    if let Err(e) = w_outcomes(&mut c) {
+                        surfaced += 1;
+                        assert!(
+                            matches!(
+                                e,
+                                Error::DiskFull(_) | Error::Io { .. } | Error::Poisoned(_)
+                            ),
+                            "untyped failure at op {k}: {e}"
+                        );
+                        // Once a write or sync failed, later writes are refused.
+                        if c.q().stats().poisoned.is_some() {
+                            assert!(matches!(
+                                c.q().enqueue(&common::msg("", &["x@y.example"], b"z")),
+                                Err(Error::Poisoned(_))
+                            ));
+                        }
                     }
                 }
+                Err(_) => surfaced += 1,
             }
+            // The run got as far as operation k, so the fault was injected there.
+            assert!(
+                fs.ops() >= k,
+                "{fault:?} at op {k}: the run stopped after {} operations, before the fault",
+                fs.ops()
+            );
             let mut acks = c.acks.clone();
             acks.unsure
                 .extend(acks.unsynced.iter().map(|(a, b, _)| (*a, *b)));
@@ -496,7 +517,10 @@ fn storage_errors_at_every_operation() {
             verify(&fs, &clock, base, &acks).unwrap_or_else(|e| panic!("{fault:?} at op {k}: {e}"));
             checked += 1;
         }
+        eprintln!("{fault:?}: {total} operations, {surfaced} faults surfaced as errors");
+        assert!(surfaced > 0, "{fault:?}: no injected fault ever surfaced");
     }
     eprintln!("storage faults checked: {checked}");
-    let _ = Duration::ZERO;
+    assert_eq!(checked, expected, "a fault point was skipped");
+    assert!(checked >= 2 * MIN_OPS);
 }

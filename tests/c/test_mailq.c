@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <poll.h>
+#include <fcntl.h>
+#include <sys/sendfile.h>
 
 static int failures = 0;
 static int checks = 0;
@@ -244,6 +246,7 @@ static void test_delivery_paths(mailq *q) {
     char buf[32] = {0};
     CHECK(fd >= 0 && flen == 11 && pread(fd, buf, flen, (off_t)off) == 11);
     CHECK(memcmp(buf, "hello world", 11) == 0);
+    CHECK(fd < 0 || close(fd) == 0); /* the descriptor is ours to close */
     EXPECT(mailq_delivery_body_fd(d, NULL, &off, &flen), MAILQ_ERR_NULL);
 
     /* Complete without outcomes: refused, delivery stays open. */
@@ -319,6 +322,72 @@ static void test_delivery_paths(mailq *q) {
     mailq_session_free(s);
     EXPECT(mailq_stats_get(q, &st), MAILQ_OK);
     CHECK(st.messages == 0 && st.delivered == 3);
+}
+
+/* mailq_delivery_body_fd hands out a new descriptor that the caller owns and
+ * closes. Closing it must leave the queue's own log descriptor alone: when the
+ * library handed out the log's descriptor, the enqueues after the close failed
+ * (EBADF, then a poisoned queue) or wrote into whatever reused the number. */
+static void test_body_fd_ownership(mailq *q) {
+    const char *body = "Subject: fd\r\n\r\nsent with sendfile\r\n";
+    size_t blen = strlen(body);
+    enqueue1(q, "fd@bodyfd.example", body);
+    mailq_session *s = NULL;
+    mailq_delivery *d = NULL;
+    EXPECT(mailq_next_session(q, &s), MAILQ_OK);
+    CHECK(s != NULL);
+    EXPECT(mailq_session_next_delivery(s, &d), MAILQ_OK);
+    CHECK(d != NULL);
+    int fd = -1, fd2 = -1;
+    uint64_t off = 0;
+    size_t len = 0;
+    EXPECT(mailq_delivery_body_fd(d, &fd, &off, &len), MAILQ_OK);
+    CHECK(fd >= 0 && len == blen);
+
+    /* sendfile(2) into a pipe, as an MTA would into its socket. */
+    char buf[128] = {0};
+    int p[2];
+    CHECK(pipe(p) == 0);
+    off_t o = (off_t)off;
+    CHECK(sendfile(p[1], fd, &o, len) == (ssize_t)len);
+    CHECK(read(p[0], buf, sizeof buf) == (ssize_t)len && memcmp(buf, body, len) == 0);
+    close(p[0]);
+    close(p[1]);
+    CHECK((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+
+    /* Every call hands out another descriptor. */
+    EXPECT(mailq_delivery_body_fd(d, &fd2, &off, &len), MAILQ_OK);
+    CHECK(fd2 >= 0 && fd2 != fd);
+    CHECK(fd2 < 0 || close(fd2) == 0);
+    EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_DELIVERED, NULL, 0), MAILQ_OK);
+    EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+    mailq_session_free(s);
+
+    /* Still readable after the delivery ended; then the caller closes it. */
+    memset(buf, 0, sizeof buf);
+    CHECK(pread(fd, buf, len, (off_t)off) == (ssize_t)len && memcmp(buf, body, len) == 0);
+    CHECK(close(fd) == 0);
+
+    /* The queue still appends and syncs: enqueue and complete more mail. */
+    for (int i = 0; i < 5; i++) {
+        char rcpt[64];
+        snprintf(rcpt, sizeof rcpt, "r%d@bodyfd.example", i);
+        enqueue1(q, rcpt, "after the close");
+        s = NULL;
+        d = NULL;
+        EXPECT(mailq_next_session(q, &s), MAILQ_OK);
+        CHECK(s != NULL);
+        EXPECT(mailq_session_next_delivery(s, &d), MAILQ_OK);
+        CHECK(d != NULL);
+        EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_DELIVERED, NULL, 0), MAILQ_OK);
+        EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+        mailq_session_free(s);
+    }
+    EXPECT(mailq_sync(q), MAILQ_OK);
+    mailq_stats st;
+    st.size = sizeof st;
+    EXPECT(mailq_stats_get(q, &st), MAILQ_OK);
+    CHECK(st.poisoned == 0 && st.messages == 0 && st.ready == 0);
 }
 
 static int bounces_seen;
@@ -466,6 +535,7 @@ int main(void) {
     test_enqueue_errors(q);
     test_streaming(q);
     test_delivery_paths(q);
+    test_body_fd_ownership(q);
     test_bounces(q);
     test_operator(q);
     test_poll(q);
