@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// A filesystem as mailq needs it: a handful of operations, nothing more.
@@ -97,19 +97,39 @@ impl Vfs for OsFs {
         File::open(dir)?.sync_all()
     }
 
+    /// Locks the directory itself with `flock(LOCK_EX | LOCK_NB)` on an
+    /// `O_RDONLY | O_DIRECTORY | O_CLOEXEC` descriptor: unlike a lock file, the
+    /// directory cannot be removed and recreated on its own while the queue's
+    /// files are in it, so a deleted `LOCK` no longer lets a second owner in.
+    /// flock locks belong to the open file description, so a second open in
+    /// the same process conflicts too.
+    ///
+    /// For queues shared with older mailq builds (which lock only `<dir>/LOCK`),
+    /// `LOCK` is locked as well once the directory lock is held; the directory
+    /// lock is the one that counts.
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
-        let path: PathBuf = dir.join("LOCK");
-        let file = OpenOptions::new()
+        use std::os::unix::fs::OpenOptionsExt;
+        // std opens with O_CLOEXEC.
+        let dir_fd = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)?;
+        if !try_flock(&dir_fd)? {
+            return Ok(None);
+        }
+        let legacy = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(file))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
+            .open(dir.join(LEGACY_LOCK))?;
+        if !try_flock(&legacy)? {
+            return Ok(None);
         }
+        Ok(Some(Box::new(DirLock {
+            _dir: dir_fd,
+            _legacy: legacy,
+        })))
     }
 
     fn network_fs(&self, dir: &Path) -> io::Result<Option<String>> {
@@ -141,6 +161,24 @@ impl Vfs for OsFs {
             _ => return Ok(None),
         };
         Ok(Some(name.to_string()))
+    }
+}
+
+/// The lock file older mailq builds flock (kept locked for them, see [`OsFs::lock_dir`]).
+const LEGACY_LOCK: &str = "LOCK";
+
+/// What [`OsFs::lock_dir`] returns: the locked descriptors, unlocked on drop.
+struct DirLock {
+    _dir: File,
+    _legacy: File,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds the lock.
+fn try_flock(f: &File) -> io::Result<bool> {
+    match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -182,5 +220,26 @@ impl VFile for OsFile {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         Some(self.file.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_fs_locks_the_directory_itself() {
+        let d = std::env::temp_dir().join(format!("mailq-vfs-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let g = OsFs.lock_dir(&d).unwrap();
+        assert!(g.is_some());
+        // Another open file description of the directory is refused.
+        let other = File::open(&d).unwrap();
+        assert!(!try_flock(&other).unwrap());
+        drop(g);
+        assert!(try_flock(&other).unwrap());
+        drop(other);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
