@@ -28,6 +28,25 @@ pub trait Vfs: Send + Sync + 'static {
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>>;
     /// The name of the filesystem type when it is a network or FUSE filesystem.
     fn network_fs(&self, dir: &Path) -> io::Result<Option<String>>;
+    /// Whether `dir` exists and is a directory. `Ok(false)` when it (or one of its
+    /// ancestors) is missing or is not a directory.
+    ///
+    /// The default asks [`Vfs::list`] and reads `NotFound`/`NotADirectory` as
+    /// absence; implementations should override it with something cheaper.
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+        match self.list(dir) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// An open file.
@@ -162,6 +181,21 @@ impl Vfs for OsFs {
         };
         Ok(Some(name.to_string()))
     }
+
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+        match std::fs::metadata(dir) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// The lock file older mailq builds flock (kept locked for them, see [`OsFs::lock_dir`]).
@@ -228,10 +262,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn os_fs_locks_the_directory_itself() {
+    fn os_fs_dir_exists_and_locks_the_directory() {
         let d = std::env::temp_dir().join(format!("mailq-vfs-unit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
+        assert!(!OsFs.dir_exists(&d).unwrap());
         std::fs::create_dir_all(&d).unwrap();
+        assert!(OsFs.dir_exists(&d).unwrap());
+        std::fs::write(d.join("f"), b"x").unwrap();
+        assert!(!OsFs.dir_exists(&d.join("f")).unwrap());
+        assert!(!OsFs.dir_exists(&d.join("f/g")).unwrap());
         let g = OsFs.lock_dir(&d).unwrap();
         assert!(g.is_some());
         // Another open file description of the directory is refused.
