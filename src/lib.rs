@@ -12,6 +12,7 @@
 
 mod bucket;
 mod checkpoint;
+mod dir;
 pub mod error;
 pub mod ffi;
 mod index;

@@ -489,23 +489,7 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
     let t0 = Instant::now();
     validate_options(&opts)?;
     let vfs = opts.vfs.clone();
-    vfs.create_dir_all(dir)
-        .map_err(|e| Error::io("create queue directory", dir, e))?;
-    if !opts.allow_network_fs {
-        if let Some(fs) = vfs
-            .network_fs(dir)
-            .map_err(|e| Error::io("statfs", dir, e))?
-        {
-            return Err(Error::NetworkFilesystem {
-                path: dir.to_path_buf(),
-                fs,
-            });
-        }
-    }
-    let lock = vfs
-        .lock_dir(dir)
-        .map_err(|e| Error::io("lock queue directory", dir, e))?
-        .ok_or_else(|| Error::Locked(dir.to_path_buf()))?;
+    let lock = crate::dir::prepare(&*vfs, dir, opts.allow_network_fs)?;
 
     let now = now32(&opts);
     let mut b = Builder::new(opts.concurrency, now);

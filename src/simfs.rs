@@ -3,7 +3,9 @@
 //!
 //! It keeps what the process has written apart from what is durable:
 //! file contents become durable at `sync_data`, directory entries (creations,
-//! renames, removals) at `sync_dir`. It can
+//! renames, removals, and new subdirectories) at `sync_dir` of the directory
+//! holding them. A directory whose own entry was never made durable is lost in
+//! a crash together with everything in it, as on a real filesystem. It can
 //! - crash after any operation (`crash_after`): that operation and every later
 //!   one fail, as if the process died there;
 //! - compute the state a machine would find after such a crash
@@ -69,7 +71,10 @@ struct State {
     next_ino: u64,
     names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Directories as the process sees them (the root and `.` always exist).
     dirs: HashSet<PathBuf>,
+    /// Directories whose entry in their parent is durable.
+    durable_dirs: HashSet<PathBuf>,
     locks: HashSet<PathBuf>,
     ops: u64,
     crash_after: Option<u64>,
@@ -102,6 +107,61 @@ impl Drop for LockGuard {
         if st.generation == self.generation {
             st.locks.remove(&self.dir);
         }
+    }
+}
+
+/// The root (`/`) or the current directory (`.`, or the empty parent of a
+/// relative name): always there, never lost.
+fn is_root(p: &Path) -> bool {
+    p.parent().is_none() || p == Path::new(".")
+}
+
+/// Whether `p` is an entry of directory `dir` (the empty parent of a relative
+/// name counts as `.`).
+fn parent_is(p: &Path, dir: &Path) -> bool {
+    match p.parent() {
+        Some(parent) if parent == dir => true,
+        Some(parent) => parent.as_os_str().is_empty() && dir == Path::new("."),
+        None => false,
+    }
+}
+
+/// `p`'s parent directory (`.` for a relative name).
+fn parent_dir(p: &Path) -> Option<&Path> {
+    match p.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Some(Path::new(".")),
+        other => other,
+    }
+}
+
+impl State {
+    fn is_dir(&self, p: &Path) -> bool {
+        is_root(p) || self.dirs.contains(p)
+    }
+
+    /// Fails unless the directory that would hold `p` exists.
+    fn check_parent(&self, p: &Path) -> io::Result<()> {
+        match parent_dir(p) {
+            Some(dir) if !self.is_dir(dir) => Err(io::Error::from(io::ErrorKind::NotFound)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes `p` and its ancestors directories, durably (for the test helpers).
+    fn add_durable_dirs(&mut self, p: &Path) {
+        for a in p
+            .ancestors()
+            .filter(|a| !is_root(a) && !a.as_os_str().is_empty())
+        {
+            self.dirs.insert(a.to_path_buf());
+            self.durable_dirs.insert(a.to_path_buf());
+        }
+    }
+
+    /// A directory survives a crash when its entry and its ancestors' are durable.
+    fn survives(&self, dir: &Path) -> bool {
+        dir.ancestors()
+            .all(|a| is_root(a) || a.as_os_str().is_empty() || self.durable_dirs.contains(a))
     }
 }
 
@@ -164,7 +224,22 @@ impl SimFs {
     pub fn restart(&self, mode: CrashMode, seed: u64) {
         let mut st = self.st.lock();
         let mut seed = seed | 1;
-        st.names = st.durable_names.clone();
+        let dirs: HashSet<PathBuf> = st
+            .durable_dirs
+            .iter()
+            .filter(|d| st.survives(d))
+            .cloned()
+            .collect();
+        st.dirs = dirs.clone();
+        st.durable_dirs = dirs;
+        let names: BTreeMap<PathBuf, u64> = st
+            .durable_names
+            .iter()
+            .filter(|(p, _)| parent_dir(p).is_none_or(|d| st.is_dir(d)))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        st.durable_names = names.clone();
+        st.names = names;
         let live: HashSet<u64> = st.names.values().copied().collect();
         st.inodes.retain(|ino, _| live.contains(ino));
         for inode in st.inodes.values_mut() {
@@ -215,9 +290,13 @@ impl SimFs {
         st.names.get(path).map(|i| st.inodes[i].data.clone())
     }
 
-    /// Creates (or replaces) a file with `data`, durably, name included.
+    /// Creates (or replaces) a file with `data`, durably, name included (and
+    /// its parent directories, durably, if they do not exist).
     pub fn put(&self, path: &Path, data: Vec<u8>) {
         let mut st = self.st.lock();
+        if let Some(dir) = parent_dir(path) {
+            st.add_durable_dirs(dir);
+        }
         let ino = match st.names.get(path) {
             Some(&i) => i,
             None => {
@@ -299,7 +378,17 @@ impl Vfs for SimFs {
         if let Some(f) = self.op()? {
             return Err(fault_err(f));
         }
-        self.st.lock().dirs.insert(dir.to_path_buf());
+        let mut st = self.st.lock();
+        let mut new: Vec<PathBuf> = dir
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty() && !st.is_dir(a))
+            .map(Path::to_path_buf)
+            .collect();
+        if new.iter().any(|a| st.names.contains_key(a)) {
+            return Err(io::Error::from(io::ErrorKind::NotADirectory));
+        }
+        new.reverse();
+        st.dirs.extend(new);
         Ok(())
     }
 
@@ -308,10 +397,18 @@ impl Vfs for SimFs {
             return Err(fault_err(f));
         }
         let st = self.st.lock();
+        if !st.is_dir(dir) {
+            return Err(io::Error::from(if st.names.contains_key(dir) {
+                io::ErrorKind::NotADirectory
+            } else {
+                io::ErrorKind::NotFound
+            }));
+        }
         Ok(st
             .names
             .keys()
-            .filter(|p| p.parent() == Some(dir))
+            .chain(st.dirs.iter())
+            .filter(|p| parent_is(p, dir))
             .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
             .collect())
     }
@@ -321,6 +418,10 @@ impl Vfs for SimFs {
             return Err(fault_err(f));
         }
         let mut st = self.st.lock();
+        if st.is_dir(path) {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        st.check_parent(path)?;
         let ino = match st.names.get(path) {
             Some(&i) => i,
             None if create => {
@@ -344,6 +445,7 @@ impl Vfs for SimFs {
             return Err(fault_err(f));
         }
         let mut st = self.st.lock();
+        st.check_parent(to)?;
         let ino = st
             .names
             .remove(from)
@@ -368,14 +470,24 @@ impl Vfs for SimFs {
             return Err(fault_err(f));
         }
         let mut st = self.st.lock();
+        if !st.is_dir(dir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
         let cur: Vec<(PathBuf, u64)> = st
             .names
             .iter()
-            .filter(|(p, _)| p.parent() == Some(dir))
+            .filter(|(p, _)| parent_is(p, dir))
             .map(|(p, i)| (p.clone(), *i))
             .collect();
-        st.durable_names.retain(|p, _| p.parent() != Some(dir));
+        st.durable_names.retain(|p, _| !parent_is(p, dir));
         st.durable_names.extend(cur);
+        let subdirs: Vec<PathBuf> = st
+            .dirs
+            .iter()
+            .filter(|p| parent_is(p, dir))
+            .cloned()
+            .collect();
+        st.durable_dirs.extend(subdirs);
         Ok(())
     }
 
@@ -384,6 +496,9 @@ impl Vfs for SimFs {
             return Err(fault_err(f));
         }
         let mut st = self.st.lock();
+        if !st.is_dir(dir) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
         if !st.locks.insert(dir.to_path_buf()) {
             return Ok(None);
         }
@@ -397,6 +512,13 @@ impl Vfs for SimFs {
 
     fn network_fs(&self, _dir: &Path) -> io::Result<Option<String>> {
         Ok(None)
+    }
+
+    fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
+        if let Some(f) = self.op()? {
+            return Err(fault_err(f));
+        }
+        Ok(self.st.lock().is_dir(dir))
     }
 }
 
@@ -487,5 +609,47 @@ impl VFile for SimFile {
         Ok(Bytes::from(
             self.fs.st.lock().inodes[&self.ino].data.clone(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_whose_parent_was_not_synced_is_lost_with_its_files() {
+        let fs = SimFs::new();
+        let (d, f) = (Path::new("/d/e"), Path::new("/d/e/f"));
+        fs.create_dir_all(d).unwrap();
+        let h = fs.open(f, true).unwrap();
+        h.write_all_at(0, b"abc").unwrap();
+        h.sync_data().unwrap();
+        fs.sync_dir(d).unwrap();
+        fs.restart(CrashMode::KeepUnsynced, 1);
+        assert!(!fs.dir_exists(Path::new("/d")).unwrap());
+        assert_eq!(fs.read(f), None);
+        assert!(fs.open(f, true).is_err(), "no directory to create it in");
+
+        // Synced top-down, the same directory and file survive.
+        fs.create_dir_all(d).unwrap();
+        let h = fs.open(f, true).unwrap();
+        h.write_all_at(0, b"abc").unwrap();
+        h.sync_data().unwrap();
+        fs.sync_dir(d).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        fs.restart(CrashMode::LoseUnsynced, 1);
+        assert!(fs.dir_exists(d).unwrap());
+        assert_eq!(fs.read(f).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(fs.list(Path::new("/d")).unwrap(), vec!["e".to_string()]);
+    }
+
+    #[test]
+    fn put_makes_its_directories_durable() {
+        let fs = SimFs::new();
+        fs.put(Path::new("/x/y/z"), b"1".to_vec());
+        fs.restart(CrashMode::LoseUnsynced, 1);
+        assert_eq!(fs.read(Path::new("/x/y/z")).as_deref(), Some(&b"1"[..]));
+        assert!(fs.list(Path::new("/nope")).is_err());
     }
 }
