@@ -57,6 +57,8 @@ pub struct Bucket {
     pub failures: u64,
     /// Site failures.
     pub site_failure_total: u64,
+    /// The reason given with the last site failure (for the operator).
+    pub last_site_failure: Option<Box<str>>,
 }
 
 impl Bucket {
@@ -79,6 +81,7 @@ impl Bucket {
             deferrals: 0,
             failures: 0,
             site_failure_total: 0,
+            last_site_failure: None,
         }
     }
 

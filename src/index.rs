@@ -773,7 +773,7 @@ impl MsgShard {
     /// writes the in-memory text to disk (an update record without a new
     /// reason, a checkpoint) should not replace an exact text on disk by an
     /// inexact one.
-    #[allow(dead_code)] // for the queue's persisting call sites
+    #[cfg(test)]
     pub fn reason_is_exact(&self, id: u32) -> bool {
         id == 0
             || self
@@ -784,14 +784,12 @@ impl MsgShard {
 
     /// Times a recipient got [`REASON_NOT_KEPT`] because the reason cache was
     /// over budget (cumulative).
-    #[allow(dead_code)] // for the queue statistics
     pub fn reasons_not_kept(&self) -> u64 {
         self.reasons_not_kept
     }
 
     /// Times a recipient got the normalised form of its text because the exact
     /// one did not fit the reason cache (cumulative).
-    #[allow(dead_code)] // for the queue statistics
     pub fn reasons_normalised(&self) -> u64 {
         self.reasons_normalised
     }

@@ -144,7 +144,6 @@ impl Signal {
     /// [`Signal::clear`], which consumes it: after clearing, re-arm for the
     /// deadlines still pending. Should the timer ever fail to arm, the fd is
     /// raised now instead, so the deadline is never missed.
-    #[cfg_attr(not(test), allow(dead_code))] // wired into the queue separately
     pub fn arm(&self, after: Duration) {
         let after = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
         // 0 means "not armed"; CLOCK_MONOTONIC is never 0 after boot anyway.

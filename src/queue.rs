@@ -225,10 +225,10 @@ pub(crate) fn push_update(
     let r = ms.rcpts[rid as usize];
     let m = ms.msgs[r.msg as usize];
     let id = MessageId::new(m.gen, global(mshard, r.msg));
-    let reason = match &ch.reason {
-        Some(t) => t.as_str(),
-        None => ms.reason(r.reason()),
-    };
+    // No new reason: an empty text means "unchanged" on replay. The in-memory
+    // text may be a normalised or not-kept form and must never overwrite the
+    // exact reply already on disk.
+    let reason = ch.reason.as_deref().unwrap_or("");
     let u = UpdateRecord {
         id: id.0,
         idx: rid - m.first,

@@ -229,7 +229,8 @@ impl Builder {
         }
         if st.is_final() {
             ms.finish_rcpt(rid);
-        } else {
+        } else if !u.reason.is_empty() {
+            // An empty reason means "unchanged" (operator actions, requeues).
             ms.set_reason_text(rid, u.reason);
         }
     }

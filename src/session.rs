@@ -446,10 +446,12 @@ impl Queue {
             take(Some(now));
         }
         for s in 0..SHARDS {
-            let ss = q.sched[s].lock();
+            let mut ss = q.sched[s].lock();
             if !ss.ring.is_empty() {
                 take(Some(now));
             }
+            // A clock that moved back re-files the timers by their own times.
+            ss.wheel.observe(now);
             take(ss.wheel.next_due());
             take(ss.wakeups.peek().map(|r| r.0 .0));
             take(ss.leases.peek().map(|r| r.0 .0));
@@ -688,8 +690,9 @@ impl Session {
         };
         let slot = ss.buckets[bl as usize].slots.swap_remove(i);
         let mut rang = q.return_leased(&mut ss, &slot, now);
-        if let Some(_reason) = site {
+        if let Some(reason) = site {
             q.counters.site_failures.fetch_add(1, Ordering::Relaxed);
+            ss.buckets[bl as usize].last_site_failure = Some(clip(reason).into());
             let min = q.opts.min_backoff.as_secs().min(u32::MAX as u64) as u32;
             let max = q.opts.max_backoff.as_secs().min(u32::MAX as u64) as u32;
             let b = &mut ss.buckets[bl as usize];

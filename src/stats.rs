@@ -57,6 +57,8 @@ pub struct BucketStats {
     pub site_failures: u64,
     /// Queued recipients by age (columns of [`AGE_BUCKETS_MINUTES`] plus one older).
     pub ages: [u64; 10],
+    /// Reason given with the last site failure (connection refused, TLS failure…).
+    pub last_site_failure: Option<String>,
 }
 
 impl BucketStats {
@@ -115,6 +117,15 @@ pub struct Stats {
     pub poisoned: Option<String>,
     /// The last automatic checkpoint/compaction failure, if the last attempt failed.
     pub maintenance_error: Option<String>,
+    /// Last-error texts stored in memory in normalised form (transaction ids
+    /// replaced) because the per-shard reason cache was full; the exact text is
+    /// in the log record. Cumulative.
+    pub reasons_normalised: u64,
+    /// Last-error texts not kept in memory at all (cache full even for the
+    /// normalised form). Cumulative.
+    pub reasons_not_kept: u64,
+    /// Why messages were found damaged (message id, what check failed).
+    pub corrupt_reasons: Vec<(MessageId, String)>,
 }
 
 impl Stats {
@@ -411,6 +422,7 @@ impl Queue {
                     deferrals: b.deferrals,
                     failures: b.failures,
                     site_failures: b.site_failure_total,
+                    last_site_failure: b.last_site_failure.as_deref().map(str::to_string),
                     ages: a,
                 };
                 if bs.depth() > 0 || bs.sessions > 0 || bs.suspended || bs.dead_until != 0 {
@@ -433,6 +445,11 @@ impl Queue {
         let rep = q.report.lock();
         st.corrupt = rep.corrupt_count() as u64;
         st.corrupt_ids = rep.corrupt_messages.clone();
+        st.corrupt_reasons = rep
+            .corrupt_messages
+            .iter()
+            .map(|id| (*id, rep.corrupt_reason(*id).unwrap_or("").to_string()))
+            .collect();
         drop(rep);
         let lc = q.log.counters();
         st.fsyncs = lc.syncs;
@@ -442,6 +459,12 @@ impl Queue {
         st.checkpoints = m.checkpoints;
         st.segments_deleted = m.segments_deleted;
         st.maintenance_error = m.last_error.clone();
+        drop(m);
+        for ms in &q.msgs {
+            let ms = ms.lock();
+            st.reasons_normalised += ms.reasons_normalised();
+            st.reasons_not_kept += ms.reasons_not_kept();
+        }
         st.index_bytes = index_bytes as u64;
         st.poisoned = q.log.poisoned();
         st

@@ -140,6 +140,10 @@ fn temp_failure_backoff_then_expiry_then_bounce() {
     assert_eq!(info.recipients[0].last_error, "451 greylisted");
     // age 0 → clamped to the 300 s minimum.
     assert_eq!(info.recipients[0].next_attempt, T0 + 300);
+    // The buffered outcome record is due for its sync first (100 ms, rounded up).
+    assert_eq!(q.next_wakeup(), Some(T0 + 1));
+    assert_eq!(q.next_timeout(), Some(Duration::from_millis(100)));
+    q.sync().unwrap();
     assert_eq!(q.next_wakeup(), Some(T0 + 300));
     clock.advance(299);
     assert!(q.next_session().unwrap().is_none());
