@@ -153,6 +153,17 @@ impl Bucket {
         false
     }
 
+    /// True when the bucket holds nothing worth keeping: no recipients, sessions,
+    /// operator state (suspension, custom limit) or dead-destination state.
+    pub fn idle(&self, default: Concurrency) -> bool {
+        self.counts.iter().all(|&c| c == 0)
+            && self.slots.is_empty()
+            && !self.in_ring
+            && !self.suspended
+            && self.dead_until == 0
+            && self.policy == default
+    }
+
     /// Approximate bytes of memory held (excluding recipients).
     pub fn memory(&self) -> usize {
         std::mem::size_of::<Bucket>() + self.key.len() + 16 + self.ready.capacity() * 4
@@ -381,6 +392,16 @@ impl SchedShard {
             wheel: Wheel::new(now),
             wakeups: BinaryHeap::new(),
             leases: BinaryHeap::new(),
+        }
+    }
+
+    /// Stores a bucket at a local index (a new one at the end, or a reused id).
+    pub fn place(&mut self, local: u32, b: Bucket) {
+        let l = local as usize;
+        if l == self.buckets.len() {
+            self.buckets.push(b);
+        } else if l < self.buckets.len() {
+            self.buckets[l] = b;
         }
     }
 

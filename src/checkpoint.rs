@@ -45,6 +45,8 @@ pub struct Maint {
     pub segments_deleted: u64,
     /// Messages copied forward.
     pub messages_copied: u64,
+    /// Idle buckets (routing keys) freed.
+    pub buckets_freed: u64,
     /// Size of the last checkpoint file.
     pub checkpoint_bytes: u64,
     /// The last automatic maintenance failure (reported in stats).
@@ -111,6 +113,7 @@ fn write(q: &Inner, m: &mut Maint) -> Result<SegLive> {
         // The encode streams to the file in bounded pieces (page cache only; the
         // fsync comes after the gate is released): no checkpoint-sized buffer.
         let _w = q.gate.write();
+        m.buckets_freed += q.gc_buckets() as u64;
         let (p, seq) = q.log.end_and_seq();
         let keys = q.keys.read();
         encode(
@@ -306,10 +309,21 @@ pub fn encode(
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&next_gen.to_le_bytes());
     out.extend_from_slice(&salt.to_le_bytes());
-    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
-    for i in 0..keys.len() as u32 {
-        out.put_short(keys.key(i).map(|k| k.as_bytes()).unwrap_or(b""));
-        out.maybe_spill();
+    // Only live keys, renumbered densely (freed ids are holes in memory).
+    let mut remap = vec![u32::MAX; keys.len()];
+    let mut n = 0u32;
+    for (i, r) in remap.iter_mut().enumerate() {
+        if keys.key(i as u32).is_some_and(|k| !k.is_empty()) {
+            *r = n;
+            n += 1;
+        }
+    }
+    out.extend_from_slice(&n.to_le_bytes());
+    for (i, &r) in remap.iter().enumerate() {
+        if r != u32::MAX {
+            out.put_short(keys.key(i as u32).map(|k| k.as_bytes()).unwrap_or(b""));
+            out.maybe_spill();
+        }
     }
     for s in 0..SHARDS {
         with_shard(s, &mut |ms: &MsgShard| {
@@ -347,7 +361,8 @@ pub fn encode(
                     out.push(r.state().persisted() as u8);
                     out.extend_from_slice(&r.attempts().to_le_bytes());
                     out.extend_from_slice(&r.next.to_le_bytes());
-                    out.extend_from_slice(&r.bucket().to_le_bytes());
+                    let b = remap.get(r.bucket() as usize).copied().unwrap_or(0);
+                    out.extend_from_slice(&b.to_le_bytes());
                     let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
                     out.extend_from_slice(&reason.to_le_bytes());
                 }

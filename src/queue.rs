@@ -252,15 +252,68 @@ impl Inner {
             return Ok(id);
         }
         let mut keys = self.keys.write();
-        if keys.get(key).is_none() && keys.len() >= MAX_BUCKETS as usize {
+        if keys.get(key).is_none() && keys.live() >= MAX_BUCKETS as usize - 1 {
             return Err(Error::TooLarge {
-                what: "routing key table",
-                len: keys.len(),
-                limit: MAX_BUCKETS as usize,
+                what: "routing key table (destinations with mail or operator state)",
+                len: keys.live(),
+                limit: MAX_BUCKETS as usize - 1,
             });
         }
         let policy = self.opts.concurrency;
-        Ok(keys.intern(key, policy, |s, b| self.sched[s].lock().buckets.push(b)))
+        Ok(keys.intern(key, policy, |s, l, b| self.sched[s].lock().place(l, b)))
+    }
+
+    /// Frees buckets that are empty, idle and carry no operator state, and trims
+    /// the id space. Runs under the exclusive gate (during a checkpoint): every
+    /// path that turns a key into an id and uses it later holds the gate shared.
+    pub(crate) fn gc_buckets(&self) -> usize {
+        if !self.moves.lock().is_empty() {
+            return 0; // a detached recipient may be about to join an idle bucket
+        }
+        let mut keys = self.keys.write();
+        let mut ss: Vec<_> = self.sched.iter().map(|s| s.lock()).collect();
+        let mut pinned = std::collections::HashSet::new();
+        for ms in &self.msgs {
+            for it in ms.lock().intents.values() {
+                pinned.extend(it.route);
+            }
+        }
+        let default = self.opts.concurrency;
+        let mut freed = 0;
+        for (s, sh) in ss.iter_mut().enumerate() {
+            for l in 0..sh.buckets.len() {
+                let id = global(s, l as u32);
+                let b = &mut sh.buckets[l];
+                if b.key.is_empty() {
+                    continue;
+                }
+                if b.idle(default) && !pinned.contains(&id) {
+                    keys.free(id);
+                    *b = crate::bucket::Bucket::new("".into(), default);
+                    freed += 1;
+                } else if b.ready.capacity() > 64 && b.ready.len() < b.ready.capacity() / 4 {
+                    let n = b.ready.len();
+                    b.ready.shrink_to((n * 2).max(16));
+                }
+            }
+        }
+        if freed == 0 {
+            return 0;
+        }
+        let n = keys.trim();
+        for (s, sh) in ss.iter_mut().enumerate() {
+            let keep = if n > s { (n - s).div_ceil(SHARDS) } else { 0 };
+            sh.buckets.truncate(keep);
+            if sh.buckets.capacity() > 2 * keep + 16 {
+                sh.buckets.shrink_to_fit();
+            }
+            let sh = &mut **sh;
+            let buckets = &sh.buckets;
+            let live = |bl: u32| buckets.get(bl as usize).is_some_and(|b| !b.key.is_empty());
+            sh.wakeups.retain(|r| live(r.0 .1));
+            sh.leases.retain(|r| live(r.0 .1));
+        }
+        freed
     }
 
     /// Looks a routing key up without creating it.
@@ -315,7 +368,7 @@ impl Inner {
         idx: u32,
         plan: &dyn Fn(&Rcpt, u32) -> Option<Change>,
     ) -> Result<bool> {
-        let _g = self.gate.read();
+        let _g = self.gate.read_recursive();
         let slot = id.slot();
         let (mshard, local) = (shard_of(slot), local_of(slot));
         loop {
@@ -376,7 +429,7 @@ impl Inner {
 
     /// Moves one recipient to another bucket, persisting the new routing key.
     pub(crate) fn reroute_rcpt(&self, id: MessageId, idx: u32, to: u32) -> Result<bool> {
-        let _g = self.gate.read();
+        let _g = self.gate.read_recursive();
         let slot = id.slot();
         let (mshard, local) = (shard_of(slot), local_of(slot));
         let to_key = self.key_of(to);
@@ -585,6 +638,9 @@ impl Queue {
         if let Some(p) = q.log.poisoned() {
             return Err(Error::Poisoned(p));
         }
+        // Shared gate from the key lookup on: idle buckets are freed only under the
+        // exclusive gate, so these ids stay ours until the recipients count in them.
+        let gate = q.gate.read();
         let buckets = routes
             .iter()
             .map(|k| q.bucket_id(k))
@@ -634,7 +690,6 @@ impl Queue {
             });
         }
 
-        let gate = q.gate.read();
         let res = q
             .log
             .append(batch)
@@ -693,6 +748,15 @@ impl Queue {
             crate::checkpoint::maybe_maintain(q);
         }
         Ok(id)
+    }
+
+    /// Lowers the per-shard message-slot limit (tests of the limit; recovery keeps
+    /// its own, larger one).
+    #[doc(hidden)]
+    pub fn debug_set_slot_limit(&self, limit: u32) {
+        self.inner
+            .slot_limit
+            .store(limit.min(crate::checkpoint::MAX_SLOT), Ordering::Relaxed);
     }
 
     /// Makes every buffered outcome record durable now.
@@ -765,10 +829,13 @@ impl Queue {
     }
 
     fn bucket_op(&self, key: &str, plan: &dyn Fn(&Rcpt, u32) -> Option<Change>) -> Result<usize> {
-        let Some(b) = self.inner.find_bucket(key)? else {
-            return Ok(0);
+        let targets = {
+            let _g = self.inner.gate.read_recursive();
+            let Some(b) = self.inner.find_bucket(key)? else {
+                return Ok(0);
+            };
+            self.inner.collect(&|r| r.bucket() == b)
         };
-        let targets = self.inner.collect(&|r| r.bucket() == b);
         let mut n = 0;
         for (id, i) in targets {
             match self.inner.change_rcpt(id, i, plan) {
@@ -797,6 +864,7 @@ impl Queue {
 
     /// Flushes the deferred recipients of one routing key (like `postqueue -s`).
     pub fn flush_bucket(&self, key: &str) -> Result<usize> {
+        let _g = self.inner.gate.read_recursive();
         match self.inner.find_bucket(key)? {
             Some(b) => self.flush_matching(Some(b)),
             None => Ok(0),
@@ -837,6 +905,7 @@ impl Queue {
 
     /// Suspends a routing key: no new sessions until [`Queue::resume`].
     pub fn suspend(&self, key: &str) -> Result<()> {
+        let _g = self.inner.gate.read_recursive();
         let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         self.inner.sched[shard_of(b)].lock().buckets[local_of(b) as usize].suspended = true;
         Ok(())
@@ -844,6 +913,7 @@ impl Queue {
 
     /// Resumes a suspended routing key.
     pub fn resume(&self, key: &str) -> Result<()> {
+        let _g = self.inner.gate.read_recursive();
         let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         let now = self.inner.now();
         let mut ss = self.inner.sched[shard_of(b)].lock();
@@ -861,6 +931,7 @@ impl Queue {
                 "concurrency limit must be at least 1".into(),
             ));
         }
+        let _g = self.inner.gate.read_recursive();
         let b = self.inner.bucket_id(&validate::normalize_key(key)?)?;
         let mut ss = self.inner.sched[shard_of(b)].lock();
         let bk = &mut ss.buckets[local_of(b) as usize];
@@ -872,6 +943,7 @@ impl Queue {
     /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
     /// Recipients in flight keep their session. Returns how many moved.
     pub fn reroute(&self, from: &str, to: &str) -> Result<usize> {
+        let _g = self.inner.gate.read_recursive();
         let Some(fb) = self.inner.find_bucket(from)? else {
             return Ok(0);
         };
@@ -890,6 +962,7 @@ impl Queue {
 
     /// Re-routes one recipient to routing key `to` (persisted).
     pub fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
+        let _g = self.inner.gate.read_recursive();
         let tb = self.inner.bucket_id(&validate::normalize_key(to)?)?;
         self.durably(self.inner.reroute_rcpt(id, index, tb))
     }

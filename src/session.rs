@@ -367,6 +367,7 @@ impl Queue {
         if let Some(p) = q.log.poisoned() {
             return Err(Error::Poisoned(p));
         }
+        let _g = q.gate.read_recursive();
         let Some(b) = q.find_bucket(key)? else {
             return Ok(None);
         };
@@ -447,14 +448,42 @@ impl Queue {
         }
         for s in 0..SHARDS {
             let mut ss = q.sched[s].lock();
-            if !ss.ring.is_empty() {
+            // A ring entry is "now" only if its bucket can really open a session
+            // (one emptied through `session_for` may still sit in the ring).
+            if ss
+                .ring
+                .iter()
+                .any(|&bl| ss.buckets[bl as usize].can_open(now))
+            {
                 take(Some(now));
             }
             // A clock that moved back re-files the timers by their own times.
             ss.wheel.observe(now);
             take(ss.wheel.next_due());
-            take(ss.wakeups.peek().map(|r| r.0 .0));
-            take(ss.leases.peek().map(|r| r.0 .0));
+            // Entries of ended sessions and revived destinations are dropped here,
+            // so that an idle queue is not woken for nothing.
+            while let Some(&Reverse((t, bl, tok))) = ss.leases.peek() {
+                let live = ss
+                    .buckets
+                    .get(bl as usize)
+                    .is_some_and(|b| b.slots.iter().any(|x| x.token == tok));
+                if live {
+                    take(Some(t));
+                    break;
+                }
+                ss.leases.pop();
+            }
+            while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
+                if ss
+                    .buckets
+                    .get(bl as usize)
+                    .is_some_and(|b| b.dead_until == t)
+                {
+                    take(Some(t));
+                    break;
+                }
+                ss.wakeups.pop();
+            }
         }
         best.map(u64::from)
     }

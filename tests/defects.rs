@@ -514,3 +514,318 @@ fn d28_damage_reasons_are_kept() {
     let rep = q.recovery_report();
     assert_eq!(rep.corrupt_reason(m1), Some("segment missing"));
 }
+
+/// Defect 4: enqueue refuses (typed error) what recovery could not load.
+#[test]
+fn d04_enqueue_refuses_slots_recovery_would_drop() {
+    let t = TempDir::new("d04");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    q.debug_set_slot_limit(1);
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        match q.enqueue(&msg("s@x.example", &[&format!("r{i}@b.example")], b"m")) {
+            Ok(id) => ok.push(id),
+            Err(Error::TooLarge { what, .. }) => {
+                assert!(what.contains("slots"), "{what}");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok.len(), refused), (32, 8), "slots 0 and 1 of 16 shards");
+    drop(q);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    for id in ok {
+        q.inspect(id).expect("every accepted message reopens");
+    }
+}
+
+fn poll_readable(fd: i32, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+/// Defect 5: an idle queue syncs buffered outcomes: `next_wakeup`/`next_timeout`
+/// name the deadline and the poll fd wakes for it.
+#[test]
+fn d05_idle_queue_syncs_outcomes_by_the_interval() {
+    let sim = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        vfs: sim.vfs(),
+        ..small(&clock)
+    };
+    let q = Queue::open("/q", o.clone()).unwrap();
+    let id = q
+        .enqueue(&msg("s@x.example", &["a@b.example"], b"m"))
+        .unwrap();
+    q.ack_poll();
+    deliver_key(&q, "b.example", Outcome::Delivered);
+    assert_eq!(q.next_timeout(), Some(Duration::from_millis(100)));
+    assert_eq!(
+        q.next_wakeup(),
+        Some(T0 + 1),
+        "the sync deadline, rounded up"
+    );
+    // The event loop waits on the poll fd only.
+    assert!(
+        poll_readable(q.poll_fd(), 10_000),
+        "the poll fd wakes for the sync"
+    );
+    clock.advance_millis(100);
+    q.ack_poll();
+    assert_eq!(
+        q.next_timeout(),
+        None,
+        "the sync is done, nothing else is scheduled"
+    );
+    sim.crash_after(1);
+    drop(q);
+    sim.restart(CrashMode::LoseUnsynced, 3);
+    let q = Queue::open("/q", o).unwrap();
+    assert!(
+        matches!(q.inspect(id), Err(Error::NoSuchMessage(_))),
+        "the delivery is durable"
+    );
+}
+
+/// Defect 8: after the clock steps back, a recipient deferred in the past of the
+/// wheel is still retried at its time, and next_wakeup names it.
+#[test]
+fn d08_clock_stepping_back_strands_nothing() {
+    let t = TempDir::new("d08");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        min_backoff: Duration::from_secs(300),
+        ..small(&clock)
+    };
+    let q = Queue::open(t.path(), o).unwrap();
+    let a = q
+        .enqueue(&msg("s@x.example", &["a@a.example"], b"a"))
+        .unwrap();
+    deliver_key(&q, "a.example", Outcome::temp("451 later"));
+    assert_eq!(q.inspect(a).unwrap().recipients[0].next_attempt, T0 + 300);
+    // The clock steps back an hour; a new deferral lands behind the wheel.
+    clock.set(T0 - 3600);
+    let b = q
+        .enqueue(&msg("s@x.example", &["b@b.example"], b"b"))
+        .unwrap();
+    deliver_key(&q, "b.example", Outcome::temp("451 later"));
+    let bn = q.inspect(b).unwrap().recipients[0].next_attempt;
+    assert_eq!(bn, T0 - 3300);
+    q.sync().unwrap();
+    q.tick();
+    assert_eq!(
+        q.next_wakeup(),
+        Some(bn),
+        "the earliest retry, in the new time"
+    );
+    assert!(q.next_session().unwrap().is_none(), "not before its time");
+    clock.set(bn);
+    q.tick();
+    assert_eq!(deliver_key(&q, "b.example", Outcome::Delivered), vec![b]);
+    q.sync().unwrap();
+    assert_eq!(q.next_wakeup(), Some(T0 + 300));
+    // And forward again, far past the wheel's horizon.
+    clock.set(T0 + 86_400);
+    q.tick();
+    assert_eq!(deliver_key(&q, "a.example", Outcome::Delivered), vec![a]);
+    assert_eq!(q.stats().messages, 0);
+}
+
+/// Defect 10: re-route and hold taken while a recipient is in flight hold when
+/// its attempt ends (SimpleLogin: "deferred mail remembers its destination").
+#[test]
+fn d10_operator_decisions_on_inflight_recipients_hold() {
+    let t = TempDir::new("d10");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    // Re-route + flush while in flight, then a temporary failure.
+    let a = q
+        .enqueue(&msg("s@x.example", &["u@old.example"], b"a"))
+        .unwrap();
+    let mut s = q.session_for("old.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(q.reroute("old.example", "new.example").unwrap(), 1);
+    q.flush().unwrap();
+    d.complete(&[Outcome::temp("451 4.7.0 try later")]).unwrap();
+    s.finish().unwrap();
+    let r = &q.inspect(a).unwrap().recipients[0];
+    assert_eq!(
+        (r.route.as_str(), r.state),
+        ("new.example", RcptState::Deferred)
+    );
+    q.flush().unwrap();
+    assert!(
+        q.session_for("old.example").unwrap().is_none(),
+        "never the old route"
+    );
+    assert_eq!(deliver_key(&q, "new.example", Outcome::Delivered), vec![a]);
+
+    // Hold while in flight, then a temporary failure: held, not deferred.
+    let b = q
+        .enqueue(&msg("s@x.example", &["u@h.example"], b"b"))
+        .unwrap();
+    let mut s = q.session_for("h.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(q.hold(b).unwrap(), 1);
+    d.complete(&[Outcome::temp("451 later")]).unwrap();
+    s.finish().unwrap();
+    assert_eq!(q.inspect(b).unwrap().recipients[0].state, RcptState::Held);
+    clock.advance(100_000);
+    q.tick();
+    assert!(
+        q.session_for("h.example").unwrap().is_none(),
+        "held stays held"
+    );
+    q.release(b).unwrap();
+    assert_eq!(deliver_key(&q, "h.example", Outcome::Delivered), vec![b]);
+
+    // Hold while in flight, then delivered: delivered counts.
+    let c = q
+        .enqueue(&msg("s@x.example", &["u@h.example"], b"c"))
+        .unwrap();
+    let mut s = q.session_for("h.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    q.hold(c).unwrap();
+    d.complete(&[Outcome::Delivered]).unwrap();
+    s.finish().unwrap();
+    assert!(matches!(q.inspect(c), Err(Error::NoSuchMessage(_))));
+
+    // Re-routed while in flight, then the worker vanishes and the queue restarts:
+    // the decision was durable.
+    let e = q
+        .enqueue(&msg("s@x.example", &["u@old2.example"], b"e"))
+        .unwrap();
+    let mut s = q.session_for("old2.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    q.reroute_recipient(e, 0, "new2.example").unwrap();
+    drop(d);
+    drop(s);
+    assert_eq!(q.inspect(e).unwrap().recipients[0].route, "new2.example");
+    drop(q);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    assert_eq!(q.inspect(e).unwrap().recipients[0].route, "new2.example");
+    assert_eq!(deliver_key(&q, "new2.example", Outcome::Delivered), vec![e]);
+}
+
+/// Defect 17: one-off destinations are freed once delivered: memory and
+/// checkpoint size go back to their baseline.
+#[test]
+fn d17_one_off_domains_are_freed() {
+    let t = TempDir::new("d17");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    q.enqueue(&msg("s@x.example", &["keep@held.example"], b"k"))
+        .unwrap();
+    q.hold_bucket("held.example").unwrap();
+    let mut base = (0, 0);
+    for round in 0..5 {
+        if round == 1 {
+            // Baseline after one round: index chunks are allocated in every shard.
+            base = (
+                q.memory_usage(),
+                std::fs::metadata(t.path().join("checkpoint"))
+                    .unwrap()
+                    .len(),
+            );
+        }
+        for i in 0..2000 {
+            let rcpt = format!("u@d{round}-{i}.example");
+            q.enqueue(&msg("s@x.example", &[&rcpt], b"x")).unwrap();
+        }
+        assert_eq!(drain(&q, |_, _| Outcome::Delivered), 2000);
+        q.checkpoint().unwrap();
+    }
+    assert_eq!(q.stats().messages, 1);
+    let ckpt = std::fs::metadata(t.path().join("checkpoint"))
+        .unwrap()
+        .len();
+    let (base_mem, base_ckpt) = base;
+    assert!(
+        ckpt <= base_ckpt + 64,
+        "checkpoint {ckpt} B vs {base_ckpt} B at baseline"
+    );
+    let mem = q.memory_usage();
+    assert!(
+        mem <= base_mem + base_mem / 20 + 16 * 1024,
+        "index {mem} B vs {base_mem} B at baseline"
+    );
+    // Operator state keeps its bucket; the held mail is still there.
+    assert_eq!(q.stats().count("held"), 1);
+}
+
+/// Defect 21: nonsensical options are refused with a message saying what is allowed.
+#[test]
+fn d21_invalid_options_are_refused() {
+    let t = TempDir::new("d21");
+    let bad = [
+        Options {
+            checkpoint_bytes: 0,
+            ..Options::default()
+        },
+        Options {
+            lease_ttl: Duration::ZERO,
+            ..Options::default()
+        },
+        Options {
+            lifetime: Duration::ZERO,
+            ..Options::default()
+        },
+        Options {
+            min_backoff: Duration::ZERO,
+            ..Options::default()
+        },
+        Options {
+            min_backoff: Duration::from_secs(600),
+            max_backoff: Duration::from_secs(60),
+            ..Options::default()
+        },
+    ];
+    for o in bad {
+        match Queue::open(t.path(), o.clone()) {
+            Err(Error::InvalidOption(why)) => assert!(why.contains("must"), "{why}"),
+            other => panic!("{o:?} accepted: {other:?}"),
+        }
+    }
+}
+
+/// Defect 30: a delivery leaked with mem::forget does not keep its recipients
+/// in flight for ever.
+#[test]
+fn d30_leaked_delivery_is_reclaimed() {
+    let t = TempDir::new("d30");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    let a = q
+        .enqueue(&msg("s@x.example", &["a@b.example"], b"a"))
+        .unwrap();
+    let b = q
+        .enqueue(&msg("s@x.example", &["b@b.example"], b"b"))
+        .unwrap();
+    let mut s = q.session_for("b.example").unwrap().unwrap();
+    let d1 = s.next_delivery().unwrap().unwrap();
+    let first = d1.id();
+    std::mem::forget(d1);
+    let mut seen = vec![first];
+    while let Some(d) = s.next_delivery().unwrap() {
+        seen.push(d.id());
+        d.complete(&[Outcome::Delivered]).unwrap();
+    }
+    s.finish().unwrap();
+    assert!(seen.contains(&a) && seen.contains(&b));
+    assert_eq!(
+        seen.iter().filter(|&&x| x == first).count(),
+        2,
+        "offered again: {seen:?}"
+    );
+    assert_eq!(q.stats().count("inflight"), 0, "nothing stays in flight");
+    assert_eq!(q.stats().messages, 0);
+}

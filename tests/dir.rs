@@ -10,8 +10,13 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The lock tests run one at a time: a child spawned by one test shares every
+/// descriptor of this process between fork and exec, lock included.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn deleting_the_lock_file_does_not_let_a_second_owner_in() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = TempDir::new("lock-unlinked");
     let q = Queue::open(d.path(), Options::default()).unwrap();
     let _ = std::fs::remove_file(d.path().join("LOCK"));
@@ -25,6 +30,7 @@ fn deleting_the_lock_file_does_not_let_a_second_owner_in() {
 
 #[test]
 fn another_process_cannot_lock_an_open_queue_directory() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = TempDir::new("lock-process");
     let q = Queue::open(d.path(), Options::default()).unwrap();
     let flock = |dir: &Path| {
