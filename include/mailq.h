@@ -860,6 +860,14 @@ enum mailq_status mailq_ack_poll(struct mailq *q);
 enum mailq_status mailq_next_wakeup(struct mailq *q, uint64_t *when);
 
 /**
+ * Milliseconds until the next scheduled event, including the deadline for
+ * syncing buffered outcome records (which `mailq_next_wakeup` rounds up to a
+ * second); 0 when something is due now, -1 when nothing is scheduled. Use it
+ * as the timeout of poll/epoll_wait, then call `mailq_tick`.
+ */
+enum mailq_status mailq_next_timeout(struct mailq *q, int64_t *ms);
+
+/**
  * Fires due retries, probes and lease reclaims; `*ready` (may be NULL) is set to
  * 1 when work is ready (the poll fd is raised too).
  */

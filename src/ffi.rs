@@ -2010,6 +2010,24 @@ pub unsafe extern "C" fn mailq_next_wakeup(q: *mut mailq, when: *mut u64) -> mai
     })
 }
 
+/// Milliseconds until the next scheduled event, including the deadline for
+/// syncing buffered outcome records (which `mailq_next_wakeup` rounds up to a
+/// second); 0 when something is due now, -1 when nothing is scheduled. Use it
+/// as the timeout of poll/epoll_wait, then call `mailq_tick`.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_next_timeout(q: *mut mailq, ms: *mut i64) -> mailq_status {
+    guard(|| {
+        let qq = queue(q)?;
+        // SAFETY: documented pointer contract.
+        let ms = unsafe { out_ptr(ms, "ms") }?;
+        *ms = match qq.next_timeout() {
+            Some(d) => d.as_millis().min(i64::MAX as u128) as i64,
+            None => -1,
+        };
+        Ok(())
+    })
+}
+
 /// Fires due retries, probes and lease reclaims; `*ready` (may be NULL) is set to
 /// 1 when work is ready (the poll fd is raised too).
 #[no_mangle]

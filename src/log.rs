@@ -723,3 +723,58 @@ impl Log {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simfs::{Fault, SimFs};
+
+    fn open(fs: &SimFs) -> Log {
+        let vfs = fs.vfs();
+        vfs.create_dir_all(Path::new("/l")).unwrap();
+        Log::open(
+            vfs,
+            Path::new("/l"),
+            LogStart {
+                active: 1,
+                len: 0,
+                next_seq: 1,
+                salt: 7,
+            },
+            1 << 20,
+            Duration::from_millis(100),
+            1 << 20,
+            Arc::new(crate::types::SystemClock),
+        )
+        .unwrap()
+    }
+
+    fn batch(n: usize) -> Batch {
+        let mut b = Batch::new();
+        b.push(Kind::RcptUpdate, |p| p.extend_from_slice(&vec![1u8; n]));
+        b
+    }
+
+    /// Defect 6: bytes made durable before a later commit failed are reported
+    /// durable to their waiter (a `Poisoned` would make the client queue a duplicate).
+    #[test]
+    fn durable_bytes_are_acknowledged_even_after_a_later_failure() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let (_, a) = log.append(batch(100)).unwrap();
+        log.sync_to(a).unwrap();
+        let (_, b) = log.append(batch(100)).unwrap();
+        fs.fail_at(1, Fault::Eio);
+        assert!(
+            log.sync_to(b).is_err(),
+            "the second commit fails and poisons"
+        );
+        assert!(log.poisoned().is_some());
+        // A follower of the first commit that only now looks at the outcome.
+        assert!(
+            log.sync_to(a).is_ok(),
+            "its bytes were durable: acknowledged"
+        );
+        assert!(matches!(log.sync_to(b), Err(Error::Poisoned(_))));
+    }
+}

@@ -726,3 +726,25 @@ fn validate_options(o: &Options) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 20: many damaged messages are recorded in O(1) each (a set, not a
+    /// vector scan), once each, with the first reason kept.
+    #[test]
+    fn corrupt_ids_are_recorded_once_with_their_reason() {
+        let mut r = RecoveryReport::default();
+        for i in 0..200_000u64 {
+            r.note_corrupt_message(MessageId(i), "damaged message record");
+            r.note_corrupt_message(MessageId(i), "segment missing");
+        }
+        assert_eq!(r.corrupt_messages.len(), 200_000);
+        assert_eq!(r.corrupt_count(), 200_000);
+        assert_eq!(
+            r.corrupt_reason(MessageId(123_456)),
+            Some("damaged message record")
+        );
+    }
+}

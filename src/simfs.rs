@@ -27,7 +27,6 @@
 //! ```
 
 use crate::vfs::{VFile, Vfs};
-use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -598,17 +597,6 @@ impl VFile for SimFile {
         ino.data.resize(len as usize, 0);
         ino.pending.retain(|(off, _)| *off < len);
         Ok(())
-    }
-
-    fn map(&self, _len: u64) -> io::Result<Bytes> {
-        self.fs.check(self.generation)?;
-        if let Some(f) = self.fs.op()? {
-            return Err(fault_err(f));
-        }
-        // A snapshot of everything written so far (at least what may be read).
-        Ok(Bytes::from(
-            self.fs.st.lock().inodes[&self.ino].data.clone(),
-        ))
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`VFile`]. The real implementation uses the OS; tests can substitute a
 //! fault-injecting filesystem that keeps written and durable bytes apart.
 
-use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -62,8 +61,6 @@ pub trait VFile: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
-    /// A read-only view of bytes `[0, len)`; the caller never reads past what was written.
-    fn map(&self, len: u64) -> io::Result<Bytes>;
     /// The OS file descriptor, when there is one (for `sendfile(2)` by C callers).
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
@@ -417,20 +414,6 @@ impl VFile for OsFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
-    }
-
-    fn map(&self, len: u64) -> io::Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))?;
-        // SAFETY: the queue directory is exclusively locked, segment files are
-        // append-only while open and only truncated during recovery before any
-        // mapping exists, so the mapped bytes that mailq reads (always below the
-        // written length) are never changed or removed underneath the mapping.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
-        Ok(Bytes::from_owner(map))
     }
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {

@@ -225,9 +225,6 @@ impl vfs::VFile for PanicFile {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.f.set_len(len)
     }
-    fn map(&self, len: u64) -> std::io::Result<bytes::Bytes> {
-        self.f.map(len)
-    }
 }
 impl vfs::Vfs for PanicFs {
     fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {

@@ -2,7 +2,6 @@
 //! the queue (typed error, nothing acknowledged, writes refused until reopen),
 //! and a network filesystem is refused unless allowed.
 mod common;
-use bytes::Bytes;
 use common::*;
 use mailq::vfs::{OsFs, VFile, Vfs};
 use mailq::*;
@@ -81,9 +80,6 @@ impl VFile for FaultyFile {
     }
     fn set_len(&self, l: u64) -> io::Result<()> {
         self.0.set_len(l)
-    }
-    fn map(&self, l: u64) -> io::Result<Bytes> {
-        self.0.map(l)
     }
 }
 

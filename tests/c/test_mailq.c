@@ -516,6 +516,10 @@ static void test_poll(mailq *q) {
     uint64_t when = 1;
     EXPECT(mailq_next_wakeup(q, &when), MAILQ_OK);
     EXPECT(mailq_next_wakeup(q, NULL), MAILQ_ERR_NULL);
+    int64_t ms = -2;
+    EXPECT(mailq_next_timeout(q, &ms), MAILQ_OK);
+    CHECK(ms == 0); /* ready work: due now */
+    EXPECT(mailq_next_timeout(q, NULL), MAILQ_ERR_NULL);
     int ready = -1;
     EXPECT(mailq_tick(q, &ready), MAILQ_OK);
     CHECK(ready == 1);
