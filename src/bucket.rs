@@ -225,7 +225,14 @@ impl Wheel {
         }
         if t - self.base < WHEEL_SLOTS {
             let i = (t % WHEEL_SLOTS) as usize;
-            self.slots[i].push(r);
+            let v = &mut self.slots[i];
+            if v.len() == v.capacity() {
+                // Grow by an eighth, not by doubling: deferred recipients are the
+                // bulk of a big queue, and a doubled slot wastes up to 4 B each.
+                let n = v.len();
+                v.reserve_exact((n / 8).max(4));
+            }
+            v.push(r);
             self.bits[i / 64] |= 1 << (i % 64);
         } else {
             self.far.push(Reverse((t, r)));

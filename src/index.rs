@@ -81,7 +81,7 @@ pub const REASON_NOT_KEPT_TEXT: &str =
 /// transaction ids), which may use the last quarter too; when that is new as
 /// well and does not fit, the recipient gets [`REASON_NOT_KEPT`].
 /// 16 shards: at most 4 MiB per queue.
-pub const REASON_CACHE_BYTES: usize = 256 * 1024;
+pub const REASON_CACHE_BYTES: usize = 128 * 1024;
 /// Attempts saturate here.
 pub const MAX_ATTEMPTS: u16 = (1 << 12) - 1;
 

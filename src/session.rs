@@ -585,6 +585,11 @@ impl Session {
                 break;
             }
             let Some((msh, local, gen, rids, first, (seg, off))) = leased else {
+                // Drained: give back what a burst made the FIFO grow to.
+                let ready = &mut ss.buckets[bl as usize].ready;
+                if ready.capacity() > 64 {
+                    ready.shrink_to_fit();
+                }
                 return Ok(None);
             };
             let id = MessageId::new(gen, global(msh, local));

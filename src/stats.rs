@@ -124,6 +124,8 @@ pub struct Stats {
     /// Last-error texts not kept in memory at all (cache full even for the
     /// normalised form). Cumulative.
     pub reasons_not_kept: u64,
+    /// Idle destinations (buckets) freed since open.
+    pub buckets_freed: u64,
     /// Why messages were found damaged (message id, what check failed).
     pub corrupt_reasons: Vec<(MessageId, String)>,
 }
@@ -459,6 +461,7 @@ impl Queue {
         st.checkpoints = m.checkpoints;
         st.segments_deleted = m.segments_deleted;
         st.maintenance_error = m.last_error.clone();
+        st.buckets_freed = m.buckets_freed;
         drop(m);
         for ms in &q.msgs {
             let ms = ms.lock();
