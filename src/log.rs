@@ -147,6 +147,9 @@ struct Inner {
 /// that a queue with thousands of segments never runs out of descriptors.
 pub const MAX_OPEN_SEGMENTS: usize = 64;
 
+/// Bytes read at once for a record of unknown length (one `pread` for most mail).
+pub const READ_AHEAD: usize = 8192;
+
 /// Length of a segment's header record: a segment holding only this holds no data.
 fn segment_header_len() -> u64 {
     record::padded(HEADER_LEN + record::segment_header(0, 0).len()) as u64
@@ -629,29 +632,28 @@ impl Log {
         Ok(())
     }
 
-    /// Reads bytes `[off, off+len)` of segment `seg` with `pread` into a fresh
-    /// buffer. The range must have been durably written. Reads never go through a
-    /// memory mapping, so a bad sector comes back as an error, never as SIGBUS.
-    pub fn read(&self, seg: u32, off: u64, len: usize) -> Result<Bytes> {
-        let end = off + len as u64;
-        let readable = self.readable_len(seg)?;
-        if end > readable {
-            return Err(Error::Corrupt {
-                path: self.path(seg),
-                offset: off,
-                reason: format!(
-                    "record extends past the written end of the segment ({end} > {readable})"
-                ),
-            });
+    fn past_end(&self, seg: u32, off: u64, end: u64, readable: u64) -> Error {
+        Error::Corrupt {
+            path: self.path(seg),
+            offset: off,
+            reason: format!(
+                "record extends past the written end of the segment ({end} > {readable})"
+            ),
         }
+    }
+
+    /// Reads bytes `[off, off+len)` of segment `seg` with `pread` into a fresh
+    /// buffer. Reads never go through a memory mapping, so a bad sector comes
+    /// back as an error, never as SIGBUS.
+    fn pread(&self, seg: u32, off: u64, len: usize) -> Result<Vec<u8>> {
         let f = self.file(seg, false)?;
         let mut buf = vec![0u8; len];
         match f.read_exact_at(off, &mut buf) {
-            Ok(()) => Ok(Bytes::from(buf)),
+            Ok(()) => Ok(buf),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
                 path: self.path(seg),
                 offset: off,
-                reason: format!("record extends past end of file (ends at {end})"),
+                reason: format!("record extends past end of file (ends at {})", off + len as u64),
             }),
             Err(e) => Err(Error::io("read segment", self.path(seg), e)),
         }
@@ -683,10 +685,16 @@ impl Log {
         Ok(l)
     }
 
-    /// Reads and verifies the record at (seg, off).
+    /// Reads and verifies the record at (seg, off): one `pread` for records up
+    /// to [`READ_AHEAD`] bytes (most mail), a second one for the rest of a larger one.
     pub fn read_record(&self, seg: u32, off: u64) -> Result<(Kind, Bytes)> {
-        let head = self.read(seg, off, HEADER_LEN)?;
-        let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        let readable = self.readable_len(seg)?;
+        let room = readable.saturating_sub(off);
+        if room < HEADER_LEN as u64 {
+            return Err(self.past_end(seg, off, off + HEADER_LEN as u64, readable));
+        }
+        let mut buf = self.pread(seg, off, room.min(READ_AHEAD as u64) as usize)?;
+        let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
         if len > record::MAX_RECORD {
             return Err(Error::Corrupt {
                 path: self.path(seg),
@@ -694,7 +702,18 @@ impl Log {
                 reason: "record length over limit".into(),
             });
         }
-        let whole = self.read(seg, off, record::padded(HEADER_LEN + len))?;
+        let total = record::padded(HEADER_LEN + len);
+        if total as u64 > room {
+            return Err(self.past_end(seg, off, off + total as u64, readable));
+        }
+        if total <= buf.len() {
+            buf.truncate(total);
+        } else {
+            let have = buf.len();
+            let rest = self.pread(seg, off + have as u64, total - have)?;
+            buf.extend_from_slice(&rest);
+        }
+        let whole = Bytes::from(buf);
         match record::parse(&whole, self.salt) {
             Ok(f) => Ok((f.kind, whole.slice(HEADER_LEN..HEADER_LEN + len))),
             Err(e) => Err(Error::Corrupt {
