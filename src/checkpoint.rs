@@ -250,7 +250,7 @@ fn compact(q: &Inner, m: &mut Maint, live: &SegLive) -> Result<usize> {
         let ms = shard.lock();
         for (l, msg) in ms.msgs.iter().enumerate() {
             if msg.gen != 0 && sparse.contains(&msg.seg) {
-                moved.push((s, l as u32, msg.gen, msg.seg, msg.off));
+                moved.push((s, l as u32, msg.gen, msg.seg, msg.off, msg.len));
             }
         }
     }
@@ -258,8 +258,8 @@ fn compact(q: &Inner, m: &mut Maint, live: &SegLive) -> Result<usize> {
     // lock, generation re-checked), so a copy can never follow the message's last
     // completion in the log. The location moves in memory only once it is durable.
     let mut copies = Vec::with_capacity(moved.len());
-    for &(s, l, gen, seg, off) in &moved {
-        let payload = match q.log.read_record(seg, off as u64) {
+    for &(s, l, gen, seg, off, len) in &moved {
+        let payload = match q.log.read_record(seg, off as u64, len as usize) {
             Ok((_, p)) => p,
             Err(Error::Corrupt { .. }) => continue,
             Err(e) => return Err(e),

@@ -9,7 +9,10 @@
 //!    top-down, so the new directory's entry survives a crash;
 //! 4. take the exclusive lock ([`Error::Locked`] when someone holds it).
 //!
-//! A directory that already exists is taken as it is: its parent is not synced.
+//! A directory that already exists also gets its parent fsynced (best effort:
+//! a parent we may not open is not an error), so that a directory created by an
+//! earlier run that died before its own fsync is made durable now, before any
+//! mail is acknowledged in it.
 
 use crate::error::{Error, Result};
 use crate::vfs::Vfs;
@@ -39,7 +42,9 @@ pub(crate) fn prepare(
             });
         }
     }
-    if !missing.is_empty() {
+    if missing.is_empty() {
+        let _ = vfs.sync_dir(&parent_of(dir));
+    } else {
         vfs.create_dir_all(dir)
             .map_err(|e| Error::io("create queue directory", dir, e))?;
         for component in &missing {

@@ -147,8 +147,84 @@ struct Inner {
 /// that a queue with thousands of segments never runs out of descriptors.
 pub const MAX_OPEN_SEGMENTS: usize = 64;
 
-/// Bytes read at once for a record of unknown length (one `pread` for most mail).
-pub const READ_AHEAD: usize = 8192;
+/// See [`Log::sync_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Nothing buffered (or a commit is running).
+    Idle,
+    /// Buffered records are due for a sync now.
+    Due,
+    /// Buffered records must be synced by this clock time (ms).
+    Pending(u64),
+}
+
+/// Size of one read-ahead block.
+pub const READ_AHEAD_BLOCK: usize = 64 << 10;
+/// Read-ahead blocks kept (per queue): at most 512 KiB.
+const READ_AHEAD_BLOCKS: usize = 8;
+
+/// A few recently read blocks of segments, for readers that walk a segment
+/// forward. Blocks are immutable copies (`Bytes`), so a hit is a zero-copy
+/// slice; only durably written bytes are ever read into them, and those never
+/// change, so a block can never be stale. A removed segment's blocks are dropped.
+#[derive(Default)]
+struct ReadAhead {
+    /// (segment, file offset, bytes, last use).
+    blocks: Vec<(u32, u64, Bytes, u64)>,
+    /// Where the last read of each recently read segment ended.
+    last_end: Vec<(u32, u64)>,
+    clock: u64,
+}
+
+impl ReadAhead {
+    fn lookup(&mut self, seg: u32, off: u64, len: u64) -> Option<Bytes> {
+        self.clock += 1;
+        let now = self.clock;
+        let b = self
+            .blocks
+            .iter_mut()
+            .find(|b| b.0 == seg && b.1 <= off && off + len <= b.1 + b.2.len() as u64)?;
+        b.3 = now;
+        let start = (off - b.1) as usize;
+        let hit = b.2.slice(start..start + len as usize);
+        self.note(seg, off + len);
+        Some(hit)
+    }
+
+    /// True when a read at `off` continues forward from the last one in `seg`.
+    fn sequential(&self, seg: u32, off: u64) -> bool {
+        self.last_end
+            .iter()
+            .any(|&(s, e)| s == seg && off >= e && off - e < READ_AHEAD_BLOCK as u64)
+    }
+
+    fn note(&mut self, seg: u32, end: u64) {
+        match self.last_end.iter_mut().find(|e| e.0 == seg) {
+            Some(e) => e.1 = end,
+            None => {
+                if self.last_end.len() >= 2 * READ_AHEAD_BLOCKS {
+                    self.last_end.remove(0);
+                }
+                self.last_end.push((seg, end));
+            }
+        }
+    }
+
+    fn insert(&mut self, seg: u32, off: u64, block: Bytes) {
+        self.clock += 1;
+        let entry = (seg, off, block, self.clock);
+        if self.blocks.len() < READ_AHEAD_BLOCKS {
+            self.blocks.push(entry);
+        } else if let Some(old) = self.blocks.iter_mut().min_by_key(|b| b.3) {
+            *old = entry;
+        }
+    }
+
+    fn forget(&mut self, seg: u32) {
+        self.blocks.retain(|b| b.0 != seg);
+        self.last_end.retain(|e| e.0 != seg);
+    }
+}
 
 /// Length of a segment's header record: a segment holding only this holds no data.
 fn segment_header_len() -> u64 {
@@ -212,6 +288,7 @@ pub struct Log {
     /// Open segment files, least recently used evicted beyond [`MAX_OPEN_SEGMENTS`]
     /// (the highest-numbered one, being written, is never evicted).
     files: Mutex<Files>,
+    readahead: Mutex<ReadAhead>,
     /// Lengths of sealed segments (they never change while open).
     sealed_len: Mutex<HashMap<u32, u64>>,
     counters: Mutex<LogCounters>,
@@ -263,6 +340,7 @@ impl Log {
                 poisoned: None,
             }),
             files: Mutex::new(Files::default()),
+            readahead: Mutex::new(ReadAhead::default()),
             sealed_len: Mutex::new(HashMap::new()),
             counters: Mutex::new(LogCounters::default()),
         };
@@ -364,20 +442,22 @@ impl Log {
         Ok((start, end))
     }
 
-    /// True when buffered (non-waited) records are old or large enough to be synced now.
-    pub fn sync_due(&self) -> bool {
+    /// In one lock round trip: whether buffered records are due for a sync at
+    /// `now` (clock ms), else their deadline, if any are buffered.
+    pub fn sync_state(&self, now: u64) -> SyncState {
         let g = self.inner.lock();
+        let Some(t) = g.oldest_pending else {
+            return SyncState::Idle;
+        };
         if g.flushing {
-            return false;
+            return SyncState::Idle; // the running commit covers them or leads the next
         }
-        if g.pending_bytes >= self.sync_bytes {
-            return true;
+        let interval = self.sync_interval.as_millis().min(u64::MAX as u128) as u64;
+        if g.pending_bytes >= self.sync_bytes || now < t || now - t >= interval {
+            SyncState::Due
+        } else {
+            SyncState::Pending(t.saturating_add(interval))
         }
-        let now = self.clock.now_millis();
-        // A clock that moved back makes the record "due" rather than older than ever.
-        g.oldest_pending.is_some_and(|t| {
-            now < t || now - t >= self.sync_interval.as_millis().min(u64::MAX as u128) as u64
-        })
     }
 
     /// When (clock milliseconds) buffered records must be synced, if any are buffered.
@@ -519,7 +599,6 @@ impl Log {
     }
 
     fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
-        let path = self.path(seg);
         let removed = || Error::Corrupt {
             path: self.path(seg),
             offset: 0,
@@ -538,6 +617,7 @@ impl Log {
             }
         }
         // Opened without the cache lock (other readers go on meanwhile).
+        let path = self.path(seg);
         let f = match self.vfs.open(&path, create) {
             Ok(f) => f,
             // A segment that should hold a live message and does not exist is damage,
@@ -653,7 +733,10 @@ impl Log {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
                 path: self.path(seg),
                 offset: off,
-                reason: format!("record extends past end of file (ends at {})", off + len as u64),
+                reason: format!(
+                    "record extends past end of file (ends at {})",
+                    off + len as u64
+                ),
             }),
             Err(e) => Err(Error::io("read segment", self.path(seg), e)),
         }
@@ -685,15 +768,39 @@ impl Log {
         Ok(l)
     }
 
-    /// Reads and verifies the record at (seg, off): one `pread` for records up
-    /// to [`READ_AHEAD`] bytes (most mail), a second one for the rest of a larger one.
-    pub fn read_record(&self, seg: u32, off: u64) -> Result<(Kind, Bytes)> {
+    /// Reads and verifies the record at (seg, off) whose padded length is
+    /// expected to be `hint` (the index knows it): from the read-ahead cache when
+    /// the reads of this segment go forward (a session walking a destination's
+    /// FIFO), else with one `pread` of exactly that, and a second one only if
+    /// the record turns out longer.
+    pub fn read_record(&self, seg: u32, off: u64, hint: usize) -> Result<(Kind, Bytes)> {
         let readable = self.readable_len(seg)?;
         let room = readable.saturating_sub(off);
         if room < HEADER_LEN as u64 {
             return Err(self.past_end(seg, off, off + HEADER_LEN as u64, readable));
         }
-        let mut buf = self.pread(seg, off, room.min(READ_AHEAD as u64) as usize)?;
+        let want = (hint.max(HEADER_LEN) as u64).min(room);
+        let cached = self.readahead.lock().lookup(seg, off, want);
+        let mut buf = match cached {
+            Some(hit) => hit,
+            None => {
+                let sequential = self.readahead.lock().sequential(seg, off);
+                if sequential && want < READ_AHEAD_BLOCK as u64 / 4 {
+                    let block = Bytes::from(self.pread(
+                        seg,
+                        off,
+                        room.min(READ_AHEAD_BLOCK as u64) as usize,
+                    )?);
+                    let hit = block.slice(..want as usize);
+                    self.readahead.lock().insert(seg, off, block);
+                    hit
+                } else {
+                    let b = Bytes::from(self.pread(seg, off, want as usize)?);
+                    self.readahead.lock().note(seg, off + want);
+                    b
+                }
+            }
+        };
         let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
         if len > record::MAX_RECORD {
             return Err(Error::Corrupt {
@@ -710,12 +817,12 @@ impl Log {
             buf.truncate(total);
         } else {
             let have = buf.len();
-            let rest = self.pread(seg, off + have as u64, total - have)?;
-            buf.extend_from_slice(&rest);
+            let mut v = buf.to_vec();
+            v.extend_from_slice(&self.pread(seg, off + have as u64, total - have)?);
+            buf = Bytes::from(v);
         }
-        let whole = Bytes::from(buf);
-        match record::parse(&whole, self.salt) {
-            Ok(f) => Ok((f.kind, whole.slice(HEADER_LEN..HEADER_LEN + len))),
+        match record::parse(&buf, self.salt) {
+            Ok(f) => Ok((f.kind, buf.slice(HEADER_LEN..HEADER_LEN + len))),
             Err(e) => Err(Error::Corrupt {
                 path: self.path(seg),
                 offset: off,
@@ -731,6 +838,7 @@ impl Log {
             files.removed.insert(seg);
             files.open.remove(&seg);
         }
+        self.readahead.lock().forget(seg);
         self.sealed_len.lock().remove(&seg);
         let path = self.path(seg);
         self.vfs

@@ -114,6 +114,10 @@ pub(crate) struct Inner {
     /// Re-routed recipients whose attempt ended, waiting to join their new bucket
     /// (a leaf lock; drained by [`Inner::apply_moves`] after other locks are released).
     pub moves: Mutex<Vec<Move>>,
+    /// `moves` is not empty (checked without its lock on the hot path).
+    pub has_moves: std::sync::atomic::AtomicBool,
+    /// The outcome-sync deadline (clock ms) the poll fd's timer was armed for.
+    pub sync_armed: AtomicU64,
     /// Highest local message slot enqueue may use (recovery's limit).
     pub slot_limit: AtomicU32,
     /// CRC salt of this queue's records.
@@ -339,13 +343,17 @@ impl Inner {
     /// timer for their deadline so that an idle event loop wakes up to sync them.
     /// Errors poison the log.
     pub(crate) fn sync_if_due(&self) -> Result<()> {
-        if self.log.sync_due() {
-            self.log.sync_all()?;
-        } else if let Some(d) = self.log.sync_deadline() {
-            let now = self.opts.clock.now_millis();
-            self.signal.arm(std::time::Duration::from_millis(
-                d.saturating_sub(now).max(1),
-            ));
+        let now = self.opts.clock.now_millis();
+        match self.log.sync_state(now) {
+            crate::log::SyncState::Due => self.log.sync_all()?,
+            crate::log::SyncState::Pending(d) => {
+                // Armed once per pending window, not on every completion.
+                if self.sync_armed.swap(d, Ordering::AcqRel) != d {
+                    let after = std::time::Duration::from_millis(d.saturating_sub(now).max(1));
+                    self.signal.arm(after);
+                }
+            }
+            crate::log::SyncState::Idle => {}
         }
         Ok(())
     }
@@ -536,10 +544,12 @@ impl Inner {
     }
 
     /// Where a live message's record is now.
-    pub(crate) fn location(&self, id: MessageId) -> Option<(u32, u32)> {
+    /// (segment, offset, record length) of a live message's record.
+    pub(crate) fn location(&self, id: MessageId) -> Option<(u32, u32, u32)> {
         let slot = id.slot();
         let ms = self.msgs[shard_of(slot)].lock();
-        ms.get(local_of(slot), id.gen()).map(|m| (m.seg, m.off))
+        ms.get(local_of(slot), id.gen())
+            .map(|m| (m.seg, m.off, m.len))
     }
 
     /// Reads the message record of `id` last seen at `loc`. A failure is damage
@@ -549,10 +559,10 @@ impl Inner {
     pub(crate) fn read_message_record(
         &self,
         id: MessageId,
-        mut loc: (u32, u32),
+        mut loc: (u32, u32, u32),
     ) -> Result<bytes::Bytes> {
         loop {
-            match self.log.read_record(loc.0, loc.1 as u64) {
+            match self.log.read_record(loc.0, loc.1 as u64, loc.2 as usize) {
                 Ok((_, payload)) => return Ok(payload),
                 Err(e) => match self.location(id) {
                     Some(now) if now != loc => loc = now,
@@ -1006,7 +1016,7 @@ impl Queue {
                     rid - m.first,
                     ms.reason(r.reason()).to_string(),
                     st == RcptState::Expired,
-                    (m.seg, m.off),
+                    (m.seg, m.off, m.len),
                 ));
             }
         }
@@ -1068,6 +1078,7 @@ impl Queue {
     /// failure poisons the queue; later calls report it.
     pub fn ack_poll(&self) {
         self.inner.signal.clear();
+        self.inner.sync_armed.store(0, Ordering::Release);
         let _ = self.inner.sync_if_due();
     }
 }

@@ -662,6 +662,8 @@ pub fn open(dir: &Path, opts: Options) -> Result<Queue> {
         counters: Counters::default(),
         report: Mutex::new(report),
         moves: Mutex::new(Vec::new()),
+        has_moves: std::sync::atomic::AtomicBool::new(false),
+        sync_armed: std::sync::atomic::AtomicU64::new(0),
         slot_limit: AtomicU32::new(crate::checkpoint::MAX_SLOT),
         maint: Mutex::new(Maint {
             last_pos: from.unwrap_or(pos(0, 0)),

@@ -240,7 +240,8 @@ impl Inner {
             return apply_change(ss, ms, msh, rid, &ch, now);
         };
         ss.buckets[local_of(r.bucket()) as usize].shift(RcptState::Leased, RcptState::Delivered);
-        self.moves.lock().push(Move {
+        let mut m = self.moves.lock();
+        m.push(Move {
             mshard: msh,
             rid,
             local: r.msg,
@@ -249,17 +250,19 @@ impl Inner {
             to,
             ch,
         });
+        self.has_moves.store(true, Ordering::Release);
         false
     }
 
     /// Moves re-routed recipients whose attempt ended into their new bucket. Called
     /// by every path that may end an attempt, once it holds no scheduler lock.
     pub(crate) fn apply_moves(&self) {
+        if !self.has_moves.load(Ordering::Acquire) {
+            return;
+        }
         let moves = {
             let mut m = self.moves.lock();
-            if m.is_empty() {
-                return;
-            }
+            self.has_moves.store(false, Ordering::Release);
             std::mem::take(&mut *m)
         };
         let mut rang = false;
@@ -581,10 +584,10 @@ impl Session {
                     ms.rcpts[j as usize].set_state(RcptState::Leased);
                     ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
                 }
-                leased = Some((msh, r.msg, m.gen, rids, m.first, (m.seg, m.off)));
+                leased = Some((msh, r.msg, m.gen, rids, m.first, (m.seg, m.off, m.len)));
                 break;
             }
-            let Some((msh, local, gen, rids, first, (seg, off))) = leased else {
+            let Some((msh, local, gen, rids, first, (seg, off, len))) = leased else {
                 // Drained: give back what a burst made the FIFO grow to.
                 let ready = &mut ss.buckets[bl as usize].ready;
                 if ready.capacity() > 64 {
@@ -600,7 +603,7 @@ impl Session {
             }
             drop(ss);
             let indices: Vec<u32> = rids.iter().map(|r| r - first).collect();
-            match read_delivery(&q, id, seg, off, &indices) {
+            match read_delivery(&q, id, (seg, off, len), &indices) {
                 Ok((sender, meta, body, received, addrs, body_off)) => {
                     let ms = q.msgs[msh].lock();
                     if ms.get(local, gen).is_none() {
@@ -755,8 +758,8 @@ impl Drop for Session {
     }
 }
 
-/// (message shard, local slot, generation, recipient ids, first recipient id, (segment, offset)).
-type Leased = (usize, u32, u32, Vec<u32>, u32, (u32, u32));
+/// (message shard, local slot, generation, recipient ids, first recipient id, (segment, offset, record length)).
+type Leased = (usize, u32, u32, Vec<u32>, u32, (u32, u32, u32));
 
 type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>, usize);
 
@@ -764,11 +767,10 @@ type DeliveryData = (String, Bytes, Bytes, u64, Vec<String>, usize);
 fn read_delivery(
     q: &Inner,
     id: MessageId,
-    seg: u32,
-    off: u32,
+    (seg, off, len): (u32, u32, u32),
     want: &[u32],
 ) -> Result<DeliveryData> {
-    let (kind, payload) = q.log.read_record(seg, off as u64)?;
+    let (kind, payload) = q.log.read_record(seg, off as u64, len as usize)?;
     let bad = |why: &str| Error::Corrupt {
         path: q.dir.join(crate::log::segment_name(seg)),
         offset: off as u64,

@@ -535,7 +535,7 @@ impl Queue {
                 .collect();
             (m, rc, reasons)
         };
-        let payload = q.read_message_record(id, (m.seg, m.off))?;
+        let payload = q.read_message_record(id, (m.seg, m.off, m.len))?;
         let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
             path: q.dir.join(crate::log::segment_name(m.seg)),
             offset: m.off as u64,

@@ -207,11 +207,25 @@ impl Clock for SystemClock {
     fn now(&self) -> u64 {
         self.now_millis() / 1000
     }
+    /// The coarse realtime clock (a few ms of resolution, no hardware counter
+    /// read): mail is scheduled in seconds and outcomes synced per 100 ms, and
+    /// the scheduler reads the clock several times per delivery.
     fn now_millis(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
-            .unwrap_or(0)
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into our valid local.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        if r != 0 {
+            return std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+                .unwrap_or(0);
+        }
+        (ts.tv_sec.max(0) as u64)
+            .saturating_mul(1000)
+            .saturating_add(ts.tv_nsec.max(0) as u64 / 1_000_000)
     }
 }
 
