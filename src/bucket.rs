@@ -59,6 +59,8 @@ pub struct Bucket {
     pub site_failure_total: u64,
     /// The reason given with the last site failure (for the operator).
     pub last_site_failure: Option<Box<str>>,
+    /// The probe time a wake-up is scheduled for.
+    pub wake_at: u32,
 }
 
 impl Bucket {
@@ -82,6 +84,7 @@ impl Bucket {
             failures: 0,
             site_failure_total: 0,
             last_site_failure: None,
+            wake_at: 0,
         }
     }
 
@@ -117,9 +120,15 @@ impl Bucket {
             return false;
         }
         if self.dead_until != 0 {
-            return now >= self.dead_until && self.slots.is_empty();
+            return self.probe_due(now) && self.slots.is_empty();
         }
         self.slots.len() < self.window as usize
+    }
+
+    /// A dead destination may be probed: its wait is over, or it is further away
+    /// than the wait itself can be (the clock stepped back), then it is over now.
+    pub fn probe_due(&self, now: u32) -> bool {
+        now >= self.dead_until || self.dead_until - now > self.dead_backoff.max(1)
     }
 
     /// Positive feedback after a delivery without site failure.
@@ -412,6 +421,24 @@ impl SchedShard {
         }
     }
 
+    /// Notices a clock that stepped back: the timer wheel re-files its entries by
+    /// their own times, and dead destinations get their probe re-checked (a
+    /// wake-up already used up, or a probe time now far ahead, would otherwise
+    /// strand their mail). Returns true when a bucket entered the ring.
+    pub fn observe_clock(&mut self, now: u32) -> bool {
+        if !self.wheel.observe(now) {
+            return false;
+        }
+        let mut rang = false;
+        for bl in 0..self.buckets.len() as u32 {
+            if self.buckets[bl as usize].dead_until != 0 {
+                self.buckets[bl as usize].wake_at = 0;
+                rang |= self.maybe_ring(bl, now);
+            }
+        }
+        rang
+    }
+
     /// Puts the bucket in the ring if it can open a session. Returns true when added.
     pub fn maybe_ring(&mut self, local: u32, now: u32) -> bool {
         let b = &mut self.buckets[local as usize];
@@ -419,6 +446,17 @@ impl SchedShard {
             b.in_ring = true;
             self.ring.push_back(local);
             return true;
+        }
+        // A dead destination with mail waits for its probe time: make sure a
+        // wake-up is scheduled for it (one per probe time), whoever got here.
+        if b.dead_until != 0
+            && !b.probe_due(now)
+            && !b.suspended
+            && b.count(RcptState::Ready) > 0
+            && b.wake_at != b.dead_until
+        {
+            b.wake_at = b.dead_until;
+            self.wakeups.push(Reverse((b.dead_until, local)));
         }
         false
     }

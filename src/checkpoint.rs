@@ -357,11 +357,25 @@ pub fn encode(
                 out.extend_from_slice(&m.received.to_le_bytes());
                 out.extend_from_slice(&m.n.to_le_bytes());
                 for i in 0..m.n as u32 {
-                    let r = ms.rcpts[(m.first + i) as usize];
-                    out.push(r.state().persisted() as u8);
+                    let rid = m.first + i;
+                    let r = ms.rcpts[rid as usize];
+                    // An in-flight recipient is written as the operator decided
+                    // while it was in flight (its own record lies before P).
+                    let (state, bucket) = match ms.intents.get(&rid) {
+                        Some(it) if r.state() == RcptState::Leased => (
+                            if it.hold {
+                                RcptState::Held
+                            } else {
+                                RcptState::Ready
+                            },
+                            it.route.unwrap_or(r.bucket()),
+                        ),
+                        _ => (r.state().persisted(), r.bucket()),
+                    };
+                    out.push(state as u8);
                     out.extend_from_slice(&r.attempts().to_le_bytes());
                     out.extend_from_slice(&r.next.to_le_bytes());
-                    let b = remap.get(r.bucket() as usize).copied().unwrap_or(0);
+                    let b = remap.get(bucket as usize).copied().unwrap_or(0);
                     out.extend_from_slice(&b.to_le_bytes());
                     let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
                     out.extend_from_slice(&reason.to_le_bytes());

@@ -149,6 +149,7 @@ impl Inner {
     pub(crate) fn promote(&self, ss: &mut SchedShard, shard: usize, now: u32) -> bool {
         let mut rang = false;
         let mut due = Vec::new();
+        rang |= ss.observe_clock(now);
         ss.wheel.advance(now, &mut due);
         for rr in due {
             let (msh, rid) = (rref_shard(rr), rref_local(rr));
@@ -235,10 +236,13 @@ impl Inner {
         now: u32,
     ) -> bool {
         let r = ms.rcpts[rid as usize];
-        let it = ms.intents.remove(&rid).unwrap_or_default();
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
         let Some(to) = resolve_intent(&mut ch, &it, r.bucket()) else {
+            ms.intents.remove(&rid);
             return apply_change(ss, ms, msh, rid, &ch, now);
         };
+        // The intent stays until the move is applied: a checkpoint meanwhile
+        // writes the recipient where the operator sent it.
         ss.buckets[local_of(r.bucket()) as usize].shift(RcptState::Leased, RcptState::Delivered);
         let mut m = self.moves.lock();
         m.push(Move {
@@ -345,10 +349,11 @@ impl Queue {
         q.apply_moves();
         let start = q.ring_cursor.fetch_add(1, Ordering::Relaxed);
         let mut found = None;
+        let mut rang = false;
         'shards: for i in 0..SHARDS {
             let s = (start + i) % SHARDS;
             let mut ss = q.sched[s].lock();
-            q.promote(&mut ss, s, now);
+            rang |= q.promote(&mut ss, s, now);
             while let Some(bl) = ss.ring.pop_front() {
                 ss.buckets[bl as usize].in_ring = false;
                 if ss.buckets[bl as usize].can_open(now) {
@@ -361,6 +366,10 @@ impl Queue {
         }
         // Lease reclaims in `promote` may have ended re-routed attempts.
         q.apply_moves();
+        if rang {
+            // Timers fired here made other destinations ready: tell the event loop.
+            q.wake();
+        }
         Ok(found)
     }
 
@@ -377,12 +386,15 @@ impl Queue {
         let now = q.now();
         let (s, bl) = (shard_of(b), local_of(b));
         let mut ss = q.sched[s].lock();
-        q.promote(&mut ss, s, now);
+        let rang = q.promote(&mut ss, s, now);
         let sess = ss.buckets[bl as usize]
             .can_open(now)
             .then(|| q.open_slot(&mut ss, s, bl, now));
         drop(ss);
         q.apply_moves();
+        if rang {
+            q.wake();
+        }
         Ok(sess)
     }
 
@@ -451,6 +463,10 @@ impl Queue {
         }
         for s in 0..SHARDS {
             let mut ss = q.sched[s].lock();
+            // A clock that moved back re-files timers and re-checks probes.
+            if ss.observe_clock(now) {
+                q.wake();
+            }
             // A ring entry is "now" only if its bucket can really open a session
             // (one emptied through `session_for` may still sit in the ring).
             if ss
@@ -460,8 +476,6 @@ impl Queue {
             {
                 take(Some(now));
             }
-            // A clock that moved back re-files the timers by their own times.
-            ss.wheel.observe(now);
             take(ss.wheel.next_due());
             // Entries of ended sessions and revived destinations are dropped here,
             // so that an idle queue is not woken for nothing.
