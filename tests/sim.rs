@@ -452,6 +452,9 @@ struct Ctx {
     damage_ever: Cell<bool>,
     disabled: BTreeSet<String>,
     strict: bool,
+    /// Operator results are not compared with the model (`MAILQ_SIM_NO_COUNTS=1`,
+    /// for triage: the state checks then show what became of the decision).
+    no_counts: bool,
     /// Violations excused by [`KNOWN`], per entry.
     known: RefCell<Vec<u64>>,
 }
@@ -762,8 +765,9 @@ fn check_model(ctx: &Ctx) {
     }
     drop(m);
     if let Some(t) = min_deferred {
+        // A time in the past means "now".
         match q.next_wakeup() {
-            Some(w) if w <= t => {}
+            Some(w) if w <= t.max(now) => {}
             w => fail!(
                 "a recipient is deferred until {} but next_wakeup is {:?}",
                 t.saturating_sub(T0),
@@ -840,9 +844,11 @@ fn enqueue(ctx: &Ctx, depth: u32) {
         }
         addrs.push(addr);
     }
+    // Some bodies fill most of a 4 KiB segment, so that sealed segments are
+    // not all sparse (compaction copies those away at once).
     let len = match ctx.rnd(10) {
-        0..=5 => 10 + ctx.rnd(190),
-        6..=8 => 200 + ctx.rnd(1000),
+        0..=4 => 10 + ctx.rnd(190),
+        5..=7 => 200 + ctx.rnd(1000),
         _ => 1500 + ctx.rnd(2000),
     } as usize;
     let body: Vec<u8> = (0..len).map(|_| ctx.rnd(256) as u8).collect();
@@ -1401,7 +1407,7 @@ fn op_result(
     mark: Option<u64>,
 ) {
     ctx.log(depth, format!("{what}: {r:?} (model {want})"));
-    let uncertain = ctx.crashing.get() || {
+    let uncertain = ctx.crashing.get() || ctx.no_counts || {
         let m = ctx.m.borrow();
         m.msgs.keys().any(|id| m.damaged.contains(id))
     };
@@ -1522,7 +1528,7 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
                 ctx.log(depth, format!("{what}: {r:?} (model {want})"));
                 match r {
                     Ok(b) => {
-                        if b != (want == 1) && !ctx.crashing.get() {
+                        if b != (want == 1) && !ctx.crashing.get() && !ctx.no_counts {
                             fail!("{what} returned {b}, the model changed {want}");
                         }
                         ctx.m.borrow_mut().mark_durable(mark);
@@ -2172,8 +2178,8 @@ fn reopen(ctx: &Ctx) {
     ctx.tot(|t| t.reopens += 1);
 }
 
-fn crash(ctx: &Rc<Ctx>) {
-    let k = 1 + ctx.rnd(12);
+fn crash(ctx: &Rc<Ctx>, max_k: u64) {
+    let k = 1 + ctx.rnd(max_k);
     let mode = *ctx.pick(&[
         CrashMode::LoseUnsynced,
         CrashMode::KeepUnsynced,
@@ -2319,7 +2325,13 @@ fn hook(ctx: &Rc<Ctx>) {
                 note_leasing(&c, sid);
             }
             for _ in 0..1 + c.rnd(2) {
-                step(&c, 1, true);
+                // Mostly a whole delivery: a completion inside a checkpoint or a
+                // compaction is the interleaving that matters most.
+                if c.on("deliver") && c.chance(50) {
+                    deliver(&c, 1, true, false);
+                } else {
+                    step(&c, 1, true);
+                }
                 check_invariants(&c, "a step inside a hook");
             }
             c.log(1, "<< hook done".to_string());
@@ -2327,17 +2339,29 @@ fn hook(ctx: &Rc<Ctx>) {
     );
     ctx.tot(|t| t.hooks_armed += 1);
     ctx.log(0, format!("hook armed at {on:?}"));
-    match ctx.rnd(10) {
-        0..=4 => checkpoint(ctx, 0),
-        5..=7 => {
+    // A call that reaches the hook's operation.
+    let call = match (on, ctx.rnd(10)) {
+        (On::Open, 0..=4) => 1,
+        (On::Open, 5 | 6) => 2,
+        (_, 0..=7) => 0,
+        _ => 3,
+    };
+    match call {
+        0 => checkpoint(ctx, 0),
+        1 => {
             deliver(ctx, 0, false, false);
         }
-        8 => bounces(ctx, 0),
+        2 => bounces(ctx, 0),
         _ => tick(ctx, 0),
     }
     disarm_hook(&ctx.hfs);
     if fired.get() {
         ctx.tot(|t| t.hooks_fired += 1);
+        // What the hook did inside the call is often not durable yet: a crash
+        // right now is where that matters most.
+        if ctx.on("crash") && ctx.chance(30) {
+            crash(ctx, 2);
+        }
     }
 }
 
@@ -2425,7 +2449,7 @@ fn step(ctx: &Rc<Ctx>, depth: u32, restricted: bool) {
         "sync" => sync(ctx, depth),
         "reopen" => reopen(ctx),
         "hook" => hook(ctx),
-        "crash" => crash(ctx),
+        "crash" => crash(ctx, 12),
         _ => bitflip(ctx),
     }
 }
@@ -2460,6 +2484,7 @@ fn run_seed(
         damage_ever: Cell::new(false),
         disabled: disabled.clone(),
         strict: std::env::var("MAILQ_SIM_STRICT").is_ok_and(|v| v == "1"),
+        no_counts: std::env::var("MAILQ_SIM_NO_COUNTS").is_ok_and(|v| v == "1"),
         known: RefCell::new(vec![0; KNOWN.len()]),
     });
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -2598,4 +2623,144 @@ fn simulation() {
         failures.iter().map(|f| f.0).collect::<Vec<_>>()
     );
     assert!(totals.steps > 0 || seeds.is_empty(), "the simulation ran");
+}
+
+// ---------------------------------------------------------------- known defects, minimal
+
+/// Options for the minimal reproductions of [`KNOWN`] defects.
+fn repro_opts(fs: &SimFs, clock: &Arc<ManualClock>) -> Options {
+    Options {
+        vfs: fs.vfs(),
+        clock: clock.clone(),
+        auto_maintenance: false,
+        outcome_sync_interval: Duration::from_secs(3600),
+        min_backoff: Duration::from_secs(60),
+        concurrency: Concurrency {
+            initial: 2,
+            limit: 3,
+            dead_after: 1,
+        },
+        ..Options::default()
+    }
+}
+
+fn one(q: &Queue, rcpt: &str, body: &[u8]) -> MessageId {
+    q.enqueue(&NewMessage {
+        sender: "s@x.example",
+        recipients: vec![rcpt.into()],
+        meta: b"",
+        body,
+    })
+    .unwrap()
+}
+
+/// KNOWN "checkpoint-drops-inflight-decision": a hold (or re-route) taken
+/// while the recipient is in flight
+/// is persisted by its own record, but a checkpoint taken before the attempt
+/// ends writes the recipient as ready in its old bucket and replay starts
+/// after that record: the decision is gone after a reopen, clean or not.
+#[test]
+#[ignore = "known defect: a checkpoint while in flight drops the in-flight hold"]
+fn known_checkpoint_drops_inflight_hold() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    let id = one(&q, "a@b.example", b"hi");
+    let mut s = q.next_session().unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(q.hold(id).unwrap(), 1, "held while in flight (persisted)");
+    q.checkpoint().unwrap();
+    drop(d); // the attempt ends without an outcome: the hold applies
+    drop(s);
+    assert_eq!(q.inspect(id).unwrap().recipients[0].state, RcptState::Held);
+    drop(q);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    assert_eq!(
+        q.inspect(id).unwrap().recipients[0].state,
+        RcptState::Held,
+        "the operator's hold survives a clean reopen"
+    );
+}
+
+/// The same for a re-route: the new route is lost even though the attempt
+/// ended with a temporary failure (its record keeps the route).
+#[test]
+#[ignore = "known defect: a checkpoint while in flight drops the in-flight re-route"]
+fn known_checkpoint_drops_inflight_reroute() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    let id = one(&q, "a@b.example", b"hi");
+    let mut s = q.next_session().unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(q.reroute("b.example", "mx.example").unwrap(), 1);
+    q.checkpoint().unwrap();
+    d.complete(&[Outcome::temp("451 later")]).unwrap();
+    drop(s);
+    assert_eq!(q.inspect(id).unwrap().recipients[0].route, "mx.example");
+    drop(q);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    assert_eq!(
+        q.inspect(id).unwrap().recipients[0].route,
+        "mx.example",
+        "the operator's re-route survives a clean reopen"
+    );
+}
+
+/// KNOWN "flush-revive-no-wakeup": `flush` revives a dead
+/// destination with `dead_until = now` and no probe wake-up. After the clock
+/// steps back, the destination is dead again with nothing to wake it: mail
+/// queued for it then is never offered by `next_session` (only `session_for`
+/// finds it) and `next_wakeup` knows nothing of it.
+#[test]
+#[ignore = "known defect: flush revives a dead destination without a wake-up"]
+fn known_flush_revive_then_clock_back_strands_mail() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    let id = one(&q, "a@dead.example", b"hi");
+    let mut s = q.next_session().unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    d.site_failure("421 connection refused").unwrap(); // dead for 60 s
+    q.delete(id).unwrap();
+    clock.advance(120);
+    q.tick(); // the probe wake-up fires: nothing to deliver
+    q.flush().unwrap(); // revives: dead_until = now
+    assert!(q.next_session().unwrap().is_none(), "nothing to deliver");
+    clock.set(T0 - 3600); // the clock steps back an hour
+    one(&q, "b@dead.example", b"later");
+    clock.set(T0 + 600); // and goes on, past every deadline
+    q.tick();
+    assert!(
+        q.next_session().unwrap().is_some(),
+        "ready mail of a revived destination is offered (debug_check: {:?})",
+        q.debug_check()
+    );
+}
+
+/// KNOWN "promote-no-wake": `next_session`
+/// (and `session_for`) fire due timers into the ready ring without raising the
+/// poll fd, so work sits in the ring while the fd is not readable; only the
+/// `next_wakeup` timer of an event loop finds it.
+#[test]
+#[ignore = "known defect: timers promoted by next_session do not raise the poll fd"]
+fn known_promote_in_next_session_does_not_wake() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(DIR, repro_opts(&fs, &clock)).unwrap();
+    one(&q, "a@b.example", b"1");
+    one(&q, "c@b.example", b"2");
+    let mut s = q.next_session().unwrap().unwrap();
+    while let Some(d) = s.next_delivery().unwrap() {
+        let n = d.recipients().len();
+        d.complete(&vec![Outcome::temp("451 later"); n]).unwrap();
+    }
+    drop(s);
+    q.sync().unwrap();
+    q.ack_poll();
+    clock.advance(61); // both retries are due
+    let _s = q.next_session().unwrap().expect("a due retry");
+    // One slot of two is open and a recipient is still ready: the bucket is
+    // back in the ring, so the fd must be readable.
+    assert_eq!(q.debug_check(), Ok(()));
 }
