@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod bucket;
+mod check;
 mod checkpoint;
 mod dir;
 pub mod error;

@@ -1,0 +1,380 @@
+//! An internal invariant checker for tests and simulations
+//! ([`Queue::debug_check`]): the scheduler, the index and the poll descriptor
+//! agree with each other. Not part of the supported API.
+
+use crate::index::*;
+use crate::queue::Queue;
+use crate::types::{MessageId, RcptState};
+use std::collections::{HashMap, HashSet};
+
+/// Number of in-memory recipient states (the length of `Bucket::counts`).
+const STATES: usize = 11;
+
+fn state_name(i: usize) -> &'static str {
+    RcptState::from_u8(i as u8).map_or("?", |s| s.name())
+}
+
+impl Queue {
+    /// Checks the internal invariants of the scheduler and the index and
+    /// returns a description of the first violation found:
+    ///
+    /// - every live recipient's bucket exists and is not free, and each
+    ///   bucket's per-state counters equal a recount from the index
+    ///   (re-routed recipients waiting in the move list are counted nowhere);
+    /// - every ready recipient is in its bucket's ready FIFO, every deferred
+    ///   one has a timer entry no later than its next attempt, every
+    ///   in-flight one is in exactly one session slot of its bucket (or in
+    ///   the move list), every failed or expired one whose DSN was not handed
+    ///   out is in its shard's bounce queue;
+    /// - in-flight decisions belong to in-flight recipients;
+    /// - message live counts, per-segment live counts and shard totals match;
+    /// - no bucket has more sessions than its window (a dead one at most one
+    ///   probe), the ready ring and the `in_ring` flags agree, and a bucket
+    ///   that could open a session now is in the ring or waits for its probe
+    ///   wake-up;
+    /// - free buckets (empty key) are empty;
+    /// - when a ring holds a bucket, the poll descriptor is readable.
+    ///
+    /// Takes every lock in the documented order (keys, scheduler shards, message
+    /// shards, move list); meant for tests, not for production paths.
+    #[doc(hidden)]
+    pub fn debug_check(&self) -> Result<(), String> {
+        let q = &self.inner;
+        let keys = q.keys.read();
+        let sched: Vec<_> = q.sched.iter().map(|s| s.lock()).collect();
+        let msgs: Vec<_> = q.msgs.iter().map(|m| m.lock()).collect();
+        let moves = q.moves.lock().clone();
+        let now = q.now();
+
+        let bucket_of = |b: u32| -> Option<&crate::bucket::Bucket> {
+            sched
+                .get(shard_of(b))
+                .and_then(|ss| ss.buckets.get(local_of(b) as usize))
+        };
+        let bname = |b: u32| -> String {
+            bucket_of(b).map_or_else(|| format!("#{b}"), |x| format!("{:?} (#{b})", &*x.key))
+        };
+        let moved: HashMap<(usize, u32), u32> =
+            moves.iter().map(|m| ((m.mshard, m.rid), m.from)).collect();
+        // Timer entries per scheduler shard: recipient → earliest time.
+        let wheels: Vec<HashMap<RcptRef, u32>> = sched
+            .iter()
+            .map(|ss| {
+                let mut m: HashMap<RcptRef, u32> = HashMap::new();
+                for (t, r) in ss.wheel.entries() {
+                    let e = m.entry(r).or_insert(t);
+                    *e = (*e).min(t);
+                }
+                m
+            })
+            .collect();
+        let ready: HashMap<u32, HashSet<RcptRef>> = sched
+            .iter()
+            .enumerate()
+            .flat_map(|(s, ss)| {
+                ss.buckets
+                    .iter()
+                    .enumerate()
+                    .map(move |(l, b)| (global(s, l as u32), b.ready.iter().copied().collect()))
+            })
+            .collect();
+
+        let mut recount: HashMap<u32, [u32; STATES]> = HashMap::new();
+        for (s, ms) in msgs.iter().enumerate() {
+            let bounces: HashSet<RcptRef> = ms.bounces.iter().copied().collect();
+            let mut live_msgs = 0usize;
+            let mut seg_live: HashMap<u32, (u32, u64)> = HashMap::new();
+            for (l, m) in ms.msgs.iter().enumerate() {
+                if m.gen == 0 {
+                    continue;
+                }
+                live_msgs += 1;
+                let id = MessageId::new(m.gen, global(s, l as u32));
+                let e = seg_live.entry(m.seg).or_default();
+                e.0 += 1;
+                e.1 += m.len as u64;
+                if m.first as usize + m.n as usize > ms.rcpts.len() {
+                    return Err(format!(
+                        "message {id}: recipients {}..{} beyond the slab ({})",
+                        m.first,
+                        m.first as usize + m.n as usize,
+                        ms.rcpts.len()
+                    ));
+                }
+                let mut live = 0u16;
+                for rid in m.first..m.first + m.n as u32 {
+                    let r = ms.rcpts[rid as usize];
+                    let idx = rid - m.first;
+                    if r.msg != l as u32 {
+                        return Err(format!(
+                            "message {id} recipient {idx}: belongs to slot {} (expected {l})",
+                            r.msg
+                        ));
+                    }
+                    let st = r.state();
+                    if st.is_final() {
+                        continue;
+                    }
+                    live += 1;
+                    let b = r.bucket();
+                    let Some(bk) = bucket_of(b) else {
+                        return Err(format!(
+                            "message {id} recipient {idx} ({}): bucket #{b} does not exist",
+                            st.name()
+                        ));
+                    };
+                    if bk.key.is_empty() {
+                        return Err(format!(
+                            "message {id} recipient {idx} ({}): points at free bucket #{b}",
+                            st.name()
+                        ));
+                    }
+                    let rr = rref(s, rid);
+                    if let Some(&from) = moved.get(&(s, rid)) {
+                        if st != RcptState::Leased || from != b {
+                            return Err(format!(
+                                "message {id} recipient {idx}: in the move list from {} but {} in {}",
+                                bname(from),
+                                st.name(),
+                                bname(b)
+                            ));
+                        }
+                        continue;
+                    }
+                    recount.entry(b).or_insert([0; STATES])[st as usize] += 1;
+                    match st {
+                        RcptState::New => {
+                            return Err(format!(
+                                "message {id} recipient {idx}: still new outside enqueue"
+                            ))
+                        }
+                        RcptState::Ready if !ready.get(&b).is_some_and(|set| set.contains(&rr)) => {
+                            return Err(format!(
+                                "message {id} recipient {idx}: ready but not in the ready FIFO of {}",
+                                bname(b)
+                            ));
+                        }
+                        RcptState::Deferred => match wheels[shard_of(b)].get(&rr) {
+                            Some(&t) if t <= r.next => {}
+                            Some(&t) => {
+                                return Err(format!(
+                                    "message {id} recipient {idx} of {}: deferred until {} but its timer is at {t}",
+                                    bname(b),
+                                    r.next
+                                ))
+                            }
+                            None => {
+                                return Err(format!(
+                                    "message {id} recipient {idx} of {}: deferred until {} (now {now}) without a timer entry (stranded)",
+                                    bname(b),
+                                    r.next
+                                ))
+                            }
+                        },
+                        RcptState::Leased => {
+                            let n = bk
+                                .slots
+                                .iter()
+                                .filter(|x| x.leased_msg == id && x.leased.contains(&rr))
+                                .count();
+                            if n != 1 {
+                                return Err(format!(
+                                    "message {id} recipient {idx} of {}: in flight but in {n} session slots ({} open)",
+                                    bname(b),
+                                    bk.slots.len()
+                                ));
+                            }
+                        }
+                        RcptState::Failed | RcptState::Expired
+                            if r.flags() & F_BOUNCE_TAKEN == 0 && !bounces.contains(&rr) =>
+                        {
+                            return Err(format!(
+                                "message {id} recipient {idx}: {} with its DSN not handed out, but not in the bounce queue",
+                                st.name()
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                if m.live != live {
+                    return Err(format!(
+                        "message {id}: live count {} but {live} recipients are not final",
+                        m.live
+                    ));
+                }
+            }
+            if live_msgs != ms.live_msgs {
+                return Err(format!(
+                    "message shard {s}: live_msgs {} but {live_msgs} live messages",
+                    ms.live_msgs
+                ));
+            }
+            if seg_live != ms.seg_live {
+                let mut a: Vec<_> = ms.seg_live.iter().collect();
+                let mut b: Vec<_> = seg_live.iter().collect();
+                a.sort_unstable();
+                b.sort_unstable();
+                return Err(format!(
+                    "message shard {s}: seg_live {a:?} but the live messages give {b:?}"
+                ));
+            }
+            for &rid in ms.intents.keys() {
+                let ok = ms.rcpts.get(rid as usize).is_some_and(|r| {
+                    let m = ms.msgs.get(r.msg as usize);
+                    r.state() == RcptState::Leased
+                        && m.is_some_and(|m| {
+                            m.gen != 0 && rid >= m.first && rid < m.first + m.n as u32
+                        })
+                });
+                if !ok {
+                    let st = ms.rcpts.get(rid as usize).map(|r| r.state());
+                    return Err(format!(
+                        "message shard {s}: an in-flight decision for recipient record {rid}, which is {st:?} (not in flight)"
+                    ));
+                }
+            }
+        }
+
+        let mut any_ring = false;
+        for (s, ss) in sched.iter().enumerate() {
+            let mut in_ring: HashSet<u32> = HashSet::new();
+            for &bl in &ss.ring {
+                if bl as usize >= ss.buckets.len() {
+                    return Err(format!(
+                        "shard {s}: ring holds bucket {bl}, which does not exist"
+                    ));
+                }
+                if !in_ring.insert(bl) {
+                    return Err(format!(
+                        "shard {s}: {} is in the ring twice",
+                        bname(global(s, bl))
+                    ));
+                }
+            }
+            any_ring |= !ss.ring.is_empty();
+            for (l, b) in ss.buckets.iter().enumerate() {
+                let id = global(s, l as u32);
+                let name = bname(id);
+                let counts = recount.remove(&id).unwrap_or([0; STATES]);
+                if b.key.is_empty() {
+                    if b.counts.iter().any(|&c| c != 0)
+                        || !b.slots.is_empty()
+                        || b.in_ring
+                        || in_ring.contains(&(l as u32))
+                        || counts.iter().any(|&c| c != 0)
+                    {
+                        return Err(format!(
+                            "free bucket #{id} is not empty: counts {:?}, {} slots, in ring {}, recipients {counts:?}",
+                            b.counts,
+                            b.slots.len(),
+                            b.in_ring
+                        ));
+                    }
+                    continue;
+                }
+                match keys.key(id) {
+                    Some(k) if **k == *b.key => {}
+                    other => {
+                        return Err(format!("bucket {name}: the key table names it {other:?}"))
+                    }
+                }
+                for (i, (&have, &want)) in b.counts.iter().zip(counts.iter()).enumerate() {
+                    let st = RcptState::from_u8(i as u8);
+                    if st.is_some_and(|s| s.is_final()) {
+                        continue;
+                    }
+                    if have != want {
+                        return Err(format!(
+                            "bucket {name}: {} count is {have} but the index has {want}",
+                            state_name(i)
+                        ));
+                    }
+                }
+                let window = (b.window as usize).max(1);
+                if b.slots.len() > window {
+                    return Err(format!(
+                        "bucket {name}: {} sessions open with a window of {} (limit {})",
+                        b.slots.len(),
+                        b.window,
+                        b.policy.limit
+                    ));
+                }
+                if b.window > b.policy.limit.max(1) {
+                    return Err(format!(
+                        "bucket {name}: window {} above the limit {}",
+                        b.window, b.policy.limit
+                    ));
+                }
+                if b.slots.iter().filter(|x| x.probe).count() > 1 {
+                    return Err(format!("bucket {name}: more than one probe session"));
+                }
+                let mut tokens = HashSet::new();
+                for slot in &b.slots {
+                    if !tokens.insert(slot.token) {
+                        return Err(format!("bucket {name}: session token {} twice", slot.token));
+                    }
+                }
+                if b.in_ring != in_ring.contains(&(l as u32)) {
+                    return Err(format!(
+                        "bucket {name}: in_ring flag {} but {} the ring",
+                        b.in_ring,
+                        if b.in_ring { "not in" } else { "in" }
+                    ));
+                }
+                if b.can_open(now) && !b.in_ring {
+                    let probe_pending =
+                        b.dead_until != 0 && ss.wakeups.iter().any(|w| w.0 .1 == l as u32);
+                    if !probe_pending && b.dead_until != 0 {
+                        return Err(format!(
+                            "bucket {name}: dead until {} (now {now}) with {} ready and no probe wake-up pending, not in the ring: never offered again (stranded dead destination)",
+                            b.dead_until,
+                            b.count(RcptState::Ready)
+                        ));
+                    }
+                    if !probe_pending {
+                        return Err(format!(
+                            "bucket {name}: can open a session now ({} ready, {} of {} slots, now {now}) but is not in the ring (stranded)",
+                            b.count(RcptState::Ready),
+                            b.slots.len(),
+                            b.window
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some((b, c)) = recount.into_iter().next() {
+            return Err(format!(
+                "recipients {c:?} point at bucket #{b}, which does not exist"
+            ));
+        }
+        if any_ring {
+            let mut pfd = libc::pollfd {
+                fd: self.poll_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own, valid for the call; timeout 0 never blocks.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if r != 1 || pfd.revents & libc::POLLIN == 0 {
+                let ring: Vec<String> = sched
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(s, ss)| ss.ring.iter().map(move |&bl| global(s, bl)))
+                    .map(bname)
+                    .collect();
+                return Err(format!(
+                    "work is in the ready ring ({}) but the poll fd is not readable (lost wake-up)",
+                    ring.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// When (clock milliseconds) the outcome records buffered now must be
+    /// synced, or `None` when none are buffered. For tests.
+    #[doc(hidden)]
+    pub fn debug_pending_sync_ms(&self) -> Option<u64> {
+        self.inner.log.sync_deadline()
+    }
+}
