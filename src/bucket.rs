@@ -61,6 +61,8 @@ pub struct Bucket {
     pub last_site_failure: Option<Box<str>>,
     /// The probe time a wake-up is scheduled for.
     pub wake_at: u32,
+    /// Live `Session` values opened on this bucket (it is not freed while any is).
+    pub handles: u32,
 }
 
 impl Bucket {
@@ -85,6 +87,7 @@ impl Bucket {
             site_failure_total: 0,
             last_site_failure: None,
             wake_at: 0,
+            handles: 0,
         }
     }
 
@@ -167,6 +170,7 @@ impl Bucket {
     pub fn idle(&self, default: Concurrency) -> bool {
         self.counts.iter().all(|&c| c == 0)
             && self.slots.is_empty()
+            && self.handles == 0
             && !self.in_ring
             && !self.suspended
             && self.dead_until == 0

@@ -375,7 +375,12 @@ pub fn encode(
                     out.push(state as u8);
                     out.extend_from_slice(&r.attempts().to_le_bytes());
                     out.extend_from_slice(&r.next.to_le_bytes());
-                    let b = remap.get(bucket as usize).copied().unwrap_or(0);
+                    // A final recipient of a live message may name a bucket freed
+                    // since (it no longer counts there); its bucket is never used.
+                    let b = match remap.get(bucket as usize) {
+                        Some(&b) if b != u32::MAX => b,
+                        _ => 0,
+                    };
                     out.extend_from_slice(&b.to_le_bytes());
                     let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
                     out.extend_from_slice(&reason.to_le_bytes());

@@ -198,7 +198,9 @@ pub(crate) fn apply_change(
     match ch.state {
         RcptState::Ready => {
             ss.buckets[bl as usize].push_ready(rr);
-            return ss.maybe_ring(bl, now);
+            // Also signal when the bucket already sits in the ring: it may have
+            // been put there while it had nothing ready (and its wake-up acked).
+            return ss.maybe_ring(bl, now) || ss.buckets[bl as usize].in_ring;
         }
         RcptState::Deferred => ss.wheel.insert(ch.next, rr),
         RcptState::Failed | RcptState::Expired => {

@@ -324,6 +324,7 @@ impl Inner {
             probe,
         });
         let key = b.key.clone();
+        b.handles += 1;
         ss.leases.push(Reverse((deadline, bl, token)));
         Session {
             q: self.clone(),
@@ -769,7 +770,26 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.close(None);
+        // The bucket may be freed (when idle) only once no session refers to it.
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let mut ss = self.q.sched[s].lock();
+        if let Some(b) = ss.buckets.get_mut(bl as usize) {
+            if Arc::ptr_eq(&b.key, &self.key) {
+                b.handles = b.handles.saturating_sub(1);
+            }
+        }
     }
+}
+
+/// Index of the slot `token` in bucket `bl`, if that bucket is still the one the
+/// session was opened on (a delivery handle that outlived its session, through
+/// the C API, may refer to a bucket freed and reused since).
+fn slot_index(ss: &SchedShard, bl: u32, key: &Arc<str>, token: u32) -> Option<usize> {
+    let b = ss.buckets.get(bl as usize)?;
+    if !Arc::ptr_eq(&b.key, key) {
+        return None;
+    }
+    b.slots.iter().position(|x| x.token == token)
 }
 
 /// (message shard, local slot, generation, recipient ids, first recipient id, (segment, offset, record length)).
@@ -934,11 +954,7 @@ impl DeliveryCore {
         let ttl = q.opts.lease_ttl.as_secs().min(u32::MAX as u64 / 2) as u32;
         let _g = q.gate.read();
         let mut ss = q.sched[s].lock();
-        let Some(si) = ss.buckets[bl as usize]
-            .slots
-            .iter()
-            .position(|x| x.token == self.token)
-        else {
+        let Some(si) = slot_index(&ss, bl, &self.key, self.token) else {
             return Err(Error::LeaseExpired);
         };
         ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(ttl.max(1));
@@ -1024,11 +1040,7 @@ impl Drop for DeliveryCore {
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         let mut ss = q.sched[s].lock();
-        let Some(si) = ss.buckets[bl as usize]
-            .slots
-            .iter()
-            .position(|x| x.token == self.token)
-        else {
+        let Some(si) = slot_index(&ss, bl, &self.key, self.token) else {
             return;
         };
         let leased = std::mem::take(&mut ss.buckets[bl as usize].slots[si].leased);

@@ -826,3 +826,54 @@ fn d30_leaked_delivery_is_reclaimed() {
     assert_eq!(q.stats().count("inflight"), 0, "nothing stays in flight");
     assert_eq!(q.stats().messages, 0);
 }
+
+/// Found by the simulator after bucket freeing landed: a session whose lease
+/// was reclaimed still holds its delivery; a checkpoint meanwhile must not free
+/// (and reuse) the bucket under it, and ending the delivery later is harmless.
+#[test]
+fn gc_never_frees_a_bucket_under_a_live_session() {
+    let t = TempDir::new("gc-live");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        lease_ttl: Duration::from_secs(60),
+        ..small(&clock)
+    };
+    let q = Queue::open(t.path(), o).unwrap();
+    let id = q
+        .enqueue(&msg("s@x.example", &["a@gone.example"], b"m"))
+        .unwrap();
+    let mut s = q.session_for("gone.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    q.delete(id).unwrap();
+    clock.advance(120);
+    q.tick(); // the lease is reclaimed: the bucket has no slot and no mail
+    assert!(
+        q.next_session().unwrap().is_none(),
+        "and it leaves the ring"
+    );
+    q.checkpoint().unwrap();
+    // A new destination would take the lowest free id, and its first session
+    // the same token as the stale one.
+    q.enqueue(&msg("s@x.example", &["u@new.example"], b"n"))
+        .unwrap();
+    q.enqueue(&msg("s@x.example", &["v@new.example"], b"n"))
+        .unwrap();
+    let mut other = q.session_for("new.example").unwrap().unwrap();
+    drop(d);
+    match s.next_delivery() {
+        Err(Error::LeaseExpired) | Ok(None) => {}
+        Ok(Some(d)) => panic!(
+            "a stale session leased {:?} of another destination",
+            d.recipients()
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    drop(s);
+    assert_eq!(q.debug_check(), Ok(()));
+    while let Some(d) = other.next_delivery().unwrap() {
+        d.complete(&[Outcome::Delivered]).unwrap();
+    }
+    drop(other);
+    q.checkpoint().unwrap();
+    assert_eq!(q.stats().messages, 0);
+}
