@@ -2,6 +2,7 @@
 //! ([`Queue::debug_check`]): the scheduler, the index and the poll descriptor
 //! agree with each other. Not part of the supported API.
 
+use crate::index::F_MOVING;
 use crate::index::*;
 use crate::queue::Queue;
 use crate::types::{MessageId, RcptState};
@@ -55,7 +56,7 @@ impl Queue {
             bucket_of(b).map_or_else(|| format!("#{b}"), |x| format!("{:?} (#{b})", &*x.key))
         };
         let moved: HashMap<(usize, u32), u32> =
-            moves.iter().map(|m| ((m.mshard, m.rid), m.from)).collect();
+            moves.iter().map(|m| ((m.mshard, m.rid), m.to)).collect();
         // Timer entries per scheduler shard: recipient → earliest time.
         let wheels: Vec<HashMap<RcptRef, u32>> = sched
             .iter()
@@ -130,16 +131,18 @@ impl Queue {
                         ));
                     }
                     let rr = rref(s, rid);
-                    if let Some(&from) = moved.get(&(s, rid)) {
-                        if st != RcptState::Leased || from != b {
+                    let moving = r.flags() & F_MOVING != 0;
+                    match moved.get(&(s, rid)) {
+                        Some(&to) if moving && to == b => continue,
+                        None if !moving => {}
+                        _ => {
                             return Err(format!(
-                                "message {id} recipient {idx}: in the move list from {} but {} in {}",
-                                bname(from),
+                                "message {id} recipient {idx} ({} in {}): the moving flag ({moving}) and the move list ({:?}) disagree",
                                 st.name(),
-                                bname(b)
-                            ));
+                                bname(b),
+                                moved.get(&(s, rid)).map(|&t| bname(t))
+                            ))
                         }
-                        continue;
                     }
                     recount.entry(b).or_insert([0; STATES])[st as usize] += 1;
                     match st {

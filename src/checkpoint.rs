@@ -116,7 +116,7 @@ fn write(q: &Inner, m: &mut Maint) -> Result<SegLive> {
         m.buckets_freed += q.gc_buckets() as u64;
         let (p, seq) = q.log.end_and_seq();
         let keys = q.keys.read();
-        encode(
+        let ok = encode(
             &mut sink,
             p,
             seq,
@@ -133,6 +133,13 @@ fn write(q: &Inner, m: &mut Maint) -> Result<SegLive> {
                 f(&ms)
             },
         );
+        if !ok {
+            return Err(Error::Corrupt {
+                path: tmp.clone(),
+                offset: 0,
+                reason: "a live recipient refers to a freed destination (a mailq bug); the checkpoint was not installed and the log still holds everything".into(),
+            });
+        }
         p
     };
     let len = sink
@@ -301,7 +308,9 @@ pub fn encode(
     salt: u32,
     keys: &Keys,
     mut with_shard: impl FnMut(usize, &mut dyn FnMut(&MsgShard)),
-) {
+) -> bool {
+    let mut broken_flag = false;
+    let broken = &mut broken_flag;
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -379,7 +388,13 @@ pub fn encode(
                     // since (it no longer counts there); its bucket is never used.
                     let b = match remap.get(bucket as usize) {
                         Some(&b) if b != u32::MAX => b,
-                        _ => 0,
+                        _ if state.is_final() => 0,
+                        _ => {
+                            // A live recipient in a freed bucket would be a bug:
+                            // never write it under someone else's key.
+                            *broken = true;
+                            0
+                        }
                     };
                     out.extend_from_slice(&b.to_le_bytes());
                     let reason = rmap.get(&r.reason()).copied().unwrap_or(0);
@@ -389,6 +404,7 @@ pub fn encode(
             }
         });
     }
+    !broken_flag
 }
 
 impl Sink<'_> {

@@ -449,10 +449,13 @@ impl Log {
         let Some(t) = g.oldest_pending else {
             return SyncState::Idle;
         };
-        if g.flushing {
-            return SyncState::Idle; // the running commit covers them or leads the next
-        }
         let interval = self.sync_interval.as_millis().min(u64::MAX as u128) as u64;
+        if g.flushing {
+            // Records queued after the running commit took its batch are not
+            // covered by it, and nobody waits for them: keep their deadline
+            // armed (without blocking this caller behind the commit).
+            return SyncState::Pending(t.saturating_add(interval));
+        }
         if g.pending_bytes >= self.sync_bytes || now < t || now - t >= interval {
             SyncState::Due
         } else {

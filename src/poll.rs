@@ -203,11 +203,13 @@ impl Signal {
         // flag went down, leaving the flag up and every later raise skipped.
         drain(&self.event);
         self.raised.store(false, Ordering::Release);
-        // Forget an expired deadline, then drain the timer. An arm that still
-        // saw the expired deadline skipped arming and its wake-up is consumed
-        // here, just like a racing raise: callers re-check their deadlines after
-        // clear and re-arm for those still pending. An arm after the forget
-        // programs the timer afresh.
+        // Drain the timer, then forget its deadline if it has passed. In this
+        // order an expiry is never consumed while the deadline stays recorded
+        // (which would make every later `arm` for a later time a no-op): if the
+        // timer fires between the two, the deadline is forgotten but the expiry
+        // stays readable — one spare wake-up, never a missed one. Callers
+        // re-check their deadlines after `clear` and re-arm for those pending.
+        drain(&self.timer);
         let d = self.deadline.load(Ordering::Acquire);
         if d != 0 && d <= monotonic_ns() {
             // Fails only when an arm stored a new deadline meanwhile: keep that one.
@@ -215,7 +217,6 @@ impl Signal {
                 .deadline
                 .compare_exchange(d, 0, Ordering::AcqRel, Ordering::Acquire);
         }
-        drain(&self.timer);
     }
 
     /// The raw descriptor (an epoll fd), for epoll/poll/select. Readable when

@@ -70,18 +70,17 @@ impl Change {
     }
 }
 
-/// A recipient whose attempt ended while the operator had re-routed it: it is
-/// detached from its old bucket (still marked in flight, counted nowhere) and
-/// joins the new bucket once the caller has released its locks (lock order).
+/// A recipient whose attempt ended while the operator had re-routed it: its new
+/// state and bucket are already in the index (flag `F_MOVING`), and it joins the
+/// new bucket's queues and counters once the caller has released its scheduler
+/// lock (lock order).
 #[derive(Debug, Clone)]
 pub(crate) struct Move {
     pub mshard: usize,
     pub rid: u32,
     pub local: u32,
     pub gen: u32,
-    pub from: u32,
     pub to: u32,
-    pub ch: Change,
 }
 
 /// Applies the operator's in-flight decisions to the change that ends an
@@ -273,11 +272,13 @@ impl Inner {
     /// the id space. Runs under the exclusive gate (during a checkpoint): every
     /// path that turns a key into an id and uses it later holds the gate shared.
     pub(crate) fn gc_buckets(&self) -> usize {
-        if !self.moves.lock().is_empty() {
-            return 0; // a detached recipient may be about to join an idle bucket
-        }
         let mut keys = self.keys.write();
         let mut ss: Vec<_> = self.sched.iter().map(|s| s.lock()).collect();
+        // Checked with every scheduler lock held, so no move can be queued now:
+        // a moving recipient is not yet counted in its (possibly idle) bucket.
+        if !self.moves.lock().is_empty() {
+            return 0;
+        }
         let mut pinned = std::collections::HashSet::new();
         for ms in &self.msgs {
             for it in ms.lock().intents.values() {
@@ -401,6 +402,12 @@ impl Inner {
             if r.bucket() != bucket {
                 continue; // re-routed meanwhile; retry with the new bucket's lock
             }
+            if r.flags() & F_MOVING != 0 {
+                drop(ms);
+                drop(ss);
+                self.apply_moves(); // let it join its bucket first, then decide
+                continue;
+            }
             let now = self.now();
             let Some(ch) = plan(&r, now) else {
                 return Ok(false);
@@ -455,7 +462,7 @@ impl Inner {
                 (rid, ms.rcpts[rid as usize].bucket())
             };
             if from == to {
-                return Ok(false);
+                return self.clear_inflight_route(mshard, local, id, rid, to, &to_key);
             }
             let (sa, sb) = (shard_of(from), shard_of(to));
             let (mut g1, mut g2) = if sa == sb {
@@ -474,6 +481,13 @@ impl Inner {
             }
             let r = ms.rcpts[rid as usize];
             if r.bucket() != from {
+                continue;
+            }
+            if r.flags() & F_MOVING != 0 {
+                drop(ms);
+                drop(g2);
+                drop(g1);
+                self.apply_moves();
                 continue;
             }
             let st = r.state();
@@ -573,6 +587,50 @@ impl Inner {
                 },
             }
         }
+    }
+
+    /// Re-route to the bucket a recipient is in: for an in-flight recipient with
+    /// a pending re-route, that cancels it (durably); otherwise nothing to do.
+    fn clear_inflight_route(
+        &self,
+        mshard: usize,
+        local: u32,
+        id: MessageId,
+        rid: u32,
+        to: u32,
+        to_key: &str,
+    ) -> Result<bool> {
+        let mut ms = self.msgs[mshard].lock();
+        if ms.get(local, id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let r = ms.rcpts[rid as usize];
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        if r.state() != RcptState::Leased || r.bucket() != to || it.route.is_none() {
+            return Ok(false);
+        }
+        let st = if it.hold {
+            RcptState::Held
+        } else {
+            RcptState::Ready
+        };
+        let mut b = Batch::new();
+        push_update(
+            &mut b,
+            &ms,
+            mshard,
+            rid,
+            &Change::to(&r, st, r.next, true),
+            to_key,
+        );
+        self.log.append(b)?;
+        let it = Intent { route: None, ..it };
+        if it == Intent::default() {
+            ms.intents.remove(&rid);
+        } else {
+            ms.intents.insert(rid, it);
+        }
+        Ok(true)
     }
 
     /// (message id, recipient index) of every live recipient matching `f`.
@@ -960,6 +1018,9 @@ impl Queue {
             return Ok(0);
         };
         let tb = self.inner.bucket_id(&validate::normalize_key(to)?)?;
+        if tb == fb {
+            return Ok(0); // a destination onto itself: nothing moves
+        }
         let targets = self.inner.collect(&|r| r.bucket() == fb);
         let mut n = 0;
         for (id, i) in targets {

@@ -157,7 +157,10 @@ impl Inner {
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;
             };
-            if r.state() != RcptState::Deferred || shard_of(r.bucket()) != shard {
+            if r.state() != RcptState::Deferred
+                || shard_of(r.bucket()) != shard
+                || r.flags() & F_MOVING != 0
+            {
                 continue; // stale timer entry
             }
             if r.next > now {
@@ -237,22 +240,33 @@ impl Inner {
     ) -> bool {
         let r = ms.rcpts[rid as usize];
         let it = ms.intents.get(&rid).copied().unwrap_or_default();
-        let Some(to) = resolve_intent(&mut ch, &it, r.bucket()) else {
-            ms.intents.remove(&rid);
+        let to = resolve_intent(&mut ch, &it, r.bucket());
+        ms.intents.remove(&rid);
+        let Some(to) = to else {
             return apply_change(ss, ms, msh, rid, &ch, now);
         };
-        // The intent stays until the move is applied: a checkpoint meanwhile
-        // writes the recipient where the operator sent it.
+        // Leave the old bucket now and write the outcome and the new bucket into
+        // the index at once (that is what the log says and what a checkpoint must
+        // write); only joining the new bucket's queues waits for `apply_moves`.
         ss.buckets[local_of(r.bucket()) as usize].shift(RcptState::Leased, RcptState::Delivered);
+        {
+            let rc = &mut ms.rcpts[rid as usize];
+            rc.set_state(ch.state);
+            rc.set_attempts(ch.attempts);
+            rc.next = ch.next;
+            rc.set_bucket(to);
+            rc.set_flags(rc.flags() | F_MOVING);
+        }
+        if let Some(t) = &ch.reason {
+            ms.set_reason_text(rid, t);
+        }
         let mut m = self.moves.lock();
         m.push(Move {
             mshard: msh,
             rid,
             local: r.msg,
             gen: id.gen(),
-            from: r.bucket(),
             to,
-            ch,
         });
         self.has_moves.store(true, Ordering::Release);
         false
@@ -270,33 +284,24 @@ impl Inner {
             std::mem::take(&mut *m)
         };
         let mut rang = false;
-        for mut mv in moves {
-            loop {
-                let mut ss = self.sched[shard_of(mv.to)].lock();
-                let mut ms = self.msgs[mv.mshard].lock();
-                let live = ms.get(mv.local, mv.gen).is_some();
-                let r = ms.rcpts[mv.rid as usize];
-                if !live || r.state() != RcptState::Leased || r.bucket() != mv.from {
-                    break; // deleted (or otherwise settled) meanwhile
-                }
-                // A decision taken while it was detached applies too.
-                if let Some(it) = ms.intents.remove(&mv.rid) {
-                    if let Some(to) = resolve_intent(&mut mv.ch, &it, mv.to) {
-                        if shard_of(to) != shard_of(mv.to) {
-                            mv.to = to;
-                            drop(ms);
-                            drop(ss);
-                            continue;
-                        }
-                        mv.to = to;
-                    }
-                }
-                ms.rcpts[mv.rid as usize].set_bucket(mv.to);
-                ss.buckets[local_of(mv.to) as usize].shift(RcptState::Delivered, RcptState::Leased);
-                let now = self.now();
-                rang |= apply_change(&mut ss, &mut ms, mv.mshard, mv.rid, &mv.ch, now);
-                break;
+        for mv in moves {
+            let mut ss = self.sched[shard_of(mv.to)].lock();
+            let mut ms = self.msgs[mv.mshard].lock();
+            if ms.get(mv.local, mv.gen).is_none() {
+                continue;
             }
+            let r = ms.rcpts[mv.rid as usize];
+            // Anyone who changes a moving recipient completes its move first, so
+            // its bucket is still `to`; without the flag it joined already.
+            if r.flags() & F_MOVING == 0 || r.bucket() != mv.to {
+                continue;
+            }
+            ms.rcpts[mv.rid as usize].set_flags(r.flags() & !F_MOVING);
+            let st = r.state();
+            ss.buckets[local_of(mv.to) as usize].shift(RcptState::Delivered, st);
+            let now = self.now();
+            let join = Change::to(&r, st, r.next, false);
+            rang |= apply_change(&mut ss, &mut ms, mv.mshard, mv.rid, &join, now);
         }
         if rang {
             self.wake();
@@ -580,7 +585,10 @@ impl Session {
                 let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                     continue;
                 };
-                if r.state() != RcptState::Ready || r.bucket() != self.bucket {
+                if r.state() != RcptState::Ready
+                    || r.bucket() != self.bucket
+                    || r.flags() & F_MOVING != 0
+                {
                     continue;
                 }
                 let m = ms.msgs[r.msg as usize];
@@ -1057,5 +1065,89 @@ impl Drop for DeliveryCore {
         if rang {
             q.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simfs::SimFs;
+
+    /// Review finding: between an attempt's end and the re-routed recipient
+    /// joining its new bucket, a checkpoint must already write its outcome
+    /// (state, attempts, next time) and its new route — the log's records before
+    /// the checkpoint position are never replayed again.
+    #[test]
+    fn checkpoint_during_a_pending_move_keeps_outcome_and_route() {
+        let fs = SimFs::new();
+        let clock = ManualClock::new(1_700_000_000);
+        let opts = || Options {
+            vfs: fs.vfs(),
+            clock: clock.clone(),
+            checkpoint_bytes: u64::MAX,
+            auto_maintenance: false,
+            ..Options::default()
+        };
+        let q = Queue::open("/q", opts()).unwrap();
+        let id = q
+            .enqueue(&NewMessage {
+                recipients: vec!["a@old.example".into()],
+                body: b"x",
+                ..Default::default()
+            })
+            .unwrap();
+        // Find a target key in another scheduler shard than the old one.
+        let old = q.inner.bucket_id("old.example").unwrap();
+        let to = (0..64)
+            .map(|i| format!("new{i}.example"))
+            .find(|k| shard_of(q.inner.bucket_id(k).unwrap()) != shard_of(old))
+            .unwrap();
+        let mut s = q.session_for("old.example").unwrap().unwrap();
+        let d = s.next_delivery().unwrap().unwrap();
+        assert_eq!(q.reroute("old.example", &to).unwrap(), 1);
+        // End the attempt the way `finish` does, but stop before `apply_moves`.
+        {
+            let inner = &q.inner;
+            let _g = inner.gate.read();
+            let mut ss = inner.sched[shard_of(old)].lock();
+            let mut ms = inner.msgs[shard_of(id.slot())].lock();
+            let rid = ms.rcpt_index(local_of(id.slot()), 0).unwrap();
+            let r = ms.rcpts[rid as usize];
+            let received = ms.msgs[local_of(id.slot()) as usize].received;
+            let mut ch = outcome_change(
+                &Outcome::temp("451 later"),
+                &r,
+                received,
+                inner.now(),
+                &inner.opts,
+            );
+            let it = *ms.intents.get(&rid).unwrap();
+            resolve_intent(&mut ch, &it, r.bucket());
+            let mut b = Batch::new();
+            push_update(&mut b, &ms, shard_of(id.slot()), rid, &ch, "");
+            inner.log.append(b).unwrap();
+            let now = inner.now();
+            inner.end_attempt(&mut ss, &mut ms, shard_of(id.slot()), rid, id, ch, now);
+            let slot = ss.buckets[local_of(old) as usize]
+                .slots
+                .iter_mut()
+                .next()
+                .unwrap();
+            slot.leased.clear();
+        }
+        assert!(!q.inner.moves.lock().is_empty(), "the move is pending");
+        q.checkpoint().unwrap();
+        drop(d); // its slot no longer lists the recipient: nothing to return
+        drop(s);
+        q.inner.apply_moves();
+        drop(q);
+        let q = Queue::open("/q", opts()).unwrap();
+        let r = &q.inspect(id).unwrap().recipients[0];
+        assert_eq!(
+            (r.route.as_str(), r.state, r.attempts),
+            (to.as_str(), RcptState::Deferred, 1)
+        );
+        assert_eq!(r.last_error, "451 later");
+        assert_eq!(q.debug_check(), Ok(()));
     }
 }
