@@ -494,33 +494,7 @@ impl Inner {
             if st == RcptState::Leased {
                 // In flight: the new route is persisted now (a crash re-queues it
                 // there) and taken when the attempt ends, whatever its outcome.
-                let it = ms.intents.get(&rid).copied().unwrap_or_default();
-                if it.route == Some(to) {
-                    return Ok(false);
-                }
-                let st = if it.hold {
-                    RcptState::Held
-                } else {
-                    RcptState::Ready
-                };
-                let mut b = Batch::new();
-                push_update(
-                    &mut b,
-                    &ms,
-                    mshard,
-                    rid,
-                    &Change::to(&r, st, r.next, true),
-                    &to_key,
-                );
-                self.log.append(b)?;
-                ms.intents.insert(
-                    rid,
-                    Intent {
-                        route: Some(to),
-                        ..it
-                    },
-                );
-                return Ok(true);
+                return self.set_inflight_route(&mut ms, mshard, rid, Some(to), &to_key);
             }
             if !matches!(st, RcptState::Ready | RcptState::Deferred | RcptState::Held) {
                 return Ok(false); // pending DSN, corrupt or final: leave it
@@ -609,6 +583,25 @@ impl Inner {
         if r.state() != RcptState::Leased || r.bucket() != to || it.route.is_none() {
             return Ok(false);
         }
+        self.set_inflight_route(&mut ms, mshard, rid, None, to_key)
+    }
+
+    /// Persists and remembers the route an in-flight recipient takes when its
+    /// attempt ends (`None`: the one it has). The record says what a crash should
+    /// find: held or ready, on that route.
+    fn set_inflight_route(
+        &self,
+        ms: &mut MsgShard,
+        mshard: usize,
+        rid: u32,
+        route: Option<u32>,
+        key: &str,
+    ) -> Result<bool> {
+        let r = ms.rcpts[rid as usize];
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        if it.route == route {
+            return Ok(false);
+        }
         let st = if it.hold {
             RcptState::Held
         } else {
@@ -617,14 +610,14 @@ impl Inner {
         let mut b = Batch::new();
         push_update(
             &mut b,
-            &ms,
+            ms,
             mshard,
             rid,
             &Change::to(&r, st, r.next, true),
-            to_key,
+            key,
         );
         self.log.append(b)?;
-        let it = Intent { route: None, ..it };
+        let it = Intent { route, ..it };
         if it == Intent::default() {
             ms.intents.remove(&rid);
         } else {
