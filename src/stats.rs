@@ -552,10 +552,18 @@ impl Queue {
                     .get(i)
                     .map(|x| x.0.to_string())
                     .unwrap_or_default(),
-                route: keys
-                    .key(r.bucket())
-                    .map(|k| k.to_string())
-                    .unwrap_or_default(),
+                // A final recipient no longer counts in its bucket, which may have
+                // been freed and its id reused: show the route it was queued with.
+                route: if r.state().is_final() {
+                    rec.rcpts
+                        .get(i)
+                        .map(|x| x.1.to_string())
+                        .unwrap_or_default()
+                } else {
+                    keys.key(r.bucket())
+                        .map(|k| k.to_string())
+                        .unwrap_or_default()
+                },
                 state: r.state(),
                 attempts: r.attempts(),
                 next_attempt: r.next as u64,

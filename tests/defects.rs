@@ -877,3 +877,32 @@ fn gc_never_frees_a_bucket_under_a_live_session() {
     q.checkpoint().unwrap();
     assert_eq!(q.stats().messages, 0);
 }
+
+/// Review finding: a delivered recipient of a live message whose destination
+/// was freed (and its id reused) is not shown under another destination.
+#[test]
+fn inspect_shows_a_final_recipients_own_route_after_bucket_reuse() {
+    let t = TempDir::new("inspect-route");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    let id = q
+        .enqueue(&msg(
+            "s@x.example",
+            &["a@first.example", "b@held.example"],
+            b"m",
+        ))
+        .unwrap();
+    q.hold_bucket("held.example").unwrap();
+    assert_eq!(
+        deliver_key(&q, "first.example", Outcome::Delivered),
+        vec![id]
+    );
+    assert!(q.next_session().unwrap().is_none());
+    q.checkpoint().unwrap(); // frees first.example
+    q.enqueue(&msg("s@x.example", &["c@other.example"], b"n"))
+        .unwrap();
+    let info = q.inspect(id).unwrap();
+    assert_eq!(info.recipients[0].state, RcptState::Delivered);
+    assert_eq!(info.recipients[0].route, "first.example");
+    assert_eq!(info.recipients[1].route, "held.example");
+}
