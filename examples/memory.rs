@@ -18,7 +18,6 @@ use mailq::{NewMessage, Options, Outcome, Queue, Recipient};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 fn status_kb(field: &str) -> u64 {
@@ -38,30 +37,42 @@ fn dir(tag: &str) -> PathBuf {
     d
 }
 
-/// Enqueues `msgs` messages of 3 recipients over `domains` domains, 32 producers.
-fn fill(q: &Queue, msgs: u64, domains: u64, offset: u64) {
-    let next = Arc::new(AtomicU64::new(0));
+/// Enqueues messages `first..first + n` from 32 producers, `make(i)` giving the
+/// recipients and body of message `i`.
+fn produce(
+    q: &Queue,
+    first: u64,
+    n: u64,
+    make: impl Fn(u64) -> (Vec<Recipient>, &'static [u8]) + Sync,
+) {
+    let next = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..32 {
-            let (q, next) = (q.clone(), next.clone());
-            s.spawn(move || loop {
+            s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= msgs {
+                if i >= n {
                     break;
                 }
-                let n = offset + i;
-                let rcpts = (0..3)
-                    .map(|k| Recipient::new(format!("u{n}.{k}@d{}.example", (n * 7 + k) % domains)))
-                    .collect();
+                let (recipients, body) = make(first + i);
                 q.enqueue(&NewMessage {
                     sender: "s@src.example",
-                    recipients: rcpts,
+                    recipients,
                     meta: b"",
-                    body: b"Subject: t\r\n\r\nbody\r\n",
+                    body,
                 })
                 .expect("enqueue");
             });
         }
+    });
+}
+
+/// Enqueues `msgs` messages of 3 recipients over `domains` domains, 32 producers.
+fn fill(q: &Queue, msgs: u64, domains: u64, offset: u64) {
+    produce(q, offset, msgs, |n| {
+        let rcpts = (0..3)
+            .map(|k| Recipient::new(format!("u{n}.{k}@d{}.example", (n * 7 + k) % domains)))
+            .collect();
+        (rcpts, b"Subject: t\r\n\r\nbody\r\n")
     });
 }
 
@@ -163,25 +174,8 @@ fn oneoff(scale: f64) {
     let mut done = 0u64;
     let t0 = Instant::now();
     while done < total {
-        let next = Arc::new(AtomicU64::new(0));
-        std::thread::scope(|s| {
-            for _ in 0..32 {
-                let (q, next) = (q.clone(), next.clone());
-                s.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= round {
-                        break;
-                    }
-                    let n = done + i;
-                    q.enqueue(&NewMessage {
-                        sender: "s@src.example",
-                        recipients: vec![Recipient::new(format!("u@one-off-{n}.example"))],
-                        meta: b"",
-                        body: b"x",
-                    })
-                    .expect("enqueue");
-                });
-            }
+        produce(&q, done, round, |n| {
+            (vec![Recipient::new(format!("u@one-off-{n}.example"))], b"x")
         });
         let mem_full = q.memory_usage();
         drain(&q, |_| Outcome::Delivered);

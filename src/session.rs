@@ -464,7 +464,7 @@ impl Queue {
                 best = Some(best.map_or(t, |b| b.min(t)));
             }
         };
-        if !q.moves.lock().is_empty() {
+        if q.has_moves.load(Ordering::Acquire) {
             take(Some(now));
         }
         for s in 0..SHARDS {

@@ -33,18 +33,22 @@ pub trait Vfs: Send + Sync + 'static {
     /// The default asks [`Vfs::list`] and reads `NotFound`/`NotADirectory` as
     /// absence; implementations should override it with something cheaper.
     fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
-        match self.list(dir) {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        absent_is_false(self.list(dir).map(|_| true))
+    }
+}
+
+/// Reads "not found" and "not a directory" (a missing ancestor) as `false`.
+pub fn absent_is_false(r: io::Result<bool>) -> io::Result<bool> {
+    match r {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
         }
+        r => r,
     }
 }
 
@@ -158,18 +162,7 @@ impl Vfs for OsFs {
     }
 
     fn dir_exists(&self, dir: &Path) -> io::Result<bool> {
-        match std::fs::metadata(dir) {
-            Ok(m) => Ok(m.is_dir()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+        absent_is_false(std::fs::metadata(dir).map(|m| m.is_dir()))
     }
 }
 

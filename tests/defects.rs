@@ -166,11 +166,9 @@ fn d02_compaction_never_trusts_a_completion_that_is_not_durable() {
     assert_eq!(&d.body()[..], &body[..]);
 }
 
-/// Defect 3: a segment file that is gone is damage (parked, reported), not an
-/// I/O error that sends the recipient back to ready for ever.
-#[test]
-fn d03_missing_segment_is_damage_and_the_worker_does_not_spin() {
-    let t = TempDir::new("d03");
+/// Two messages in two segments; the queue is closed, the first segment file
+/// deleted, and the queue reopened. Returns it and the lost message's id.
+fn reopen_without_first_segment(t: &TempDir) -> (Queue, MessageId) {
     let clock = ManualClock::new(T0);
     let q = Queue::open(t.path(), small(&clock)).unwrap();
     let body = vec![b'y'; 3000];
@@ -181,7 +179,15 @@ fn d03_missing_segment_is_damage_and_the_worker_does_not_spin() {
         .unwrap();
     q.close().unwrap();
     std::fs::remove_file(&segment_files(t.path())[0]).unwrap();
-    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    (Queue::open(t.path(), small(&clock)).unwrap(), m1)
+}
+
+/// Defect 3: a segment file that is gone is damage (parked, reported), not an
+/// I/O error that sends the recipient back to ready for ever.
+#[test]
+fn d03_missing_segment_is_damage_and_the_worker_does_not_spin() {
+    let t = TempDir::new("d03");
+    let (q, m1) = reopen_without_first_segment(&t);
     let mut s = q.session_for("one.example").unwrap().unwrap();
     for _ in 0..3 {
         assert!(s.next_delivery().unwrap().is_none(), "nothing deliverable");
@@ -497,17 +503,7 @@ fn d27_foreign_versions_are_refused() {
 #[test]
 fn d28_damage_reasons_are_kept() {
     let t = TempDir::new("d28");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(t.path(), small(&clock)).unwrap();
-    let body = vec![b'y'; 3000];
-    let m1 = q
-        .enqueue(&msg("s@x.example", &["a@one.example"], &body))
-        .unwrap();
-    q.enqueue(&msg("s@x.example", &["b@two.example"], &body))
-        .unwrap();
-    q.close().unwrap();
-    std::fs::remove_file(&segment_files(t.path())[0]).unwrap();
-    let q = Queue::open(t.path(), small(&clock)).unwrap();
+    let (q, m1) = reopen_without_first_segment(&t);
     let rep = q.recovery_report();
     assert_eq!(rep.corrupt_reason(m1), Some("segment missing"));
 }
