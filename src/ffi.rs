@@ -15,7 +15,7 @@
 use crate::error::Error;
 use crate::session::{DeliveryCore, Session};
 use crate::types::*;
-use crate::Queue;
+use crate::{MessageBuilder, Queue};
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -328,13 +328,8 @@ struct DeliveryObj {
     outcomes: Vec<Option<Outcome>>,
 }
 
-struct MessageObj {
-    q: Queue,
-    sender: String,
-    rcpts: Vec<Recipient>,
-    meta: Vec<u8>,
-    body: Vec<u8>,
-}
+/// A streamed message: a [`MessageBuilder`] (taken out on commit).
+struct MessageObj(Option<MessageBuilder>);
 
 #[derive(Clone)]
 enum Obj {
@@ -611,6 +606,13 @@ fn message_obj(h: *mut mailq_message) -> Result<Arc<Mutex<MessageObj>>, Fail> {
             MAILQ_ERR_INVALID_HANDLE,
             "not an open mailq_message handle (NULL, freed, committed, or another type)",
         ),
+    }
+}
+
+fn builder(m: &mut MessageObj) -> Result<&mut MessageBuilder, Fail> {
+    match m.0.as_mut() {
+        Some(b) => Ok(b),
+        None => fail(MAILQ_ERR_INVALID_HANDLE, "message already committed"),
     }
 }
 
@@ -938,14 +940,7 @@ pub unsafe extern "C" fn mailq_message_begin(
         let out = unsafe { out_ptr(out, "out") }?;
         *out = std::ptr::null_mut();
         let sender = unsafe { text(sender, "sender") }?;
-        crate::record::validate::sender(sender)?;
-        let m = MessageObj {
-            q: qq,
-            sender: sender.to_string(),
-            rcpts: Vec::new(),
-            meta: Vec::new(),
-            body: Vec::new(),
-        };
+        let m = MessageObj(Some(qq.message(sender)?));
         *out = insert(Obj::Message(Arc::new(Mutex::new(m)))) as *mut mailq_message;
         Ok(())
     })
@@ -964,18 +959,7 @@ pub unsafe extern "C" fn mailq_message_add_recipient(
         // SAFETY: documented pointer contracts.
         let address = unsafe { text(address, "address") }?;
         let route = unsafe { opt_text(route, "route") }?;
-        crate::record::validate::recipient(address)?;
-        if let Some(r) = route {
-            crate::record::validate::normalize_key(r)?;
-        }
-        let mut mo = mo.lock();
-        if mo.rcpts.len() >= mo.q.inner.opts.max_recipients.min(u16::MAX as usize) {
-            return fail(MAILQ_ERR_TOO_LARGE, "too many recipients for one message");
-        }
-        mo.rcpts.push(Recipient {
-            address: address.to_string(),
-            route: route.map(str::to_string),
-        });
+        builder(&mut mo.lock())?.add_recipient(address, route)?;
         Ok(())
     })
 }
@@ -991,10 +975,7 @@ pub unsafe extern "C" fn mailq_message_set_meta(
         let mo = message_obj(m)?;
         // SAFETY: documented pointer contract.
         let meta = unsafe { bytes(meta, len, "meta") }?;
-        if meta.len() > crate::queue::MAX_META {
-            return fail(MAILQ_ERR_TOO_LARGE, "metadata over 64 KiB");
-        }
-        mo.lock().meta = meta.to_vec();
+        builder(&mut mo.lock())?.set_meta(meta)?;
         Ok(())
     })
 }
@@ -1010,15 +991,7 @@ pub unsafe extern "C" fn mailq_message_append(
         let mo = message_obj(m)?;
         // SAFETY: documented pointer contract.
         let chunk = unsafe { bytes(chunk, len, "chunk") }?;
-        let mut mo = mo.lock();
-        let limit = mo.q.inner.opts.max_body;
-        if mo.body.len() + chunk.len() > limit {
-            return fail(
-                MAILQ_ERR_TOO_LARGE,
-                format!("body over the {limit}-byte limit"),
-            );
-        }
-        mo.body.extend_from_slice(chunk);
+        builder(&mut mo.lock())?.append(chunk)?;
         Ok(())
     })
 }
@@ -1033,13 +1006,11 @@ pub unsafe extern "C" fn mailq_message_commit(
     guard(|| {
         let mo = message_obj(m)?;
         remove(m as usize);
-        let mo = mo.lock();
-        let id = mo.q.enqueue(&NewMessage {
-            sender: &mo.sender,
-            recipients: mo.rcpts.clone(),
-            meta: &mo.meta,
-            body: &mo.body,
-        })?;
+        let m = mo.lock().0.take();
+        let Some(m) = m else {
+            return fail(MAILQ_ERR_INVALID_HANDLE, "message already committed");
+        };
+        let id = m.commit()?;
         // SAFETY: NULL allowed; otherwise a valid u64 per the contract.
         if let Some(out) = unsafe { id_out.as_mut() } {
             *out = id.0;
@@ -2048,16 +2019,10 @@ mod tests {
 
     #[test]
     fn freed_handles_are_rejected_not_dereferenced() {
-        let h = insert(Obj::Message(Arc::new(Mutex::new(MessageObj {
-            q: {
-                let d = std::env::temp_dir().join(format!("mailq-ffi-unit-{}", std::process::id()));
-                Queue::open(&d, Options::default()).unwrap()
-            },
-            sender: String::new(),
-            rcpts: vec![],
-            meta: vec![],
-            body: vec![],
-        }))));
+        let d = std::env::temp_dir().join(format!("mailq-ffi-unit-{}", std::process::id()));
+        let q = Queue::open(&d, Options::default()).unwrap();
+        let m = MessageObj(Some(q.message("").unwrap()));
+        let h = insert(Obj::Message(Arc::new(Mutex::new(m))));
         assert!(lookup(h).is_some());
         assert!(remove(h).is_some());
         assert!(lookup(h).is_none());

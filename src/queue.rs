@@ -13,9 +13,10 @@ use crate::index::*;
 use crate::keys::Keys;
 use crate::log::{pos_off, pos_seg, Batch, Log};
 use crate::poll::Signal;
-use crate::record::{self, validate, Kind, UpdateRecord};
+use crate::record::{self, Kind, UpdateRecord};
 use crate::recovery::RecoveryReport;
 use crate::types::*;
+use crate::validate;
 use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -23,9 +24,6 @@ use std::sync::Arc;
 
 /// Recipient records per message shard (a recipient reference packs the index in 28 bits).
 pub const MAX_RCPT_SLOTS: usize = 1 << 28;
-
-/// Longest metadata blob accepted.
-pub const MAX_META: usize = 64 * 1024;
 
 /// Throughput counters.
 #[derive(Debug, Default)]
@@ -664,40 +662,15 @@ impl Queue {
     pub fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
         let q = &self.inner;
         let o = &q.opts;
-        if m.recipients.is_empty() {
-            return Err(Error::NoRecipients);
-        }
-        if m.recipients.len() > o.max_recipients.min(u16::MAX as usize) {
-            return Err(Error::TooLarge {
-                what: "recipient list",
-                len: m.recipients.len(),
-                limit: o.max_recipients.min(u16::MAX as usize),
-            });
-        }
-        if m.body.len() > o.max_body {
-            return Err(Error::TooLarge {
-                what: "body",
-                len: m.body.len(),
-                limit: o.max_body,
-            });
-        }
-        if m.meta.len() > MAX_META {
-            return Err(Error::TooLarge {
-                what: "metadata",
-                len: m.meta.len(),
-                limit: MAX_META,
-            });
-        }
+        validate::recipient_count(o, m.recipients.len())?;
+        validate::body_len(o, m.body.len())?;
+        validate::meta_len(m.meta.len())?;
         validate::sender(m.sender)?;
-        let mut routes = Vec::with_capacity(m.recipients.len());
-        for r in &m.recipients {
-            let dom = validate::recipient(&r.address)?;
-            let key = match &r.route {
-                Some(k) => validate::normalize_key(k)?,
-                None => dom,
-            };
-            routes.push(key);
-        }
+        let routes = m
+            .recipients
+            .iter()
+            .map(validate::route)
+            .collect::<Result<Vec<String>>>()?;
         if let Some(p) = q.log.poisoned() {
             return Err(Error::Poisoned(p));
         }
@@ -839,6 +812,11 @@ impl Queue {
         self.inner.log.sync_all()?;
         crate::checkpoint::checkpoint(&self.inner)?;
         Ok(())
+    }
+
+    /// The options the queue was opened with.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
     }
 
     /// The queue directory.

@@ -20,7 +20,7 @@
 //! record-shaped byte string inside a message body — which a sender controls —
 //! cannot pass for a record when recovery resynchronises after damage.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Record header length.
 pub const HEADER_LEN: usize = 24;
@@ -416,78 +416,6 @@ pub fn decode_update(p: &[u8]) -> Option<UpdateRecord<'_>> {
     Some(u)
 }
 
-/// Validation of addresses and routing keys.
-pub mod validate {
-    use super::*;
-    use crate::error::truncated;
-
-    /// Longest accepted address.
-    pub const MAX_ADDRESS: usize = 512;
-    /// Longest accepted domain / routing key.
-    pub const MAX_DOMAIN: usize = 255;
-
-    /// Checks a recipient address and returns its default routing key
-    /// (the domain, lower-cased, trailing dot removed).
-    pub fn recipient(addr: &str) -> Result<String> {
-        let bad = |reason| Error::InvalidAddress {
-            address: truncated(addr),
-            reason,
-        };
-        if addr.is_empty() {
-            return Err(bad("empty address"));
-        }
-        if addr.len() > MAX_ADDRESS {
-            return Err(bad("longer than 512 bytes"));
-        }
-        if addr.bytes().any(|b| b == 0) {
-            return Err(bad("contains a NUL byte"));
-        }
-        if addr.bytes().any(|b| b < 0x20 || b == 0x7f || b == b' ') {
-            return Err(bad("contains whitespace or control characters"));
-        }
-        let at = addr.rfind('@').ok_or_else(|| bad("no '@'"))?;
-        if at == 0 {
-            return Err(bad("empty local part"));
-        }
-        let domain = &addr[at + 1..];
-        if domain.is_empty() {
-            return Err(bad("empty domain"));
-        }
-        if domain.len() > MAX_DOMAIN {
-            return Err(bad("domain longer than 255 bytes"));
-        }
-        let key = normalize_key(domain).map_err(|_| bad("domain is not a valid routing key"))?;
-        Ok(key)
-    }
-
-    /// Checks an envelope sender; the empty (null) sender is allowed.
-    pub fn sender(addr: &str) -> Result<()> {
-        if addr.is_empty() {
-            return Ok(());
-        }
-        recipient(addr).map(|_| ())
-    }
-
-    /// Normalises a routing key: lower-case, trailing dot removed, ≤ 255 bytes, no NUL or space.
-    pub fn normalize_key(key: &str) -> Result<String> {
-        let bad = |reason| Error::InvalidRoutingKey {
-            key: truncated(key),
-            reason,
-        };
-        let k = key.strip_suffix('.').unwrap_or(key);
-        if k.is_empty() {
-            return Err(bad("empty"));
-        }
-        if k.len() > MAX_DOMAIN {
-            return Err(bad("longer than 255 bytes"));
-        }
-        if k.bytes().any(|b| b < 0x20 || b == 0x7f) {
-            return Err(bad("contains NUL or control characters"));
-        }
-        Ok(k.to_ascii_lowercase())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,18 +476,5 @@ mod tests {
         q.extend_from_slice(&65536u32.to_le_bytes());
         q.extend_from_slice(&vec![0u8; 65536 * 4 + 4]);
         assert!(decode_message(&q).is_none());
-    }
-
-    #[test]
-    fn validation() {
-        assert_eq!(
-            validate::recipient("Bob@Example.COM.").unwrap(),
-            "example.com"
-        );
-        assert!(validate::recipient("nobody").is_err());
-        assert!(validate::recipient("a\0b@x").is_err());
-        let long = format!("a@{}", "x".repeat(4096));
-        assert!(validate::recipient(&long).is_err());
-        assert!(validate::sender("").is_ok());
     }
 }

@@ -164,7 +164,7 @@ impl Builder {
         }
         let mut buckets = Vec::with_capacity(m.rcpts.len());
         for (_, key) in &m.rcpts {
-            let k = record::validate::normalize_key(key).unwrap_or_else(|_| "invalid".into());
+            let k = crate::validate::normalize_key(key).unwrap_or_else(|_| "invalid".into());
             if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
                 self.report
                     .note_corrupt_message(id, "routing key table full");
@@ -210,7 +210,7 @@ impl Builder {
             return;
         }
         if !u.route.is_empty() {
-            if let Ok(k) = record::validate::normalize_key(u.route) {
+            if let Ok(k) = crate::validate::normalize_key(u.route) {
                 if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
                     self.report
                         .note_corrupt_message(id, "routing key table full");

@@ -563,3 +563,59 @@ fn stats_prometheus_and_qshape() {
     assert!(st.index_bytes > 0);
     assert_eq!(q.list(100).len(), 7);
 }
+
+#[test]
+fn message_builder_checks_each_piece_and_commits_durably() {
+    use std::io::Write;
+    let d = TempDir::new("builder");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        max_recipients: 2,
+        max_body: 16,
+        ..opts(&clock)
+    };
+    let q = Queue::open(d.path(), o.clone()).unwrap();
+    assert!(matches!(
+        q.message("not an address"),
+        Err(Error::InvalidAddress { .. })
+    ));
+    let mut m = q.message("a@src.org").unwrap();
+    assert!(matches!(
+        m.add_recipient("nobody", None),
+        Err(Error::InvalidAddress { .. })
+    ));
+    assert!(matches!(
+        m.add_recipient("x@example.com", Some("")),
+        Err(Error::InvalidRoutingKey { .. })
+    ));
+    m.add_recipient("x@example.com", None).unwrap();
+    m.add_recipient("y@example.com", Some("MX.Example.NET."))
+        .unwrap();
+    assert!(matches!(
+        m.add_recipient("z@example.com", None),
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(m.recipients().len(), 2, "a refused recipient is not kept");
+    m.set_meta(b"m").unwrap();
+    m.write_all(b"0123456789").unwrap();
+    assert!(matches!(
+        m.append(b"0123456789"),
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(m.body_len(), 10, "a refused chunk is not kept");
+    m.append(b"abcdef").unwrap();
+    let id = m.commit().unwrap();
+    // Nothing was written for a dropped builder.
+    let mut dropped = q.message("").unwrap();
+    dropped.add_recipient("w@example.com", None).unwrap();
+    drop(dropped);
+    drop(q);
+    let q = Queue::open(d.path(), o).unwrap();
+    assert_eq!(q.stats().messages, 1);
+    let info = q.inspect(id).unwrap();
+    assert_eq!(info.recipients[1].route, "mx.example.net");
+    let mut s = q.session_for("mx.example.net").unwrap().unwrap();
+    let dl = s.next_delivery().unwrap().unwrap();
+    assert_eq!(&dl.body()[..], b"0123456789abcdef");
+    assert_eq!(&dl.meta()[..], b"m");
+}

@@ -1,0 +1,130 @@
+//! The rules for what mail the queue accepts: address and routing-key syntax
+//! and the size limits of one message. Shared by [`crate::Queue::enqueue`] and
+//! [`crate::MessageBuilder`], so the two cannot drift. Depends on `error` and `types` only.
+
+use crate::error::{truncated, Error, Result};
+use crate::types::{Options, Recipient};
+
+/// Longest accepted address.
+pub const MAX_ADDRESS: usize = 512;
+/// Longest accepted domain / routing key.
+pub const MAX_DOMAIN: usize = 255;
+
+/// Checks a recipient address and returns its default routing key
+/// (the domain, lower-cased, trailing dot removed).
+pub fn recipient(addr: &str) -> Result<String> {
+    let bad = |reason| Error::InvalidAddress {
+        address: truncated(addr),
+        reason,
+    };
+    if addr.is_empty() {
+        return Err(bad("empty address"));
+    }
+    if addr.len() > MAX_ADDRESS {
+        return Err(bad("longer than 512 bytes"));
+    }
+    if addr.bytes().any(|b| b == 0) {
+        return Err(bad("contains a NUL byte"));
+    }
+    if addr.bytes().any(|b| b < 0x20 || b == 0x7f || b == b' ') {
+        return Err(bad("contains whitespace or control characters"));
+    }
+    let at = addr.rfind('@').ok_or_else(|| bad("no '@'"))?;
+    if at == 0 {
+        return Err(bad("empty local part"));
+    }
+    let domain = &addr[at + 1..];
+    if domain.is_empty() {
+        return Err(bad("empty domain"));
+    }
+    if domain.len() > MAX_DOMAIN {
+        return Err(bad("domain longer than 255 bytes"));
+    }
+    let key = normalize_key(domain).map_err(|_| bad("domain is not a valid routing key"))?;
+    Ok(key)
+}
+
+/// Checks an envelope sender; the empty (null) sender is allowed.
+pub fn sender(addr: &str) -> Result<()> {
+    if addr.is_empty() {
+        return Ok(());
+    }
+    recipient(addr).map(|_| ())
+}
+
+/// Normalises a routing key: lower-case, trailing dot removed, ≤ 255 bytes, no NUL or space.
+pub fn normalize_key(key: &str) -> Result<String> {
+    let bad = |reason| Error::InvalidRoutingKey {
+        key: truncated(key),
+        reason,
+    };
+    let k = key.strip_suffix('.').unwrap_or(key);
+    if k.is_empty() {
+        return Err(bad("empty"));
+    }
+    if k.len() > MAX_DOMAIN {
+        return Err(bad("longer than 255 bytes"));
+    }
+    if k.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(bad("contains NUL or control characters"));
+    }
+    Ok(k.to_ascii_lowercase())
+}
+
+/// Longest metadata blob accepted.
+pub const MAX_META: usize = 64 * 1024;
+
+/// The most recipients one message may have under `opts`.
+pub fn max_recipients(opts: &Options) -> usize {
+    opts.max_recipients.min(u16::MAX as usize)
+}
+
+/// Checks that a message may have `n` recipients.
+pub fn recipient_count(opts: &Options, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::NoRecipients);
+    }
+    limit("recipient list", n, max_recipients(opts))
+}
+
+/// Checks a body length against `opts.max_body`.
+pub fn body_len(opts: &Options, len: usize) -> Result<()> {
+    limit("body", len, opts.max_body)
+}
+
+/// Checks a metadata length against [`MAX_META`].
+pub fn meta_len(len: usize) -> Result<()> {
+    limit("metadata", len, MAX_META)
+}
+
+fn limit(what: &'static str, len: usize, limit: usize) -> Result<()> {
+    if len > limit {
+        return Err(Error::TooLarge { what, len, limit });
+    }
+    Ok(())
+}
+
+/// Checks one recipient and returns its routing key (the route if given,
+/// normalised, else the address's domain).
+pub fn route(r: &Recipient) -> Result<String> {
+    let domain = recipient(&r.address)?;
+    match &r.route {
+        Some(k) => normalize_key(k),
+        None => Ok(domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert_eq!(recipient("Bob@Example.COM.").unwrap(), "example.com");
+        assert!(recipient("nobody").is_err());
+        assert!(recipient("a\0b@x").is_err());
+        let long = format!("a@{}", "x".repeat(4096));
+        assert!(recipient(&long).is_err());
+        assert!(sender("").is_ok());
+    }
+}
