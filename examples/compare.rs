@@ -413,8 +413,8 @@ fn child(peer: &str, producers: usize, n: u64, batch: u64) {
         let mut p = Vec::new();
         let r = rcpts(0);
         let pairs: Vec<(&str, &str)> = r.iter().map(|a| (a.as_str(), "d.example")).collect();
-        mailq::record::encode_message(&mut p, 1, 0, "list@sender.example", b"", &pairs, &body);
-        let rec = mailq::record::padded(mailq::record::HEADER_LEN + p.len());
+        mailq::sim::record::encode_message(&mut p, 1, 0, "list@sender.example", b"", &pairs, &body);
+        let rec = mailq::sim::record::padded(mailq::sim::record::HEADER_LEN + p.len());
         let (tput, bytes, p50, p99) = raw_run(n, rec, batch.max(1));
         println!(
             "RESULT peer=raw producers={producers} n={n} tput={tput:.0} p50_us={} p99_us={} disk_per_msg={} deliver_tput=0 reopen_ms=0 pending=0 rss_kb={} syncs={}",

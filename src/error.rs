@@ -7,6 +7,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in mailq.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Another handle (in this or another process) holds the queue directory.
     #[error(
@@ -148,12 +149,9 @@ impl Error {
 }
 
 pub(crate) fn truncated(s: &str) -> String {
-    if s.len() <= 300 {
+    let p = crate::types::prefix(s, 300);
+    if p.len() == s.len() {
         return s.to_string();
     }
-    let mut end = 300;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{p}…")
 }

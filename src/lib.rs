@@ -7,34 +7,62 @@
 //! through per-destination buckets with Postfix-style adaptive concurrency whose
 //! slots are leases that cannot leak.
 //!
-//! See `docs/design.md` for the file format, commit protocol and recovery rules.
+//! This file is the front door: every module is private and the public API is
+//! the list of re-exports below. Layers, top to bottom (a module imports only
+//! from layers below it): `ffi` (the C ABI) → the public handles (`queue`,
+//! `session`, `message`, `inspect`) → `engine` (shared state and every state
+//! change) → `recovery` → `index`, `sched`, `storage`; `types`, `error`,
+//! `validate` and `stats` are plain data and rules used by all. See
+//! `docs/design.md` for the file format, commit protocol and recovery rules.
 #![deny(missing_docs)]
 
-mod bucket;
-mod check;
-mod checkpoint;
-mod dir;
-pub mod error;
-pub mod ffi;
+mod engine;
+mod error;
 mod index;
-mod keys;
-mod log;
+mod inspect;
 mod message;
-mod poll;
 mod queue;
-pub mod record;
 mod recovery;
+mod sched;
 mod session;
-pub mod simfs;
 mod stats;
+mod storage;
+#[cfg(any(test, feature = "sim"))]
+mod testing;
 mod types;
 mod validate;
-pub mod vfs;
+
+/// The C ABI (`include/mailq.h`). Public only so that its symbols are
+/// exported; Rust code uses the crate root.
+#[doc(hidden)]
+pub mod ffi;
 
 pub use error::{Error, Result};
 pub use message::MessageBuilder;
 pub use queue::Queue;
 pub use recovery::{Damage, RecoveryReport};
 pub use session::{Delivery, Session};
-pub use stats::{BucketStats, MessageInfo, RecipientInfo, Stats, AGE_BUCKETS_MINUTES};
-pub use types::*;
+pub use stats::{
+    BucketStats, MessageInfo, MessageSummary, RecipientInfo, Stats, AGE_BUCKETS_MINUTES,
+};
+pub use storage::vfs::{OsFs, VFile, Vfs};
+pub use types::{
+    Bounce, Clock, Concurrency, DeliveryData, ManualClock, MessageId, NewMessage, Options, Outcome,
+    RcptState, Recipient, SystemClock,
+};
+
+/// Test support for crash and fault simulation (feature `sim`): a simulated
+/// filesystem and the record framing, so tests can damage a log precisely.
+/// Not a stable API.
+#[cfg(feature = "sim")]
+pub mod sim {
+    pub use crate::testing::simfs::*;
+
+    /// Record framing of the log (for tests that forge or damage records).
+    pub mod record {
+        pub use crate::storage::record::{
+            decode_message, decode_update, encode_message, encode_update, frame, header, padded,
+            Kind, UpdateRecord, HEADER_LEN,
+        };
+    }
+}

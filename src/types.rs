@@ -325,7 +325,7 @@ pub struct Options {
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Filesystem (the storage seam).
-    pub vfs: Arc<dyn crate::vfs::Vfs>,
+    pub vfs: Arc<dyn crate::storage::vfs::Vfs>,
 }
 
 impl Default for Options {
@@ -348,7 +348,7 @@ impl Default for Options {
             auto_maintenance: true,
             compact_below: 2.0 / 3.0,
             clock: Arc::new(SystemClock),
-            vfs: Arc::new(crate::vfs::OsFs),
+            vfs: Arc::new(crate::storage::vfs::OsFs),
         }
     }
 }
@@ -381,4 +381,68 @@ pub struct Bounce {
     pub reason: String,
     /// True when the lifetime expired, false for a permanent failure.
     pub expired: bool,
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (the one truncation rule for reasons, error texts and tables).
+pub(crate) fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// What one delivery carries: the message and the recipients leased for it.
+/// [`crate::Delivery`] dereferences to it.
+#[derive(Debug, Clone)]
+pub struct DeliveryData {
+    pub(crate) id: MessageId,
+    pub(crate) key: Arc<str>,
+    pub(crate) sender: String,
+    pub(crate) addrs: Vec<String>,
+    pub(crate) indices: Vec<u32>,
+    pub(crate) attempts: Vec<u16>,
+    pub(crate) meta: bytes::Bytes,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) received: u64,
+}
+
+impl DeliveryData {
+    /// The message.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+    /// Envelope sender (empty for the null sender).
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+    /// Recipient addresses of this delivery.
+    pub fn recipients(&self) -> &[String] {
+        &self.addrs
+    }
+    /// Indices of those recipients within the message.
+    pub fn indices(&self) -> &[u32] {
+        &self.indices
+    }
+    /// Previous attempts per recipient.
+    pub fn attempts(&self) -> &[u16] {
+        &self.attempts
+    }
+    /// The body (a shared buffer read from the log; cloning is cheap).
+    pub fn body(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+    /// The MTA's opaque metadata.
+    pub fn meta(&self) -> bytes::Bytes {
+        self.meta.clone()
+    }
+    /// When the message was accepted (unix seconds).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+    /// The session's routing key.
+    pub fn routing_key(&self) -> &str {
+        &self.key
+    }
 }

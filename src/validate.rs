@@ -4,6 +4,7 @@
 
 use crate::error::{truncated, Error, Result};
 use crate::types::{Options, Recipient};
+use std::time::Duration;
 
 /// Longest accepted address.
 pub const MAX_ADDRESS: usize = 512;
@@ -112,6 +113,50 @@ pub fn route(r: &Recipient) -> Result<String> {
         Some(k) => normalize_key(k),
         None => Ok(domain),
     }
+}
+
+/// Checks the options a queue is opened with.
+pub fn options(o: &Options) -> Result<()> {
+    let bad = |s: &str| Err(Error::InvalidOption(s.to_string()));
+    if o.segment_size < 4096 || o.segment_size > (1 << 31) {
+        return bad("segment_size must be between 4 KiB and 2 GiB");
+    }
+    if o.max_body > (1 << 30) {
+        return bad("max_body must be at most 1 GiB");
+    }
+    if o.max_recipients == 0 || o.max_recipients > u16::MAX as usize {
+        return bad("max_recipients must be between 1 and 65535");
+    }
+    if o.batch_recipients == 0 || o.deliveries_per_session == 0 {
+        return bad("batch_recipients and deliveries_per_session must be at least 1");
+    }
+    if o.concurrency.limit == 0 {
+        return bad("concurrency.limit must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&o.compact_below) {
+        return bad("compact_below must be within 0..=1");
+    }
+    if o.checkpoint_bytes < 4096 {
+        return bad(
+            "checkpoint_bytes must be at least 4096 (u64::MAX disables automatic checkpoints)",
+        );
+    }
+    if o.lease_ttl < Duration::from_secs(1) {
+        return bad("lease_ttl must be at least 1 s (a session silent for longer loses its slot)");
+    }
+    if o.min_backoff < Duration::from_secs(1) {
+        return bad("min_backoff must be at least 1 s");
+    }
+    if o.min_backoff > o.max_backoff {
+        return bad("min_backoff must not exceed max_backoff");
+    }
+    if o.lifetime < Duration::from_secs(1) {
+        return bad("lifetime must be at least 1 s (Postfix's default is 5 days)");
+    }
+    if o.lifetime.as_secs() > u32::MAX as u64 || o.max_backoff.as_secs() > u32::MAX as u64 {
+        return bad("lifetime and max_backoff must fit in 32-bit seconds");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! did not touch is recovered and delivered.
 mod common;
 use common::T0;
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::*;
 use std::collections::BTreeMap;
 use std::path::Path;

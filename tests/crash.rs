@@ -11,7 +11,7 @@
 //! - the queue accepts new mail.
 mod common;
 use common::T0;
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -456,7 +456,7 @@ fn storage_errors_at_every_operation() {
     const MIN_OPS: u64 = 10 * 2 + 2 * 2;
     let mut checked = 0;
     let mut expected = 0;
-    for fault in [mailq::simfs::Fault::NoSpace, mailq::simfs::Fault::Eio] {
+    for fault in [mailq::sim::Fault::NoSpace, mailq::sim::Fault::Eio] {
         let fs = SimFs::new();
         let clock = ManualClock::new(T0);
         let _ = run_to(&fs, &clock, base, w_outcomes);

@@ -3,8 +3,8 @@
 mod common;
 use common::hookfs::{HookFs, On};
 use common::*;
-use mailq::record::{self, Kind};
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::record::{self, Kind};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -209,10 +209,10 @@ struct PanicFs {
     armed: Arc<std::sync::atomic::AtomicBool>,
 }
 struct PanicFile {
-    f: Arc<dyn vfs::VFile>,
+    f: Arc<dyn VFile>,
     armed: Arc<std::sync::atomic::AtomicBool>,
 }
-impl vfs::VFile for PanicFile {
+impl VFile for PanicFile {
     fn len(&self) -> std::io::Result<u64> {
         self.f.len()
     }
@@ -232,14 +232,14 @@ impl vfs::VFile for PanicFile {
         self.f.set_len(len)
     }
 }
-impl vfs::Vfs for PanicFs {
+impl Vfs for PanicFs {
     fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {
         self.fs.create_dir_all(d)
     }
     fn list(&self, d: &Path) -> std::io::Result<Vec<String>> {
         self.fs.list(d)
     }
-    fn open(&self, p: &Path, c: bool) -> std::io::Result<Arc<dyn vfs::VFile>> {
+    fn open(&self, p: &Path, c: bool) -> std::io::Result<Arc<dyn VFile>> {
         Ok(Arc::new(PanicFile {
             f: self.fs.open(p, c)?,
             armed: self.armed.clone(),

@@ -3,9 +3,9 @@
 //! and a network filesystem is refused before anything is created.
 mod common;
 use common::*;
-use mailq::simfs::{CrashMode, SimFs};
-use mailq::vfs::{VFile, Vfs};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::*;
+use mailq::{VFile, Vfs};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! and a network filesystem is refused unless allowed.
 mod common;
 use common::*;
-use mailq::vfs::{OsFs, VFile, Vfs};
 use mailq::*;
+use mailq::{OsFs, VFile, Vfs};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

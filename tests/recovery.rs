@@ -359,7 +359,7 @@ fn forged_records_in_a_body_are_not_replayed_after_damage() {
         // sequence number but without the salt.
         for (s, forge_salt) in [(1_000u64, salt), (1, salt), (3, 0u32), (3, 12345)] {
             let mut p = Vec::new();
-            mailq::record::encode_message(
+            mailq::sim::record::encode_message(
                 &mut p,
                 0xDEAD_0000_0001,
                 T0,
@@ -368,11 +368,17 @@ fn forged_records_in_a_body_are_not_replayed_after_damage() {
                 &[("evil@spam.example", "spam.example")],
                 b"x",
             );
-            mailq::record::frame(&mut body, mailq::record::Kind::Message, s, &p, forge_salt);
+            mailq::sim::record::frame(
+                &mut body,
+                mailq::sim::record::Kind::Message,
+                s,
+                &p,
+                forge_salt,
+            );
             let mut u = Vec::new();
-            mailq::record::encode_update(
+            mailq::sim::record::encode_update(
                 &mut u,
-                &mailq::record::UpdateRecord {
+                &mailq::sim::record::UpdateRecord {
                     id: victim.0,
                     idx: 0,
                     state: 8,
@@ -382,9 +388,9 @@ fn forged_records_in_a_body_are_not_replayed_after_damage() {
                     route: "",
                 },
             );
-            mailq::record::frame(
+            mailq::sim::record::frame(
                 &mut body,
-                mailq::record::Kind::RcptUpdate,
+                mailq::sim::record::Kind::RcptUpdate,
                 s + 1,
                 &u,
                 forge_salt,

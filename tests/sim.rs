@@ -25,8 +25,8 @@
 mod common;
 
 use common::hookfs::{HookFs, On};
-use mailq::record::{self, Kind};
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::record::{self, Kind};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::{
     Concurrency, Error, ManualClock, MessageId, NewMessage, Options, Outcome, Queue, RcptState,
     Recipient,

@@ -3,7 +3,7 @@
 //! Nothing may panic; every outcome is a typed error or a working queue.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::{ManualClock, NewMessage, Options, Outcome, Queue};
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! and none that was durably delivered comes back.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mailq::simfs::{CrashMode, SimFs};
+use mailq::sim::{CrashMode, SimFs};
 use mailq::{ManualClock, MessageId, NewMessage, Options, Outcome, Queue};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -79,8 +79,8 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 /// rename, a segment unlink, a segment open), so interleavings that need two
 /// threads are reachable from one. The hook runs once, before the operation.
 pub mod hookfs {
-    use mailq::simfs::SimFs;
-    use mailq::vfs::{VFile, Vfs};
+    use mailq::sim::SimFs;
+    use mailq::{VFile, Vfs};
     use parking_lot::Mutex;
     use std::io;
     use std::path::Path;

@@ -8,8 +8,8 @@
 //! write or sync poisons the log for good (see `docs/design.md`, "commit").
 
 use crate::error::{Error, Result};
-use crate::record::{self, Kind, HEADER_LEN};
-use crate::vfs::{VFile, Vfs};
+use crate::storage::record::{self, Kind, HEADER_LEN};
+use crate::storage::vfs::{VFile, Vfs};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -65,19 +65,10 @@ impl Batch {
 
     /// Appends a record whose payload is written by `fill`; returns its offset in the batch.
     pub fn push(&mut self, kind: Kind, fill: impl FnOnce(&mut Vec<u8>)) -> usize {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&record::MAGIC.to_le_bytes());
-        self.buf.extend_from_slice(&[0; 4]);
-        self.buf.extend_from_slice(&[0; 4]);
-        self.buf.extend_from_slice(&[kind as u8, 0, 0, 0]);
-        self.buf.extend_from_slice(&[0; 8]);
+        let start = record::begin_frame(&mut self.buf, kind);
         fill(&mut self.buf);
-        let len = self.buf.len() - start - HEADER_LEN;
-        self.buf[start + 8..start + 12].copy_from_slice(&(len as u32).to_le_bytes());
-        let crc = crc32fast::hash(&self.buf[start + HEADER_LEN..]);
+        let (len, crc) = record::end_frame(&mut self.buf, start);
         self.recs.push((start, len, crc, kind));
-        let total = record::padded(HEADER_LEN + len);
-        self.buf.resize(start + total, 0);
         start
     }
 
@@ -103,12 +94,7 @@ impl Batch {
     fn stamp(&mut self, first_seq: u64, salt: u32) {
         for (i, &(start, len, pcrc, kind)) in self.recs.iter().enumerate() {
             let seq = first_seq + i as u64;
-            self.buf[start + 16..start + 24].copy_from_slice(&seq.to_le_bytes());
-            let mut h = crc32fast::Hasher::new_with_initial(record::seed(kind, salt));
-            h.update(&self.buf[start + 8..start + 24]);
-            h.combine(&crc32fast::Hasher::new_with_initial_len(pcrc, len as u64));
-            let crc = h.finalize();
-            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            record::stamp(&mut self.buf[start..], kind, seq, salt, len, pcrc);
         }
     }
 }
@@ -857,7 +843,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simfs::{Fault, SimFs};
+    use crate::testing::simfs::{Fault, SimFs};
 
     fn open(fs: &SimFs) -> Log {
         let vfs = fs.vfs();

@@ -1,9 +1,9 @@
 //! Interned routing keys: O(1) hashed lookup from key to bucket id. Ids of
-//! buckets freed by [`crate::queue::Inner::gc_buckets`] are reused, lowest
+//! buckets freed by [`crate::engine::Engine::gc_buckets`] are reused, lowest
 //! first, so the id space (and every per-id vector) stays as small as the
 //! number of destinations that are live at once.
 
-use crate::bucket::{Bucket, SchedShard};
+use super::{Bucket, SchedShard};
 use crate::index::{local_of, shard_of};
 use crate::types::Concurrency;
 use std::cmp::Reverse;

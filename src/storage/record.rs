@@ -72,21 +72,54 @@ pub fn seed(kind: Kind, salt: u32) -> u32 {
     }
 }
 
-/// Appends one framed record to `out` (tests and tools; the log uses `Batch`).
-pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8], salt: u32) {
+/// Header field offsets within a record (see the module comment).
+const OFF_CRC: usize = 4;
+const OFF_LEN: usize = 8;
+const OFF_KIND: usize = 12;
+const OFF_SEQ: usize = 16;
+const _: () = assert!(OFF_SEQ + 8 == HEADER_LEN);
+
+/// Starts a record of `kind` at the end of `out`; its payload is appended next
+/// and the record closed with [`end_frame`]. Returns the record's start.
+pub fn begin_frame(out: &mut Vec<u8>, kind: Kind) -> usize {
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[kind as u8, 0, 0, 0]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
+    out.resize(start + HEADER_LEN, 0);
+    out[start + OFF_KIND] = kind as u8;
+    start
+}
+
+/// Closes the record begun at `start`: writes its payload length and pads it.
+/// Returns the payload length and the payload's CRC (for [`stamp`]).
+pub fn end_frame(out: &mut Vec<u8>, start: usize) -> (usize, u32) {
+    let len = out.len() - start - HEADER_LEN;
+    out[start + OFF_LEN..start + OFF_KIND].copy_from_slice(&(len as u32).to_le_bytes());
+    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    out.resize(start + padded(HEADER_LEN + len), 0);
+    (len, crc)
+}
+
+/// Writes the sequence number and the checksum into a closed record `rec`
+/// (payload length `len`, payload CRC `payload_crc`).
+pub fn stamp(rec: &mut [u8], kind: Kind, seq: u64, salt: u32, len: usize, payload_crc: u32) {
+    rec[OFF_SEQ..HEADER_LEN].copy_from_slice(&seq.to_le_bytes());
     let mut h = crc32fast::Hasher::new_with_initial(seed(kind, salt));
-    h.update(&out[start + 8..]);
+    h.update(&rec[OFF_LEN..HEADER_LEN]);
+    h.combine(&crc32fast::Hasher::new_with_initial_len(
+        payload_crc,
+        len as u64,
+    ));
     let crc = h.finalize();
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    let total = padded(out.len() - start);
-    out.resize(start + total, 0);
+    rec[OFF_CRC..OFF_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends one framed record to `out` (tests; the log frames through `Batch`).
+#[cfg(any(test, feature = "sim"))]
+pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8], salt: u32) {
+    let start = begin_frame(out, kind);
+    out.extend_from_slice(payload);
+    let (len, crc) = end_frame(out, start);
+    stamp(&mut out[start..], kind, seq, salt, len, crc);
 }
 
 /// A record decoded from a buffer.

@@ -15,7 +15,7 @@
 //! mail is acknowledged in it.
 
 use crate::error::{Error, Result};
-use crate::vfs::Vfs;
+use crate::storage::vfs::Vfs;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +91,7 @@ fn parent_of(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simfs::SimFs;
+    use crate::testing::simfs::SimFs;
 
     #[test]
     fn parent_of_relative_absolute_and_root() {

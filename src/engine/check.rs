@@ -1,10 +1,10 @@
 //! An internal invariant checker for tests and simulations
-//! ([`Queue::debug_check`]): the scheduler, the index and the poll descriptor
+//! (`Queue::debug_check`): the scheduler, the index and the poll descriptor
 //! agree with each other. Not part of the supported API.
 
+use super::Engine;
 use crate::index::F_MOVING;
 use crate::index::*;
-use crate::queue::Queue;
 use crate::types::{MessageId, RcptState};
 use std::collections::{HashMap, HashSet};
 
@@ -15,7 +15,7 @@ fn state_name(i: usize) -> &'static str {
     RcptState::from_u8(i as u8).map_or("?", |s| s.name())
 }
 
-impl Queue {
+impl Engine {
     /// Checks the internal invariants of the scheduler and the index and
     /// returns a description of the first violation found:
     ///
@@ -38,16 +38,15 @@ impl Queue {
     ///
     /// Takes every lock in the documented order (keys, scheduler shards, message
     /// shards, move list); meant for tests, not for production paths.
-    #[doc(hidden)]
-    pub fn debug_check(&self) -> Result<(), String> {
-        let q = &self.inner;
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let q = self;
         let keys = q.keys.read();
         let sched: Vec<_> = q.sched.iter().map(|s| s.lock()).collect();
         let msgs: Vec<_> = q.msgs.iter().map(|m| m.lock()).collect();
         let moves = q.moves.lock().clone();
         let now = q.now();
 
-        let bucket_of = |b: u32| -> Option<&crate::bucket::Bucket> {
+        let bucket_of = |b: u32| -> Option<&crate::sched::Bucket> {
             sched
                 .get(shard_of(b))
                 .and_then(|ss| ss.buckets.get(local_of(b) as usize))
@@ -372,12 +371,5 @@ impl Queue {
             }
         }
         Ok(())
-    }
-
-    /// When (clock milliseconds) the outcome records buffered now must be
-    /// synced, or `None` when none are buffered. For tests.
-    #[doc(hidden)]
-    pub fn debug_pending_sync_ms(&self) -> Option<u64> {
-        self.inner.log.sync_deadline()
     }
 }

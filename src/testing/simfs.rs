@@ -14,7 +14,7 @@
 //! - fail one chosen operation with ENOSPC or EIO (`fail_at`) without crashing.
 //!
 //! ```
-//! use mailq::simfs::{SimFs, CrashMode};
+//! use mailq::sim::{SimFs, CrashMode};
 //! use mailq::{Options, Queue, NewMessage};
 //! let fs = SimFs::new();
 //! let opts = || Options { vfs: fs.vfs(), ..Options::default() };
@@ -26,7 +26,7 @@
 //! assert_eq!(q.inspect(id).unwrap().recipients.len(), 1);
 //! ```
 
-use crate::vfs::{VFile, Vfs};
+use crate::storage::vfs::{VFile, Vfs};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;

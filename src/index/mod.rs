@@ -62,6 +62,9 @@ pub struct Rcpt {
 
 /// Most buckets (routing keys) a queue can hold.
 pub const MAX_BUCKETS: u32 = 1 << 24;
+
+/// Highest local message slot accepted from disk (16 shards × 16 M messages).
+pub const MAX_SLOT: u32 = 1 << 24;
 /// Largest reason id a recipient can hold (20 bits); it is [`REASON_NOT_KEPT`],
 /// so at most `MAX_REASONS - 1` distinct texts are interned per shard (far
 /// more than [`REASON_CACHE_BYTES`] allows).

@@ -1,0 +1,476 @@
+//! Deliveries: leasing one message and up to N of its recipients for a
+//! session's destination, reading and checking its record, and applying the
+//! per-recipient outcomes (one update record each, group-committed). A
+//! delivery dropped without an outcome returns its recipients.
+
+use super::change::{push_update, resolve_intent, Change};
+use super::leases::Lease;
+use super::{bump, policy, Engine};
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::sched::SchedShard;
+use crate::storage::log::{segment_name, Batch};
+use crate::storage::record::{self, Kind};
+use crate::storage::vfs::VFile;
+use crate::types::*;
+use std::sync::Arc;
+
+/// A delivery in progress, owned by whoever holds it (a [`crate::Delivery`], or a
+/// C handle). Dropping it without an outcome returns its recipients.
+pub(crate) struct DeliveryCore {
+    q: Arc<Engine>,
+    bucket: u32,
+    token: u32,
+    mshard: usize,
+    rids: Vec<u32>,
+    data: DeliveryData,
+    /// Absolute file offset of the body in its segment.
+    body_at: u64,
+    /// The segment file, held open for the delivery's lifetime (compaction may
+    /// unlink it meanwhile; the open file stays valid).
+    file: Option<Arc<dyn VFile>>,
+    done: bool,
+}
+
+impl std::ops::Deref for DeliveryCore {
+    type Target = DeliveryData;
+    fn deref(&self) -> &DeliveryData {
+        &self.data
+    }
+}
+
+/// Recipients leased from the ready queue, before the record is read.
+struct Taken {
+    mshard: usize,
+    local: u32,
+    gen: u32,
+    rids: Vec<u32>,
+    first: u32,
+    /// (segment, offset, record length) of the message record.
+    loc: (u32, u32, u32),
+}
+
+impl Taken {
+    fn id(&self) -> MessageId {
+        MessageId::new(self.gen, global(self.mshard, self.local))
+    }
+}
+
+/// A message record as a delivery needs it.
+struct Read {
+    sender: String,
+    meta: bytes::Bytes,
+    body: bytes::Bytes,
+    received: u64,
+    addrs: Vec<String>,
+    /// Offset of the body from the start of the record.
+    body_off: usize,
+}
+
+impl Lease {
+    /// Takes the next delivery (see [`crate::Session::next_delivery`]).
+    pub(crate) fn next_delivery(&mut self) -> Result<Option<DeliveryCore>> {
+        let q = self.q.clone();
+        if self.closed || self.deliveries >= q.opts.deliveries_per_session {
+            return Ok(None);
+        }
+        q.check_poison()?;
+        loop {
+            let Some(t) = self.take()? else {
+                return Ok(None);
+            };
+            let indices: Vec<u32> = t.rids.iter().map(|r| r - t.first).collect();
+            match read_delivery(&q, t.id(), t.loc, &indices) {
+                Ok(rd) => {
+                    if let Some(d) = self.deliver(t, indices, rd) {
+                        self.deliveries += 1;
+                        return Ok(Some(d));
+                    }
+                }
+                Err(e) => self.unreadable(&t, e)?,
+            }
+        }
+    }
+
+    /// Renews the lease and leases recipients of the next ready message.
+    /// `None` when the destination has nothing ready.
+    fn take(&mut self) -> Result<Option<Taken>> {
+        let q = self.q.clone();
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        loop {
+            let now = q.now();
+            let mut ss = q.sched[s].lock();
+            let Some(si) = ss.buckets[bl as usize].slot(self.token) else {
+                self.closed = true;
+                return Err(Error::LeaseExpired);
+            };
+            ss.buckets[bl as usize].slots[si].deadline =
+                now.saturating_add(policy::lease_ttl(&q.opts));
+            if !ss.buckets[bl as usize].slots[si].leased.is_empty() {
+                // The previous delivery never ended (leaked with `mem::forget`): its
+                // recipients go back now instead of staying in flight for ever.
+                let rang = q.return_slot_leased(&mut ss, bl, si, None, now);
+                q.wake_if(rang);
+                drop(ss);
+                q.apply_moves();
+                continue;
+            }
+            let Some(t) = self.pop_ready(&mut ss, bl) else {
+                // Drained: give back what a burst made the FIFO grow to.
+                let ready = &mut ss.buckets[bl as usize].ready;
+                if ready.capacity() > 64 {
+                    ready.shrink_to_fit();
+                }
+                return Ok(None);
+            };
+            let slot = &mut ss.buckets[bl as usize].slots[si];
+            slot.leased = t.rids.iter().map(|&r| rref(t.mshard, r)).collect();
+            slot.leased_msg = t.id();
+            return Ok(Some(t));
+        }
+    }
+
+    /// Pops the ready FIFO until a recipient that is really ready here, and
+    /// leases it with up to `batch_recipients` of its message's recipients for
+    /// this destination.
+    fn pop_ready(&self, ss: &mut SchedShard, bl: u32) -> Option<Taken> {
+        let q = &self.q;
+        let max = q.opts.batch_recipients.max(1);
+        while let Some(rr) = ss.buckets[bl as usize].ready.pop_front() {
+            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let mut ms = q.msgs[msh].lock();
+            let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                continue;
+            };
+            if r.state() != RcptState::Ready
+                || r.bucket() != self.bucket
+                || r.flags() & F_MOVING != 0
+            {
+                continue;
+            }
+            let m = ms.msgs[r.msg as usize];
+            let mut rids = vec![rid];
+            for j in m.first..m.first + m.n as u32 {
+                if rids.len() >= max {
+                    break;
+                }
+                let o = ms.rcpts[j as usize];
+                if j != rid && o.bucket() == self.bucket && o.state() == RcptState::Ready {
+                    rids.push(j);
+                }
+            }
+            rids.sort_unstable();
+            for &j in &rids {
+                ms.rcpts[j as usize].set_state(RcptState::Leased);
+                ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
+            }
+            return Some(Taken {
+                mshard: msh,
+                local: r.msg,
+                gen: m.gen,
+                rids,
+                first: m.first,
+                loc: (m.seg, m.off, m.len),
+            });
+        }
+        None
+    }
+
+    /// Builds the delivery from its record; `None` if the operator deleted the
+    /// message meanwhile (nothing left to deliver).
+    fn deliver(&mut self, t: Taken, indices: Vec<u32>, rd: Read) -> Option<DeliveryCore> {
+        let q = self.q.clone();
+        let id = t.id();
+        let ms = q.msgs[t.mshard].lock();
+        if ms.get(t.local, t.gen).is_none() {
+            drop(ms);
+            let mut ss = q.sched[shard_of(self.bucket)].lock();
+            let b = &mut ss.buckets[local_of(self.bucket) as usize];
+            if let Some(i) = b.slot(self.token) {
+                b.slots[i].leased.clear();
+            }
+            return None;
+        }
+        let attempts = t
+            .rids
+            .iter()
+            .map(|&r| ms.rcpts[r as usize].attempts())
+            .collect();
+        drop(ms);
+        Some(DeliveryCore {
+            q: q.clone(),
+            bucket: self.bucket,
+            token: self.token,
+            mshard: t.mshard,
+            rids: t.rids,
+            data: DeliveryData {
+                id,
+                key: self.key.clone(),
+                sender: rd.sender,
+                addrs: rd.addrs,
+                indices,
+                attempts,
+                meta: rd.meta,
+                body: rd.body,
+                received: rd.received,
+            },
+            body_at: t.loc.1 as u64 + rd.body_off as u64,
+            file: q.log.segment_file(t.loc.0).ok(),
+            done: false,
+        })
+    }
+
+    /// The record of leased recipients could not be read. Damage where the
+    /// message still lives marks them corrupt (and the loop goes on); a message
+    /// relocated by compaction is leased again from its new place; otherwise
+    /// they go back and the error is returned.
+    fn unreadable(&mut self, t: &Taken, e: Error) -> Result<()> {
+        let q = self.q.clone();
+        let id = t.id();
+        let now = q.now();
+        let bl = local_of(self.bucket);
+        let mut ss = q.sched[shard_of(self.bucket)].lock();
+        let Some(si) = ss.buckets[bl as usize]
+            .slot(self.token)
+            .filter(|&i| ss.buckets[bl as usize].slots[i].leased_msg == id)
+        else {
+            // The lease was reclaimed meanwhile; those recipients are not ours.
+            self.closed = true;
+            return Err(Error::LeaseExpired);
+        };
+        ss.buckets[bl as usize].slots[si].leased.clear();
+        let mut ms = q.msgs[t.mshard].lock();
+        let loc = ms.get(t.local, t.gen).map(|m| (m.seg, m.off));
+        // Damage only when the record is really bad where it still lives; a
+        // message moved by compaction, or an I/O error, is not corruption.
+        let corrupt = matches!(e, Error::Corrupt { .. }) && loc == Some((t.loc.0, t.loc.1));
+        let mut rang = false;
+        for &r in &t.rids {
+            let rc = ms.rcpts[r as usize];
+            if rc.state() != RcptState::Leased || rc.msg != t.local || loc.is_none() {
+                continue;
+            }
+            if corrupt {
+                ms.intents.remove(&r);
+                ms.rcpts[r as usize].set_state(RcptState::Corrupt);
+                ss.buckets[bl as usize].shift(RcptState::Leased, RcptState::Corrupt);
+            } else {
+                rang |= q.end_attempt(&mut ss, &mut ms, t.mshard, r, id, Change::requeue(&rc), now);
+            }
+        }
+        drop(ms);
+        drop(ss);
+        q.apply_moves();
+        q.wake_if(rang);
+        if corrupt {
+            q.report.lock().note_corrupt_message(id, &e.to_string());
+            return Ok(());
+        }
+        if loc.is_some_and(|l| l != (t.loc.0, t.loc.1)) {
+            return Ok(()); // relocated: lease it again from its new place
+        }
+        Err(e)
+    }
+}
+
+/// Reads and checks a message record; returns the addresses of recipients `want` only.
+fn read_delivery(
+    q: &Engine,
+    id: MessageId,
+    (seg, off, len): (u32, u32, u32),
+    want: &[u32],
+) -> Result<Read> {
+    let (kind, payload) = q.log.read_record(seg, off as u64, len as usize)?;
+    let bad = |why: &str| Error::Corrupt {
+        path: q.dir.join(segment_name(seg)),
+        offset: off as u64,
+        reason: why.to_string(),
+    };
+    if !matches!(kind, Kind::Message | Kind::MessageCopy) {
+        return Err(bad("not a message record"));
+    }
+    let rec = record::decode_message(&payload).ok_or_else(|| bad("message does not decode"))?;
+    if rec.id != id.0 {
+        return Err(bad("record belongs to another message"));
+    }
+    let body = payload.slice(rec.body_off..rec.body_off + rec.body_len);
+    let meta_start = rec.meta.as_ptr() as usize - payload.as_ptr() as usize;
+    let meta = payload.slice(meta_start..meta_start + rec.meta.len());
+    let addrs = want
+        .iter()
+        .map(|&i| {
+            rec.rcpts
+                .get(i as usize)
+                .map(|r| r.0.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(Read {
+        sender: rec.sender.to_string(),
+        meta,
+        body,
+        received: rec.received,
+        addrs,
+        body_off: record::HEADER_LEN + rec.body_off,
+    })
+}
+
+/// Index of the slot `token` in bucket `bl`, if that bucket is still the one the
+/// session was opened on (a delivery handle that outlived its session, through
+/// the C API, may refer to a bucket freed and reused since).
+fn slot_index(ss: &SchedShard, bl: u32, key: &Arc<str>, token: u32) -> Option<usize> {
+    let b = ss.buckets.get(bl as usize)?;
+    if !Arc::ptr_eq(&b.key, key) {
+        return None;
+    }
+    b.slot(token)
+}
+
+impl DeliveryCore {
+    /// The open segment file holding the body and the body's absolute offset in it.
+    pub(crate) fn body_file(&self) -> Result<(Arc<dyn VFile>, u64)> {
+        match &self.file {
+            Some(f) => Ok((f.clone(), self.body_at)),
+            None => Err(Error::Io {
+                op: "open segment",
+                path: self.q.dir.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// Records one outcome per recipient.
+    pub(crate) fn complete(&mut self, outcomes: &[Outcome]) -> Result<()> {
+        if outcomes.len() != self.rids.len() {
+            return Err(Error::OutcomeCount {
+                expected: self.rids.len(),
+                got: outcomes.len(),
+            });
+        }
+        self.finish(outcomes, false)
+    }
+
+    /// The connection failed during this delivery: every recipient is deferred.
+    pub(crate) fn site_failure_outcomes(&mut self, reason: &str) -> Result<()> {
+        let outs: Vec<Outcome> = self.rids.iter().map(|_| Outcome::temp(reason)).collect();
+        self.finish(&outs, true)
+    }
+
+    /// The changes the outcomes make, for recipients still leased here (the
+    /// operator may have deleted or changed others while in flight).
+    fn plan(&self, ms: &MsgShard, outcomes: &[Outcome], now: u32) -> Vec<(u32, Change)> {
+        let local = local_of(self.id.slot());
+        let Some(m) = ms.get(local, self.id.gen()).copied() else {
+            return Vec::new();
+        };
+        let mut plan = Vec::with_capacity(self.rids.len());
+        for (k, &rid) in self.rids.iter().enumerate() {
+            let r = ms.rcpts[rid as usize];
+            if r.state() != RcptState::Leased || r.msg != local || r.bucket() != self.bucket {
+                continue;
+            }
+            let mut ch = policy::outcome_change(&outcomes[k], &r, m.received, now, &self.q.opts);
+            if let Some(it) = ms.intents.get(&rid) {
+                // The record must say what the operator's decision makes of it.
+                resolve_intent(&mut ch, it, r.bucket());
+            }
+            plan.push((rid, ch));
+        }
+        plan
+    }
+
+    fn finish(&mut self, outcomes: &[Outcome], site: bool) -> Result<()> {
+        self.done = true;
+        let q = self.q.clone();
+        let now = q.now();
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let _g = q.gate.read();
+        let mut ss = q.sched[s].lock();
+        let Some(si) = slot_index(&ss, bl, &self.data.key, self.token) else {
+            return Err(Error::LeaseExpired);
+        };
+        ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(policy::lease_ttl(&q.opts));
+        let mut ms = q.msgs[self.mshard].lock();
+        let plan = self.plan(&ms, outcomes, now);
+        let mut batch = Batch::new();
+        for (rid, ch) in &plan {
+            push_update(&mut batch, &ms, self.mshard, *rid, ch, "");
+        }
+        if let Err(e) = q.log.append(batch) {
+            drop(ms);
+            q.return_slot_leased(&mut ss, bl, si, Some(self.id), now);
+            drop(ss);
+            q.apply_moves();
+            return Err(e);
+        }
+        let mut tally = Tally::default();
+        let mut rang = false;
+        for (rid, ch) in plan {
+            tally.count(ch.state);
+            rang |= q.end_attempt(&mut ss, &mut ms, self.mshard, rid, self.id, ch, now);
+        }
+        drop(ms);
+        let b = &mut ss.buckets[bl as usize];
+        b.slots[si].leased.clear();
+        b.delivered += tally.delivered;
+        b.deferrals += tally.deferred;
+        b.failures += tally.failed + tally.expired;
+        if !site {
+            b.success();
+            rang |= ss.maybe_ring(bl, now);
+        }
+        drop(ss);
+        tally.add_to(&q.counters);
+        drop(_g);
+        q.apply_moves();
+        q.wake_if(rang);
+        q.sync_if_due()
+    }
+}
+
+/// Outcomes of one delivery, by kind.
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    deferred: u64,
+    failed: u64,
+    expired: u64,
+}
+
+impl Tally {
+    fn count(&mut self, st: RcptState) {
+        match st {
+            RcptState::Delivered => self.delivered += 1,
+            RcptState::Deferred | RcptState::Held => self.deferred += 1,
+            RcptState::Failed => self.failed += 1,
+            RcptState::Expired => self.expired += 1,
+            _ => {}
+        }
+    }
+
+    fn add_to(&self, c: &super::Counters) {
+        bump(&c.delivered, self.delivered);
+        bump(&c.deferred, self.deferred);
+        bump(&c.failed, self.failed);
+        bump(&c.expired, self.expired);
+    }
+}
+
+impl Drop for DeliveryCore {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let q = self.q.clone();
+        let now = q.now();
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let mut ss = q.sched[s].lock();
+        let Some(si) = slot_index(&ss, bl, &self.data.key, self.token) else {
+            return;
+        };
+        let rang = q.return_slot_leased(&mut ss, bl, si, Some(self.id), now);
+        drop(ss);
+        q.apply_moves();
+        q.wake_if(rang);
+    }
+}

@@ -1,0 +1,155 @@
+//! Accepting a message: check it, reserve a slot, append and fsync its record
+//! (group commit), then index its recipients and make them visible to the
+//! scheduler. Durable before it returns; invalid input writes nothing.
+
+use super::change::{apply_change, Change};
+use super::{bump, Engine};
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::storage::log::{pos_off, pos_seg, Batch};
+use crate::storage::record::{self, Kind};
+use crate::types::*;
+use crate::validate;
+use std::sync::atomic::Ordering;
+
+/// Recipient records per message shard (a recipient reference packs the index in 28 bits).
+const MAX_RCPT_SLOTS: usize = 1 << 28;
+
+/// Checks a message and returns the routing key of each recipient.
+fn check(opts: &Options, m: &NewMessage<'_>) -> Result<Vec<String>> {
+    validate::recipient_count(opts, m.recipients.len())?;
+    validate::body_len(opts, m.body.len())?;
+    validate::meta_len(m.meta.len())?;
+    validate::sender(m.sender)?;
+    m.recipients.iter().map(validate::route).collect()
+}
+
+impl Engine {
+    /// Accepts a message (see [`crate::Queue::enqueue`]).
+    pub(crate) fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
+        let routes = check(&self.opts, m)?;
+        self.check_poison()?;
+        // Shared gate from the key lookup on: idle buckets are freed only under the
+        // exclusive gate, so these ids stay ours until the recipients count in them.
+        let gate = self.gate.read();
+        let buckets = routes
+            .iter()
+            .map(|k| self.bucket_id(k))
+            .collect::<Result<Vec<u32>>>()?;
+        let now = self.now();
+        let mshard = self.enq_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        let local = self.alloc_slot(mshard, buckets.len())?;
+        let id = MessageId::new(self.new_gen(), global(mshard, local));
+        let loc = match self.write_message(id, now, m, &routes) {
+            Ok(loc) => loc,
+            Err(e) => {
+                self.msgs[mshard].lock().release_slot(local);
+                return Err(e);
+            }
+        };
+        self.msgs[mshard]
+            .lock()
+            .insert(local, id.gen(), loc, now, &buckets);
+        let rang = self.publish(mshard, local, &buckets, now);
+        drop(gate);
+        bump(&self.counters.accepted_msgs, 1);
+        bump(&self.counters.accepted_rcpts, buckets.len() as u64);
+        self.wake_if(rang);
+        if self.opts.auto_maintenance {
+            // The message is durable and queued: a maintenance failure must not turn
+            // this into an error (the MTA would reject mail it has accepted).
+            self.maybe_maintain();
+        }
+        Ok(id)
+    }
+
+    /// Reserves a message slot in `mshard` for `n` recipients. Never accepts what
+    /// recovery would refuse to load.
+    fn alloc_slot(&self, mshard: usize, n: usize) -> Result<u32> {
+        let mut ms = self.msgs[mshard].lock();
+        let local = ms.alloc_msg();
+        let limit = self.slot_limit.load(Ordering::Relaxed);
+        if local > limit || ms.rcpts.len() + n > MAX_RCPT_SLOTS {
+            ms.release_slot(local);
+            return Err(Error::TooLarge {
+                what: "queue (message slots in one shard)",
+                len: local as usize,
+                limit: limit as usize,
+            });
+        }
+        Ok(local)
+    }
+
+    /// A fresh, non-zero message generation.
+    fn new_gen(&self) -> u32 {
+        loop {
+            let g = self.next_gen.fetch_add(1, Ordering::Relaxed);
+            if g != 0 {
+                return g;
+            }
+        }
+    }
+
+    /// Appends the message record and waits until it is durable; returns its
+    /// (segment, offset, record length).
+    fn write_message(
+        &self,
+        id: MessageId,
+        now: u32,
+        m: &NewMessage<'_>,
+        routes: &[String],
+    ) -> Result<(u32, u32, u32)> {
+        let pairs: Vec<(&str, &str)> = m
+            .recipients
+            .iter()
+            .zip(routes)
+            .map(|(r, k)| (r.address.as_str(), k.as_str()))
+            .collect();
+        let mut batch = Batch::new();
+        let start = batch.push(Kind::Message, |p| {
+            record::encode_message(p, id.0, now as u64, m.sender, m.meta, &pairs, m.body)
+        });
+        let rec_len = batch.record_len(start) as u32;
+        if batch.len() > record::MAX_RECORD {
+            return Err(Error::TooLarge {
+                what: "message record",
+                len: batch.len(),
+                limit: record::MAX_RECORD,
+            });
+        }
+        let (at, end) = self.log.append(batch)?;
+        self.log.sync_to(end)?;
+        Ok((pos_seg(at), pos_off(at) as u32, rec_len))
+    }
+
+    /// Makes a new message's recipients visible to the scheduler, one sched shard
+    /// at a time. Returns true when a bucket entered the ready ring.
+    fn publish(&self, mshard: usize, local: u32, buckets: &[u32], now: u32) -> bool {
+        let mut rang = false;
+        let mut done = vec![false; buckets.len()];
+        for i in 0..buckets.len() {
+            if done[i] {
+                continue;
+            }
+            let s = shard_of(buckets[i]);
+            let mut ss = self.sched[s].lock();
+            let mut ms = self.msgs[mshard].lock();
+            let first = ms.msgs[local as usize].first;
+            for j in i..buckets.len() {
+                if done[j] || shard_of(buckets[j]) != s {
+                    continue;
+                }
+                done[j] = true;
+                let rid = first + j as u32;
+                if ms.rcpts[rid as usize].state() != RcptState::New {
+                    continue; // an operator acted on it already
+                }
+                let ch = Change::to(&ms.rcpts[rid as usize], RcptState::Ready, 0, false);
+                ss.buckets[local_of(buckets[j]) as usize]
+                    .shift(RcptState::Delivered, RcptState::New);
+                rang |= apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
+            }
+        }
+        rang
+    }
+}

@@ -1,0 +1,386 @@
+//! Concurrency slots as leases: opening one for the next ready destination
+//! (round robin), firing due timers, probes and lease deadlines, returning a
+//! slot's recipients on every path that ends it (finish, site failure, drop,
+//! expiry), and the time of the next scheduled event.
+
+use super::change::Change;
+use super::{bump, policy, Engine};
+use crate::error::Result;
+use crate::index::*;
+use crate::sched::{SchedShard, Slot};
+use crate::types::*;
+use std::cmp::Reverse;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// One open concurrency slot of one destination, held by a session. Ending it
+/// returns its slot and any leased recipients; dropping it ends it.
+pub(crate) struct Lease {
+    pub(super) q: Arc<Engine>,
+    pub(super) bucket: u32,
+    pub(super) token: u32,
+    pub(super) key: Arc<str>,
+    pub(super) deliveries: usize,
+    pub(super) closed: bool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens a lease on the next destination with ready work and a free slot.
+    pub(crate) fn next_lease(self: &Arc<Self>) -> Result<Option<Lease>> {
+        self.check_poison()?;
+        let now = self.now();
+        self.apply_moves();
+        let start = self.ring_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut found = None;
+        let mut rang = false;
+        for i in 0..SHARDS {
+            let s = (start + i) % SHARDS;
+            let mut ss = self.sched[s].lock();
+            rang |= self.promote(&mut ss, s, now);
+            while let Some(bl) = ss.ring.pop_front() {
+                ss.buckets[bl as usize].in_ring = false;
+                if ss.buckets[bl as usize].can_open(now) {
+                    found = Some(self.open_slot(&mut ss, s, bl, now));
+                    ss.maybe_ring(bl, now);
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        // Lease reclaims in `promote` may have ended re-routed attempts.
+        self.apply_moves();
+        // Timers fired here made other destinations ready: tell the event loop.
+        self.wake_if(rang);
+        Ok(found)
+    }
+
+    /// Opens a lease on one routing key if it has ready work and a free slot.
+    pub(crate) fn lease_for(self: &Arc<Self>, key: &str) -> Result<Option<Lease>> {
+        self.check_poison()?;
+        let _g = self.gate.read_recursive();
+        let Some(b) = self.find_bucket(key)? else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let (s, bl) = (shard_of(b), local_of(b));
+        let mut ss = self.sched[s].lock();
+        let rang = self.promote(&mut ss, s, now);
+        let lease = ss.buckets[bl as usize]
+            .can_open(now)
+            .then(|| self.open_slot(&mut ss, s, bl, now));
+        drop(ss);
+        self.apply_moves();
+        self.wake_if(rang);
+        Ok(lease)
+    }
+
+    fn open_slot(self: &Arc<Self>, ss: &mut SchedShard, shard: usize, bl: u32, now: u32) -> Lease {
+        let b = &mut ss.buckets[bl as usize];
+        let token = b.next_token;
+        b.next_token = b.next_token.wrapping_add(1).max(1);
+        let deadline = now.saturating_add(policy::lease_ttl(&self.opts));
+        let probe = b.dead_until != 0;
+        b.slots.push(Slot {
+            token,
+            deadline,
+            leased: Vec::new(),
+            leased_msg: MessageId(0),
+            probe,
+        });
+        let key = b.key.clone();
+        b.handles += 1;
+        ss.leases.push(Reverse((deadline, bl, token)));
+        Lease {
+            q: self.clone(),
+            bucket: global(shard, bl),
+            token,
+            key,
+            deliveries: 0,
+            closed: false,
+        }
+    }
+
+    /// Fires due timers, probes and lease reclaims in every shard (see
+    /// [`crate::Queue::tick`]). Returns true when work became ready.
+    pub(crate) fn tick(&self) -> bool {
+        let now = self.now();
+        let mut rang = false;
+        for s in 0..SHARDS {
+            let mut ss = self.sched[s].lock();
+            rang |= self.promote(&mut ss, s, now);
+            rang |= !ss.ring.is_empty();
+        }
+        self.apply_moves();
+        self.wake_if(rang);
+        let _ = self.after_write();
+        rang
+    }
+
+    /// Fires due timers, probe wake-ups and expired leases of one shard.
+    /// Returns true when a bucket entered the ready ring.
+    pub(super) fn promote(&self, ss: &mut SchedShard, shard: usize, now: u32) -> bool {
+        let mut rang = ss.observe_clock(now);
+        rang |= self.fire_timers(ss, shard, now);
+        while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
+            if t > now {
+                break;
+            }
+            ss.wakeups.pop();
+            rang |= ss.maybe_ring(bl, now);
+        }
+        rang | self.reclaim_expired(ss, now)
+    }
+
+    /// Deferred recipients whose time came become ready.
+    fn fire_timers(&self, ss: &mut SchedShard, shard: usize, now: u32) -> bool {
+        let mut rang = false;
+        let mut due = Vec::new();
+        ss.wheel.advance(now, &mut due);
+        for rr in due {
+            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let mut ms = self.msgs[msh].lock();
+            let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                continue;
+            };
+            if r.state() != RcptState::Deferred
+                || shard_of(r.bucket()) != shard
+                || r.flags() & F_MOVING != 0
+            {
+                continue; // stale timer entry
+            }
+            if r.next > now {
+                // Not due (the clock moved back, or an entry for an older time): re-arm
+                // rather than drop, or the recipient would never be retried.
+                ss.wheel.insert(r.next, rr);
+                continue;
+            }
+            rang |= super::change::apply_change(ss, &mut ms, msh, rid, &Change::requeue(&r), now);
+        }
+        rang
+    }
+
+    /// Slots whose lease deadline passed are reclaimed with their recipients.
+    fn reclaim_expired(&self, ss: &mut SchedShard, now: u32) -> bool {
+        let mut rang = false;
+        while let Some(&Reverse((t, bl, tok))) = ss.leases.peek() {
+            if t > now {
+                break;
+            }
+            ss.leases.pop();
+            let Some(i) = ss.buckets[bl as usize].slot(tok) else {
+                continue;
+            };
+            let deadline = ss.buckets[bl as usize].slots[i].deadline;
+            if deadline > now {
+                ss.leases.push(Reverse((deadline, bl, tok)));
+                continue;
+            }
+            let slot = ss.buckets[bl as usize].slots.swap_remove(i);
+            bump(&self.counters.lease_reclaims, 1);
+            rang |= self.return_leased(ss, &slot.leased, slot.leased_msg, now);
+            rang |= ss.maybe_ring(bl, now);
+        }
+        rang
+    }
+
+    /// Returns leased recipients of message `id` to the ready queue (memory
+    /// only), or where the operator decided while they were in flight.
+    pub(super) fn return_leased(
+        &self,
+        ss: &mut SchedShard,
+        leased: &[RcptRef],
+        id: MessageId,
+        now: u32,
+    ) -> bool {
+        let mut rang = false;
+        let local = local_of(id.slot());
+        for &rr in leased {
+            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let mut ms = self.msgs[msh].lock();
+            if ms.get(local, id.gen()).is_none() {
+                continue;
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.state() != RcptState::Leased || r.msg != local {
+                continue;
+            }
+            rang |= self.end_attempt(ss, &mut ms, msh, rid, id, Change::requeue(&r), now);
+        }
+        rang
+    }
+
+    /// Takes the recipients leased in slot `si` of bucket `bl` and returns those
+    /// of message `id` (default: the slot's own; a stale C delivery handle
+    /// passes its message, so that it never returns a newer delivery's).
+    pub(super) fn return_slot_leased(
+        &self,
+        ss: &mut SchedShard,
+        bl: u32,
+        si: usize,
+        id: Option<MessageId>,
+        now: u32,
+    ) -> bool {
+        let slot = &mut ss.buckets[bl as usize].slots[si];
+        let leased = std::mem::take(&mut slot.leased);
+        let id = id.unwrap_or(slot.leased_msg);
+        self.return_leased(ss, &leased, id, now)
+    }
+
+    /// The earliest scheduled event in clock milliseconds: a deferred retry, a
+    /// probe, a lease deadline, or the outcome-sync deadline.
+    pub(crate) fn next_event_ms(&self) -> Option<u64> {
+        let mut best = self.next_event_secs().map(|t| t.saturating_mul(1000));
+        if let Some(d) = self.log.sync_deadline() {
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+        best
+    }
+
+    /// The earliest scheduler event in unix seconds.
+    fn next_event_secs(&self) -> Option<u64> {
+        let now = self.now();
+        let mut best: Option<u32> = None;
+        let mut take = |t: Option<u32>| {
+            if let Some(t) = t {
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        };
+        if self.has_moves.load(Ordering::Acquire) {
+            take(Some(now));
+        }
+        for s in 0..SHARDS {
+            let mut ss = self.sched[s].lock();
+            // A clock that moved back re-files timers and re-checks probes.
+            if ss.observe_clock(now) {
+                self.wake();
+            }
+            // A ring entry is "now" only if its bucket can really open a session
+            // (one emptied through `session_for` may still sit in the ring).
+            if ss
+                .ring
+                .iter()
+                .any(|&bl| ss.buckets[bl as usize].can_open(now))
+            {
+                take(Some(now));
+            }
+            take(ss.wheel.next_due());
+            take(next_live_lease(&mut ss));
+            take(next_live_wakeup(&mut ss));
+        }
+        best.map(u64::from)
+    }
+}
+
+/// The next lease deadline of a slot still open; entries of ended sessions are
+/// dropped here, so that an idle queue is not woken for nothing.
+fn next_live_lease(ss: &mut SchedShard) -> Option<u32> {
+    while let Some(&Reverse((t, bl, tok))) = ss.leases.peek() {
+        if ss
+            .buckets
+            .get(bl as usize)
+            .is_some_and(|b| b.slot(tok).is_some())
+        {
+            return Some(t);
+        }
+        ss.leases.pop();
+    }
+    None
+}
+
+/// The next probe wake-up of a destination still dead at that time (entries of
+/// revived destinations are dropped).
+fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
+    while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
+        if ss
+            .buckets
+            .get(bl as usize)
+            .is_some_and(|b| b.dead_until == t)
+        {
+            return Some(t);
+        }
+        ss.wakeups.pop();
+    }
+    None
+}
+
+impl Lease {
+    /// The destination's routing key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// True once the lease ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Notes that the lease was reclaimed (a late report was refused).
+    pub(crate) fn mark_closed(&mut self) {
+        self.closed = true;
+    }
+
+    /// True when this lease is the probe of a destination marked dead.
+    pub(crate) fn is_probe(&self) -> bool {
+        let ss = self.q.sched[shard_of(self.bucket)].lock();
+        let b = &ss.buckets[local_of(self.bucket) as usize];
+        b.slot(self.token).is_some_and(|i| b.slots[i].probe)
+    }
+
+    /// Ends the lease, returning its slot and leased recipients; `site` reports
+    /// that the destination failed as a whole (negative feedback, maybe dead).
+    pub(crate) fn close(&mut self, site: Option<&str>) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let q = &self.q;
+        let now = q.now();
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let mut ss = q.sched[s].lock();
+        let Some(i) = ss.buckets[bl as usize].slot(self.token) else {
+            return Ok(()); // reclaimed by the lease deadline already
+        };
+        let mut rang = q.return_slot_leased(&mut ss, bl, i, None, now);
+        ss.buckets[bl as usize].slots.swap_remove(i);
+        if let Some(reason) = site {
+            bump(&q.counters.site_failures, 1);
+            let (min, max) = policy::backoff_bounds(&q.opts);
+            let b = &mut ss.buckets[bl as usize];
+            b.last_site_failure = Some(policy::clip(reason).into());
+            if b.site_failure(now, min, max) {
+                let t = b.dead_until;
+                ss.wakeups.push(Reverse((t, bl)));
+            }
+        }
+        rang |= ss.maybe_ring(bl, now);
+        drop(ss);
+        q.apply_moves();
+        q.wake_if(rang);
+        q.after_write()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.close(None);
+        // The bucket may be freed (when idle) only once no session refers to it.
+        let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let mut ss = self.q.sched[s].lock();
+        if let Some(b) = ss.buckets.get_mut(bl as usize) {
+            if Arc::ptr_eq(&b.key, &self.key) {
+                b.handles = b.handles.saturating_sub(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Read-only views of the engine: stats (counts, per-destination shape,
+//! counters), memory use, the message list, one message inspected, and the
+//! verification of every live record. Formatting is `crate::stats`.
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::sched::Bucket;
+use crate::stats::{age_column, BucketStats, MessageInfo, MessageSummary, RecipientInfo, Stats};
+use crate::storage::log::segment_name;
+use crate::storage::record;
+use crate::types::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+impl Engine {
+    /// A snapshot of counts, per-destination shape and counters.
+    pub(crate) fn stats(&self) -> Stats {
+        let now = self.now();
+        let mut st = Stats::default();
+        let ages = self.index_stats(&mut st, now);
+        st.index_bytes += self.keys.read().memory() as u64;
+        self.bucket_stats(&mut st, &ages);
+        self.counter_stats(&mut st);
+        st
+    }
+
+    /// Counts by state, messages, oldest age and index memory; returns the age
+    /// columns per bucket.
+    fn index_stats(&self, st: &mut Stats, now: u32) -> HashMap<u32, [u64; 10]> {
+        let mut by_state = [0u64; 11];
+        let mut ages: HashMap<u32, [u64; 10]> = HashMap::new();
+        let mut oldest = now;
+        for ms in &self.msgs {
+            let ms = ms.lock();
+            st.index_bytes += ms.memory() as u64;
+            st.messages += ms.live_msgs as u64;
+            st.reasons_normalised += ms.reasons_normalised();
+            st.reasons_not_kept += ms.reasons_not_kept();
+            for m in ms.msgs.iter().filter(|m| m.gen != 0) {
+                oldest = oldest.min(m.received);
+                let col = age_column(now.saturating_sub(m.received));
+                for rid in m.first..m.first + m.n as u32 {
+                    let r = ms.rcpts[rid as usize];
+                    let s = r.state();
+                    if s.is_final() {
+                        continue;
+                    }
+                    by_state[s as usize] += 1;
+                    ages.entry(r.bucket()).or_default()[col] += 1;
+                }
+            }
+        }
+        for s in [
+            RcptState::Ready,
+            RcptState::Deferred,
+            RcptState::Held,
+            RcptState::Leased,
+            RcptState::Failed,
+            RcptState::Expired,
+            RcptState::Corrupt,
+        ] {
+            st.by_state.push((s.name(), by_state[s as usize]));
+        }
+        st.oldest_age = if st.messages > 0 {
+            now.saturating_sub(oldest) as u64
+        } else {
+            0
+        };
+        ages
+    }
+
+    /// Per-destination shape of every bucket with mail, sessions or state.
+    fn bucket_stats(&self, st: &mut Stats, ages: &HashMap<u32, [u64; 10]>) {
+        for (s, ss) in self.sched.iter().enumerate() {
+            let ss = ss.lock();
+            st.index_bytes += ss.memory() as u64;
+            for (l, b) in ss.buckets.iter().enumerate() {
+                let bs = bucket_stat(
+                    b,
+                    ages.get(&global(s, l as u32)).copied().unwrap_or_default(),
+                );
+                if bs.depth() > 0 || bs.sessions > 0 || bs.suspended || bs.dead_until != 0 {
+                    st.buckets.push(bs);
+                }
+            }
+        }
+        st.buckets
+            .sort_by(|a, b| b.depth().cmp(&a.depth()).then(a.key.cmp(&b.key)));
+    }
+
+    /// Throughput counters, damage, log and maintenance figures.
+    fn counter_stats(&self, st: &mut Stats) {
+        let c = &self.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        st.accepted = get(&c.accepted_msgs);
+        st.accepted_recipients = get(&c.accepted_rcpts);
+        st.delivered = get(&c.delivered);
+        st.deferred = get(&c.deferred);
+        st.failed = get(&c.failed);
+        st.expired = get(&c.expired);
+        st.bounced = get(&c.bounced);
+        st.site_failures = get(&c.site_failures);
+        st.lease_reclaims = get(&c.lease_reclaims);
+        let rep = self.report.lock();
+        st.corrupt = rep.corrupt_count() as u64;
+        st.corrupt_ids = rep.corrupt_messages.clone();
+        st.corrupt_reasons = rep
+            .corrupt_messages
+            .iter()
+            .map(|id| (*id, rep.corrupt_reason(*id).unwrap_or("").to_string()))
+            .collect();
+        drop(rep);
+        let lc = self.log.counters();
+        st.fsyncs = lc.syncs;
+        st.commits = lc.commits;
+        st.bytes_written = lc.bytes;
+        let m = self.maint.lock();
+        st.checkpoints = m.checkpoints;
+        st.segments_deleted = m.segments_deleted;
+        st.maintenance_error = m.last_error.clone();
+        st.buckets_freed = m.buckets_freed;
+        drop(m);
+        st.poisoned = self.log.poisoned();
+    }
+
+    /// Bytes of RAM held by the in-memory index (recipients, messages, buckets,
+    /// ready queues, timers), counted from allocated capacities.
+    pub(crate) fn memory_usage(&self) -> usize {
+        let q = self;
+        q.msgs.iter().map(|m| m.lock().memory()).sum::<usize>()
+            + q.sched.iter().map(|s| s.lock().memory()).sum::<usize>()
+            + q.keys.read().memory()
+    }
+
+    /// Lists up to `limit` live messages (in slot order, not by age).
+    pub(crate) fn list(&self, limit: usize) -> Vec<MessageSummary> {
+        let mut out = Vec::new();
+        self.walk(|m| {
+            out.push(m);
+            out.len() < limit
+        });
+        out
+    }
+
+    /// Calls `f` for every live message until it returns false.
+    /// Each shard is copied out under its lock; `f` runs without locks held.
+    pub(crate) fn walk(&self, mut f: impl FnMut(MessageSummary) -> bool) {
+        for (s, shard) in self.msgs.iter().enumerate() {
+            let batch: Vec<MessageSummary> = {
+                let ms = shard.lock();
+                ms.msgs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.gen != 0)
+                    .map(|(l, m)| MessageSummary {
+                        id: MessageId::new(m.gen, global(s, l as u32)),
+                        received: m.received as u64,
+                        recipients: m.n as u32,
+                        pending: m.live as u32,
+                    })
+                    .collect()
+            };
+            for m in batch {
+                if !f(m) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Everything about one message: envelope, and per recipient its state,
+    /// attempts, next attempt, current route and last error.
+    pub(crate) fn inspect(&self, id: MessageId) -> Result<MessageInfo> {
+        let q = self;
+        let (s, l) = q.locate(id)?;
+        let (m, rcpts, reasons) = {
+            let ms = q.msgs[s].lock();
+            let m = *ms.get(l, id.gen()).ok_or(Error::NoSuchMessage(id))?;
+            let rc: Vec<Rcpt> = (m.first..m.first + m.n as u32)
+                .map(|r| ms.rcpts[r as usize])
+                .collect();
+            let reasons: Vec<String> = rc
+                .iter()
+                .map(|r| ms.reason(r.reason()).to_string())
+                .collect();
+            (m, rc, reasons)
+        };
+        let payload = q.read_message_record(id, (m.seg, m.off, m.len))?;
+        let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
+            path: q.dir.join(segment_name(m.seg)),
+            offset: m.off as u64,
+            reason: "message does not decode".into(),
+        })?;
+        let keys = q.keys.read();
+        let recipients = rcpts
+            .iter()
+            .zip(reasons)
+            .enumerate()
+            .map(|(i, (r, reason))| RecipientInfo {
+                address: rec
+                    .rcpts
+                    .get(i)
+                    .map(|x| x.0.to_string())
+                    .unwrap_or_default(),
+                // A final recipient no longer counts in its bucket, which may have
+                // been freed and its id reused: show the route it was queued with.
+                route: if r.state().is_final() {
+                    rec.rcpts
+                        .get(i)
+                        .map(|x| x.1.to_string())
+                        .unwrap_or_default()
+                } else {
+                    keys.key(r.bucket())
+                        .map(|k| k.to_string())
+                        .unwrap_or_default()
+                },
+                state: r.state(),
+                attempts: r.attempts(),
+                next_attempt: r.next as u64,
+                last_error: reason,
+            })
+            .collect();
+        Ok(MessageInfo {
+            id,
+            sender: rec.sender.to_string(),
+            received: rec.received,
+            size: rec.body_len as u64,
+            recipients,
+        })
+    }
+
+    /// Reads and checks every live message record (checksum and decoding).
+    /// Damaged messages are reported in stats and their ids returned. Not a hot-path
+    /// operation: it reads every live body once.
+    pub(crate) fn verify(&self) -> Result<Vec<MessageId>> {
+        let q = self;
+        let mut bad = Vec::new();
+        let mut all = Vec::new();
+        self.walk(|m| {
+            all.push(m.id);
+            true
+        });
+        for id in all {
+            let Some(loc) = q.location(id) else { continue };
+            let ok = match q.read_message_record(id, loc) {
+                Ok(p) => record::decode_message(&p).is_some_and(|r| r.id == id.0),
+                Err(Error::NoSuchMessage(_)) => continue,
+                Err(Error::Corrupt { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if !ok {
+                q.report.lock().note_corrupt_message(id, "verify");
+                bad.push(id);
+            }
+        }
+        Ok(bad)
+    }
+}
+
+/// The figures of one bucket.
+fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
+    BucketStats {
+        key: b.key.to_string(),
+        ready: b.count(RcptState::Ready) as u64,
+        deferred: b.count(RcptState::Deferred) as u64,
+        held: b.count(RcptState::Held) as u64,
+        inflight: b.count(RcptState::Leased) as u64,
+        bounce_pending: (b.count(RcptState::Failed) + b.count(RcptState::Expired)) as u64,
+        sessions: b.slots.len() as u64,
+        window: b.window as u64,
+        limit: b.policy.limit as u64,
+        suspended: b.suspended,
+        dead_until: b.dead_until as u64,
+        delivered: b.delivered,
+        deferrals: b.deferrals,
+        failures: b.failures,
+        site_failures: b.site_failure_total,
+        last_site_failure: b.last_site_failure.as_deref().map(str::to_string),
+        ages,
+    }
+}

@@ -1,0 +1,614 @@
+//! Operator actions on waiting and in-flight recipients: hold, release, delete,
+//! flush, re-route, suspend, concurrency limits, bounce hand-out and
+//! acknowledgement, and freeing idle buckets. Every action is persisted before
+//! it returns; one on a recipient in flight is recorded at once and takes
+//! effect when its attempt ends.
+
+use super::change::{apply_change, push_update, Change};
+use super::{bump, Engine};
+use crate::error::{Error, Result};
+use crate::index::*;
+use crate::sched::{Bucket, SchedShard};
+use crate::storage::log::Batch;
+use crate::storage::record;
+use crate::types::*;
+use parking_lot::MutexGuard;
+
+/// An action the operator applies to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Keep it from delivery until released (in flight: when its attempt ends).
+    Hold,
+    /// Make a held recipient ready now (in flight: cancel a pending hold).
+    Release,
+    /// Drop it without a DSN.
+    Delete,
+    /// Retry a deferred recipient now.
+    Flush,
+}
+
+impl Action {
+    /// The change this action makes to `r`, or `None` to leave it alone.
+    fn plan(self, r: &Rcpt) -> Option<Change> {
+        let st = r.state();
+        match (self, st) {
+            (Action::Hold, RcptState::Ready | RcptState::Deferred) => {
+                Some(Change::persist(r, RcptState::Held, r.next))
+            }
+            (Action::Hold, RcptState::Leased) => Some(Change::inflight(r, RcptState::Held, true)),
+            (Action::Release, RcptState::Held) => Some(Change::persist(r, RcptState::Ready, 0)),
+            (Action::Release, RcptState::Leased) => {
+                Some(Change::inflight(r, RcptState::Ready, false))
+            }
+            (Action::Delete, _) if !st.is_final() && st != RcptState::New => {
+                Some(Change::persist(r, RcptState::Deleted, 0))
+            }
+            (Action::Flush, RcptState::Deferred) => Some(Change::persist(r, RcptState::Ready, 0)),
+            _ => None,
+        }
+    }
+}
+
+/// Locks the scheduler shards of two buckets in index order; the second guard
+/// is `None` when both live in one shard.
+fn lock_pair(
+    q: &Engine,
+    a: u32,
+    b: u32,
+) -> (
+    MutexGuard<'_, SchedShard>,
+    Option<MutexGuard<'_, SchedShard>>,
+) {
+    let (sa, sb) = (shard_of(a), shard_of(b));
+    if sa == sb {
+        (q.sched[sa].lock(), None)
+    } else if sa < sb {
+        let first = q.sched[sa].lock();
+        (first, Some(q.sched[sb].lock()))
+    } else {
+        let second = q.sched[sb].lock();
+        (q.sched[sa].lock(), Some(second))
+    }
+}
+
+impl Engine {
+    /// Applies `a` to every recipient of message `id`; durable on return.
+    pub(crate) fn act_on_message(&self, id: MessageId, a: Action) -> Result<usize> {
+        let (s, l) = self.locate(id)?;
+        let n = self.msgs[s].lock().msgs[l as usize].n as u32;
+        let mut changed = 0;
+        for i in 0..n {
+            match self.change_rcpt(id, i, &|r| a.plan(r)) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(Error::NoSuchMessage(_)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        self.acted(a, changed)
+    }
+
+    /// Applies `a` to every live recipient routed to `key`; durable on return.
+    pub(crate) fn act_on_bucket(&self, key: &str, a: Action) -> Result<usize> {
+        let targets = {
+            let _g = self.gate.read_recursive();
+            match self.find_bucket(key)? {
+                Some(b) => self.collect(&|r| r.bucket() == b),
+                // Nothing to change, but durable on return all the same.
+                None => Vec::new(),
+            }
+        };
+        let n = self.each_target(targets, |id, i| self.change_rcpt(id, i, &|r| a.plan(r)))?;
+        self.acted(a, n)
+    }
+
+    /// Flushes deferred recipients (of one routing key, or all) and revives dead
+    /// destinations; durable on return.
+    pub(crate) fn flush(&self, key: Option<&str>) -> Result<usize> {
+        let _g = key.map(|_| self.gate.read_recursive());
+        let bucket = match key {
+            Some(k) => match self.find_bucket(k)? {
+                Some(b) => Some(b),
+                None => return Ok(0),
+            },
+            None => None,
+        };
+        let targets = self.collect(&|r| {
+            r.state() == RcptState::Deferred && bucket.is_none_or(|b| b == r.bucket())
+        });
+        let n = self.each_target(targets, |id, i| {
+            self.change_rcpt(id, i, &|r| Action::Flush.plan(r))
+        })?;
+        self.log.sync_all()?;
+        self.revive(bucket);
+        Ok(n)
+    }
+
+    /// A flush also revives a dead destination (one, or all).
+    fn revive(&self, bucket: Option<u32>) {
+        for s in 0..SHARDS {
+            let mut ss = self.sched[s].lock();
+            let now = self.now();
+            for l in 0..ss.buckets.len() as u32 {
+                let b = &mut ss.buckets[l as usize];
+                if bucket.is_some_and(|x| x != global(s, l)) || b.dead_until == 0 {
+                    continue;
+                }
+                b.dead_until = now;
+                let rang = ss.maybe_ring(l, now);
+                self.wake_if(rang);
+            }
+        }
+    }
+
+    /// Runs `f` on each target; a message gone meanwhile is skipped.
+    fn each_target(
+        &self,
+        targets: Vec<(MessageId, u32)>,
+        f: impl Fn(MessageId, u32) -> Result<bool>,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for (id, i) in targets {
+            match f(id, i) {
+                Ok(true) => n += 1,
+                Ok(false) | Err(Error::NoSuchMessage(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Makes an action durable and counts deletions.
+    fn acted(&self, a: Action, n: usize) -> Result<usize> {
+        self.log.sync_all()?;
+        if a == Action::Delete {
+            bump(&self.counters.deleted, n as u64);
+        }
+        Ok(n)
+    }
+
+    /// Suspends (no new sessions) or resumes a routing key.
+    pub(crate) fn set_suspended(&self, key: &str, suspended: bool) -> Result<()> {
+        self.with_bucket(key, |ss, bl, now| {
+            ss.buckets[bl as usize].suspended = suspended;
+            !suspended && ss.maybe_ring(bl, now)
+        })
+    }
+
+    /// Sets the concurrency limit of one routing key (the window is clamped to it).
+    pub(crate) fn set_concurrency_limit(&self, key: &str, limit: u16) -> Result<()> {
+        if limit == 0 {
+            return Err(Error::InvalidOption(
+                "concurrency limit must be at least 1".into(),
+            ));
+        }
+        self.with_bucket(key, |ss, bl, _| {
+            let b = &mut ss.buckets[bl as usize];
+            b.policy.limit = limit;
+            b.window = b.window.min(limit);
+            false
+        })
+    }
+
+    /// Runs `f` on the bucket of `key` (created if new) under its shard lock;
+    /// wakes the event loop when `f` returns true.
+    fn with_bucket(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut SchedShard, u32, u32) -> bool,
+    ) -> Result<()> {
+        let _g = self.gate.read_recursive();
+        let b = self.bucket_id(&crate::validate::normalize_key(key)?)?;
+        let now = self.now();
+        let rang = f(&mut self.sched[shard_of(b)].lock(), local_of(b), now);
+        self.wake_if(rang);
+        Ok(())
+    }
+
+    /// Re-routes every waiting recipient of `from` to `to`; durable on return.
+    pub(crate) fn reroute(&self, from: &str, to: &str) -> Result<usize> {
+        let _g = self.gate.read_recursive();
+        let Some(fb) = self.find_bucket(from)? else {
+            return Ok(0);
+        };
+        let tb = self.bucket_id(&crate::validate::normalize_key(to)?)?;
+        if tb == fb {
+            return Ok(0); // a destination onto itself: nothing moves
+        }
+        let targets = self.collect(&|r| r.bucket() == fb);
+        let n = self.each_target(targets, |id, i| self.reroute_rcpt(id, i, tb))?;
+        self.log.sync_all()?;
+        Ok(n)
+    }
+
+    /// Re-routes one recipient; durable on return.
+    pub(crate) fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
+        let _g = self.gate.read_recursive();
+        let tb = self.bucket_id(&crate::validate::normalize_key(to)?)?;
+        let changed = self.reroute_rcpt(id, index, tb)?;
+        self.log.sync_all()?;
+        Ok(changed)
+    }
+
+    /// The recipient id and current bucket of recipient `idx` of live message `id`.
+    fn find_rcpt(&self, id: MessageId, idx: u32) -> Result<(u32, u32)> {
+        let slot = id.slot();
+        let ms = self.msgs[shard_of(slot)].lock();
+        if ms.get(local_of(slot), id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let rid = ms
+            .rcpt_index(local_of(slot), idx)
+            .ok_or(Error::NoSuchRecipient(id, idx))?;
+        Ok((rid, ms.rcpts[rid as usize].bucket()))
+    }
+
+    /// Runs `plan` on one recipient of a live message under the right locks, appends the
+    /// record and applies the change. `plan` returns None to leave the recipient alone.
+    pub(super) fn change_rcpt(
+        &self,
+        id: MessageId,
+        idx: u32,
+        plan: &dyn Fn(&Rcpt) -> Option<Change>,
+    ) -> Result<bool> {
+        let _g = self.gate.read_recursive();
+        let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
+        loop {
+            let (rid, bucket) = self.find_rcpt(id, idx)?;
+            let mut ss = self.sched[shard_of(bucket)].lock();
+            let mut ms = self.msgs[mshard].lock();
+            if ms.get(local, id.gen()).is_none() {
+                return Err(Error::NoSuchMessage(id));
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.bucket() != bucket {
+                continue; // re-routed meanwhile; retry with the new bucket's lock
+            }
+            if r.flags() & F_MOVING != 0 {
+                drop(ms);
+                drop(ss);
+                self.apply_moves(); // let it join its bucket first, then decide
+                continue;
+            }
+            let Some(ch) = plan(&r) else {
+                return Ok(false);
+            };
+            if let Some(hold) = ch.inflight_hold {
+                return self.set_inflight_hold(&mut ms, mshard, rid, &ch, hold);
+            }
+            if ch.persist {
+                self.append_update(&ms, mshard, rid, &ch, "")?;
+            }
+            let rang = apply_change(&mut ss, &mut ms, mshard, rid, &ch, self.now());
+            drop(ms);
+            drop(ss);
+            self.wake_if(rang);
+            return Ok(true);
+        }
+    }
+
+    /// Appends (without waiting for durability) the update record of one change.
+    fn append_update(
+        &self,
+        ms: &MsgShard,
+        mshard: usize,
+        rid: u32,
+        ch: &Change,
+        route: &str,
+    ) -> Result<()> {
+        let mut b = Batch::new();
+        push_update(&mut b, ms, mshard, rid, ch, route);
+        self.log.append(b).map(|_| ())
+    }
+
+    /// In flight: persists the hold decision now; it applies when the attempt ends.
+    fn set_inflight_hold(
+        &self,
+        ms: &mut MsgShard,
+        mshard: usize,
+        rid: u32,
+        ch: &Change,
+        hold: bool,
+    ) -> Result<bool> {
+        let cur = ms.intents.get(&rid).copied().unwrap_or_default();
+        if cur.hold == hold {
+            return Ok(false);
+        }
+        self.append_update(ms, mshard, rid, ch, "")?;
+        set_intent(ms, rid, Intent { hold, ..cur });
+        Ok(true)
+    }
+
+    /// Moves one recipient to another bucket, persisting the new routing key.
+    fn reroute_rcpt(&self, id: MessageId, idx: u32, to: u32) -> Result<bool> {
+        let _g = self.gate.read_recursive();
+        let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
+        let to_key = self.key_of(to);
+        loop {
+            let (rid, from) = self.find_rcpt(id, idx)?;
+            if from == to {
+                return self.clear_inflight_route(mshard, local, id, rid, to, &to_key);
+            }
+            let (mut g1, mut g2) = lock_pair(self, from, to);
+            let mut ms = self.msgs[mshard].lock();
+            if ms.get(local, id.gen()).is_none() {
+                return Err(Error::NoSuchMessage(id));
+            }
+            let r = ms.rcpts[rid as usize];
+            if r.bucket() != from {
+                continue;
+            }
+            if r.flags() & F_MOVING != 0 {
+                drop(ms);
+                drop(g2);
+                drop(g1);
+                self.apply_moves();
+                continue;
+            }
+            let st = r.state();
+            if st == RcptState::Leased {
+                // In flight: the new route is persisted now (a crash re-queues it
+                // there) and taken when the attempt ends, whatever its outcome.
+                return self.set_inflight_route(&mut ms, mshard, rid, Some(to), &to_key);
+            }
+            if !matches!(st, RcptState::Ready | RcptState::Deferred | RcptState::Held) {
+                return Ok(false); // pending DSN, corrupt or final: leave it
+            }
+            self.append_update(&ms, mshard, rid, &Change::persist(&r, st, r.next), &to_key)?;
+            // Leave the old bucket …
+            g1.buckets[local_of(from) as usize].shift(st, RcptState::Delivered);
+            ms.rcpts[rid as usize].set_bucket(to);
+            // … and join the new one.
+            let dst: &mut SchedShard = match g2.as_mut() {
+                Some(g) => g,
+                None => &mut g1,
+            };
+            let rang = join_bucket(dst, rref(mshard, rid), &r, to, self.now());
+            drop(ms);
+            drop(g2);
+            drop(g1);
+            self.wake_if(rang);
+            return Ok(true);
+        }
+    }
+
+    /// Re-route to the bucket a recipient is in: for an in-flight recipient with
+    /// a pending re-route, that cancels it (durably); otherwise nothing to do.
+    fn clear_inflight_route(
+        &self,
+        mshard: usize,
+        local: u32,
+        id: MessageId,
+        rid: u32,
+        to: u32,
+        to_key: &str,
+    ) -> Result<bool> {
+        let mut ms = self.msgs[mshard].lock();
+        if ms.get(local, id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let r = ms.rcpts[rid as usize];
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        if r.state() != RcptState::Leased || r.bucket() != to || it.route.is_none() {
+            return Ok(false);
+        }
+        self.set_inflight_route(&mut ms, mshard, rid, None, to_key)
+    }
+
+    /// Persists and remembers the route an in-flight recipient takes when its
+    /// attempt ends (`None`: the one it has). The record says what a crash should
+    /// find: held or ready, on that route.
+    fn set_inflight_route(
+        &self,
+        ms: &mut MsgShard,
+        mshard: usize,
+        rid: u32,
+        route: Option<u32>,
+        key: &str,
+    ) -> Result<bool> {
+        let r = ms.rcpts[rid as usize];
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        if it.route == route {
+            return Ok(false);
+        }
+        let st = if it.hold {
+            RcptState::Held
+        } else {
+            RcptState::Ready
+        };
+        self.append_update(ms, mshard, rid, &Change::persist(&r, st, r.next), key)?;
+        set_intent(ms, rid, Intent { route, ..it });
+        Ok(true)
+    }
+
+    /// (message id, recipient index) of every live recipient matching `f`.
+    pub(super) fn collect(&self, f: &dyn Fn(&Rcpt) -> bool) -> Vec<(MessageId, u32)> {
+        let mut out = Vec::new();
+        for (s, shard) in self.msgs.iter().enumerate() {
+            let ms = shard.lock();
+            for (l, m) in ms.msgs.iter().enumerate() {
+                if m.gen == 0 {
+                    continue;
+                }
+                for i in 0..m.n as u32 {
+                    let r = &ms.rcpts[(m.first + i) as usize];
+                    let st = r.state();
+                    if !st.is_final() && st != RcptState::New && f(r) {
+                        out.push((MessageId::new(m.gen, global(s, l as u32)), i));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Frees buckets that are empty, idle and carry no operator state, and trims
+    /// the id space. Runs under the exclusive gate (during a checkpoint): every
+    /// path that turns a key into an id and uses it later holds the gate shared.
+    pub(super) fn gc_buckets(&self) -> usize {
+        let mut keys = self.keys.write();
+        let mut ss: Vec<_> = self.sched.iter().map(|s| s.lock()).collect();
+        // Checked with every scheduler lock held, so no move can be queued now:
+        // a moving recipient is not yet counted in its (possibly idle) bucket.
+        if !self.moves.lock().is_empty() {
+            return 0;
+        }
+        let pinned = self.pinned_buckets();
+        let default = self.opts.concurrency;
+        let mut freed = 0;
+        for (s, sh) in ss.iter_mut().enumerate() {
+            for l in 0..sh.buckets.len() {
+                let id = global(s, l as u32);
+                let b = &mut sh.buckets[l];
+                if b.key.is_empty() {
+                    continue;
+                }
+                if b.idle(default) && !pinned.contains(&id) {
+                    keys.free(id);
+                    *b = Bucket::new("".into(), default);
+                    freed += 1;
+                } else {
+                    b.shrink_ready();
+                }
+            }
+        }
+        if freed == 0 {
+            return 0;
+        }
+        let n = keys.trim();
+        for (s, sh) in ss.iter_mut().enumerate() {
+            let keep = if n > s { (n - s).div_ceil(SHARDS) } else { 0 };
+            sh.truncate_buckets(keep);
+        }
+        freed
+    }
+
+    /// Buckets named by a pending in-flight re-route (never freed).
+    fn pinned_buckets(&self) -> std::collections::HashSet<u32> {
+        let mut pinned = std::collections::HashSet::new();
+        for ms in &self.msgs {
+            for it in ms.lock().intents.values() {
+                pinned.extend(it.route);
+            }
+        }
+        pinned
+    }
+
+    /// Hands out up to `max` failed or expired recipients for DSN generation.
+    pub(crate) fn take_bounces(&self, max: usize) -> Result<Vec<Bounce>> {
+        let mut out = Vec::new();
+        for t in self.take_bounce_refs(max) {
+            // One unreadable message must not cost the others their DSN: report it and
+            // go on (it is offered again after a restart). A message moved by
+            // compaction meanwhile is read again from where it lives now.
+            match self.bounce_envelope(&t) {
+                Ok((sender, recipient)) => out.push(Bounce {
+                    id: t.id,
+                    index: t.index,
+                    sender,
+                    recipient,
+                    reason: t.reason,
+                    expired: t.expired,
+                }),
+                Err(why) => self.report.lock().note_corrupt_message(t.id, &why),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks up to `max` pending bounces as taken and returns them.
+    fn take_bounce_refs(&self, max: usize) -> Vec<BounceRef> {
+        let mut refs = Vec::new();
+        for (s, shard) in self.msgs.iter().enumerate() {
+            let mut ms = shard.lock();
+            while refs.len() < max {
+                let Some(rr) = ms.bounces.pop_front() else {
+                    break;
+                };
+                let rid = rref_local(rr);
+                let Some(r) = ms.rcpts.get(rid as usize).copied() else {
+                    continue;
+                };
+                let st = r.state();
+                if !matches!(st, RcptState::Failed | RcptState::Expired)
+                    || r.flags() & F_BOUNCE_TAKEN != 0
+                {
+                    continue;
+                }
+                ms.rcpts[rid as usize].set_flags(r.flags() | F_BOUNCE_TAKEN);
+                let m = ms.msgs[r.msg as usize];
+                refs.push(BounceRef {
+                    id: MessageId::new(m.gen, global(s, r.msg)),
+                    index: rid - m.first,
+                    reason: ms.reason(r.reason()).to_string(),
+                    expired: st == RcptState::Expired,
+                    loc: (m.seg, m.off, m.len),
+                });
+            }
+        }
+        refs
+    }
+
+    /// (sender, recipient address) of a bounce, read from its message record.
+    fn bounce_envelope(&self, t: &BounceRef) -> std::result::Result<(String, String), String> {
+        let rec = self
+            .read_message_record(t.id, t.loc)
+            .map_err(|e| e.to_string())?;
+        let m = record::decode_message(&rec).ok_or("message record does not decode")?;
+        let recipient = m
+            .rcpts
+            .get(t.index as usize)
+            .map(|r| r.0.to_string())
+            .unwrap_or_default();
+        Ok((m.sender.to_string(), recipient))
+    }
+
+    /// Acknowledges a bounce: the recipient becomes final.
+    pub(crate) fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
+        let changed = self.change_rcpt(id, index, &|r| {
+            matches!(r.state(), RcptState::Failed | RcptState::Expired)
+                .then(|| Change::persist(r, RcptState::Bounced, 0))
+        })?;
+        if changed {
+            bump(&self.counters.bounced, 1);
+        }
+        self.sync_if_due()?;
+        Ok(changed)
+    }
+}
+
+/// A bounce taken from the index, before its envelope is read.
+struct BounceRef {
+    id: MessageId,
+    index: u32,
+    reason: String,
+    expired: bool,
+    loc: (u32, u32, u32),
+}
+
+/// Records an in-flight decision (removed when it is the default).
+fn set_intent(ms: &mut MsgShard, rid: u32, it: Intent) {
+    if it == Intent::default() {
+        ms.intents.remove(&rid);
+    } else {
+        ms.intents.insert(rid, it);
+    }
+}
+
+/// Puts a waiting recipient into bucket `to`'s counters and queues. Returns true
+/// when the bucket entered the ready ring.
+fn join_bucket(dst: &mut SchedShard, rr: RcptRef, r: &Rcpt, to: u32, now: u32) -> bool {
+    let st = r.state();
+    dst.buckets[local_of(to) as usize].shift(RcptState::Delivered, st);
+    match st {
+        RcptState::Ready => {
+            dst.buckets[local_of(to) as usize].push_ready(rr);
+            dst.maybe_ring(local_of(to), now)
+        }
+        RcptState::Deferred => {
+            dst.wheel.insert(r.next, rr);
+            false
+        }
+        _ => false,
+    }
+}

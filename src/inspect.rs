@@ -1,0 +1,62 @@
+//! The read-only side of the public [`Queue`]: stats, memory use, listing,
+//! inspecting and verifying messages, and the invariant check tests run.
+//! Thin calls into the engine; the data types and their text forms
+//! (Prometheus, qshape) are in `stats.rs`.
+
+use crate::error::Result;
+use crate::stats::{MessageInfo, MessageSummary, Stats};
+use crate::types::MessageId;
+use crate::Queue;
+
+impl Queue {
+    /// A snapshot of counts, per-destination shape and counters.
+    /// Costs one pass over the in-memory index (not the disk).
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Bytes of RAM held by the in-memory index (recipients, messages, buckets,
+    /// ready queues, timers), counted from allocated capacities.
+    pub fn memory_usage(&self) -> usize {
+        self.engine.memory_usage()
+    }
+
+    /// Lists up to `limit` live messages (in slot order, not by age).
+    pub fn list(&self, limit: usize) -> Vec<MessageSummary> {
+        self.engine.list(limit)
+    }
+
+    /// Calls `f` for every live message until it returns false.
+    /// Each shard is copied out under its lock; `f` runs without locks held.
+    pub fn walk(&self, f: impl FnMut(MessageSummary) -> bool) {
+        self.engine.walk(f)
+    }
+
+    /// Everything about one message: envelope, and per recipient its state,
+    /// attempts, next attempt, current route and last error.
+    pub fn inspect(&self, id: MessageId) -> Result<MessageInfo> {
+        self.engine.inspect(id)
+    }
+
+    /// Reads and checks every live message record (checksum and decoding).
+    /// Damaged messages are reported in stats and their ids returned. Not a hot-path
+    /// operation: it reads every live body once.
+    pub fn verify(&self) -> Result<Vec<MessageId>> {
+        self.engine.verify()
+    }
+
+    /// Checks the internal invariants of the scheduler and the index (ready
+    /// FIFOs, timers, slots, counters, ring and poll fd agree with the index)
+    /// and describes the first violation. Takes every lock; for tests only.
+    #[doc(hidden)]
+    pub fn debug_check(&self) -> std::result::Result<(), String> {
+        self.engine.check()
+    }
+
+    /// When (clock milliseconds) the outcome records buffered now must be
+    /// synced, or `None` when none are buffered. For tests.
+    #[doc(hidden)]
+    pub fn debug_pending_sync_ms(&self) -> Option<u64> {
+        self.engine.pending_sync_ms()
+    }
+}

@@ -1,0 +1,444 @@
+//! Rebuilding the index from plain state: log records replayed in order
+//! (with resynchronisation past damage and torn-tail detection) and checkpoint
+//! entries, into message shards, bucket tables and routing keys. Depends on
+//! `index`, `sched` and `storage` only.
+
+use super::report::{Damage, RecoveryReport};
+use crate::index::*;
+use crate::sched::{Keys, SchedShard};
+use crate::storage::checkpoint::{DecodeError, Decoder, Header};
+use crate::storage::record::{self, Kind, HEADER_LEN, MAGIC};
+use crate::types::*;
+
+/// The state being rebuilt, and what was found on the way.
+pub(super) struct Builder {
+    pub(super) policy: Concurrency,
+    pub(super) msgs: Vec<MsgShard>,
+    pub(super) sched: Vec<SchedShard>,
+    pub(super) keys: Keys,
+    pub(super) next_gen: u32,
+    pub(super) next_seq: u64,
+    /// Sequence number of the last good record (resynchronisation accepts only
+    /// records that plausibly follow it).
+    pub(super) last_seq: u64,
+    pub(super) salt: u32,
+    pub(super) checkpoint_used: bool,
+    /// A segment header of another format version: (segment, version).
+    pub(super) foreign: Option<(u32, u32)>,
+    pub(super) report: RecoveryReport,
+}
+
+impl Builder {
+    pub(super) fn new(policy: Concurrency, now: u32) -> Self {
+        Builder {
+            policy,
+            msgs: (0..SHARDS).map(|_| MsgShard::default()).collect(),
+            sched: (0..SHARDS).map(|_| SchedShard::new(now)).collect(),
+            keys: Keys::default(),
+            next_gen: 1,
+            next_seq: 1,
+            last_seq: 0,
+            salt: 0,
+            checkpoint_used: false,
+            foreign: None,
+            report: RecoveryReport::default(),
+        }
+    }
+
+    pub(super) fn apply_message(
+        &mut self,
+        copy: bool,
+        payload: &[u8],
+        seg: u32,
+        off: u64,
+        total: usize,
+    ) {
+        let Some(m) = record::decode_message(payload) else {
+            self.report.damaged.push(Damage {
+                segment: seg,
+                offset: off,
+                len: total as u64,
+                reason: "message record does not decode".into(),
+            });
+            return;
+        };
+        let id = MessageId(m.id);
+        let (s, local) = (shard_of(id.slot()), local_of(id.slot()));
+        if id.gen() == 0 || local > MAX_SLOT {
+            self.report.note_corrupt_message(id, "bad id");
+            return;
+        }
+        self.next_gen = self.next_gen.max(id.gen().wrapping_add(1)).max(1);
+        let loc = (seg, off as u32, total as u32);
+        let ms = &mut self.msgs[s];
+        ms.ensure_slot(local);
+        let cur = ms.msgs[local as usize];
+        if cur.gen == id.gen() {
+            ms.relocate(local, loc); // a copy made by compaction
+            return;
+        }
+        if cur.gen != 0 {
+            // Generations only grow, and a slot is reused only after its message
+            // finished: a newer generation proves the old message is done even when
+            // its final update record was damaged. The newer message wins.
+            if (id.gen().wrapping_sub(cur.gen) as i32) < 0 {
+                self.report.note_corrupt_message(
+                    id,
+                    "record of an older message found after its slot was reused",
+                );
+                return;
+            }
+            evict(ms, local);
+        }
+        if copy && self.checkpoint_used {
+            // A compaction copy of a message the checkpoint does not hold: the message
+            // finished before the copy could matter. Never resurrect it.
+            return;
+        }
+        let mut buckets = Vec::with_capacity(m.rcpts.len());
+        for (_, key) in &m.rcpts {
+            let k = crate::validate::normalize_key(key).unwrap_or_else(|_| "invalid".into());
+            if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
+                self.report
+                    .note_corrupt_message(id, "routing key table full");
+                return;
+            }
+            buckets.push(self.keys.intern_into(&k, self.policy, &mut self.sched));
+        }
+        self.msgs[s].insert(
+            local,
+            id.gen(),
+            loc,
+            m.received.min(u32::MAX as u64) as u32,
+            &buckets,
+        );
+    }
+
+    pub(super) fn apply_update(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
+        let Some(u) = record::decode_update(payload) else {
+            self.report.damaged.push(Damage {
+                segment: seg,
+                offset: off,
+                len: total as u64,
+                reason: "update record does not decode".into(),
+            });
+            return;
+        };
+        let id = MessageId(u.id);
+        let (s, local) = (shard_of(id.slot()), local_of(id.slot()));
+        let Some(st) = RcptState::from_u8(u.state) else {
+            return;
+        };
+        if self.msgs[s].get(local, id.gen()).is_none() {
+            self.report
+                .note_corrupt_message(id, "update for unknown message");
+            return;
+        }
+        let Some(rid) = self.msgs[s].rcpt_index(local, u.idx) else {
+            self.report
+                .note_corrupt_message(id, "update for unknown recipient");
+            return;
+        };
+        if self.msgs[s].rcpts[rid as usize].state().is_final() {
+            return;
+        }
+        if !u.route.is_empty() {
+            if let Ok(k) = crate::validate::normalize_key(u.route) {
+                if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
+                    self.report
+                        .note_corrupt_message(id, "routing key table full");
+                    return;
+                }
+                let b = self.keys.intern_into(&k, self.policy, &mut self.sched);
+                self.msgs[s].rcpts[rid as usize].set_bucket(b);
+            }
+        }
+        let ms = &mut self.msgs[s];
+        {
+            let r = &mut ms.rcpts[rid as usize];
+            r.set_state(st);
+            r.set_attempts(u.attempts);
+            r.next = u.next;
+        }
+        if st.is_final() {
+            ms.finish_rcpt(rid);
+        } else if !u.reason.is_empty() {
+            // An empty reason means "unchanged" (operator actions, requeues).
+            ms.set_reason_text(rid, u.reason);
+        }
+    }
+
+    pub(super) fn good(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Replays one segment from `start`; returns the valid end.
+    pub(super) fn replay(&mut self, seg: u32, data: &[u8], start: usize, is_last: bool) -> usize {
+        let mut off = start;
+        if start > 0 {
+            if let Ok(f) = record::parse(data, self.salt) {
+                if let Some((v, _, _)) = record::parse_segment_header(f.payload) {
+                    if v != record::FORMAT_VERSION {
+                        self.foreign.get_or_insert((seg, v));
+                        return 0;
+                    }
+                }
+            }
+        }
+        if start == 0 {
+            match record::parse(data, self.salt) {
+                Ok(f) if f.kind == Kind::SegmentHeader => {
+                    let h = record::parse_segment_header(f.payload);
+                    if let Some((v, _, _)) = h.filter(|h| h.0 != record::FORMAT_VERSION) {
+                        self.foreign.get_or_insert((seg, v));
+                        return 0;
+                    }
+                    if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
+                        self.report.damaged.push(Damage {
+                            segment: seg,
+                            offset: 0,
+                            len: f.total as u64,
+                            reason: "segment header names another segment or queue".into(),
+                        });
+                    }
+                    self.good(f.seq);
+                    off = f.total;
+                }
+                _ => {
+                    if is_last && resync(data, 0, self.salt, self.last_seq).is_none() {
+                        self.report.torn_tail_bytes += data.len() as u64;
+                        return 0;
+                    }
+                    // Damaged header: fall through to the generic scan, which reports it.
+                }
+            }
+        }
+        while off < data.len() {
+            match record::parse(&data[off..], self.salt) {
+                Ok(f) if f.seq > self.last_seq => {
+                    self.report.records_replayed += 1;
+                    self.report.bytes_replayed += f.total as u64;
+                    self.good(f.seq);
+                    match f.kind {
+                        Kind::Message => {
+                            self.apply_message(false, f.payload, seg, off as u64, f.total)
+                        }
+                        Kind::MessageCopy => {
+                            self.apply_message(true, f.payload, seg, off as u64, f.total)
+                        }
+                        Kind::RcptUpdate => self.apply_update(f.payload, seg, off as u64, f.total),
+                        Kind::SegmentHeader => {}
+                    }
+                    off += f.total;
+                }
+                other => {
+                    let e = match other {
+                        Ok(_) => "sequence number goes backwards".to_string(),
+                        Err(e) => format!("{e:?}"),
+                    };
+                    match resync(data, off, self.salt, self.last_seq) {
+                        None if is_last => {
+                            // A torn or zero tail: the last batch never became durable.
+                            self.report.torn_tail_bytes += (data.len() - off) as u64;
+                            return off;
+                        }
+                        None => {
+                            // A sealed segment was fully synced before its successor
+                            // existed, so a bad tail here is damage, not a torn write.
+                            self.report.damaged.push(Damage {
+                                segment: seg,
+                                offset: off as u64,
+                                len: (data.len() - off) as u64,
+                                reason: format!("{e} in sealed segment"),
+                            });
+                            self.note_suspect(data, off);
+                            return data.len();
+                        }
+                        Some(n) => {
+                            self.report.damaged.push(Damage {
+                                segment: seg,
+                                offset: off as u64,
+                                len: (n - off) as u64,
+                                reason: e,
+                            });
+                            self.note_suspect(data, off);
+                            off = n;
+                        }
+                    }
+                }
+            }
+        }
+        off
+    }
+
+    /// A damaged record that still looks like a message: report the id it names.
+    pub(super) fn note_suspect(&mut self, data: &[u8], off: usize) {
+        let h = &data[off..];
+        if h.len() >= HEADER_LEN + 8 && h[..4] == MAGIC.to_le_bytes() && matches!(h[12], 2 | 4) {
+            let mut idb = [0u8; 8];
+            idb.copy_from_slice(&h[HEADER_LEN..HEADER_LEN + 8]);
+            let id = MessageId(u64::from_le_bytes(idb));
+            self.report
+                .note_corrupt_message(id, "damaged message record");
+        }
+    }
+
+    /// Puts every recovered recipient into its bucket's structures.
+    pub(super) fn schedule(&mut self, now: u32) {
+        for (s, ms) in self.msgs.iter_mut().enumerate() {
+            for l in 0..ms.msgs.len() {
+                let m = ms.msgs[l];
+                if m.gen == 0 {
+                    continue;
+                }
+                self.report.messages += 1;
+                for rid in m.first..m.first + m.n as u32 {
+                    let r = &mut ms.rcpts[rid as usize];
+                    let st = match r.state() {
+                        RcptState::New | RcptState::Leased | RcptState::Corrupt => RcptState::Ready,
+                        s => s,
+                    };
+                    if st.is_final() {
+                        continue;
+                    }
+                    r.set_state(st);
+                    self.report.recipients += 1;
+                    let ss = &mut self.sched[shard_of(r.bucket())];
+                    let bl = local_of(r.bucket());
+                    ss.buckets[bl as usize].shift(RcptState::Delivered, st);
+                    let rr = rref(s, rid);
+                    match st {
+                        RcptState::Ready => ss.buckets[bl as usize].push_ready(rr),
+                        RcptState::Deferred => ss.wheel.insert(r.next, rr),
+                        RcptState::Failed | RcptState::Expired => ms.bounces.push_back(rr),
+                        _ => {}
+                    }
+                }
+            }
+            ms.rebuild_free();
+        }
+        for ss in &mut self.sched {
+            for bl in 0..ss.buckets.len() as u32 {
+                ss.maybe_ring(bl, now);
+            }
+        }
+    }
+}
+
+/// Frees a message whose slot a newer message reuses (its final records were lost).
+fn evict(ms: &mut MsgShard, local: u32) {
+    let m = ms.msgs[local as usize];
+    for rid in m.first..m.first + m.n as u32 {
+        if !ms.rcpts[rid as usize].state().is_final() {
+            ms.rcpts[rid as usize].set_state(RcptState::Deleted);
+            if ms.finish_rcpt(rid) {
+                break;
+            }
+        }
+    }
+}
+
+/// Finds where replay can resume after damage at `from`: the next aligned offset
+/// holding a record that passes every check *and* plausibly follows the last good
+/// record — its sequence number is above `last_seq` and at most one more per 24
+/// bytes skipped (the smallest record). The cheap header checks run first, so a
+/// body full of fake headers costs one CRC only for in-window candidates; and a
+/// forged record would also need the queue's secret salt.
+fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
+    let mut o = (from + 1).div_ceil(record::ALIGN) * record::ALIGN;
+    let magic = MAGIC.to_le_bytes();
+    while o + HEADER_LEN <= data.len() {
+        if data[o..o + 4] == magic {
+            if let Ok(h) = record::header(&data[o..]) {
+                let window = ((o - from) / HEADER_LEN) as u64 + 2;
+                if h.seq > last_seq
+                    && h.seq <= last_seq.saturating_add(window)
+                    && record::parse(&data[o..], salt).is_ok()
+                {
+                    return Some(o);
+                }
+            }
+        }
+        o += record::ALIGN;
+    }
+    None
+}
+
+impl Builder {
+    /// Loads a checkpoint file into the empty state. On error the state is
+    /// partial and must be discarded.
+    pub(super) fn load_checkpoint(&mut self, buf: &[u8]) -> Result<Header, DecodeError> {
+        let (h, mut d) = Decoder::open(buf)?;
+        let nkeys = d.count()?;
+        if nkeys > MAX_BUCKETS {
+            return Err(DecodeError::from("too many routing keys"));
+        }
+        for i in 0..nkeys {
+            let k = d.text()?;
+            if self.keys.intern_into(k, self.policy, &mut self.sched) != i {
+                return Err(DecodeError::from("duplicate routing key"));
+            }
+        }
+        for s in 0..SHARDS {
+            self.load_shard(&mut d, s, nkeys)?;
+        }
+        d.end()?;
+        self.checkpoint_used = true;
+        self.report.checkpoint_used = true;
+        self.next_gen = h.next_gen.max(1);
+        self.salt = h.salt;
+        self.good(h.seq.saturating_sub(1));
+        Ok(h)
+    }
+
+    fn load_shard(&mut self, d: &mut Decoder<'_>, s: usize, nkeys: u32) -> Result<(), DecodeError> {
+        let nr = d.count()?;
+        let mut reasons = Vec::with_capacity(nr.min(1 << 20) as usize);
+        for _ in 0..nr {
+            reasons.push(d.text()?);
+        }
+        let ms = &mut self.msgs[s];
+        for _ in 0..d.count()? {
+            let m = d.message()?;
+            let id = MessageId(m.id);
+            if shard_of(id.slot()) != s || id.gen() == 0 || m.rcpts == 0 {
+                return Err(DecodeError::from("message in wrong shard"));
+            }
+            let local = local_of(id.slot());
+            if local > MAX_SLOT {
+                return Err(DecodeError::from("slot out of range"));
+            }
+            ms.ensure_slot(local);
+            if ms.msgs[local as usize].gen != 0 {
+                return Err(DecodeError::from("duplicate message"));
+            }
+            let mut rcpts = Vec::with_capacity(m.rcpts as usize);
+            for _ in 0..m.rcpts {
+                let r = d.rcpt()?;
+                if r.bucket >= nkeys || r.reason as usize > reasons.len() {
+                    return Err(DecodeError::from("reference out of range"));
+                }
+                let st = RcptState::from_u8(r.state).ok_or("malformed contents")?;
+                rcpts.push((st, r));
+            }
+            let buckets: Vec<u32> = rcpts.iter().map(|(_, r)| r.bucket).collect();
+            ms.insert(local, id.gen(), m.loc, m.received, &buckets);
+            let first = ms.msgs[local as usize].first;
+            for (i, (st, r)) in rcpts.into_iter().enumerate() {
+                let rid = first + i as u32;
+                let rc = &mut ms.rcpts[rid as usize];
+                rc.set_state(st);
+                rc.set_attempts(r.attempts);
+                rc.next = r.next;
+                if r.reason != 0 {
+                    ms.set_reason_text(rid, reasons[r.reason as usize - 1]);
+                }
+                if st.is_final() {
+                    ms.finish_rcpt(rid);
+                }
+            }
+        }
+        Ok(())
+    }
+}

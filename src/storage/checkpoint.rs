@@ -1,0 +1,341 @@
+//! The checkpoint file format: a streamed, checksummed snapshot of plain
+//! entries (routing keys, then per message shard its reason texts, messages and
+//! recipients). What goes in and what is built from it are decided by
+//! `engine::maint` (writing) and `recovery` (loading); this module only frames
+//! and checks bytes. Depends on `storage::vfs` and `storage::record` only.
+//!
+//! Layout (little-endian): magic `MQCKPT01`, version u32, 0u32, log position
+//! u64, sequence u64, next generation u32, salt u32, key count u32 and keys
+//! (short strings); per shard: reason count u32 and reasons, message count u32
+//! and per message [`MsgEntry`] then its [`RcptEntry`]s; then CRC32 of all of
+//! the above u32, total length u64, end magic `MQCKEND1`.
+
+use super::record::{Put, Reader};
+use super::vfs::VFile;
+
+/// File name of the checkpoint.
+pub const CHECKPOINT: &str = "checkpoint";
+/// File name the checkpoint is written under before its rename.
+pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+const MAGIC: &[u8; 8] = b"MQCKPT01";
+const END_MAGIC: &[u8; 8] = b"MQCKEND1";
+/// Checkpoint format version.
+pub const VERSION: u32 = 1;
+/// Bytes of the trailer: CRC32, total length, end magic.
+const TRAILER: usize = 4 + 8 + 8;
+/// Bytes buffered before a checkpoint piece is written.
+const SINK_CHUNK: usize = 256 << 10;
+
+/// The snapshot's position in the log and the counters to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Log position the snapshot is taken at; replay resumes here.
+    pub pos: u64,
+    /// Sequence number of the first record at or after `pos`.
+    pub seq: u64,
+    /// Next message generation.
+    pub next_gen: u32,
+    /// CRC salt of the queue's records.
+    pub salt: u32,
+}
+
+/// One live message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgEntry {
+    /// Message id.
+    pub id: u64,
+    /// Segment, offset and length of its record.
+    pub loc: (u32, u32, u32),
+    /// When it was accepted (unix seconds).
+    pub received: u32,
+    /// Recipient entries that follow.
+    pub rcpts: u16,
+}
+
+/// One recipient of a live message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RcptEntry {
+    /// Persisted state (`RcptState` as u8).
+    pub state: u8,
+    /// Attempts so far.
+    pub attempts: u16,
+    /// Next attempt (unix seconds).
+    pub next: u32,
+    /// Index into the checkpoint's key list.
+    pub bucket: u32,
+    /// 1-based index into its shard's reason list; 0 for none.
+    pub reason: u32,
+}
+
+/// Streams a checkpoint to a file in bounded pieces, checksumming as it goes.
+/// The first write error is kept and reported by [`Writer::finish`].
+pub struct Writer<'a> {
+    f: &'a dyn VFile,
+    buf: Vec<u8>,
+    off: u64,
+    crc: crc32fast::Hasher,
+    err: Option<std::io::Error>,
+}
+
+impl<'a> Writer<'a> {
+    /// Starts a checkpoint with its header.
+    pub fn new(f: &'a dyn VFile, h: &Header) -> Self {
+        let mut w = Writer {
+            f,
+            buf: Vec::with_capacity(SINK_CHUNK + 4096),
+            off: 0,
+            crc: crc32fast::Hasher::new(),
+            err: None,
+        };
+        w.buf.extend_from_slice(MAGIC);
+        w.u32(VERSION);
+        w.u32(0);
+        w.u64(h.pos);
+        w.u64(h.seq);
+        w.u32(h.next_gen);
+        w.u32(h.salt);
+        w
+    }
+
+    /// Writes a count (of keys, reasons or messages).
+    pub fn count(&mut self, n: u32) {
+        self.u32(n);
+    }
+
+    /// Writes a routing key or a reason text.
+    pub fn text(&mut self, s: &str) {
+        self.buf.put_short(s.as_bytes());
+        self.maybe_spill();
+    }
+
+    /// Writes a message entry; its recipient entries follow.
+    pub fn message(&mut self, m: &MsgEntry) {
+        self.u64(m.id);
+        self.u32(m.loc.0);
+        self.u32(m.loc.1);
+        self.u32(m.loc.2);
+        self.u32(m.received);
+        self.buf.extend_from_slice(&m.rcpts.to_le_bytes());
+    }
+
+    /// Writes a recipient entry.
+    pub fn rcpt(&mut self, r: &RcptEntry) {
+        self.buf.push(r.state);
+        self.buf.extend_from_slice(&r.attempts.to_le_bytes());
+        self.u32(r.next);
+        self.u32(r.bucket);
+        self.u32(r.reason);
+        self.maybe_spill();
+    }
+
+    /// Appends the checksum, length and end marker; returns the file length.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.spill();
+        let crc = self.crc.clone().finalize();
+        let total = self.off + TRAILER as u64;
+        self.u32(crc);
+        self.u64(total);
+        self.buf.extend_from_slice(END_MAGIC);
+        self.spill();
+        match self.err {
+            Some(e) => Err(e),
+            None => Ok(self.off),
+        }
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn spill(&mut self) {
+        self.crc.update(&self.buf);
+        if self.err.is_none() {
+            if let Err(e) = self.f.write_all_at(self.off, &self.buf) {
+                self.err = Some(e);
+            }
+        }
+        self.off += self.buf.len() as u64;
+        self.buf.clear();
+    }
+
+    fn maybe_spill(&mut self) {
+        if self.buf.len() >= SINK_CHUNK {
+            self.spill();
+        }
+    }
+}
+
+/// Why a checkpoint was not loaded.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// An intact checkpoint of another format version: refused, never replaced
+    /// by a silent full replay.
+    Version(u32),
+    /// Damaged or malformed: the log is replayed in full instead.
+    Damaged(String),
+}
+
+impl From<&str> for DecodeError {
+    fn from(s: &str) -> Self {
+        DecodeError::Damaged(s.to_string())
+    }
+}
+
+/// Reads a checkpoint whose frame (magic, length, checksum, version) checked out.
+pub struct Decoder<'a> {
+    r: Reader<'a>,
+}
+
+fn malformed() -> DecodeError {
+    DecodeError::from("malformed contents")
+}
+
+impl<'a> Decoder<'a> {
+    /// Checks the frame of a whole checkpoint file and reads its header.
+    pub fn open(buf: &'a [u8]) -> Result<(Header, Decoder<'a>), DecodeError> {
+        let n = buf.len();
+        if n < MAGIC.len() + 16 + 16 + TRAILER || &buf[..8] != MAGIC {
+            return Err(DecodeError::from(
+                "not a checkpoint (bad magic or too short)",
+            ));
+        }
+        if &buf[n - 8..] != END_MAGIC {
+            return Err(DecodeError::from("truncated (end marker missing)"));
+        }
+        let mut t = Reader::new(&buf[n - TRAILER..n - 8]);
+        let (crc, total) = (
+            t.u32().ok_or_else(malformed)?,
+            t.u64().ok_or_else(malformed)?,
+        );
+        if total != n as u64 {
+            return Err(DecodeError::Damaged(format!(
+                "length field {total} does not match file size {n}"
+            )));
+        }
+        let body = &buf[..n - TRAILER];
+        if crc32fast::hash(body) != crc {
+            return Err(DecodeError::from("checksum mismatch"));
+        }
+        let mut d = Decoder {
+            r: Reader::new(&body[MAGIC.len()..]),
+        };
+        let version = d.u32()?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        d.u32()?;
+        let h = Header {
+            pos: d.r.u64().ok_or_else(malformed)?,
+            seq: d.r.u64().ok_or_else(malformed)?,
+            next_gen: d.u32()?,
+            salt: d.u32()?,
+        };
+        Ok((h, d))
+    }
+
+    /// Reads a count (of keys, reasons or messages).
+    pub fn count(&mut self) -> Result<u32, DecodeError> {
+        self.u32()
+    }
+
+    /// Reads a routing key or a reason text.
+    pub fn text(&mut self) -> Result<&'a str, DecodeError> {
+        self.r.short_str().ok_or_else(malformed)
+    }
+
+    /// Reads a message entry.
+    pub fn message(&mut self) -> Result<MsgEntry, DecodeError> {
+        Ok(MsgEntry {
+            id: self.r.u64().ok_or_else(malformed)?,
+            loc: (self.u32()?, self.u32()?, self.u32()?),
+            received: self.u32()?,
+            rcpts: self.r.u16().ok_or_else(malformed)?,
+        })
+    }
+
+    /// Reads a recipient entry.
+    pub fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
+        Ok(RcptEntry {
+            state: self.r.u8().ok_or_else(malformed)?,
+            attempts: self.r.u16().ok_or_else(malformed)?,
+            next: self.u32()?,
+            bucket: self.u32()?,
+            reason: self.u32()?,
+        })
+    }
+
+    /// Checks that nothing follows the last entry.
+    pub fn end(&self) -> Result<(), DecodeError> {
+        if self.r.remaining() != 0 {
+            return Err(DecodeError::from("trailing bytes"));
+        }
+        Ok(())
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.r.u32().ok_or_else(malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::vfs::Vfs;
+    use crate::testing::simfs::SimFs;
+    use std::path::Path;
+
+    #[test]
+    fn entries_roundtrip_and_damage_is_detected() {
+        let fs = SimFs::new();
+        let f = fs.open(Path::new("/c"), true).unwrap();
+        let h = Header {
+            pos: 7,
+            seq: 9,
+            next_gen: 3,
+            salt: 5,
+        };
+        let m = MsgEntry {
+            id: 42,
+            loc: (1, 2, 3),
+            received: 4,
+            rcpts: 1,
+        };
+        let r = RcptEntry {
+            state: 2,
+            attempts: 3,
+            next: 4,
+            bucket: 0,
+            reason: 1,
+        };
+        let mut w = Writer::new(&*f, &h);
+        w.count(1);
+        w.text("example.com");
+        w.count(1);
+        w.text("451 try later");
+        w.count(1);
+        w.message(&m);
+        w.rcpt(&r);
+        let len = w.finish().unwrap();
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(0, &mut buf).unwrap();
+        let (h2, mut d) = Decoder::open(&buf).unwrap();
+        assert_eq!(h2, h);
+        assert_eq!(d.count().unwrap(), 1);
+        assert_eq!(d.text().unwrap(), "example.com");
+        assert_eq!(d.count().unwrap(), 1);
+        assert_eq!(d.text().unwrap(), "451 try later");
+        assert_eq!(d.count().unwrap(), 1);
+        assert_eq!(d.message().unwrap(), m);
+        assert_eq!(d.rcpt().unwrap(), r);
+        d.end().unwrap();
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(Decoder::open(&bad).is_err(), "flip at {i} detected");
+        }
+    }
+}
