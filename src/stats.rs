@@ -150,110 +150,41 @@ impl Stats {
             let _ = writeln!(s, "mailq_recipients{{state=\"{n}\"}} {c}");
         }
         let gauges = [
-            ("messages", "Live messages.", self.messages),
-            (
-                "oldest_age_seconds",
-                "Age of the oldest queued message.",
-                self.oldest_age,
-            ),
-            (
-                "corrupt",
-                "Damage findings (damaged records, missing segments, corrupt messages).",
-                self.corrupt,
-            ),
-            (
-                "index_bytes",
-                "Bytes of RAM held by the in-memory index.",
-                self.index_bytes,
-            ),
-            (
-                "poisoned",
-                "1 when the queue refuses writes after a storage failure.",
-                self.poisoned.is_some() as u64,
-            ),
+            self.messages,
+            self.oldest_age,
+            self.corrupt,
+            self.index_bytes,
+            self.poisoned.is_some() as u64,
         ];
-        for (n, h, v) in gauges {
-            let _ = writeln!(
-                s,
-                "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge\nmailq_{n} {v}"
-            );
-        }
         let counters = [
-            (
-                "accepted_messages_total",
-                "Messages accepted.",
-                self.accepted,
-            ),
-            (
-                "accepted_recipients_total",
-                "Recipients accepted.",
-                self.accepted_recipients,
-            ),
-            ("delivered_total", "Recipients delivered.", self.delivered),
-            ("deferred_total", "Temporary failures.", self.deferred),
-            ("failed_total", "Permanent failures.", self.failed),
-            ("expired_total", "Recipients expired.", self.expired),
-            ("bounced_total", "DSNs acknowledged.", self.bounced),
-            (
-                "site_failures_total",
-                "Destination (site) failures.",
-                self.site_failures,
-            ),
-            (
-                "lease_reclaims_total",
-                "Sessions reclaimed after their lease expired.",
-                self.lease_reclaims,
-            ),
-            ("fsyncs_total", "fdatasync calls on the log.", self.fsyncs),
-            ("group_commits_total", "Group commits.", self.commits),
-            (
-                "written_bytes_total",
-                "Bytes appended to the log.",
-                self.bytes_written,
-            ),
-            (
-                "checkpoints_total",
-                "Checkpoints written.",
-                self.checkpoints,
-            ),
+            self.accepted,
+            self.accepted_recipients,
+            self.delivered,
+            self.deferred,
+            self.failed,
+            self.expired,
+            self.bounced,
+            self.site_failures,
+            self.lease_reclaims,
+            self.fsyncs,
+            self.commits,
+            self.bytes_written,
+            self.checkpoints,
         ];
-        for (n, h, v) in counters {
-            let _ = writeln!(
-                s,
-                "# HELP mailq_{n} {h}\n# TYPE mailq_{n} counter\nmailq_{n} {v}"
-            );
-        }
-        type Col = (&'static str, &'static str, fn(&BucketStats) -> u64);
-        let per_bucket: [Col; 6] = [
-            ("bucket_depth", "Queued recipients per destination.", |b| {
-                b.depth()
-            }),
-            ("bucket_ready", "Ready recipients per destination.", |b| {
-                b.ready
-            }),
-            (
-                "bucket_deferred",
-                "Deferred recipients per destination.",
-                |b| b.deferred,
-            ),
-            (
-                "bucket_inflight",
-                "Recipients in flight per destination.",
-                |b| b.inflight,
-            ),
-            ("bucket_sessions", "Open sessions per destination.", |b| {
-                b.sessions
-            }),
-            (
-                "bucket_window",
-                "Concurrency window per destination.",
-                |b| b.window,
-            ),
-        ];
-        for (n, h, f) in per_bucket {
+        write_family(&mut s, "gauge", &GAUGES, &gauges);
+        write_family(&mut s, "counter", &COUNTERS, &counters);
+        for (i, (n, h)) in BUCKET_GAUGES.iter().enumerate() {
             let _ = writeln!(s, "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge");
             for b in &self.buckets {
-                let _ = writeln!(s, "mailq_{n}{{key=\"{}\"}} {}", escape(&b.key), f(b));
+                let v = [
+                    b.depth(),
+                    b.ready,
+                    b.deferred,
+                    b.inflight,
+                    b.sessions,
+                    b.window,
+                ][i];
+                let _ = writeln!(s, "mailq_{n}{{key=\"{}\"}} {v}", escape(&b.key));
             }
         }
         s
@@ -286,6 +217,61 @@ impl Stats {
             row(&mut s, &b.key, &b.ages);
         }
         s
+    }
+}
+
+/// Gauges: (name after `mailq_`, help), in the order `prometheus` lists values.
+const GAUGES: [(&str, &str); 5] = [
+    ("messages", "Live messages."),
+    ("oldest_age_seconds", "Age of the oldest queued message."),
+    (
+        "corrupt",
+        "Damage findings (damaged records, missing segments, corrupt messages).",
+    ),
+    ("index_bytes", "Bytes of RAM held by the in-memory index."),
+    (
+        "poisoned",
+        "1 when the queue refuses writes after a storage failure.",
+    ),
+];
+
+/// Counters, likewise.
+const COUNTERS: [(&str, &str); 13] = [
+    ("accepted_messages_total", "Messages accepted."),
+    ("accepted_recipients_total", "Recipients accepted."),
+    ("delivered_total", "Recipients delivered."),
+    ("deferred_total", "Temporary failures."),
+    ("failed_total", "Permanent failures."),
+    ("expired_total", "Recipients expired."),
+    ("bounced_total", "DSNs acknowledged."),
+    ("site_failures_total", "Destination (site) failures."),
+    (
+        "lease_reclaims_total",
+        "Sessions reclaimed after their lease expired.",
+    ),
+    ("fsyncs_total", "fdatasync calls on the log."),
+    ("group_commits_total", "Group commits."),
+    ("written_bytes_total", "Bytes appended to the log."),
+    ("checkpoints_total", "Checkpoints written."),
+];
+
+/// Per-destination gauges (label `key`), likewise.
+const BUCKET_GAUGES: [(&str, &str); 6] = [
+    ("bucket_depth", "Queued recipients per destination."),
+    ("bucket_ready", "Ready recipients per destination."),
+    ("bucket_deferred", "Deferred recipients per destination."),
+    ("bucket_inflight", "Recipients in flight per destination."),
+    ("bucket_sessions", "Open sessions per destination."),
+    ("bucket_window", "Concurrency window per destination."),
+];
+
+/// Writes one unlabelled metric per (name, help) with its value.
+fn write_family(s: &mut String, kind: &str, names: &[(&str, &str)], values: &[u64]) {
+    for ((n, h), v) in names.iter().zip(values) {
+        let _ = writeln!(
+            s,
+            "# HELP mailq_{n} {h}\n# TYPE mailq_{n} {kind}\nmailq_{n} {v}"
+        );
     }
 }
 

@@ -54,12 +54,7 @@ impl Builder {
         total: usize,
     ) {
         let Some(m) = record::decode_message(payload) else {
-            self.report.damaged.push(Damage {
-                segment: seg,
-                offset: off,
-                len: total as u64,
-                reason: "message record does not decode".into(),
-            });
+            self.damaged(seg, off, total, "message record does not decode");
             return;
         };
         let id = MessageId(m.id);
@@ -116,12 +111,7 @@ impl Builder {
 
     pub(super) fn apply_update(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
         let Some(u) = record::decode_update(payload) else {
-            self.report.damaged.push(Damage {
-                segment: seg,
-                offset: off,
-                len: total as u64,
-                reason: "update record does not decode".into(),
-            });
+            self.damaged(seg, off, total, "update record does not decode");
             return;
         };
         let id = MessageId(u.id);
@@ -166,6 +156,16 @@ impl Builder {
             // An empty reason means "unchanged" (operator actions, requeues).
             ms.set_reason_text(rid, u.reason);
         }
+    }
+
+    /// Reports a record that passed its checksum but does not decode.
+    fn damaged(&mut self, seg: u32, off: u64, total: usize, why: &str) {
+        self.report.damaged.push(Damage {
+            segment: seg,
+            offset: off,
+            len: total as u64,
+            reason: why.into(),
+        });
     }
 
     pub(super) fn good(&mut self, seq: u64) {

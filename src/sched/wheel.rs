@@ -215,6 +215,13 @@ impl Wheel {
 mod tests {
     use super::*;
 
+    /// What advancing the wheel to `t` hands out.
+    fn step(w: &mut Wheel, t: u32) -> Vec<RcptRef> {
+        let mut out = vec![];
+        w.advance(t, &mut out);
+        out
+    }
+
     #[test]
     fn wheel_fires_in_order_and_wraps() {
         let mut w = Wheel::new(1000);
@@ -222,31 +229,20 @@ mod tests {
         w.insert(1000 + 5000, 2);
         w.insert(999, 3);
         assert_eq!(w.next_due(), Some(999), "already due");
-        let mut out = vec![];
-        w.advance(1004, &mut out);
-        assert_eq!(out, vec![3]);
+        assert_eq!(step(&mut w, 1004), vec![3]);
         assert_eq!(w.next_due(), Some(1005));
-        out.clear();
-        w.advance(1005, &mut out);
-        assert_eq!(out, vec![1]);
-        out.clear();
-        w.advance(5999, &mut out);
-        assert!(out.is_empty());
-        w.advance(6000, &mut out);
-        assert_eq!(out, vec![2]);
+        assert_eq!(step(&mut w, 1005), vec![1]);
+        assert!(step(&mut w, 5999).is_empty());
+        assert_eq!(step(&mut w, 6000), vec![2]);
         assert!(w.is_empty());
         assert_eq!(w.next_due(), None);
         w.insert(100_000, 9);
-        out.clear();
-        w.advance(200_000, &mut out);
-        assert_eq!(out, vec![9]);
+        assert_eq!(step(&mut w, 200_000), vec![9]);
         // Inserted in the past after the wheel moved on: due at the next advance,
         // even within the same second, and reported at its own time.
         w.insert(150_000, 10);
         assert_eq!(w.next_due(), Some(150_000));
-        out.clear();
-        w.advance(200_000, &mut out);
-        assert_eq!(out, vec![10]);
+        assert_eq!(step(&mut w, 200_000), vec![10]);
     }
 
     /// Drains the wheel second by second over `from..=to`, returning (time, ref) fired.
@@ -314,8 +310,7 @@ mod tests {
         out.clear();
         w.advance(back + 59, &mut out);
         assert!(out.is_empty(), "not a second early");
-        w.advance(back + 60, &mut out);
-        assert_eq!(out, vec![7]);
+        assert_eq!(step(&mut w, back + 60), vec![7]);
         assert!(w.is_empty());
     }
 
@@ -330,15 +325,11 @@ mod tests {
         assert!(w.observe(5_000), "an hour and more back: rebase");
         assert_eq!(w.next_due(), Some(9_000));
         assert_eq!(sorted(w.entries().collect()), vec![(9_000, 2), (10_050, 1)]);
-        w.advance(8_999, &mut out);
-        assert!(out.is_empty());
-        w.advance(9_000, &mut out);
-        assert_eq!(out, vec![2]);
+        assert!(step(&mut w, 8_999).is_empty());
+        assert_eq!(step(&mut w, 9_000), vec![2]);
         out.clear();
-        w.advance(10_049, &mut out);
-        assert!(out.is_empty());
-        w.advance(10_050, &mut out);
-        assert_eq!(out, vec![1]);
+        assert!(step(&mut w, 10_049).is_empty());
+        assert_eq!(step(&mut w, 10_050), vec![1]);
     }
 
     #[test]
@@ -371,18 +362,15 @@ mod tests {
         // Then back before everything, a new entry 20 s later, then forward past
         // the horizon again to exactly 5's time.
         out.clear();
-        w.advance(t0, &mut out);
-        assert!(out.is_empty());
+        assert!(step(&mut w, t0).is_empty());
         w.insert(t0 + 20, 6);
         assert_eq!(w.next_due(), Some(t0 + 20));
         w.advance(t0 + 19, &mut out);
         assert!(out.is_empty(), "not before its time: {out:?}");
-        w.advance(t0 + 10 * WHEEL_SLOTS - 1, &mut out);
-        assert_eq!(out, vec![6]);
+        assert_eq!(step(&mut w, t0 + 10 * WHEEL_SLOTS - 1), vec![6]);
         assert_eq!(w.next_due(), Some(t0 + 10 * WHEEL_SLOTS));
         out.clear();
-        w.advance(t0 + 10 * WHEEL_SLOTS, &mut out);
-        assert_eq!(out, vec![5]);
+        assert_eq!(step(&mut w, t0 + 10 * WHEEL_SLOTS), vec![5]);
         assert!(w.is_empty());
     }
 

@@ -462,25 +462,18 @@ mod tests {
 
     #[test]
     fn overlay_layers_come_from_the_containing_overlay_mount() {
+        let layers = |at: &str| overlay_layers(MOUNTINFO, Path::new(at));
+        let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
         assert_eq!(
-            overlay_layers(MOUNTINFO, Path::new("/srv/queue")),
-            vec![
-                PathBuf::from("/mnt/nfs/upper"),
-                PathBuf::from("/var/lib/l/A"),
-                PathBuf::from("/var/lib/l/B:c"),
-            ]
+            layers("/srv/queue"),
+            paths(&["/mnt/nfs/upper", "/var/lib/l/A", "/var/lib/l/B:c"])
         );
         // A deeper mount wins, and it is not an overlay.
         assert!(overlay_layers(MOUNTINFO, Path::new("/data/q")).is_empty());
         // Octal-escaped mount point; lowerdir+= / datadir+= (new mount API).
         assert_eq!(
-            overlay_layers(MOUNTINFO, Path::new("/my spool/q")),
-            vec![
-                PathBuf::from("/up"),
-                PathBuf::from("/lo1"),
-                PathBuf::from("/lo2"),
-                PathBuf::from("/data1"),
-            ]
+            layers("/my spool/q"),
+            paths(&["/up", "/lo1", "/lo2", "/data1"])
         );
         // "/datax" is not under "/data".
         assert_eq!(overlay_layers(MOUNTINFO, Path::new("/datax")).len(), 3);
@@ -499,56 +492,32 @@ mod tests {
         }
     }
 
+    /// What `detect_network_fs` says of `path` with mountinfo from `mountinfo`.
+    fn detect(path: &str, mountinfo: &dyn Fn() -> io::Result<String>) -> Option<String> {
+        detect_network_fs(Path::new(path), &fake_statfs, mountinfo, &|p| {
+            Ok(p.to_path_buf())
+        })
+        .unwrap()
+    }
+
     #[test]
     fn overlay_with_a_layer_on_nfs_is_reported() {
-        let found = detect_network_fs(
-            Path::new("/srv/queue"),
-            &fake_statfs,
-            &|| Ok(MOUNTINFO.to_string()),
-            &|p| Ok(p.to_path_buf()),
-        )
-        .unwrap();
+        let found = detect("/srv/queue", &|| Ok(MOUNTINFO.to_string()));
         assert_eq!(found.as_deref(), Some("overlay over NFS"));
     }
 
     #[test]
     fn overlay_on_local_or_unreachable_layers_is_local() {
         let local = MOUNTINFO.replace("/mnt/nfs/upper", "/var/upper");
-        let found = detect_network_fs(
-            Path::new("/srv/queue"),
-            &fake_statfs,
-            &|| Ok(local.clone()),
-            &|p| Ok(p.to_path_buf()),
-        )
-        .unwrap();
-        assert_eq!(found, None);
+        assert_eq!(detect("/srv/queue", &|| Ok(local.clone())), None);
         // Layers in another mount namespace (containers): not found, not network.
         let gone = MOUNTINFO.replace("/mnt/nfs/upper", "/gone/upper");
-        let found = detect_network_fs(
-            Path::new("/srv/queue"),
-            &fake_statfs,
-            &|| Ok(gone.clone()),
-            &|p| Ok(p.to_path_buf()),
-        )
-        .unwrap();
-        assert_eq!(found, None);
+        assert_eq!(detect("/srv/queue", &|| Ok(gone.clone())), None);
         // No mountinfo: cannot tell, so local.
-        let found = detect_network_fs(
-            Path::new("/srv/queue"),
-            &fake_statfs,
-            &|| Err(io::Error::from(io::ErrorKind::NotFound)),
-            &|p| Ok(p.to_path_buf()),
-        )
-        .unwrap();
-        assert_eq!(found, None);
+        let missing = || Err(io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(detect("/srv/queue", &missing), None);
         // A plain network filesystem needs no mountinfo at all.
-        let found = detect_network_fs(
-            Path::new("/mnt/nfs/q"),
-            &fake_statfs,
-            &|| panic!("mountinfo read for a non-overlay"),
-            &|p| Ok(p.to_path_buf()),
-        )
-        .unwrap();
+        let found = detect("/mnt/nfs/q", &|| panic!("mountinfo read for a non-overlay"));
         assert_eq!(found.as_deref(), Some("NFS"));
     }
 
