@@ -48,7 +48,7 @@ pub const MAX_ATTEMPTS: u16 = (1 << 12) - 1;
 pub const F_BOUNCE_TAKEN: u8 = 1;
 /// The attempt ended and the recipient was re-routed: its state, attempts, next
 /// time and bucket are final in the index, but it has not yet joined the new
-/// bucket's queues and counters (see `Inner::apply_moves`).
+/// bucket's queues and counters (see `Engine::apply_moves`).
 pub const F_MOVING: u8 = 2;
 
 impl Rcpt {

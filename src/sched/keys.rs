@@ -1,5 +1,5 @@
 //! Interned routing keys: O(1) hashed lookup from key to bucket id. Ids of
-//! buckets freed by [`crate::engine::Engine::gc_buckets`] are reused, lowest
+//! buckets freed (by the engine, at a checkpoint) are reused, lowest
 //! first, so the id space (and every per-id vector) stays as small as the
 //! number of destinations that are live at once.
 

@@ -1,4 +1,5 @@
-//! The append-only log: segment files, group commit, zero-copy reads.
+//! The append-only log: segment files, group commit, bounded `pread` reads
+//! with read-ahead. Depends on `storage::vfs`, `storage::record` and `types`.
 //!
 //! Appenders frame their records into a private buffer without any lock, then
 //! take the log mutex only to reserve a position, stamp sequence numbers and
