@@ -175,59 +175,21 @@ impl Builder {
 
     /// Replays one segment from `start`; returns the valid end.
     pub(super) fn replay(&mut self, seg: u32, data: &[u8], start: usize, is_last: bool) -> usize {
-        let mut off = start;
-        if start > 0 {
-            if let Ok(f) = record::parse(data, self.salt) {
-                if let Some((v, _, _)) = record::parse_segment_header(f.payload) {
-                    if v != record::FORMAT_VERSION {
-                        self.foreign.get_or_insert((seg, v));
-                        return 0;
-                    }
-                }
-            }
-        }
-        if start == 0 {
-            match record::parse(data, self.salt) {
-                Ok(f) if f.kind == Kind::SegmentHeader => {
-                    let h = record::parse_segment_header(f.payload);
-                    if let Some((v, _, _)) = h.filter(|h| h.0 != record::FORMAT_VERSION) {
-                        self.foreign.get_or_insert((seg, v));
-                        return 0;
-                    }
-                    if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
-                        self.report.damaged.push(Damage {
-                            segment: seg,
-                            offset: 0,
-                            len: f.total as u64,
-                            reason: "segment header names another segment or queue".into(),
-                        });
-                    }
-                    self.good(f.seq);
-                    off = f.total;
-                }
-                _ => {
-                    if is_last && resync(data, 0, self.salt, self.last_seq).is_none() {
-                        self.report.torn_tail_bytes += data.len() as u64;
-                        return 0;
-                    }
-                    // Damaged header: fall through to the generic scan, which reports it.
-                }
-            }
-        }
+        let mut off = match self.segment_start(seg, data, start, is_last) {
+            Ok(off) => off,
+            Err(end) => return end,
+        };
         while off < data.len() {
             match record::parse(&data[off..], self.salt) {
                 Ok(f) if f.seq > self.last_seq => {
                     self.report.records_replayed += 1;
                     self.report.bytes_replayed += f.total as u64;
                     self.good(f.seq);
+                    let at = off as u64;
                     match f.kind {
-                        Kind::Message => {
-                            self.apply_message(false, f.payload, seg, off as u64, f.total)
-                        }
-                        Kind::MessageCopy => {
-                            self.apply_message(true, f.payload, seg, off as u64, f.total)
-                        }
-                        Kind::RcptUpdate => self.apply_update(f.payload, seg, off as u64, f.total),
+                        Kind::Message => self.apply_message(false, f.payload, seg, at, f.total),
+                        Kind::MessageCopy => self.apply_message(true, f.payload, seg, at, f.total),
+                        Kind::RcptUpdate => self.apply_update(f.payload, seg, at, f.total),
                         Kind::SegmentHeader => {}
                     }
                     off += f.total;
@@ -237,39 +199,100 @@ impl Builder {
                         Ok(_) => "sequence number goes backwards".to_string(),
                         Err(e) => format!("{e:?}"),
                     };
-                    match resync(data, off, self.salt, self.last_seq) {
-                        None if is_last => {
-                            // A torn or zero tail: the last batch never became durable.
-                            self.report.torn_tail_bytes += (data.len() - off) as u64;
-                            return off;
-                        }
-                        None => {
-                            // A sealed segment was fully synced before its successor
-                            // existed, so a bad tail here is damage, not a torn write.
-                            self.report.damaged.push(Damage {
-                                segment: seg,
-                                offset: off as u64,
-                                len: (data.len() - off) as u64,
-                                reason: format!("{e} in sealed segment"),
-                            });
-                            self.note_suspect(data, off);
-                            return data.len();
-                        }
-                        Some(n) => {
-                            self.report.damaged.push(Damage {
-                                segment: seg,
-                                offset: off as u64,
-                                len: (n - off) as u64,
-                                reason: e,
-                            });
-                            self.note_suspect(data, off);
-                            off = n;
-                        }
+                    match self.skip_damage(seg, data, off, is_last, e) {
+                        Some(next) => off = next,
+                        None => return if is_last { off } else { data.len() },
                     }
                 }
             }
         }
         off
+    }
+
+    /// Checks where replay of a segment starts: a foreign format version stops
+    /// recovery; the segment header is checked at offset 0 (a torn first record of
+    /// the last segment ends it). `Err(end)` ends the segment at once.
+    fn segment_start(
+        &mut self,
+        seg: u32,
+        data: &[u8],
+        start: usize,
+        is_last: bool,
+    ) -> Result<usize, usize> {
+        let head = record::parse(data, self.salt);
+        // From offset 0 only a segment header names a version; from a checkpoint
+        // position, whatever record starts the file is checked.
+        let version = head
+            .as_ref()
+            .ok()
+            .filter(|f| start > 0 || f.kind == Kind::SegmentHeader)
+            .and_then(|f| record::parse_segment_header(f.payload))
+            .map(|h| h.0);
+        if let Some(v) = version.filter(|&v| v != record::FORMAT_VERSION) {
+            self.foreign.get_or_insert((seg, v));
+            return Err(0);
+        }
+        if start > 0 {
+            return Ok(start);
+        }
+        match head {
+            Ok(f) if f.kind == Kind::SegmentHeader => {
+                let h = record::parse_segment_header(f.payload);
+                if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
+                    self.report.damaged.push(Damage {
+                        segment: seg,
+                        offset: 0,
+                        len: f.total as u64,
+                        reason: "segment header names another segment or queue".into(),
+                    });
+                }
+                self.good(f.seq);
+                Ok(f.total)
+            }
+            _ if is_last && resync(data, 0, self.salt, self.last_seq).is_none() => {
+                self.report.torn_tail_bytes += data.len() as u64;
+                Err(0)
+            }
+            // Damaged header: the generic scan reports it.
+            _ => Ok(0),
+        }
+    }
+
+    /// A record at `off` failed (`e`): reports the damage and returns where replay
+    /// resumes, or `None` when nothing valid follows (then the rest of the last
+    /// segment is a torn tail, and the rest of a sealed one is damage).
+    fn skip_damage(
+        &mut self,
+        seg: u32,
+        data: &[u8],
+        off: usize,
+        is_last: bool,
+        e: String,
+    ) -> Option<usize> {
+        let next = resync(data, off, self.salt, self.last_seq);
+        match next {
+            None if is_last => {
+                // A torn or zero tail: the last batch never became durable.
+                self.report.torn_tail_bytes += (data.len() - off) as u64;
+                return None;
+            }
+            // A sealed segment was fully synced before its successor existed, so a
+            // bad tail here is damage, not a torn write.
+            None => self.report.damaged.push(Damage {
+                segment: seg,
+                offset: off as u64,
+                len: (data.len() - off) as u64,
+                reason: format!("{e} in sealed segment"),
+            }),
+            Some(n) => self.report.damaged.push(Damage {
+                segment: seg,
+                offset: off as u64,
+                len: (n - off) as u64,
+                reason: e,
+            }),
+        }
+        self.note_suspect(data, off);
+        next
     }
 
     /// A damaged record that still looks like a message: report the id it names.
