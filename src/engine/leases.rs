@@ -123,7 +123,12 @@ impl Engine {
         }
         self.apply_moves();
         self.wake_if(rang);
-        let _ = self.after_write();
+        // A failed sync poisons the queue (reported by later calls); maintenance
+        // still runs and records its own failure.
+        let _ = self.sync_if_due();
+        if self.opts.auto_maintenance {
+            self.maybe_maintain();
+        }
         rang
     }
 
@@ -351,8 +356,9 @@ impl Lease {
         let Some(i) = ss.buckets[bl as usize].slot(self.token) else {
             return Ok(()); // reclaimed by the lease deadline already
         };
-        let mut rang = q.return_slot_leased(&mut ss, bl, i, None, now);
-        ss.buckets[bl as usize].slots.swap_remove(i);
+        // The slot goes first: the bucket may take another session at once.
+        let slot = ss.buckets[bl as usize].slots.swap_remove(i);
+        let mut rang = q.return_leased(&mut ss, &slot.leased, slot.leased_msg, now);
         if let Some(reason) = site {
             bump(&q.counters.site_failures, 1);
             let (min, max) = policy::backoff_bounds(&q.opts);

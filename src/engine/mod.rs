@@ -102,8 +102,9 @@ impl Engine {
     /// Opens (or creates) the queue in `dir`: recovery, then the log continues
     /// where it ended.
     pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Engine>> {
+        let t0 = std::time::Instant::now();
         crate::validate::options(&opts)?;
-        let r = recovery::open(dir, &opts, now32(&opts))?;
+        let mut r = recovery::open(dir, &opts, now32(&opts))?;
         let salt = r.log.salt;
         let log = Log::open(
             opts.vfs.clone(),
@@ -114,6 +115,7 @@ impl Engine {
             opts.outcome_sync_bytes,
             opts.clock.clone(),
         )?;
+        r.report.duration = t0.elapsed();
         let q = Arc::new(Engine {
             dir: dir.to_path_buf(),
             log,

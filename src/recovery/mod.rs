@@ -71,7 +71,7 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
     report_lost_messages(&mut b, &segs);
     b.schedule(now);
     let mut report = b.report;
-    report.duration = t0.elapsed();
+    report.duration = t0.elapsed(); // the engine adds opening the log
     Ok(Recovered {
         msgs: b.msgs,
         sched: b.sched,

@@ -198,7 +198,9 @@ impl<'a> Decoder<'a> {
     /// Checks the frame of a whole checkpoint file and reads its header.
     pub fn open(buf: &'a [u8]) -> Result<(Header, Decoder<'a>), DecodeError> {
         let n = buf.len();
-        if n < MAGIC.len() + 16 + 16 + TRAILER || &buf[..8] != MAGIC {
+        // The shortest buffer whose frame can be checked (contents may still
+        // prove malformed): magic, version and header words, end marker.
+        if n < MAGIC.len() + 16 + 8 + 8 || &buf[..8] != MAGIC {
             return Err(DecodeError::from(
                 "not a checkpoint (bad magic or too short)",
             ));
