@@ -15,6 +15,7 @@ mod check;
 mod checkpoint;
 mod dir;
 pub mod error;
+#[doc(hidden)]
 pub mod ffi;
 mod index;
 mod keys;
