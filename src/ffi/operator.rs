@@ -1,0 +1,186 @@
+//! Operator actions: hold, release, delete, flush, suspend, resume, limits and
+//! re-routing, by message id or by routing key. Depends on `boundary`,
+//! `status`, `handle` and `ptr`.
+
+use super::boundary::with_queue;
+use super::handle::mailq;
+use super::ptr::{text, write_opt};
+use super::status::{fail, mailq_status, mailq_status::*, Fail};
+use crate::types::MessageId;
+use crate::Queue;
+use std::ffi::c_char;
+
+/// Runs `action` on message `id`; `*changed` (when not NULL) gets its count.
+///
+/// # Safety
+/// `changed` is NULL or writable.
+unsafe fn by_id(
+    q: *mut mailq,
+    id: u64,
+    changed: *mut usize,
+    action: fn(&Queue, MessageId) -> crate::Result<usize>,
+) -> mailq_status {
+    // SAFETY: forwarded from this function's contract.
+    with_queue(q, |qq| unsafe {
+        write_opt(changed, action(qq, MessageId(id))?)
+    })
+}
+
+/// [`with_queue`] for a call on routing key `key`.
+///
+/// # Safety
+/// `key` is NULL or a NUL-terminated string.
+unsafe fn with_key(
+    q: *mut mailq,
+    key: *const c_char,
+    body: impl FnOnce(&Queue, &str) -> Result<(), Fail>,
+) -> mailq_status {
+    with_queue(q, |qq| {
+        // SAFETY: forwarded from this function's contract.
+        let key = unsafe { text(key, "key") }?;
+        body(qq, key)
+    })
+}
+
+/// Runs `action` on routing key `key`; `*changed` (when not NULL) gets its count.
+///
+/// # Safety
+/// `key` is NULL or a NUL-terminated string; `changed` is NULL or writable.
+unsafe fn by_key(
+    q: *mut mailq,
+    key: *const c_char,
+    changed: *mut usize,
+    action: fn(&Queue, &str) -> crate::Result<usize>,
+) -> mailq_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { with_key(q, key, |qq, key| write_opt(changed, action(qq, key)?)) }
+}
+
+/// Holds every waiting recipient of a message; `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_hold(q: *mut mailq, id: u64, changed: *mut usize) -> mailq_status {
+    // SAFETY: `changed` is NULL or writable (header contract).
+    unsafe { by_id(q, id, changed, Queue::hold) }
+}
+
+/// Releases a held message: its recipients become ready; `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_release(
+    q: *mut mailq,
+    id: u64,
+    changed: *mut usize,
+) -> mailq_status {
+    // SAFETY: `changed` is NULL or writable (header contract).
+    unsafe { by_id(q, id, changed, Queue::release) }
+}
+
+/// Deletes a message (no DSN); `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_delete(q: *mut mailq, id: u64, changed: *mut usize) -> mailq_status {
+    // SAFETY: `changed` is NULL or writable (header contract).
+    unsafe { by_id(q, id, changed, Queue::delete) }
+}
+
+/// Holds every waiting recipient routed to `key`; `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_hold_bucket(
+    q: *mut mailq,
+    key: *const c_char,
+    changed: *mut usize,
+) -> mailq_status {
+    // SAFETY: `key` is a string and `changed` NULL or writable (header contract).
+    unsafe { by_key(q, key, changed, Queue::hold_bucket) }
+}
+
+/// Releases every held recipient routed to `key`; `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_release_bucket(
+    q: *mut mailq,
+    key: *const c_char,
+    changed: *mut usize,
+) -> mailq_status {
+    // SAFETY: `key` is a string and `changed` NULL or writable (header contract).
+    unsafe { by_key(q, key, changed, Queue::release_bucket) }
+}
+
+/// Makes the deferred recipients of `key` ready now; `*changed` (may be NULL) gets the count.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_flush_bucket(
+    q: *mut mailq,
+    key: *const c_char,
+    changed: *mut usize,
+) -> mailq_status {
+    // SAFETY: `key` is a string and `changed` NULL or writable (header contract).
+    unsafe { by_key(q, key, changed, Queue::flush_bucket) }
+}
+
+/// Makes every deferred recipient ready now (and revives dead destinations).
+#[no_mangle]
+pub unsafe extern "C" fn mailq_flush(q: *mut mailq, changed: *mut usize) -> mailq_status {
+    // SAFETY: `changed` is NULL or writable (header contract).
+    with_queue(q, |qq| unsafe { write_opt(changed, qq.flush()?) })
+}
+
+/// Suspends a destination (no new sessions) until `mailq_resume`.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_suspend(q: *mut mailq, key: *const c_char) -> mailq_status {
+    // SAFETY: `key` is a NUL-terminated string (header contract).
+    unsafe { with_key(q, key, |qq, key| Ok(qq.suspend(key)?)) }
+}
+
+/// Resumes a suspended destination.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_resume(q: *mut mailq, key: *const c_char) -> mailq_status {
+    // SAFETY: `key` is a NUL-terminated string (header contract).
+    unsafe { with_key(q, key, |qq, key| Ok(qq.resume(key)?)) }
+}
+
+/// Sets the concurrency limit of one destination.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_set_concurrency_limit(
+    q: *mut mailq,
+    key: *const c_char,
+    limit: u16,
+) -> mailq_status {
+    // SAFETY: `key` is a NUL-terminated string (header contract).
+    unsafe { with_key(q, key, |qq, key| Ok(qq.set_concurrency_limit(key, limit)?)) }
+}
+
+/// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
+#[no_mangle]
+pub unsafe extern "C" fn mailq_reroute(
+    q: *mut mailq,
+    from: *const c_char,
+    to: *const c_char,
+    changed: *mut usize,
+) -> mailq_status {
+    with_queue(q, |qq| {
+        // SAFETY: `from` and `to` are NUL-terminated strings, `changed` NULL or
+        // writable (header contract).
+        unsafe {
+            let (from, to) = (text(from, "from")?, text(to, "to")?);
+            write_opt(changed, qq.reroute(from, to)?)
+        }
+    })
+}
+
+/// Re-routes one recipient of a message to routing key `to` (persisted).
+#[no_mangle]
+pub unsafe extern "C" fn mailq_reroute_recipient(
+    q: *mut mailq,
+    id: u64,
+    index: u32,
+    to: *const c_char,
+) -> mailq_status {
+    with_queue(q, |qq| {
+        // SAFETY: `to` is a NUL-terminated string (header contract).
+        let to = unsafe { text(to, "to") }?;
+        if !qq.reroute_recipient(MessageId(id), index, to)? {
+            return fail(
+                MAILQ_ERR_NOT_FOUND,
+                "recipient is not waiting (in flight, final, or already there)",
+            );
+        }
+        Ok(())
+    })
+}
