@@ -108,7 +108,7 @@ pub(crate) fn apply_change(
     let bl = local_of(r.bucket());
     ss.buckets[bl as usize].shift(r.state(), ch.state);
     set_fields(ms, rid, ch);
-    let rr = rref(mshard, rid);
+    let rr = RcptRef::new(mshard, rid);
     match ch.state {
         RcptState::Ready => {
             ss.buckets[bl as usize].push_ready(rr);

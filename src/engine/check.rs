@@ -258,7 +258,7 @@ impl<'a> View<'a> {
                 st.name()
             ));
         }
-        let rr = rref(s, rid);
+        let rr = RcptRef::new(s, rid);
         let moving = r.flags() & F_MOVING != 0;
         match self.moved.get(&(s, rid)) {
             Some(&to) if moving && to == b => return Ok(None),

@@ -124,7 +124,7 @@ impl Lease {
                 return Ok(None);
             };
             let slot = &mut ss.buckets[bl as usize].slots[si];
-            slot.leased = t.rids.iter().map(|&r| rref(t.mshard, r)).collect();
+            slot.leased = t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)).collect();
             slot.leased_msg = t.id();
             return Ok(Some(t));
         }
@@ -137,7 +137,7 @@ impl Lease {
         let q = &self.q;
         let max = q.opts.batch_recipients.max(1);
         while let Some(rr) = ss.buckets[bl as usize].ready.pop_front() {
-            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let (msh, rid) = (rr.shard(), rr.local());
             let mut ms = q.msgs[msh].lock();
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;

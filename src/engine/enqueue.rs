@@ -6,7 +6,7 @@ use super::change::{apply_change, Change};
 use super::{bump, Engine};
 use crate::error::{Error, Result};
 use crate::index::*;
-use crate::storage::log::{pos_off, pos_seg, Batch};
+use crate::storage::log::Batch;
 use crate::storage::record::{self, Kind};
 use crate::types::*;
 use crate::validate;
@@ -119,7 +119,7 @@ impl Engine {
         }
         let (at, end) = self.log.append(batch)?;
         self.log.sync_to(end)?;
-        Ok((pos_seg(at), pos_off(at) as u32, rec_len))
+        Ok((at.seg(), at.off() as u32, rec_len))
     }
 
     /// Makes a new message's recipients visible to the scheduler, one sched shard

@@ -153,7 +153,7 @@ impl Engine {
         let mut due = Vec::new();
         ss.wheel.advance(now, &mut due);
         for rr in due {
-            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let (msh, rid) = (rr.shard(), rr.local());
             let mut ms = self.msgs[msh].lock();
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;
@@ -211,7 +211,7 @@ impl Engine {
         let mut rang = false;
         let local = local_of(id.slot());
         for &rr in leased {
-            let (msh, rid) = (rref_shard(rr), rref_local(rr));
+            let (msh, rid) = (rr.shard(), rr.local());
             let mut ms = self.msgs[msh].lock();
             if ms.get(local, id.gen()).is_none() {
                 continue;

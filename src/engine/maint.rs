@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::index::*;
 use crate::sched::Keys;
 use crate::storage::checkpoint::{Header, MsgEntry, RcptEntry, Writer, CHECKPOINT, CHECKPOINT_TMP};
-use crate::storage::log::{parse_segment_name, pos_off, pos_seg, Batch, Pos};
+use crate::storage::log::{parse_segment_name, Batch, Pos};
 use crate::storage::record::Kind;
 use crate::types::{MessageId, RcptState};
 use std::collections::HashMap;
@@ -118,7 +118,7 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
         m.buckets_freed += q.gc_buckets() as u64;
         let (pos, seq) = q.log.end_and_seq();
         let h = Header {
-            pos,
+            pos: pos.to_raw(),
             seq,
             next_gen: q.next_gen.load(Ordering::Relaxed),
             salt: q.salt,
@@ -159,7 +159,7 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
 /// no live message in it: `live` are the counts at the checkpoint's position,
 /// never the in-memory ones, which may include completions not yet synced.
 fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
-    let limit = pos_seg(m.last_pos).min(q.log.active_segment());
+    let limit = m.last_pos.seg().min(q.log.active_segment());
     let mut segs: Vec<u32> = q
         .opts
         .vfs
@@ -217,7 +217,7 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
         }
         let (at, _) = q.log.append(batch)?;
         drop(ms);
-        copies.push(((s, l, gen), (pos_seg(at), pos_off(at) as u32, len)));
+        copies.push(((s, l, gen), (at.seg(), at.off() as u32, len)));
     }
     q.log.sync_all()?;
     let mut n = 0;

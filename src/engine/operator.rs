@@ -363,7 +363,7 @@ impl Engine {
                 Some(g) => g,
                 None => &mut g1,
             };
-            let rang = join_bucket(dst, rref(mshard, rid), &r, to, self.now());
+            let rang = join_bucket(dst, RcptRef::new(mshard, rid), &r, to, self.now());
             drop(ms);
             drop(g2);
             drop(g1);
@@ -525,7 +525,7 @@ impl Engine {
                 let Some(rr) = ms.bounces.pop_front() else {
                     break;
                 };
-                let rid = rref_local(rr);
+                let rid = rr.local();
                 let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                     continue;
                 };

@@ -6,22 +6,30 @@
 pub const SHARDS: usize = 16;
 const SHARD_BITS: u32 = 4;
 
-/// A recipient reference: local recipient index and shard packed in a u32.
-pub type RcptRef = u32;
+/// A reference to one recipient record: its message shard and its index in
+/// that shard's recipient slab, packed in 32 bits (what ready FIFOs, timers and
+/// slots hold, 4 bytes each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RcptRef(u32);
 
-/// Packs (shard, local index).
-pub fn rref(shard: usize, local: u32) -> RcptRef {
-    (local << SHARD_BITS) | shard as u32
-}
+const _: () = assert!(std::mem::size_of::<RcptRef>() == 4);
+const _: () = assert!(SHARDS == 1 << SHARD_BITS);
 
-/// Shard of a recipient reference.
-pub fn rref_shard(r: RcptRef) -> usize {
-    (r & (SHARDS as u32 - 1)) as usize
-}
+impl RcptRef {
+    /// Recipient record `local` of message shard `shard`.
+    pub fn new(shard: usize, local: u32) -> RcptRef {
+        RcptRef((local << SHARD_BITS) | shard as u32)
+    }
 
-/// Local index of a recipient reference.
-pub fn rref_local(r: RcptRef) -> u32 {
-    r >> SHARD_BITS
+    /// The message shard.
+    pub fn shard(self) -> usize {
+        (self.0 & (SHARDS as u32 - 1)) as usize
+    }
+
+    /// The record index within the shard.
+    pub fn local(self) -> u32 {
+        self.0 >> SHARD_BITS
+    }
 }
 
 /// Shard of a global slot / bucket id.

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{global, MsgShard};
 use crate::sched::{Keys, SchedShard};
 use crate::storage::checkpoint::{DecodeError, CHECKPOINT, VERSION};
-use crate::storage::log::{parse_segment_name, pos, pos_off, pos_seg, segment_name, LogStart, Pos};
+use crate::storage::log::{parse_segment_name, segment_name, LogStart, Pos};
 use crate::storage::record;
 use crate::storage::vfs::Vfs;
 use crate::types::{MessageId, Options};
@@ -82,7 +82,7 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
             salt: b.salt,
             ..log
         },
-        checkpoint_pos: from.unwrap_or(pos(0, 0)),
+        checkpoint_pos: from.unwrap_or(Pos::new(0, 0)),
         report,
         lock,
     })
@@ -100,7 +100,7 @@ fn load_checkpoint(
 ) -> Result<Option<Pos>> {
     let data = read_file(vfs, &dir.join(CHECKPOINT))?;
     match b.load_checkpoint(&data) {
-        Ok(h) => Ok(Some(h.pos)),
+        Ok(h) => Ok(Some(Pos::from_raw(h.pos))),
         Err(DecodeError::Version(found)) => Err(Error::Version {
             path: dir.join(CHECKPOINT),
             found,
@@ -117,13 +117,13 @@ fn load_checkpoint(
 /// Segments to replay from `from` on; gaps (and a missing checkpoint segment)
 /// are reported.
 fn segments_to_replay(b: &mut Builder, segs: &BTreeSet<u32>, from: Option<Pos>) -> Vec<u32> {
-    let first_seg = from.map(pos_seg).unwrap_or(0);
+    let first_seg = from.map(Pos::seg).unwrap_or(0);
     let replay: Vec<u32> = segs.iter().copied().filter(|&s| s >= first_seg).collect();
     if let Some(p) = from {
         // The checkpoint's segment must still exist (it holds the records from the
         // checkpoint position on), also when every later segment is gone too.
-        if pos_off(p) > 0 && replay.first() != Some(&pos_seg(p)) {
-            b.report.missing_segments.push(pos_seg(p));
+        if p.off() > 0 && replay.first() != Some(&p.seg()) {
+            b.report.missing_segments.push(p.seg());
         }
     }
     for w in replay.windows(2) {
@@ -146,7 +146,7 @@ fn replay_log(
 ) -> Result<LogStart> {
     let replay = segments_to_replay(b, segs, from);
     let mut active = replay.last().copied().unwrap_or_else(|| {
-        from.map(pos_seg)
+        from.map(Pos::seg)
             .unwrap_or(0)
             .max(segs.last().copied().unwrap_or(0))
             .saturating_add(1)
@@ -157,7 +157,7 @@ fn replay_log(
         let data = read_file(vfs, &path)?;
         let is_last = i + 1 == replay.len();
         let start = match from {
-            Some(p) if pos_seg(p) == seg => pos_off(p) as usize,
+            Some(p) if p.seg() == seg => p.off() as usize,
             _ => 0,
         };
         b.report.segments_scanned += 1;

@@ -330,7 +330,7 @@ impl Builder {
                     let ss = &mut self.sched[shard_of(r.bucket())];
                     let bl = local_of(r.bucket());
                     ss.buckets[bl as usize].shift(RcptState::Delivered, st);
-                    let rr = rref(s, rid);
+                    let rr = RcptRef::new(s, rid);
                     match st {
                         RcptState::Ready => ss.buckets[bl as usize].push_ready(rr),
                         RcptState::Deferred => ss.wheel.insert(r.next, rr),

@@ -215,19 +215,29 @@ impl Wheel {
 mod tests {
     use super::*;
 
-    /// What advancing the wheel to `t` hands out.
-    fn step(w: &mut Wheel, t: u32) -> Vec<RcptRef> {
+    /// A recipient reference for tests (shard 0, record `i`).
+    fn r(i: u32) -> RcptRef {
+        RcptRef::new(0, i)
+    }
+
+    /// Record numbers of references.
+    fn locals(v: &[RcptRef]) -> Vec<u32> {
+        v.iter().map(|r| r.local()).collect()
+    }
+
+    /// What advancing the wheel to `t` hands out (record numbers).
+    fn step(w: &mut Wheel, t: u32) -> Vec<u32> {
         let mut out = vec![];
         w.advance(t, &mut out);
-        out
+        out.into_iter().map(RcptRef::local).collect()
     }
 
     #[test]
     fn wheel_fires_in_order_and_wraps() {
         let mut w = Wheel::new(1000);
-        w.insert(1005, 1);
-        w.insert(1000 + 5000, 2);
-        w.insert(999, 3);
+        w.insert(1005, r(1));
+        w.insert(1000 + 5000, r(2));
+        w.insert(999, r(3));
         assert_eq!(w.next_due(), Some(999), "already due");
         assert_eq!(step(&mut w, 1004), vec![3]);
         assert_eq!(w.next_due(), Some(1005));
@@ -236,27 +246,27 @@ mod tests {
         assert_eq!(step(&mut w, 6000), vec![2]);
         assert!(w.is_empty());
         assert_eq!(w.next_due(), None);
-        w.insert(100_000, 9);
+        w.insert(100_000, r(9));
         assert_eq!(step(&mut w, 200_000), vec![9]);
         // Inserted in the past after the wheel moved on: due at the next advance,
         // even within the same second, and reported at its own time.
-        w.insert(150_000, 10);
+        w.insert(150_000, r(10));
         assert_eq!(w.next_due(), Some(150_000));
         assert_eq!(step(&mut w, 200_000), vec![10]);
     }
 
     /// Drains the wheel second by second over `from..=to`, returning (time, ref) fired.
-    fn run(w: &mut Wheel, from: u32, to: u32) -> Vec<(u32, RcptRef)> {
+    fn run(w: &mut Wheel, from: u32, to: u32) -> Vec<(u32, u32)> {
         let mut fired = vec![];
         for now in from..=to {
             let mut out = vec![];
             w.advance(now, &mut out);
-            fired.extend(out.into_iter().map(|r| (now, r)));
+            fired.extend(out.into_iter().map(|x| (now, x.local())));
         }
         fired
     }
 
-    fn sorted(mut v: Vec<(u32, RcptRef)>) -> Vec<(u32, RcptRef)> {
+    fn sorted(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
         v.sort_unstable();
         v
     }
@@ -268,9 +278,9 @@ mod tests {
         let mut out = vec![];
         w.advance(t0, &mut out);
         // Deferred by 10 s, 5 min, and beyond the horizon.
-        w.insert(t0 + 10, 1);
-        w.insert(t0 + 300, 2);
-        w.insert(t0 + 5000, 3);
+        w.insert(t0 + 10, r(1));
+        w.insert(t0 + 300, r(2));
+        w.insert(t0 + 5000, r(3));
         // The clock steps back an hour.
         let back = t0 - 3600;
         assert_eq!(w.next_due(), Some(t0 + 10), "true earliest time");
@@ -279,7 +289,7 @@ mod tests {
         assert!(out.is_empty(), "nothing is due an hour early: {out:?}");
         assert_eq!(w.next_due(), Some(t0 + 10));
         // Deferred again from the stepped-back clock: 10 s later.
-        w.insert(back + 10, 4);
+        w.insert(back + 10, r(4));
         assert_eq!(w.next_due(), Some(back + 10));
         let fired = run(&mut w, back + 1, t0 + 5000);
         assert_eq!(
@@ -299,14 +309,17 @@ mod tests {
         // The clock is now an hour behind the wheel's base; the caller defers a
         // recipient by 60 s from the stepped-back clock without advancing first.
         let back = t0 + 100 - 3600;
-        w.insert(back + 60, 7);
-        w.insert(back - 5, 8); // genuinely overdue
+        w.insert(back + 60, r(7));
+        w.insert(back - 5, r(8)); // genuinely overdue
         assert_eq!(w.next_due(), Some(back - 5));
         assert_eq!(w.entries().count(), 2);
         w.advance(back, &mut out);
-        assert_eq!(out, vec![8], "only the entry due by now");
+        assert_eq!(locals(&out), vec![8], "only the entry due by now");
         assert_eq!(w.next_due(), Some(back + 60));
-        assert_eq!(sorted(w.entries().collect()), vec![(back + 60, 7)]);
+        assert_eq!(
+            sorted(w.entries().map(|(t, x)| (t, x.local())).collect()),
+            vec![(back + 60, 7)]
+        );
         out.clear();
         w.advance(back + 59, &mut out);
         assert!(out.is_empty(), "not a second early");
@@ -319,12 +332,15 @@ mod tests {
         let mut w = Wheel::new(10_000);
         let mut out = vec![];
         w.advance(10_000, &mut out);
-        w.insert(10_050, 1);
-        w.insert(9_000, 2);
+        w.insert(10_050, r(1));
+        w.insert(9_000, r(2));
         assert!(!w.observe(10_000), "same time: no rebase");
         assert!(w.observe(5_000), "an hour and more back: rebase");
         assert_eq!(w.next_due(), Some(9_000));
-        assert_eq!(sorted(w.entries().collect()), vec![(9_000, 2), (10_050, 1)]);
+        assert_eq!(
+            sorted(w.entries().map(|(t, x)| (t, x.local())).collect()),
+            vec![(9_000, 2), (10_050, 1)]
+        );
         assert!(step(&mut w, 8_999).is_empty());
         assert_eq!(step(&mut w, 9_000), vec![2]);
         out.clear();
@@ -336,34 +352,34 @@ mod tests {
     fn wheel_forward_jump_past_horizon() {
         let t0 = 3_000_000;
         let mut w = Wheel::new(t0);
-        w.insert(t0 + 5, 1);
-        w.insert(t0 + WHEEL_SLOTS - 1, 2);
-        w.insert(t0 + 3 * WHEEL_SLOTS, 3);
-        w.insert(t0 + 3 * WHEEL_SLOTS + 100, 4);
-        w.insert(t0 + 10 * WHEEL_SLOTS, 5);
+        w.insert(t0 + 5, r(1));
+        w.insert(t0 + WHEEL_SLOTS - 1, r(2));
+        w.insert(t0 + 3 * WHEEL_SLOTS, r(3));
+        w.insert(t0 + 3 * WHEEL_SLOTS + 100, r(4));
+        w.insert(t0 + 10 * WHEEL_SLOTS, r(5));
         assert_eq!(w.next_due(), Some(t0 + 5));
         let mut out = vec![];
         // Jump two and a half horizons forward.
         let now = t0 + 5 * WHEEL_SLOTS / 2;
         w.advance(now, &mut out);
         out.sort_unstable();
-        assert_eq!(out, vec![1, 2]);
+        assert_eq!(locals(&out), vec![1, 2]);
         assert_eq!(w.next_due(), Some(t0 + 3 * WHEEL_SLOTS));
         // Jump just past 3 and 4, not 5.
         out.clear();
         w.advance(t0 + 3 * WHEEL_SLOTS + 100, &mut out);
         out.sort_unstable();
-        assert_eq!(out, vec![3, 4]);
+        assert_eq!(locals(&out), vec![3, 4]);
         assert_eq!(w.next_due(), Some(t0 + 10 * WHEEL_SLOTS));
         assert_eq!(
-            w.entries().collect::<Vec<_>>(),
+            w.entries().map(|(t, x)| (t, x.local())).collect::<Vec<_>>(),
             vec![(t0 + 10 * WHEEL_SLOTS, 5)]
         );
         // Then back before everything, a new entry 20 s later, then forward past
         // the horizon again to exactly 5's time.
         out.clear();
         assert!(step(&mut w, t0).is_empty());
-        w.insert(t0 + 20, 6);
+        w.insert(t0 + 20, r(6));
         assert_eq!(w.next_due(), Some(t0 + 20));
         w.advance(t0 + 19, &mut out);
         assert!(out.is_empty(), "not before its time: {out:?}");
@@ -387,7 +403,7 @@ mod tests {
         };
         let mut now = 1_000_000u32;
         let mut w = Wheel::new(now);
-        let mut pending: std::collections::HashMap<RcptRef, u32> = Default::default();
+        let mut pending: std::collections::HashMap<u32, u32> = Default::default();
         let mut next_ref = 0;
         for _ in 0..20_000 {
             match rnd(100) {
@@ -397,7 +413,7 @@ mod tests {
             }
             for _ in 0..rnd(3) {
                 let t = (now + rnd(6000)).saturating_sub(rnd(50));
-                w.insert(t, next_ref);
+                w.insert(t, r(next_ref));
                 pending.insert(next_ref, t);
                 next_ref += 1;
             }
@@ -405,8 +421,8 @@ mod tests {
             assert_eq!(w.next_due(), expect);
             let mut out = vec![];
             w.advance(now, &mut out);
-            for r in out {
-                let t = pending.remove(&r).expect("fired once");
+            for x in out {
+                let t = pending.remove(&x.local()).expect("fired once");
                 assert!(t <= now, "entry for {t} fired at {now}");
             }
             assert!(pending.values().all(|&t| t > now), "due entry not fired");

@@ -240,16 +240,19 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads a count (of keys, reasons or messages).
+    #[inline]
     pub fn count(&mut self) -> Result<u32, DecodeError> {
         self.u32()
     }
 
     /// Reads a routing key or a reason text.
+    #[inline]
     pub fn text(&mut self) -> Result<&'a str, DecodeError> {
         self.r.short_str().ok_or_else(malformed)
     }
 
     /// Reads a message entry.
+    #[inline]
     pub fn message(&mut self) -> Result<MsgEntry, DecodeError> {
         Ok(MsgEntry {
             id: self.r.u64().ok_or_else(malformed)?,
@@ -260,6 +263,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads a recipient entry.
+    #[inline]
     pub fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
         Ok(RcptEntry {
             state: self.r.u8().ok_or_else(malformed)?,
@@ -278,6 +282,7 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
+    #[inline]
     fn u32(&mut self) -> Result<u32, DecodeError> {
         self.r.u32().ok_or_else(malformed)
     }

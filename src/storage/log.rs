@@ -18,22 +18,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A log position: segment number in the high 32 bits, byte offset in the low 32.
-pub type Pos = u64;
+/// A log position: a segment number and a byte offset in it, ordered as the
+/// log is (packed in a u64: segment in the high 32 bits, offset in the low 32).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pos(u64);
 
-/// Builds a position.
-pub fn pos(seg: u32, off: u64) -> Pos {
-    ((seg as u64) << 32) | (off & 0xffff_ffff)
-}
+impl Pos {
+    /// Offset `off` of segment `seg`.
+    pub fn new(seg: u32, off: u64) -> Pos {
+        Pos(((seg as u64) << 32) | (off & 0xffff_ffff))
+    }
 
-/// Segment of a position.
-pub fn pos_seg(p: Pos) -> u32 {
-    (p >> 32) as u32
-}
+    /// The segment.
+    pub fn seg(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
 
-/// Offset of a position.
-pub fn pos_off(p: Pos) -> u64 {
-    p & 0xffff_ffff
+    /// The offset in the segment.
+    pub fn off(self) -> u64 {
+        self.0 & 0xffff_ffff
+    }
+
+    /// The packed form, as a checkpoint stores it.
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+
+    /// A position from its packed form.
+    pub fn from_raw(raw: u64) -> Pos {
+        Pos(raw)
+    }
 }
 
 /// File name of a segment.
@@ -323,7 +337,7 @@ impl Log {
                 pending_bytes: 0,
                 oldest_pending: None,
                 flushing: false,
-                durable: pos(start.active, start.len),
+                durable: Pos::new(start.active, start.len),
                 poisoned: None,
             }),
             files: Mutex::new(Files::default()),
@@ -338,7 +352,7 @@ impl Log {
                 p.extend_from_slice(&record::segment_header(start.active, start.salt))
             });
             let mut g = log.inner.lock();
-            g.durable = pos(start.active, 0);
+            g.durable = Pos::new(start.active, 0);
             let next = g.next_seq;
             b.stamp(next, start.salt);
             g.next_seq += 1;
@@ -364,7 +378,10 @@ impl Log {
     pub fn append(&self, mut batch: Batch) -> Result<(Pos, Pos)> {
         if batch.is_empty() {
             let g = self.inner.lock();
-            return Ok((pos(g.active, g.reserved), pos(g.active, g.reserved)));
+            return Ok((
+                Pos::new(g.active, g.reserved),
+                Pos::new(g.active, g.reserved),
+            ));
         }
         let mut g = self.inner.lock();
         if let Some(p) = &g.poisoned {
@@ -405,14 +422,14 @@ impl Log {
         let first = g.next_seq;
         batch.stamp(first, self.salt);
         g.next_seq += batch.recs.len() as u64;
-        let start = pos(g.active, g.reserved);
+        let start = Pos::new(g.active, g.reserved);
         g.reserved += len;
-        let end = pos(g.active, g.reserved);
+        let end = Pos::new(g.active, g.reserved);
         g.pending_bytes += batch.buf.len();
         if g.oldest_pending.is_none() {
             g.oldest_pending = Some(self.clock.now_millis());
         }
-        let (seg, off) = (g.active, pos_off(start));
+        let (seg, off) = (g.active, start.off());
         match g.chunks.last_mut() {
             Some(c)
                 if c.seg == seg && c.off + c.buf.len() as u64 == off && c.buf.len() < (1 << 20) =>
@@ -504,7 +521,7 @@ impl Log {
             led = true;
             g.flushing = true;
             let chunks = std::mem::take(&mut g.chunks);
-            let end = pos(g.active, g.reserved);
+            let end = Pos::new(g.active, g.reserved);
             g.pending_bytes = 0;
             g.oldest_pending = None;
             drop(g);
@@ -559,13 +576,13 @@ impl Log {
     /// Position after the last reserved byte.
     pub fn end(&self) -> Pos {
         let g = self.inner.lock();
-        pos(g.active, g.reserved)
+        Pos::new(g.active, g.reserved)
     }
 
     /// Position after the last reserved byte and the sequence number the next record gets.
     pub fn end_and_seq(&self) -> (Pos, u64) {
         let g = self.inner.lock();
-        (pos(g.active, g.reserved), g.next_seq)
+        (Pos::new(g.active, g.reserved), g.next_seq)
     }
 
     /// The active segment number.
@@ -737,9 +754,9 @@ impl Log {
     fn readable_len(&self, seg: u32) -> Result<u64> {
         {
             let g = self.inner.lock();
-            let dseg = pos_seg(g.durable);
+            let dseg = g.durable.seg();
             if seg == dseg {
-                return Ok(pos_off(g.durable));
+                return Ok(g.durable.off());
             }
             if seg > dseg {
                 return Ok(0);
