@@ -27,7 +27,6 @@ mod sched;
 mod session;
 mod stats;
 mod storage;
-#[cfg(any(test, feature = "sim"))]
 mod testing;
 mod types;
 mod validate;
@@ -51,10 +50,11 @@ pub use types::{
     RcptState, Recipient, SystemClock,
 };
 
-/// Test support for crash and fault simulation (feature `sim`): a simulated
-/// filesystem and the record framing, so tests can damage a log precisely.
-/// Not a stable API.
-#[cfg(feature = "sim")]
+/// Test support for crash and fault simulation: a simulated filesystem and the
+/// record framing, so tests and fuzzers can crash a queue and damage its log
+/// precisely. Hidden and not a stable API (a dev-dependency feature would link
+/// the C symbols twice into the library's own test binary).
+#[doc(hidden)]
 pub mod sim {
     pub use crate::testing::simfs::*;
 

@@ -114,7 +114,6 @@ pub fn stamp(rec: &mut [u8], kind: Kind, seq: u64, salt: u32, len: usize, payloa
 }
 
 /// Appends one framed record to `out` (tests; the log frames through `Batch`).
-#[cfg(any(test, feature = "sim"))]
 pub fn frame(out: &mut Vec<u8>, kind: Kind, seq: u64, payload: &[u8], salt: u32) {
     let start = begin_frame(out, kind);
     out.extend_from_slice(payload);
