@@ -1,4 +1,5 @@
 //! Typed errors. Every variant says what went wrong and what the caller can do.
+//! Depends on `types`.
 
 use std::path::PathBuf;
 

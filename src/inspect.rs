@@ -2,6 +2,7 @@
 //! inspecting and verifying messages, and the invariant check tests run.
 //! Thin calls into the engine; the data types and their text forms
 //! (Prometheus, qshape) are in `stats.rs`.
+//! Depends on `engine` (through `Queue`), `error`, `stats`, `types`.
 
 use crate::error::Result;
 use crate::stats::{MessageInfo, MessageSummary, Stats};

@@ -1,6 +1,7 @@
 //! Streaming enqueue: a message built piece by piece as SMTP delivers it
 //! (MAIL FROM, RCPT TO, DATA chunks), checked as it grows, and committed with
 //! [`crate::Queue::enqueue`]. The C streaming functions wrap this type.
+//! Depends on `Queue`, `error`, `types`, `validate`.
 
 use crate::error::Result;
 use crate::types::{MessageId, NewMessage, Recipient};

@@ -2,6 +2,7 @@
 //! bounces, and the event-loop contract (poll fd, wake-ups, tick). Each method
 //! is a thin call into the engine; read-only views are in `inspect.rs`,
 //! sessions in `session.rs`, streaming enqueue in `message.rs`.
+//! Depends on `engine`, `error`, `recovery`, `session`, `types`.
 
 use crate::engine::{Action, Engine};
 use crate::error::Result;

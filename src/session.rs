@@ -6,6 +6,7 @@
 //! [`Delivery`] is one message with up to N recipients of that destination;
 //! dropping it without an outcome returns its recipients to the ready queue.
 //! Both are thin wrappers over the engine's lease and delivery.
+//! Depends on `engine`, `error`, `types`.
 
 pub(crate) use crate::engine::DeliveryCore;
 use crate::engine::Lease;

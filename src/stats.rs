@@ -313,7 +313,7 @@ pub struct MessageInfo {
     pub recipients: Vec<RecipientInfo>,
 }
 
-/// A line of [`Queue::list`].
+/// A line of [`Queue::list`](crate::Queue::list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageSummary {
     /// Id.

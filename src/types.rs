@@ -1,4 +1,5 @@
 //! Public value types: ids, states, outcomes, options.
+//! Depends on `storage::vfs` (the seam `Options` carries).
 
 use std::fmt;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! the bucket ([`apply_change`]). Ending an attempt applies the operator's
 //! in-flight decisions too ([`Engine::end_attempt`]); a re-routed recipient
 //! joins its new bucket later ([`Engine::apply_moves`], lock order).
+//! Depends on `index`, `sched`, `storage`, `types`, the rest of `engine`.
 
 use super::Engine;
 use crate::index::*;

@@ -1,6 +1,7 @@
 //! An internal invariant checker for tests and simulations
 //! (`Queue::debug_check`): the scheduler, the index and the poll descriptor
 //! agree with each other. Not part of the supported API.
+//! Depends on `index`, `sched`, `types`, the rest of `engine`.
 
 use super::Engine;
 use crate::index::*;

@@ -2,6 +2,7 @@
 //! session's destination, reading and checking its record, and applying the
 //! per-recipient outcomes (one update record each, group-committed). A
 //! delivery dropped without an outcome returns its recipients.
+//! Depends on `error`, `index`, `sched`, `storage`, `types`, the rest of `engine`.
 
 use super::change::{push_update, resolve_intent, Change};
 use super::leases::Lease;

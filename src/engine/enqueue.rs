@@ -1,6 +1,7 @@
 //! Accepting a message: check it, reserve a slot, append and fsync its record
 //! (group commit), then index its recipients and make them visible to the
 //! scheduler. Durable before it returns; invalid input writes nothing.
+//! Depends on `error`, `index`, `storage`, `types`, `validate`, the rest of `engine`.
 
 use super::change::{apply_change, Change};
 use super::{bump, Engine};

@@ -2,6 +2,7 @@
 //! (round robin), firing due timers, probes and lease deadlines, returning a
 //! slot's recipients on every path that ends it (finish, site failure, drop,
 //! expiry), and the time of the next scheduled event.
+//! Depends on `error`, `index`, `sched`, `types`, the rest of `engine`.
 
 use super::change::Change;
 use super::{bump, policy, Engine};

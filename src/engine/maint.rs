@@ -1,6 +1,7 @@
 //! Maintenance: writing checkpoints (a compact snapshot of every live
 //! recipient) and compacting the log. The file format is `storage::checkpoint`;
 //! this module decides what goes in, when, and what may then be deleted.
+//! Depends on `error`, `index`, `sched`, `storage`, `types`, the rest of `engine`.
 //!
 //! A checkpoint at log position P holds exactly the state produced by every
 //! record before P. It is written to `checkpoint.tmp`, fdatasynced, and only

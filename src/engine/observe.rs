@@ -1,6 +1,7 @@
 //! Read-only views of the engine: stats (counts, per-destination shape,
 //! counters), memory use, the message list, one message inspected, and the
 //! verification of every live record. Formatting is `crate::stats`.
+//! Depends on `error`, `index`, `sched`, `stats`, `storage`, `types`, the rest of `engine`.
 
 use super::Engine;
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 //! acknowledgement, and freeing idle buckets. Every action is persisted before
 //! it returns; one on a recipient in flight is recorded at once and takes
 //! effect when its attempt ends.
+//! Depends on `error`, `index`, `sched`, `storage`, `types`, `validate`, the rest of `engine`.
 
 use super::change::{apply_change, push_update, Change};
 use super::{bump, Engine};

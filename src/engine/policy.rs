@@ -1,6 +1,7 @@
 //! Retry policy, as pure functions of the options: what an outcome makes of a
 //! recipient (backoff, expiry), how long a lease lasts, the backoff bounds a
 //! failing destination is held to, and how much of a reply text is kept.
+//! Depends on `index`, `types`, the rest of `engine`.
 
 use super::change::Change;
 use crate::index::Rcpt;

@@ -1,5 +1,6 @@
 //! Event-loop integration: one pollable descriptor that becomes readable when
 //! work is ready or when a timer the queue armed expires.
+//! Depends on nothing else in the crate.
 //!
 //! The descriptor handed out is an epoll instance holding an eventfd (raised
 //! when work becomes ready) and a timerfd (armed for deadlines such as the

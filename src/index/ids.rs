@@ -1,6 +1,7 @@
 //! How ids pack: a message slot or bucket id is a shard (low 4 bits) and a
 //! local index; a recipient reference packs a message shard and a recipient
 //! index into 32 bits.
+//! Depends on nothing else in the crate.
 
 /// Number of shards for messages and for buckets.
 pub const SHARDS: usize = 16;

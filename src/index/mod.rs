@@ -2,7 +2,7 @@
 //! grouped by message, sharded by message slot. Depends on `types` only.
 //!
 //! Addresses and bodies stay on disk; a recipient costs [`Rcpt`] (16 bytes)
-//! plus its share of [`Msg`] (28 bytes per message) plus 4 bytes in a ready
+//! plus its share of [`Msg`](shard::Msg) (28 bytes per message) plus 4 bytes in a ready
 //! queue or timer slot.
 
 mod ids;

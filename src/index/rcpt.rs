@@ -1,5 +1,6 @@
 //! The packed per-recipient record ([`Rcpt`], 16 bytes) and the limits of its
 //! fields: bucket id, attempts, reason id and flags.
+//! Depends on `types`.
 
 use crate::types::RcptState;
 
@@ -26,7 +27,7 @@ pub const MAX_SLOT: u32 = 1 << 24;
 /// more than [`REASON_CACHE_BYTES`] allows).
 pub const MAX_REASONS: u32 = (1 << 20) - 1;
 /// Reason id of a recipient whose last-error text is not kept in memory (the
-/// shard's reason cache was over budget); [`MsgShard::reason`] gives
+/// shard's reason cache was over budget); [`MsgShard::reason`](super::MsgShard::reason) gives
 /// [`REASON_NOT_KEPT_TEXT`] for it. The exact text is in the recipient's
 /// update record in the log.
 pub const REASON_NOT_KEPT: u32 = MAX_REASONS;
@@ -36,7 +37,7 @@ pub const REASON_NOT_KEPT_TEXT: &str =
 /// Bytes one shard's reason cache may hold: the texts (as allocated), the id
 /// vector, the free-id list and the hash table. New distinct texts are kept
 /// exactly while they fit in three quarters of it; beyond, a new text is kept
-/// in its [`normalize_reason`] form (shared by all replies that differ only by
+/// in its [`normalize_reason`](super::reasons::normalize_reason) form (shared by all replies that differ only by
 /// transaction ids), which may use the last quarter too; when that is new as
 /// well and does not fit, the recipient gets [`REASON_NOT_KEPT`].
 /// 16 shards: at most 4 MiB per queue.

@@ -2,6 +2,7 @@
 //! refcounted; beyond [`REASON_CACHE_BYTES`] a text is kept in its
 //! [`normalize_reason`] form (transaction ids and addresses masked) or not at
 //! all ([`REASON_NOT_KEPT`]). The exact text always stays in the log.
+//! Depends on the rest of `index`.
 
 use super::*;
 use std::hash::BuildHasher;

@@ -1,6 +1,7 @@
 //! A message shard: message slots ([`Msg`]), their recipients in a slab with a
 //! coalescing best-fit allocator, per-segment live counts, pending bounces and
 //! in-flight operator decisions.
+//! Depends on the rest of `index`.
 
 use super::reasons::Reason;
 use super::*;

@@ -1,5 +1,6 @@
 //! A chunked vector: grows without copying what it holds (no doubling spike),
 //! for the message and recipient records.
+//! Depends on nothing else in the crate.
 
 /// A vector that grows in fixed chunks: no doubling slack, no large reallocation
 /// (and no copy of millions of records under a lock) as the queue grows.

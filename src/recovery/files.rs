@@ -1,5 +1,6 @@
 //! Reading the queue directory's files for recovery: whole files by bounded
 //! `pread`s, the queue's CRC salt, and a fresh salt for a new queue.
+//! Depends on `error`, `storage`.
 
 use crate::error::{Error, Result};
 use crate::storage::log::segment_name;

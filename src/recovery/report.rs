@@ -1,5 +1,6 @@
 //! What recovery found, for the operator: damaged spans, missing segments,
 //! corrupt messages and their reasons, counts and timings. Plain data.
+//! Depends on `types`.
 
 use crate::types::MessageId;
 use std::collections::HashMap;

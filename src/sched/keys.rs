@@ -2,6 +2,7 @@
 //! buckets freed (by the engine, at a checkpoint) are reused, lowest
 //! first, so the id space (and every per-id vector) stays as small as the
 //! number of destinations that are live at once.
+//! Depends on `index`, `types`, the rest of `sched`.
 
 use super::{Bucket, SchedShard};
 use crate::index::{local_of, shard_of};

@@ -1,6 +1,7 @@
 //! Preparing the queue directory before recovery reads it, in an order that
 //! leaves nothing behind when the answer is no and nothing undurable when it is
 //! yes:
+//! Depends on `error` and `storage::vfs`.
 //!
 //! 1. find which components of the path are missing (nothing is created yet);
 //! 2. refuse a network filesystem, checked on the directory if it exists, else

@@ -1,4 +1,5 @@
 //! On-disk record framing and payload encoding.
+//! Depends on `error`.
 //!
 //! Every record is `header (24 bytes) | payload | zero padding to 8 bytes`.
 //! The header is little-endian:

@@ -1,6 +1,7 @@
 //! The storage seam: every byte mailq reads or writes goes through [`Vfs`] and
 //! [`VFile`]. The real implementation uses the OS; tests can substitute a
 //! fault-injecting filesystem that keeps written and durable bytes apart.
+//! Depends on nothing else in the crate.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -1,5 +1,6 @@
 //! A simulated filesystem for fault injection (tests, fuzzing, and MTAs that
 //! want to test their own crash handling against mailq).
+//! Depends on `storage::vfs` (the seam).
 //!
 //! It keeps what the process has written apart from what is durable:
 //! file contents become durable at `sync_data`, directory entries (creations,
