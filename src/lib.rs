@@ -16,6 +16,8 @@
 //! `docs/design.md` for the file format, commit protocol and recovery rules.
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod aio;
 mod engine;
 mod error;
 mod index;
@@ -36,6 +38,8 @@ mod validate;
 #[doc(hidden)]
 pub mod ffi;
 
+#[cfg(feature = "tokio")]
+pub use aio::AsyncQueue;
 pub use error::{Error, Result};
 pub use message::MessageBuilder;
 pub use queue::Queue;

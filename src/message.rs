@@ -86,6 +86,12 @@ impl MessageBuilder {
         &self.rcpts
     }
 
+    /// The directory of the queue it goes into (for error reports).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn queue_dir(&self) -> std::path::PathBuf {
+        self.q.dir().to_path_buf()
+    }
+
     /// Body bytes received so far.
     pub fn body_len(&self) -> usize {
         self.body.len()
