@@ -7,78 +7,10 @@ mod common;
 use common::*;
 use mailq::sim::SimFs;
 use mailq::*;
-use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Bounds every wait in these tests: a hang is a failure, not a stuck CI job.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A simulated filesystem whose data syncs take 20 ms and are counted, so that
-/// concurrent enqueues must overlap a sync in flight.
-#[derive(Clone)]
-struct SlowSync {
-    fs: SimFs,
-    syncs: Arc<AtomicU64>,
-}
-
-struct SlowFile {
-    f: Arc<dyn VFile>,
-    syncs: Arc<AtomicU64>,
-}
-
-impl VFile for SlowFile {
-    fn len(&self) -> io::Result<u64> {
-        self.f.len()
-    }
-    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.f.read_exact_at(off, buf)
-    }
-    fn write_all_at(&self, off: u64, buf: &[u8]) -> io::Result<()> {
-        self.f.write_all_at(off, buf)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        std::thread::sleep(Duration::from_millis(20));
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.f.sync_data()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.f.set_len(len)
-    }
-}
-
-impl Vfs for SlowSync {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.fs.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.fs.list(dir)
-    }
-    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
-        let f = self.fs.open(path, create)?;
-        Ok(Arc::new(SlowFile {
-            f,
-            syncs: self.syncs.clone(),
-        }))
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.fs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.fs.remove(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.fs.sync_dir(dir)
-    }
-    fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
-        self.fs.lock_dir(dir)
-    }
-    fn network_fs(&self, dir: &Path) -> io::Result<Option<String>> {
-        self.fs.network_fs(dir)
-    }
-}
 
 fn assert_send<T: Send>() {}
 
@@ -93,17 +25,15 @@ fn handles_and_futures_are_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_async_enqueues_share_fsyncs_and_are_durable() {
     let sim = SimFs::new();
-    let fs = SlowSync {
-        fs: sim.clone(),
-        syncs: Arc::new(AtomicU64::new(0)),
-    };
+    // Syncs of 20 ms: concurrent enqueues must overlap one in flight.
+    sim.set_sync_delay(Duration::from_millis(20));
     let o = || Options {
-        vfs: Arc::new(fs.clone()),
+        vfs: sim.vfs(),
         auto_maintenance: false,
         ..Options::default()
     };
     let q = AsyncQueue::new(Queue::open("/q", o()).unwrap()).unwrap();
-    let before = fs.syncs.load(Ordering::Relaxed);
+    let before = q.queue().stats().fsyncs;
     let mut tasks = Vec::new();
     for i in 0..64 {
         let q = q.clone();
@@ -124,11 +54,12 @@ async fn concurrent_async_enqueues_share_fsyncs_and_are_durable() {
                 .unwrap(),
         );
     }
-    let syncs = fs.syncs.load(Ordering::Relaxed) - before;
+    let syncs = q.queue().stats().fsyncs - before;
     // One sync each would take 64 × 20 ms; sharing them is the point.
     assert!(syncs < 32, "{syncs} data syncs for 64 concurrent enqueues");
     // Every acknowledged message survives losing whatever was not synced.
     drop(q);
+    sim.set_sync_delay(Duration::ZERO);
     sim.restart(sim::CrashMode::LoseUnsynced, 0);
     let q = Queue::open("/q", o()).unwrap();
     for id in ids {

@@ -81,6 +81,8 @@ struct State {
     crashed: bool,
     fail_at: Option<(u64, Fault)>,
     generation: u64,
+    /// Real time every data sync takes (zero unless a test asks).
+    sync_delay: std::time::Duration,
 }
 
 /// The simulated filesystem. Cheap to clone; clones share state.
@@ -194,6 +196,12 @@ impl SimFs {
     /// This filesystem as the `Options::vfs` value.
     pub fn vfs(&self) -> Arc<dyn Vfs> {
         Arc::new(self.clone())
+    }
+
+    /// Makes every data sync take `d` of real time, as a slow disk would (for
+    /// tests of what overlaps an fsync in flight).
+    pub fn set_sync_delay(&self, d: std::time::Duration) {
+        self.st.lock().sync_delay = d;
     }
 
     /// Operations performed so far (every `Vfs`/`VFile` call counts one).
@@ -569,6 +577,10 @@ impl VFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.fs.st.lock().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         self.fs.check(self.generation)?;
         if let Some(f) = self.fs.op()? {
             // A failed fsync: the kernel may have dropped the dirty pages.
