@@ -160,6 +160,28 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
 /// no live message in it: `live` are the counts at the checkpoint's position,
 /// never the in-memory ones, which may include completions not yet synced.
 fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
+    let sparse = remove_dead_segments(q, m, live)?;
+    if sparse.is_empty() {
+        return Ok(0);
+    }
+    let copies = copy_forward(q, &live_messages_in(q, &sparse))?;
+    q.log.sync_all()?;
+    // The location moves in memory only once the copy is durable.
+    let mut n = 0;
+    for ((s, l, gen), loc) in copies {
+        let mut ms = q.msgs[s].lock();
+        if ms.get(l, gen).is_some() {
+            ms.relocate(l, loc);
+            n += 1;
+        }
+    }
+    m.messages_copied += n as u64;
+    Ok(n)
+}
+
+/// Deletes the sealed segments before the checkpoint position that hold no
+/// live message (per `live`); returns the sparse ones, worth copying out of.
+fn remove_dead_segments(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<Vec<u32>> {
     let limit = m.last_pos.seg().min(q.log.active_segment());
     let mut segs: Vec<u32> = q
         .opts
@@ -185,24 +207,33 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
             }
         }
     }
-    if sparse.is_empty() {
-        return Ok(0);
-    }
-    // Copy the live messages of sparse segments forward.
-    let mut moved = Vec::new();
+    Ok(sparse)
+}
+
+/// A live message to copy: (shard, slot, generation) and (segment, offset, length).
+type Located = ((usize, u32, u32), (u32, u32, u32));
+
+/// The live messages whose record lies in one of `segs`.
+fn live_messages_in(q: &Engine, segs: &[u32]) -> Vec<Located> {
+    let mut out = Vec::new();
     for (s, shard) in q.msgs.iter().enumerate() {
         let ms = shard.lock();
         for (l, msg) in ms.msgs.iter().enumerate() {
-            if msg.gen != 0 && sparse.contains(&msg.seg) {
-                moved.push((s, l as u32, msg.gen, msg.seg, msg.off, msg.len));
+            if msg.gen != 0 && segs.contains(&msg.seg) {
+                out.push(((s, l as u32, msg.gen), (msg.seg, msg.off, msg.len)));
             }
         }
     }
-    // Each copy is appended while its message is known live (gate shared + shard
-    // lock, generation re-checked), so a copy can never follow the message's last
-    // completion in the log. The location moves in memory only once it is durable.
-    let mut copies = Vec::with_capacity(moved.len());
-    for &(s, l, gen, seg, off, len) in &moved {
+    out
+}
+
+/// Appends a copy of each message's record (not yet durable); returns where
+/// each copy went. Each copy is appended while its message is known live (gate
+/// shared + shard lock, generation re-checked), so a copy can never follow the
+/// message's last completion in the log. A damaged record is left where it is.
+fn copy_forward(q: &Engine, msgs: &[Located]) -> Result<Vec<Located>> {
+    let mut copies = Vec::with_capacity(msgs.len());
+    for &((s, l, gen), (seg, off, len)) in msgs {
         let payload = match q.log.read_record(seg, off as u64, len as usize) {
             Ok((_, p)) => p,
             Err(Error::Corrupt { .. }) => continue,
@@ -220,17 +251,7 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
         drop(ms);
         copies.push(((s, l, gen), (at.seg(), at.off() as u32, len)));
     }
-    q.log.sync_all()?;
-    let mut n = 0;
-    for ((s, l, gen), loc) in copies {
-        let mut ms = q.msgs[s].lock();
-        if ms.get(l, gen).is_some() {
-            ms.relocate(l, loc);
-            n += 1;
-        }
-    }
-    m.messages_copied += n as u64;
-    Ok(n)
+    Ok(copies)
 }
 
 /// Writes the live state (under the exclusive gate) and returns the per-segment
