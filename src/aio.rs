@@ -4,9 +4,10 @@
 //! for the next scheduled event. Depends on `Queue`, `MessageBuilder`,
 //! `Session` and `error`.
 //!
-//! mailq starts no thread of its own here either: the blocking part of an
-//! enqueue (the append and its group-committed fdatasync) runs on tokio's
-//! blocking pool, which belongs to the application. Concurrent enqueues share
+//! mailq starts no thread of its own here either: what may block on the disk —
+//! an enqueue's append and group-committed fdatasync, outcome syncs, automatic
+//! maintenance — runs on tokio's blocking pool, which belongs to the
+//! application; worker threads only wait. Concurrent enqueues share
 //! fsyncs exactly as threads do, because that is what they are.
 
 use crate::error::{Error, Result};
@@ -105,18 +106,28 @@ impl AsyncQueue {
     /// hands out a session whose drop releases its slot. Meanwhile it fires the
     /// queue's timers (retries, probes, lease reclaims) and syncs buffered
     /// outcomes when they are due, as an event loop calling
-    /// [`Queue::ack_poll`] and [`Queue::tick`] would.
+    /// [`Queue::ack_poll`] and [`Queue::tick`] would — on the blocking pool,
+    /// since both may fsync (and `tick` may write a checkpoint).
     pub async fn next_session(&self) -> Result<Session> {
         loop {
             if let Some(s) = self.q.next_session()? {
                 return Ok(s);
             }
             self.wait().await?;
-            self.q.tick();
+            // Draining the fd syncs due outcomes and `tick` may run maintenance:
+            // both can fsync, so neither runs on a worker thread.
+            let q = self.q.clone();
+            blocking(self.q.dir(), move || {
+                q.ack_poll();
+                q.tick();
+                Ok(())
+            })
+            .await?;
         }
     }
 
-    /// Waits for the poll fd or the next scheduled event, then clears the fd.
+    /// Waits for the poll fd or the next scheduled event and clears the
+    /// reactor's readiness (the caller then drains the fd with `ack_poll`).
     async fn wait(&self) -> Result<()> {
         let io = |e| Error::Io {
             op: "wait for the poll fd",
@@ -128,12 +139,11 @@ impl AsyncQueue {
             None => Some(self.fd.readable().await),
         };
         if let Some(r) = ready {
-            // Clear the reactor's flag before draining the fd: a raise after the
+            // Clear the reactor's flag before the fd is drained: a raise after the
             // drain is a new edge the reactor reports, and one between the two
             // finds its work at the next `next_session` call.
             r.map_err(io)?.clear_ready();
         }
-        self.q.ack_poll();
         Ok(())
     }
 }
@@ -148,14 +158,23 @@ impl MessageBuilder {
     /// no `250`, sends it again — a duplicate, never a loss).
     pub async fn commit_async(self) -> Result<MessageId> {
         let dir = self.queue_dir();
-        match tokio::task::spawn_blocking(move || self.commit()).await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Io {
-                op: "enqueue on the blocking pool (the runtime is shutting down)",
-                path: dir,
-                source: std::io::Error::other(e),
-            }),
-        }
+        blocking(&dir, move || self.commit()).await
+    }
+}
+
+/// Runs `f` on tokio's blocking pool. A panic in `f` resumes in the caller; a
+/// runtime shutting down is an error naming the queue directory.
+async fn blocking<T: Send + 'static>(
+    dir: &std::path::Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Io {
+            op: "run on the blocking pool (the runtime is shutting down)",
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        }),
     }
 }

@@ -139,8 +139,11 @@ impl Engine {
             _lock: r.lock,
         });
         // Persist what recovery rebuilt, so the next open does not pay for it again.
-        let rep = q.report.lock().clone();
-        if rep.bytes_replayed > (1 << 20) || rep.checkpoint_error.is_some() {
+        let rebuilt = {
+            let rep = q.report.lock();
+            rep.bytes_replayed > (1 << 20) || rep.checkpoint_error.is_some()
+        };
+        if rebuilt {
             q.checkpoint()?;
         }
         if q.sched.iter().any(|s| !s.lock().ring.is_empty()) {
