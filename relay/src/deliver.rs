@@ -1,0 +1,138 @@
+//! The delivery side: wait for a destination with ready mail and a free slot,
+//! open one connection per mailq session, and report each recipient's outcome.
+//!
+//! Calls into the queue that may touch the disk (taking a delivery reads its
+//! body; recording outcomes may run the group commit or maintenance) run under
+//! `block_in_place`, so the runtime's other tasks move to another worker
+//! meanwhile. A delivery task that is cancelled (shutdown, abort) drops its
+//! delivery and session: the recipients return to the ready queue and the slot
+//! is released by their `Drop`.
+
+use crate::client::{Client, Timeouts};
+use crate::Shared;
+use mailq::{Outcome, Session};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{block_in_place, JoinSet};
+
+/// Runs until `stop` turns true; then in-flight deliveries are cancelled
+/// (their recipients are retried on the next start).
+pub(crate) async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(shared.cfg.max_outbound));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let session = tokio::select! {
+            s = shared.q.next_session() => s,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match session {
+            Ok(session) => {
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    run(&shared, session).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::error!("the queue cannot hand out work: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+/// One session: one connection to the destination's next hop.
+async fn run(shared: &Shared, mut session: Session) {
+    let key = session.routing_key().to_string();
+    let cfg = &shared.cfg;
+    let Some(hop) = cfg.routes.lookup(&key).map(str::to_string) else {
+        let why = format!("no route for {key} (add it to --routes or set --relay-to)");
+        tracing::warn!(destination = %key, "{why}");
+        let _ = block_in_place(|| session.site_failure(&why));
+        return;
+    };
+    let t = Timeouts {
+        connect: cfg.connect_timeout,
+        reply: cfg.reply_timeout,
+        data_end: cfg.reply_timeout * 2,
+    };
+    let mut client = match Client::connect(&hop, &cfg.hostname, t).await {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::info!(destination = %key, relay = %hop, status = "deferred", "site failure: {why}");
+            if let Err(e) = block_in_place(|| session.site_failure(&why)) {
+                tracing::warn!(destination = %key, "recording the site failure: {e}");
+            }
+            return;
+        }
+    };
+    let mut first = true;
+    loop {
+        let delivery = match block_in_place(|| session.next_delivery()) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(destination = %key, "taking the next delivery: {e}");
+                break;
+            }
+        };
+        let started = Instant::now();
+        let sent = async {
+            if !first {
+                client.rset().await?;
+            }
+            client
+                .deliver(delivery.sender(), delivery.recipients(), &delivery.body())
+                .await
+        };
+        let result = sent.await;
+        first = false;
+        let id = delivery.id();
+        match result {
+            Ok(outcomes) => {
+                let delay = started.elapsed().as_secs_f64();
+                for (rcpt, o) in delivery.recipients().iter().zip(&outcomes) {
+                    let (status, reply) = match o {
+                        Outcome::Delivered => ("sent", "delivered"),
+                        Outcome::TempFail { reason, .. } => ("deferred", reason.as_str()),
+                        Outcome::PermFail { reason } => ("bounced", reason.as_str()),
+                    };
+                    tracing::info!(queue_id = %id, to = %rcpt, relay = %hop, delay, status, "{reply}");
+                }
+                let bounced = outcomes
+                    .iter()
+                    .any(|o| matches!(o, Outcome::PermFail { .. }));
+                if let Err(e) = block_in_place(|| delivery.complete(&outcomes)) {
+                    tracing::warn!(queue_id = %id, "recording outcomes: {e}");
+                    break;
+                }
+                if bounced {
+                    shared.bounce_ready.notify_one();
+                }
+            }
+            Err(why) => {
+                for rcpt in delivery.recipients() {
+                    tracing::info!(queue_id = %id, to = %rcpt, relay = %hop, status = "deferred", "{why}");
+                }
+                if let Err(e) = block_in_place(|| delivery.site_failure(&why)) {
+                    tracing::warn!(queue_id = %id, "recording the site failure: {e}");
+                }
+                return;
+            }
+        }
+    }
+    client.quit().await;
+    if let Err(e) = block_in_place(|| session.finish()) {
+        tracing::warn!(destination = %key, "ending the session: {e}");
+    }
+}
