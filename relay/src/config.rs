@@ -248,7 +248,7 @@ impl RelayPolicy {
 }
 
 /// Everything the relay runs with, checked.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Queue directory.
     pub queue_dir: PathBuf,
@@ -284,6 +284,23 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Lifetime of undeliverable mail.
     pub lifetime: Duration,
+    /// The queue's filesystem (default: the operating system's). Tests put a
+    /// fault-injecting one here.
+    pub vfs: Option<std::sync::Arc<dyn mailq::Vfs>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("queue_dir", &self.queue_dir)
+            .field("listen", &self.listen)
+            .field("routes", &self.routes)
+            .field("policy", &self.policy)
+            .field("tls", &self.tls)
+            .field("max_size", &self.max_size)
+            .field("max_recipients", &self.max_recipients)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -310,6 +327,7 @@ impl Config {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
+            vfs: None,
         }
     }
 

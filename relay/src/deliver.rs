@@ -66,17 +66,10 @@ async fn run(shared: &Shared, mut session: Session) {
         reply: cfg.reply_timeout,
         data_end: cfg.reply_timeout * 2,
     };
-    let mut client = match Client::connect(&hop, &cfg.hostname, t).await {
-        Ok(c) => c,
-        Err(why) => {
-            tracing::info!(destination = %key, relay = %hop, status = "deferred", "site failure: {why}");
-            if let Err(e) = block_in_place(|| session.site_failure(&why)) {
-                tracing::warn!(destination = %key, "recording the site failure: {e}");
-            }
-            return;
-        }
-    };
-    let mut first = true;
+    // The first delivery before the connection: a session whose work another
+    // session took meanwhile opens no connection, and a connection failure is
+    // recorded on recipients (their reason shows in `inspect`).
+    let mut client: Option<Client> = None;
     loop {
         let delivery = match block_in_place(|| session.next_delivery()) {
             Ok(Some(d)) => d,
@@ -87,18 +80,19 @@ async fn run(shared: &Shared, mut session: Session) {
             }
         };
         let started = Instant::now();
+        let id = delivery.id();
         let sent = async {
-            if !first {
-                client.rset().await?;
-            }
-            client
-                .deliver(delivery.sender(), delivery.recipients(), &delivery.body())
+            let c = match &mut client {
+                Some(c) => {
+                    c.rset().await?;
+                    c
+                }
+                None => client.insert(Client::connect(&hop, &cfg.hostname, t).await?),
+            };
+            c.deliver(delivery.sender(), delivery.recipients(), &delivery.body())
                 .await
         };
-        let result = sent.await;
-        first = false;
-        let id = delivery.id();
-        match result {
+        match sent.await {
             Ok(outcomes) => {
                 let delay = started.elapsed().as_secs_f64();
                 for (rcpt, o) in delivery.recipients().iter().zip(&outcomes) {
@@ -131,7 +125,9 @@ async fn run(shared: &Shared, mut session: Session) {
             }
         }
     }
-    client.quit().await;
+    if let Some(c) = client {
+        c.quit().await;
+    }
     if let Err(e) = block_in_place(|| session.finish()) {
         tracing::warn!(destination = %key, "ending the session: {e}");
     }

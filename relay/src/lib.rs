@@ -96,6 +96,13 @@ impl Relay {
             lifetime: cfg.lifetime,
             ..Options::default()
         };
+        let opts = match &cfg.vfs {
+            Some(vfs) => Options {
+                vfs: vfs.clone(),
+                ..opts
+            },
+            None => opts,
+        };
         let dir = cfg.queue_dir.clone();
         let queue = tokio::task::spawn_blocking(move || Queue::open(dir, opts))
             .await

@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 /// Commands in error before the client is disconnected (Postfix's
 /// `smtpd_hard_error_limit`).
 const MAX_ERRORS: u32 = 20;
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 says 512; this
+/// leaves room for extension parameters, as Postfix's `line_length_limit`).
+const MAX_COMMAND_LINE: usize = 2048;
 /// More `Received:` headers than this is a mail loop (Postfix's `hopcount_limit`).
 const MAX_HOPS: usize = 50;
 
@@ -84,6 +87,9 @@ impl Smtpd {
         let mut buf = vec![0u8; 16 * 1024];
         let mut requests = RequestReceiver::default();
         let mut data: Option<(DataReceiver, Vec<u8>, Instant)> = None;
+        // Bytes of the current command line seen so far, and whether it is
+        // already too long (then it is skipped to its end and refused once).
+        let (mut line_len, mut skipping) = (0usize, false);
         loop {
             self.flush().await?;
             let timeout = if data.is_some() {
@@ -123,6 +129,25 @@ impl Smtpd {
                         return Ok(());
                     }
                     continue;
+                }
+                let rest = it.as_slice();
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(p) if skipping || line_len + p + 1 > MAX_COMMAND_LINE => {
+                        it = rest[p + 1..].iter();
+                        (line_len, skipping) = (0, false);
+                        requests = RequestReceiver::default();
+                        if let Next::Close = self.error("500 5.5.2 Error: line too long") {
+                            self.flush().await?;
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Some(_) => line_len = 0,
+                    None if skipping || line_len + rest.len() > MAX_COMMAND_LINE => {
+                        skipping = true;
+                        break;
+                    }
+                    None => line_len += rest.len(),
                 }
                 let next = match requests.ingest(&mut it) {
                     Ok(req) => self.command(req).await,

@@ -1,0 +1,322 @@
+//! Inbound SMTP on real loopback sockets: the protocol, its limits and error
+//! replies, relay control, STARTTLS, and the queue's failures as replies.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_transaction_relays_the_body_byte_for_byte() {
+    let dir = TempDir::new("pipe");
+    let sink = Sink::start(Script::default()).await;
+    let relay = start(config(&dir, sink.addr)).await;
+    let (mut c, greeting) = Client::connect(relay.local_addr()).await;
+    assert!(greeting.starts_with("220 relay.test ESMTP"), "{greeting}");
+    let ehlo = c.cmd("EHLO client.test").await;
+    for ext in [
+        "PIPELINING",
+        "SIZE 10240000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+    ] {
+        assert!(ehlo.contains(ext), "EHLO lacks {ext}: {ehlo}");
+    }
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "STARTTLS offered without a certificate"
+    );
+
+    // Lines starting with dots, a lone dot, bare CR and LF, 8-bit bytes, a
+    // 990-byte line, and no final blank line.
+    let mut body = b"Subject: edge cases\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nbare\nLF\n.after bare LF\r\nbare\rCR\r.after CR\r\n".to_vec();
+    body.extend_from_slice(b"8-bit: \xc3\xa9\xff\xfe\r\n");
+    body.extend_from_slice(&[b'x'; 990]);
+    body.extend_from_slice(b"\r\n. \r\nend\r\n");
+    // The whole transaction in one write (RFC 2920), body included.
+    let mut wire = b"MAIL FROM:<alice@example.org> BODY=8BITMIME SIZE=2000\r\nRCPT TO:<bob@example.com>\r\nRCPT TO:<carol@example.net>\r\nDATA\r\n".to_vec();
+    c.send(&wire).await;
+    assert!(c.reply().await.starts_with("250 2.1.0"));
+    assert!(c.reply().await.starts_with("250 2.1.5"));
+    assert!(c.reply().await.starts_with("250 2.1.5"));
+    assert!(c.reply().await.starts_with("354"));
+    wire = mailq_relay::client::stuff(&body);
+    c.send(&wire).await;
+    let done = c.reply().await;
+    assert!(done.starts_with("250 2.0.0 Ok: queued as "), "{done}");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+
+    // Two destinations, two deliveries; each carries the body unchanged.
+    let got = sink.wait_for(2, 20).await;
+    for g in &got {
+        assert_eq!(g.sender, "alice@example.org");
+        assert_eq!(
+            strip_received(&g.body),
+            &body[..],
+            "body changed in transit"
+        );
+        let head = String::from_utf8_lossy(&g.body[..120]).into_owned();
+        assert!(
+            head.contains("from client.test ([127.0.0.1])")
+                && head.contains("by relay.test (mailq-relay) with ESMTP;"),
+            "{head}"
+        );
+    }
+    let mut rcpts: Vec<_> = got.iter().flat_map(|g| g.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["bob@example.com", "carol@example.net"]);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_and_sequence_error_has_its_standard_reply() {
+    let dir = TempDir::new("limits");
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.max_size = 1000;
+    cfg.max_recipients = 2;
+    let relay = start(cfg).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+
+    // Order of commands.
+    assert!(
+        c.cmd("MAIL FROM:<a@example.org>")
+            .await
+            .starts_with("503 5.5.1"),
+        "MAIL before EHLO"
+    );
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(
+        c.cmd("RCPT TO:<b@example.com>")
+            .await
+            .starts_with("503 5.5.1"),
+        "RCPT before MAIL"
+    );
+    assert!(
+        c.cmd("DATA").await.starts_with("503 5.5.1"),
+        "DATA before MAIL"
+    );
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<a@example.org>")
+            .await
+            .starts_with("503 5.5.1"),
+        "nested MAIL"
+    );
+    assert!(
+        c.cmd("DATA").await.starts_with("554 5.5.1"),
+        "DATA without recipients"
+    );
+
+    // Syntax.
+    assert!(c.cmd("FROB").await.starts_with("500 5.5.2"));
+    assert!(
+        c.cmd("RCPT TO:bob").await.starts_with("501"),
+        "recipient without brackets"
+    );
+    assert!(
+        c.cmd("RCPT TO:<bob>").await.starts_with("501 5.1.3"),
+        "recipient without domain"
+    );
+    let long = format!("NOOP {}", "x".repeat(5000));
+    assert!(
+        c.cmd(&long).await.starts_with("500 5.5.2"),
+        "command line too long"
+    );
+    assert!(
+        c.cmd("NOOP").await.starts_with("250"),
+        "the session survives a long line"
+    );
+    assert!(c.cmd("VRFY bob").await.starts_with("252"));
+    assert!(c
+        .cmd("AUTH PLAIN AGFiYwBkZWY=")
+        .await
+        .starts_with("502 5.5.1"));
+
+    // Recipients per message.
+    assert!(c.cmd("RCPT TO:<b1@example.com>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b2@example.com>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<b3@example.com>")
+        .await
+        .starts_with("452 4.5.3"));
+    assert!(c.cmd("RSET").await.starts_with("250"));
+
+    // Size: declared, then actual.
+    assert!(c
+        .cmd("MAIL FROM:<a@example.org> SIZE=5000")
+        .await
+        .starts_with("552 5.3.4"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(&mailq_relay::client::stuff(&vec![b'y'; 3000])).await;
+    assert!(c.reply().await.starts_with("552 5.3.4"), "oversized body");
+    // The transaction is over; the session goes on.
+    assert!(c.cmd("DATA").await.starts_with("503 5.5.1"));
+    assert!(c
+        .cmd("MAIL FROM:<a@example.org> BODY=BINARYMIME")
+        .await
+        .starts_with("555"));
+    let ok = c
+        .mail(
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: small\r\n\r\nhi\r\n",
+        )
+        .await;
+    assert!(ok.starts_with("250 2.0.0"), "{ok}");
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    assert_eq!(relay.accepted(), 1, "only the small message was accepted");
+    sink.wait_for(1, 20).await;
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_timed_out_in_commands_and_in_data() {
+    let dir = TempDir::new("timeout");
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.command_timeout = Duration::from_millis(300);
+    cfg.data_timeout = Duration::from_millis(300);
+    let relay = start(cfg).await;
+
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.reply().await.starts_with("421 4.4.2"), "command timeout");
+    assert_eq!(c.reply().await, "", "closed after the timeout");
+
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("HELO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: half a message\r\n").await;
+    assert!(c.reply().await.starts_with("421 4.4.2"), "data timeout");
+    assert_eq!(relay.accepted(), 0);
+    assert_eq!(
+        relay.queue().stats().messages,
+        0,
+        "nothing of the half message was queued"
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_an_open_relay() {
+    let dir = TempDir::new("relaycontrol");
+    let sink = Sink::start(Script::default()).await;
+    // Only a recipient domain is allowed: this loopback client is not in any
+    // allowed network, so it may send to example.com and nowhere else.
+    let mut cfg = config(&dir, sink.addr);
+    cfg.policy.networks.clear();
+    cfg.policy.domains = vec!["example.com".into()];
+    let relay = start(cfg).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c
+        .cmd("MAIL FROM:<spammer@example.org>")
+        .await
+        .starts_with("250"));
+    for far in [
+        "victim@example.net",
+        "x@sub.example.com",
+        "x@example.com.evil.test",
+        "\"x@example.com\"@evil.test",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{far}>")).await;
+        assert!(
+            r.starts_with("554 5.7.1") || r.starts_with("501"),
+            "{far} relayed: {r}"
+        );
+    }
+    assert!(
+        c.cmd("DATA").await.starts_with("554 5.5.1"),
+        "no recipient was accepted"
+    );
+    assert!(c.cmd("RCPT TO:<bob@EXAMPLE.com>").await.starts_with("250"));
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    assert_eq!(relay.queue().stats().messages, 0);
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_upgrades_and_discards_plaintext_pipelined_after_it() {
+    use tokio_rustls::rustls;
+    let dir = TempDir::new("tls");
+    let key = rcgen::generate_simple_self_signed(vec!["relay.test".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (key.cert.pem(), key.signing_key.serialize_pem());
+    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.tls = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    let relay = start(cfg).await;
+
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.contains("STARTTLS"));
+    // A command injected after STARTTLS in the same packet must not run under TLS.
+    c.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("220 2.0.0"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(key.cert.der().clone()).unwrap();
+    let tls_cfg = rustls::ClientConfig::builder_with_provider(mailq_relay::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_cfg));
+    let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
+    let tls = connector.connect(name, c.s).await.expect("TLS handshake");
+    let mut c = Client::wrap(tls);
+    // State was reset: a MAIL without a new EHLO is out of sequence, which also
+    // shows the injected MAIL did not run.
+    assert!(c
+        .cmd("MAIL FROM:<a@example.org>")
+        .await
+        .starts_with("503 5.5.1"));
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "STARTTLS offered twice: {ehlo}");
+    let r = c
+        .mail(
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: secret\r\n\r\nover TLS\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(c.cmd("STARTTLS").await.starts_with("503 5.5.1"));
+    let got = sink.wait_for(1, 20).await;
+    assert_eq!(got[0].sender, "a@example.org");
+    assert!(String::from_utf8_lossy(&got[0].body).contains("with ESMTPS;"));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_452_then_the_relay_refuses_with_421() {
+    let dir = TempDir::new("diskfull");
+    let fs = mailq::sim::SimFs::new();
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.vfs = Some(fs.vfs());
+    // Nothing to deliver, nothing written between now and the next append.
+    let relay = start(cfg).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    fs.fail_at(1, mailq::sim::Fault::NoSpace);
+    c.send(&mailq_relay::client::stuff(
+        b"Subject: no room\r\n\r\nx\r\n",
+    ))
+    .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    // The queue is read-only now: the next transaction and new clients get 421.
+    let r = c.cmd("MAIL FROM:<a@example.org>").await;
+    assert!(r.starts_with("421 4.3.0"), "{r}");
+    let (_, greeting) = Client::connect(relay.local_addr()).await;
+    assert!(greeting.starts_with("421 4.3.0"), "{greeting}");
+    assert_eq!(relay.accepted(), 0);
+    drop(relay);
+}
