@@ -127,7 +127,11 @@ impl Relay {
             queue = %cfg.queue_dir.display(),
             relay_to = cfg.routes.default.as_deref().unwrap_or("-"),
             starttls = tls.is_some(),
-            "mailq-relay started; recovery: {report:?}"
+            messages = report.messages,
+            recipients = report.recipients,
+            damaged = report.damaged.len(),
+            recovery_ms = report.duration.as_millis() as u64,
+            "mailq-relay started"
         );
         let shared = Arc::new(Shared {
             cfg,

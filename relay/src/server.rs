@@ -474,7 +474,7 @@ impl Smtpd {
                     nrcpt = txn.rcpts,
                     size,
                     client = %self.peer,
-                    ms = started.elapsed().as_millis() as u64,
+                    delay = started.elapsed().as_secs_f64(),
                     "accepted"
                 );
                 self.shared.accepted.fetch_add(1, Ordering::Relaxed);
