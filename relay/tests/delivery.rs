@@ -253,3 +253,26 @@ async fn a_delivery_cancelled_mid_transfer_leaks_no_slot() {
         .unwrap();
     assert!(s.next_delivery().unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_recipient_gets_a_dsn_saying_so() {
+    let dir = TempDir::new("expiry");
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.lifetime = Duration::from_secs(2);
+    let relay = start(cfg).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let r = c.mail("alice@example.org", &["temp@example.com"], b"Subject: late\r\n\r\nx\r\n").await;
+    assert!(r.starts_with("250"), "{r}");
+    // Deferred at every try until the lifetime ends, then returned to the sender.
+    let got = sink.wait_for(1, 30).await;
+    let dsn = String::from_utf8_lossy(&got[0].body).into_owned();
+    assert_eq!((got[0].sender.as_str(), got[0].rcpts.as_slice()), ("", &["alice@example.org".to_string()][..]));
+    assert!(dsn.contains("Final-Recipient: rfc822; temp@example.com\r\nAction: failed\r\nStatus: 4.4.7\r\n"), "{dsn}");
+    assert!(dsn.contains("delivery time expired"), "{dsn}");
+    assert!(dsn.contains("451 4.2.1 mailbox busy"), "the last reply is in the DSN: {dsn}");
+    let q = relay.queue().clone();
+    eventually(10, "the expired recipient is settled", || q.stats().messages == 0).await;
+    relay.shutdown().await.unwrap();
+}
