@@ -281,6 +281,8 @@ impl Client {
 
     /// The next (possibly multi-line) reply.
     async fn reply(&mut self, timeout: Duration) -> Result<Response<String>, SiteError> {
+        // One deadline per reply, however the server trickles its bytes.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.pos < self.len {
                 let mut it = self.buf[self.pos..self.len].iter();
@@ -301,7 +303,7 @@ impl Client {
             }
             self.pos = 0;
             self.len = 0;
-            let n = match tokio::time::timeout(timeout, self.stream.read(&mut self.buf)).await {
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await {
                 Ok(Ok(0)) => return Err(format!("{}: connection closed by the server", self.hop)),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(format!("{}: read: {e}", self.hop)),

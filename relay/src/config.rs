@@ -413,6 +413,29 @@ impl Config {
         Ok(c)
     }
 
+    /// The outbound client's deadlines.
+    pub fn client_timeouts(&self) -> crate::client::Timeouts {
+        crate::client::Timeouts {
+            connect: self.connect_timeout,
+            reply: self.reply_timeout,
+            data_end: self.reply_timeout * 2,
+        }
+    }
+
+    /// The longest one delivery attempt may take: connect, greeting and EHLO,
+    /// RSET, the pipelined MAIL/RCPT/DATA replies, the body and the final
+    /// reply. Attempts are cut there, so they always end inside the lease.
+    pub fn delivery_deadline(&self) -> Duration {
+        let t = self.client_timeouts();
+        t.connect + t.reply * 6 + t.data_end
+    }
+
+    /// The queue's session lease: a delivery deadline plus a margin, so a live
+    /// session is never reclaimed under a slow but working delivery.
+    pub fn lease_ttl(&self) -> Duration {
+        self.delivery_deadline() + Duration::from_secs(60)
+    }
+
     /// Rejects settings that cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
         let positive = [

@@ -8,7 +8,7 @@
 //! delivery and session: the recipients return to the ready queue and the slot
 //! is released by their `Drop`.
 
-use crate::client::{Client, Timeouts};
+use crate::client::Client;
 use crate::Shared;
 use mailq::{Outcome, Session};
 use std::sync::Arc;
@@ -56,16 +56,19 @@ async fn run(shared: &Shared, mut session: Session) {
     let key = session.routing_key().to_string();
     let cfg = &shared.cfg;
     let Some(hop) = cfg.routes.lookup(&key).map(str::to_string) else {
+        // Mail for a destination without a route (e.g. a DSN to a sender's
+        // domain) waits with the reason until a restart with the route, or
+        // until its lifetime ends and the sender is told.
         let why = format!("no route for {key} (add it to --routes or set --relay-to)");
         tracing::warn!(destination = %key, "{why}");
-        let _ = block_in_place(|| session.site_failure(&why));
+        while let Ok(Some(d)) = block_in_place(|| session.next_delivery()) {
+            let n = d.recipients().len();
+            let _ = block_in_place(|| d.complete(&vec![Outcome::temp(why.clone()); n]));
+        }
+        let _ = block_in_place(|| session.finish());
         return;
     };
-    let t = Timeouts {
-        connect: cfg.connect_timeout,
-        reply: cfg.reply_timeout,
-        data_end: cfg.reply_timeout * 2,
-    };
+    let t = cfg.client_timeouts();
     // The first delivery before the connection: a session whose work another
     // session took meanwhile opens no connection, and a connection failure is
     // recorded on recipients (their reason shows in `inspect`).
@@ -75,22 +78,44 @@ async fn run(shared: &Shared, mut session: Session) {
             Ok(Some(d)) => d,
             Ok(None) => break,
             Err(e) => {
+                // The queue returned the recipients (an unreadable message is
+                // parked as corrupt); a site failure makes the destination back
+                // off instead of being handed out again at once.
                 tracing::warn!(destination = %key, "taking the next delivery: {e}");
-                break;
+                if let Some(c) = client {
+                    c.quit().await;
+                }
+                let _ = block_in_place(|| session.site_failure(&format!("local error: {e}")));
+                return;
             }
         };
         let started = Instant::now();
         let id = delivery.id();
         let sent = async {
-            let c = match &mut client {
-                Some(c) => {
-                    c.rset().await?;
-                    c
+            // A reused connection the server closed meanwhile (idle timeout)
+            // is replaced once, not held against the destination.
+            if let Some(c) = &mut client {
+                if c.rset().await.is_err() {
+                    client = None;
                 }
+            }
+            let c = match &mut client {
+                Some(c) => c,
                 None => client.insert(Client::connect(&hop, &cfg.hostname, t).await?),
             };
             c.deliver(delivery.sender(), delivery.recipients(), &delivery.body())
                 .await
+        };
+        // One deadline for the whole attempt, well inside the session's lease:
+        // a reply trickled a byte at a time cannot outlive the lease.
+        let sent = async {
+            match tokio::time::timeout(cfg.delivery_deadline(), sent).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "{hop}: delivery not finished after {:?}",
+                    cfg.delivery_deadline()
+                )),
+            }
         };
         match sent.await {
             Ok(outcomes) => {

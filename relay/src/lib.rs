@@ -94,6 +94,7 @@ impl Relay {
             min_backoff: cfg.min_backoff,
             max_backoff: cfg.max_backoff.max(cfg.min_backoff),
             lifetime: cfg.lifetime,
+            lease_ttl: cfg.lease_ttl(),
             ..Options::default()
         };
         let opts = match &cfg.vfs {

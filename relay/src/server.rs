@@ -34,12 +34,96 @@ enum Next {
     Close,
 }
 
+/// Bytes of the header section kept for the hop count.
+const HEAD_SCAN: usize = 64 * 1024;
+
+/// DATA being received: unstuffed bytes go to the message as they arrive.
+struct Incoming {
+    rx: DataReceiver,
+    chunk: Vec<u8>,
+    /// The first bytes, for the hop count.
+    head: Vec<u8>,
+    /// The last four bytes seen, oldest first (for the bare-dot check).
+    last: [u8; 4],
+    size: usize,
+    too_big: bool,
+    bare_dot: bool,
+    started: Instant,
+}
+
+impl Incoming {
+    fn new() -> Incoming {
+        let mut rx = DataReceiver::new();
+        // The receiver only recognises "\r\n." after a line end it has seen;
+        // the DATA command's own CRLF is that line end.
+        rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+        Incoming {
+            rx,
+            chunk: Vec::with_capacity(16 * 1024),
+            head: Vec::new(),
+            last: [0, 0, b'\r', b'\n'],
+            size: 0,
+            too_big: false,
+            bare_dot: false,
+            started: Instant::now(),
+        }
+    }
+
+    /// Moves what the receiver produced into the message (or drops it once
+    /// the message is too big), checking it on the way.
+    fn take_chunk(&mut self, txn: Option<&mut Txn>, max_size: usize) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        for &c in &self.chunk {
+            self.bare_dot |= lone_dot_with_bare_line_end(self.last, c);
+            self.last = [self.last[1], self.last[2], self.last[3], c];
+        }
+        self.size += self.chunk.len();
+        if self.head.len() < HEAD_SCAN {
+            let n = (HEAD_SCAN - self.head.len()).min(self.chunk.len());
+            self.head.extend_from_slice(&self.chunk[..n]);
+        }
+        self.too_big |= self.size > max_size;
+        if let (false, Some(t)) = (self.too_big, txn) {
+            self.too_big = t.builder.append(&self.chunk).is_err();
+        }
+        self.chunk.clear();
+    }
+}
+
+/// True when `c`, after the bytes `last`, completes a line holding only a
+/// dot where a line end on either side is a bare CR or LF: the end of DATA for
+/// lenient receivers, i.e. SMTP smuggling. The proper `CRLF . CRLF` inside a
+/// body (a stuffed `..` line) is fine: it is stuffed again on the way out.
+fn lone_dot_with_bare_line_end(last: [u8; 4], c: u8) -> bool {
+    let [p4, p3, p2, p1] = last;
+    let eol = |b: u8| b == b'\r' || b == b'\n';
+    let crlf_before = |a: u8, b: u8| a == b'\r' && b == b'\n';
+    // ". " between line ends, the one before it bare: LF . EOL, CR . EOL.
+    let bare_left = p1 == b'.' && eol(c) && (p2 == b'\r' || (p2 == b'\n' && p3 != b'\r'));
+    // CRLF . LF
+    let bare_lf_right = p1 == b'.' && c == b'\n' && crlf_before(p3, p2);
+    // CRLF . CR, then anything but LF
+    let bare_cr_right = p2 == b'.' && p1 == b'\r' && c != b'\n' && crlf_before(p4, p3);
+    bare_left || bare_lf_right || bare_cr_right
+}
+
+/// A local part this relay passes on as it is: no quoting needed and no
+/// characters that some MTA might route on.
+fn plain_local_part(local: &str) -> bool {
+    const SPECIAL: &[u8] = b"@%!\"<>\\(),;:[]";
+    !local.is_empty()
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !SPECIAL.contains(&b))
+}
+
 /// The envelope being received.
 struct Txn {
     builder: MessageBuilder,
     sender: String,
     rcpts: usize,
-    declared_size: usize,
 }
 
 /// One client connection.
@@ -73,7 +157,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
     } else {
         tracing::debug!(client = %peer, "disconnect");
     }
-    let _ = s.conn.shutdown().await;
+    // Bounded: a TLS peer that stops reading would keep close_notify (and this
+    // connection's slot) pending for ever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.conn.shutdown()).await;
 }
 
 impl Smtpd {
@@ -86,7 +172,7 @@ impl Smtpd {
         self.reply(&format!("220 {host} ESMTP mailq-relay"));
         let mut buf = vec![0u8; 16 * 1024];
         let mut requests = RequestReceiver::default();
-        let mut data: Option<(DataReceiver, Vec<u8>, Instant)> = None;
+        let mut data: Option<Incoming> = None;
         // Bytes of the current command line seen so far, and whether it is
         // already too long (then it is skipped to its end and refused once).
         let (mut line_len, mut skipping) = (0usize, false);
@@ -109,29 +195,23 @@ impl Smtpd {
             };
             let mut it = buf[..n].iter();
             while it.len() > 0 {
-                if let Some((rx, body, started)) = &mut data {
-                    let done = rx.ingest(&mut it, body);
-                    if body.len() > self.shared.cfg.max_size {
-                        // Keep reading to the end of the data, but not the bytes.
-                        body.clear();
-                        body.shrink_to(64 * 1024);
-                        if let Some(t) = &mut self.txn {
-                            t.declared_size = usize::MAX;
-                        }
-                    }
+                if let Some(inc) = &mut data {
+                    let done = inc.rx.ingest(&mut it, &mut inc.chunk);
+                    inc.take_chunk(self.txn.as_mut(), self.shared.cfg.max_size);
                     if !done {
                         continue;
                     }
-                    let (_, body, started) = (rx, std::mem::take(body), *started);
-                    data = None;
-                    if let Next::Close = self.end_data(body, started).await {
-                        self.flush().await?;
-                        return Ok(());
+                    if let Some(inc) = data.take() {
+                        if let Next::Close = self.end_data(inc).await {
+                            self.flush().await?;
+                            return Ok(());
+                        }
                     }
                     continue;
                 }
                 let rest = it.as_slice();
-                match rest.iter().position(|&b| b == b'\n') {
+                let line_end = rest.iter().position(|&b| b == b'\n');
+                match line_end {
                     Some(p) if skipping || line_len + p + 1 > MAX_COMMAND_LINE => {
                         it = rest[p + 1..].iter();
                         (line_len, skipping) = (0, false);
@@ -152,17 +232,21 @@ impl Smtpd {
                 let next = match requests.ingest(&mut it) {
                     Ok(req) => self.command(req).await,
                     Err(PError::NeedsMoreData { .. }) => break,
-                    Err(e) => self.parse_error(e),
+                    Err(e) => {
+                        // One reply per line: whatever the parser left of a bad
+                        // line is not another command.
+                        if let Some(p) = line_end {
+                            if it.len() > rest.len() - (p + 1) {
+                                it = rest[p + 1..].iter();
+                            }
+                        }
+                        requests = RequestReceiver::default();
+                        self.parse_error(e)
+                    }
                 };
                 match next {
                     Next::Continue => {}
-                    Next::Data => {
-                        let mut rx = DataReceiver::new();
-                        // The receiver only recognises "\r\n." after a line end it
-                        // has seen; the DATA command's own CRLF is that line end.
-                        rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
-                        data = Some((rx, Vec::with_capacity(8 * 1024), Instant::now()));
-                    }
+                    Next::Data => data = Some(Incoming::new()),
                     Next::StartTls => {
                         // RFC 3207 §4.2: anything pipelined after STARTTLS arrived in
                         // plain text and is discarded, not executed under TLS.
@@ -367,6 +451,13 @@ impl Smtpd {
         if from.size > self.shared.cfg.max_size {
             return self.error("552 5.3.4 Message size exceeds fixed limit");
         }
+        let plain = match from.address.rsplit_once('@') {
+            Some((local, _)) => plain_local_part(local),
+            None => from.address.is_empty(),
+        };
+        if !plain {
+            return self.error("501 5.1.7 Bad sender address: quoted local parts, routing characters and addresses without a domain are not accepted");
+        }
         let builder = match self.shared.q.queue().message(&from.address) {
             Ok(b) => b,
             Err(e) => {
@@ -380,7 +471,6 @@ impl Smtpd {
             builder,
             sender: from.address.into_owned(),
             rcpts: 0,
-            declared_size: from.size,
         });
         self.reply("250 2.1.0 Ok");
         Next::Continue
@@ -392,15 +482,33 @@ impl Smtpd {
             return self.error("503 5.5.1 Error: need MAIL command");
         };
         if txn.rcpts >= cfg.max_recipients {
-            return self.error("452 4.5.3 Error: too many recipients");
+            // Not counted as an error: the client sends the rest in another
+            // transaction (RFC 5321 §4.5.3.1.10).
+            self.reply("452 4.5.3 Error: too many recipients");
+            return Next::Continue;
         }
         let addr = to.address.as_ref();
-        let Some((_, domain)) = addr.rsplit_once('@') else {
+        let Some((local, domain)) = addr.rsplit_once('@') else {
             return self.error(&format!(
                 "501 5.1.3 <{}>: Recipient address must contain a domain",
                 clip(addr, 256)
             ));
         };
+        if !plain_local_part(local) {
+            // "user@elsewhere"@allowed, user%elsewhere@allowed, elsewhere!user@allowed:
+            // a next hop that routes on them would relay to elsewhere
+            // (Postfix's allow_untrusted_routing=no), and quoting is not kept.
+            let line = format!(
+                "554 5.7.1 <{}>: sender-specified routing and quoted local parts are not accepted",
+                clip(addr, 256)
+            );
+            return self.error(&line);
+        }
+        let domain = domain
+            .strip_suffix('.')
+            .unwrap_or(domain)
+            .to_ascii_lowercase();
+        let domain = domain.as_str();
         if !cfg.policy.allows(self.peer.ip(), domain) {
             let line = format!("554 5.7.1 <{}>: Relay access denied", clip(addr, 256));
             return self.error(&line);
@@ -418,7 +526,10 @@ impl Smtpd {
                 self.reply("250 2.1.5 Ok");
                 Next::Continue
             }
-            Err(QError::TooLarge { .. }) => self.error("452 4.5.3 Error: too many recipients"),
+            Err(QError::TooLarge { .. }) => {
+                self.reply("452 4.5.3 Error: too many recipients");
+                Next::Continue
+            }
             Err(e) => self.error(&format!(
                 "501 5.1.3 Bad recipient address: {}",
                 clip(&e.to_string(), 200)
@@ -431,6 +542,21 @@ impl Smtpd {
             None => self.error("503 5.5.1 Error: need MAIL command"),
             Some(t) if t.rcpts == 0 => self.error("554 5.5.1 Error: no valid recipients"),
             Some(_) => {
+                let received = crate::headers::received(
+                    self.helo.as_deref().unwrap_or(""),
+                    self.peer.ip(),
+                    &self.shared.cfg.hostname,
+                    self.esmtp,
+                    self.conn.is_tls(),
+                );
+                if let Some(t) = &mut self.txn {
+                    if let Err(e) = t.builder.append(received.as_bytes()) {
+                        tracing::error!(client = %self.peer, "cannot start the message: {e}");
+                        self.txn = None;
+                        return self
+                            .error("451 4.3.0 Error: queue file write error, try again later");
+                    }
+                }
                 self.reply("354 End data with <CR><LF>.<CR><LF>");
                 Next::Data
             }
@@ -438,33 +564,21 @@ impl Smtpd {
     }
 
     /// The end of DATA: checks, then the durable commit, then the reply.
-    async fn end_data(&mut self, body: Vec<u8>, started: Instant) -> Next {
-        let Some(mut txn) = self.txn.take() else {
+    async fn end_data(&mut self, inc: Incoming) -> Next {
+        let Some(txn) = self.txn.take() else {
             return self.error("503 5.5.1 Error: need MAIL command");
         };
-        if txn.declared_size == usize::MAX {
+        if inc.too_big {
             return self.error("552 5.3.4 Error: message file too big");
         }
-        if crate::headers::count_received(&body) > MAX_HOPS {
+        if inc.bare_dot {
+            return self.error("554 5.5.2 Error: a lone dot after a bare CR or LF in the message (SMTP smuggling); send CRLF line ends");
+        }
+        if crate::headers::count_received(&inc.head) > MAX_HOPS {
             return self.error("554 5.4.6 Error: too many hops (mail loop?)");
         }
-        let received = crate::headers::received(
-            self.helo.as_deref().unwrap_or(""),
-            self.peer.ip(),
-            &self.shared.cfg.hostname,
-            self.esmtp,
-            self.conn.is_tls(),
-        );
-        let built = txn
-            .builder
-            .append(received.as_bytes())
-            .and_then(|()| txn.builder.append(&body));
-        let size = body.len();
-        drop(body);
-        let result = match built {
-            Ok(()) => txn.builder.commit_async().await,
-            Err(e) => Err(e),
-        };
+        let (size, started) = (inc.size, inc.started);
+        let result = txn.builder.commit_async().await;
         let host = self.shared.cfg.hostname.clone();
         match result {
             Ok(id) => {

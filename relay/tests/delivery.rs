@@ -22,7 +22,11 @@ fn state_of(relay: &mailq_relay::Relay, addr: &str) -> Option<(RcptState, String
 async fn replies_decide_each_recipient_and_a_permanent_failure_gets_a_dsn() {
     let dir = TempDir::new("outcomes");
     let sink = Sink::start(Script::default()).await;
-    let relay = start(config(&dir, sink.addr)).await;
+    let mut cfg = config(&dir, sink.addr);
+    // No retry while the test looks at the deferred recipient.
+    cfg.min_backoff = Duration::from_secs(60);
+    cfg.max_backoff = Duration::from_secs(60);
+    let relay = start(cfg).await;
     let (mut c, _) = Client::connect(relay.local_addr()).await;
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
     let r = c
@@ -263,16 +267,36 @@ async fn an_expired_recipient_gets_a_dsn_saying_so() {
     let relay = start(cfg).await;
     let (mut c, _) = Client::connect(relay.local_addr()).await;
     assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    let r = c.mail("alice@example.org", &["temp@example.com"], b"Subject: late\r\n\r\nx\r\n").await;
+    let r = c
+        .mail(
+            "alice@example.org",
+            &["temp@example.com"],
+            b"Subject: late\r\n\r\nx\r\n",
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     // Deferred at every try until the lifetime ends, then returned to the sender.
     let got = sink.wait_for(1, 30).await;
     let dsn = String::from_utf8_lossy(&got[0].body).into_owned();
-    assert_eq!((got[0].sender.as_str(), got[0].rcpts.as_slice()), ("", &["alice@example.org".to_string()][..]));
-    assert!(dsn.contains("Final-Recipient: rfc822; temp@example.com\r\nAction: failed\r\nStatus: 4.4.7\r\n"), "{dsn}");
+    assert_eq!(
+        (got[0].sender.as_str(), got[0].rcpts.as_slice()),
+        ("", &["alice@example.org".to_string()][..])
+    );
+    assert!(
+        dsn.contains(
+            "Final-Recipient: rfc822; temp@example.com\r\nAction: failed\r\nStatus: 4.4.7\r\n"
+        ),
+        "{dsn}"
+    );
     assert!(dsn.contains("delivery time expired"), "{dsn}");
-    assert!(dsn.contains("451 4.2.1 mailbox busy"), "the last reply is in the DSN: {dsn}");
+    assert!(
+        dsn.contains("451 4.2.1 mailbox busy"),
+        "the last reply is in the DSN: {dsn}"
+    );
     let q = relay.queue().clone();
-    eventually(10, "the expired recipient is settled", || q.stats().messages == 0).await;
+    eventually(10, "the expired recipient is settled", || {
+        q.stats().messages == 0
+    })
+    .await;
     relay.shutdown().await.unwrap();
 }

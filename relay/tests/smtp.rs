@@ -131,6 +131,17 @@ async fn every_limit_and_sequence_error_has_its_standard_reply() {
         .cmd("AUTH PLAIN AGFiYwBkZWY=")
         .await
         .starts_with("502 5.5.1"));
+    // One reply per line, even when the parser gives up half-way through one.
+    c.send(b"AUTH \tRSET\r\nNOOP\r\n").await;
+    let (bad, noop) = (c.reply().await, c.reply().await);
+    assert!(
+        bad.starts_with('5') && noop.starts_with("250 2.0.0"),
+        "{bad} / {noop}"
+    );
+    assert!(
+        c.cmd("HELP").await.starts_with("214"),
+        "an extra reply is pending"
+    );
 
     // Recipients per message.
     assert!(c.cmd("RCPT TO:<b1@example.com>").await.starts_with("250"));
@@ -176,8 +187,10 @@ async fn idle_clients_are_timed_out_in_commands_and_in_data() {
     let dir = TempDir::new("timeout");
     let sink = Sink::start(Script::default()).await;
     let mut cfg = config(&dir, sink.addr);
-    cfg.command_timeout = Duration::from_millis(300);
-    cfg.data_timeout = Duration::from_millis(300);
+    // Long enough for a loaded machine to answer four commands in a row,
+    // short enough for a test.
+    cfg.command_timeout = Duration::from_secs(2);
+    cfg.data_timeout = Duration::from_secs(1);
     let relay = start(cfg).await;
 
     let (mut c, _) = Client::connect(relay.local_addr()).await;
@@ -221,6 +234,11 @@ async fn never_an_open_relay() {
         "x@sub.example.com",
         "x@example.com.evil.test",
         "\"x@example.com\"@evil.test",
+        // Routing hidden in the local part of an allowed domain: a next hop
+        // that honours it would relay onwards.
+        "\"victim@evil.test\"@example.com",
+        "victim%evil.test@example.com",
+        "evil.test!victim@example.com",
     ] {
         let r = c.cmd(&format!("RCPT TO:<{far}>")).await;
         assert!(
@@ -232,7 +250,8 @@ async fn never_an_open_relay() {
         c.cmd("DATA").await.starts_with("554 5.5.1"),
         "no recipient was accepted"
     );
-    assert!(c.cmd("RCPT TO:<bob@EXAMPLE.com>").await.starts_with("250"));
+    let r = c.cmd("RCPT TO:<bob@EXAMPLE.com.>").await;
+    assert!(r.starts_with("250"), "case and a trailing dot: {r}");
     assert!(c.cmd("QUIT").await.starts_with("221"));
     assert_eq!(relay.queue().stats().messages, 0);
     relay.shutdown().await.unwrap();
@@ -319,4 +338,30 @@ async fn a_full_disk_answers_452_then_the_relay_refuses_with_421() {
     assert!(greeting.starts_with("421 4.3.0"), "{greeting}");
     assert_eq!(relay.accepted(), 0);
     drop(relay);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_dot_after_a_bare_line_end_is_refused_as_smuggling() {
+    let dir = TempDir::new("smuggle");
+    let sink = Sink::start(Script::default()).await;
+    let relay = start(config(&dir, sink.addr)).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    for trick in [
+        &b"\n.\r\n"[..],
+        b"\r\n.\n",
+        b"\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+    ] {
+        let mut body = b"Subject: hi\r\n\r\nhello".to_vec();
+        body.extend_from_slice(trick);
+        body.extend_from_slice(
+            b"MAIL FROM:<ceo@bank.example>\r\nRCPT TO:<x@example.net>\r\nDATA\r\nforged\r\n",
+        );
+        let r = c.mail("a@example.org", &["b@example.com"], &body).await;
+        assert!(r.starts_with("554 5.5.2"), "{trick:?} accepted: {r}");
+    }
+    assert_eq!(relay.accepted(), 0);
+    relay.shutdown().await.unwrap();
 }
