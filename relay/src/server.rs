@@ -75,10 +75,7 @@ impl Incoming {
         if self.chunk.is_empty() {
             return;
         }
-        for &c in &self.chunk {
-            self.bare_dot |= lone_dot_with_bare_line_end(self.last, c);
-            self.last = [self.last[1], self.last[2], self.last[3], c];
-        }
+        self.scan_dots();
         self.size += self.chunk.len();
         if self.head.len() < HEAD_SCAN {
             let n = (HEAD_SCAN - self.head.len()).min(self.chunk.len());
@@ -89,6 +86,28 @@ impl Incoming {
             self.too_big = t.builder.append(&self.chunk).is_err();
         }
         self.chunk.clear();
+    }
+}
+
+impl Incoming {
+    /// Runs the bare-dot check at every dot of the new chunk (and of the last
+    /// bytes before it), not at every byte: bodies are mostly dot-free.
+    fn scan_dots(&mut self) {
+        let mut w: Vec<u8> = Vec::with_capacity(self.chunk.len() + 4);
+        w.extend_from_slice(&self.last);
+        w.extend_from_slice(&self.chunk);
+        // Each new byte `c` at index i >= 4 is judged on w[i-4..i]; only the
+        // bytes one or two after a dot can complete a bad pattern.
+        for d in memchr::memchr_iter(b'.', &w[1..]).map(|d| d + 1) {
+            for i in [d + 1, d + 2] {
+                if i >= 4 && i < w.len() {
+                    let last = [w[i - 4], w[i - 3], w[i - 2], w[i - 1]];
+                    self.bare_dot |= lone_dot_with_bare_line_end(last, w[i]);
+                }
+            }
+        }
+        let n = w.len();
+        self.last = [w[n - 4], w[n - 3], w[n - 2], w[n - 1]];
     }
 }
 
@@ -630,4 +649,58 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bare_dot(body: &[u8], piece: usize) -> bool {
+        let mut inc = Incoming::new();
+        for part in body.chunks(piece) {
+            inc.chunk.extend_from_slice(part);
+            inc.scan_dots();
+            inc.chunk.clear();
+        }
+        inc.bare_dot
+    }
+
+    #[test]
+    fn bare_dot_check_is_the_same_whatever_the_read_sizes() {
+        let bad: [&[u8]; 6] = [
+            b"a\n.\r\nb",
+            b"a\r\n.\nb",
+            b"a\n.\nb",
+            b"a\r.\r\nb",
+            b"a\r\n.\rb",
+            b".\nb",
+        ];
+        let good: [&[u8]; 5] = [
+            b"a\r\n.\r\nb",
+            b"a\r\n..\r\nb",
+            b"a\n.b\r\n",
+            b"x.y\r\n.z\r\n",
+            b"\r\n. \r\n",
+        ];
+        for piece in [1, 2, 3, 5, 64] {
+            for b in bad {
+                assert!(bare_dot(b, piece), "{b:?} in pieces of {piece}");
+            }
+            for g in good {
+                assert!(!bare_dot(g, piece), "{g:?} in pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn local_parts_that_route_or_need_quotes_are_not_plain() {
+        for ok in ["bob", "bob.smith+tag", "o'brien", "a_b-c=d"] {
+            assert!(plain_local_part(ok), "{ok}");
+        }
+        for bad in [
+            "", "v@evil", "v%evil", "evil!v", "john doe", "\"q\"", "a<b", "a\tb",
+        ] {
+            assert!(!plain_local_part(bad), "{bad}");
+        }
+    }
 }
