@@ -51,6 +51,17 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut stop: watch::Receiver<bool
     tasks.shutdown().await;
 }
 
+/// Closes connections left idle too long, until `stop` turns true.
+pub(crate) async fn reap_idle(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::pool::IDLE / 2) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        shared.pool.reap().await;
+    }
+}
+
 /// One session: one connection to the destination's next hop.
 async fn run(shared: &Shared, mut session: Session) {
     let key = session.routing_key().to_string();
@@ -92,8 +103,12 @@ async fn run(shared: &Shared, mut session: Session) {
         let started = Instant::now();
         let id = delivery.id();
         let sent = async {
-            // A reused connection the server closed meanwhile (idle timeout)
-            // is replaced once, not held against the destination.
+            // A connection another session left idle, if any; one the server
+            // closed meanwhile (idle timeout) is replaced once, not held
+            // against the destination.
+            if client.is_none() {
+                client = shared.pool.take(&hop);
+            }
             if let Some(c) = &mut client {
                 if c.rset().await.is_err() {
                     client = None;
@@ -151,7 +166,7 @@ async fn run(shared: &Shared, mut session: Session) {
         }
     }
     if let Some(c) = client {
-        c.quit().await;
+        shared.pool.put(&hop, c).await;
     }
     if let Err(e) = block_in_place(|| session.finish()) {
         tracing::warn!(destination = %key, "ending the session: {e}");

@@ -13,6 +13,7 @@ mod conn;
 mod deliver;
 pub mod dsn;
 mod headers;
+mod pool;
 mod server;
 pub mod tls;
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) bounce_ready: Notify,
     /// Messages answered `250` since start.
     pub(crate) accepted: AtomicU64,
+    /// Idle outbound connections for the next session to the same hop.
+    pub(crate) pool: pool::Pool,
 }
 
 /// A running relay.
@@ -141,11 +144,13 @@ impl Relay {
             refusing: AtomicBool::new(false),
             bounce_ready: Notify::new(),
             accepted: AtomicU64::new(0),
+            pool: pool::Pool::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(shared.clone(), listener, stopped.clone()));
         tasks.spawn(deliver::dispatch(shared.clone(), stopped.clone()));
+        tasks.spawn(deliver::reap_idle(shared.clone(), stopped.clone()));
         tasks.spawn(dsn::bounce_loop(shared.clone(), stopped));
         // The first round of bounces (left from before a restart).
         shared.bounce_ready.notify_one();

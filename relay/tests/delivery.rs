@@ -300,3 +300,40 @@ async fn an_expired_recipient_gets_a_dsn_saying_so() {
     .await;
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_session_reuses_an_idle_connection_and_idle_ones_are_closed() {
+    let dir = TempDir::new("pool");
+    let sink = Sink::start(Script::default()).await;
+    let relay = start(config(&dir, sink.addr)).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    for i in 0..3 {
+        let body = format!("Subject: {i}\r\n\r\nx\r\n");
+        assert!(c
+            .mail("a@example.org", &["b@example.com"], body.as_bytes())
+            .await
+            .starts_with("250"));
+        // Each message is delivered (and its session ended) before the next.
+        sink.wait_for(i + 1, 20).await;
+    }
+    assert_eq!(
+        sink.state.lock().await.conns,
+        1,
+        "three sessions, one connection"
+    );
+    // Idle past the cache time, the connection is closed with QUIT and the
+    // next message opens a new one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(c
+        .mail(
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: late\r\n\r\nx\r\n"
+        )
+        .await
+        .starts_with("250"));
+    sink.wait_for(4, 20).await;
+    assert_eq!(sink.state.lock().await.conns, 2);
+    relay.shutdown().await.unwrap();
+}
