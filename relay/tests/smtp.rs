@@ -365,3 +365,38 @@ async fn a_lone_dot_after_a_bare_line_end_is_refused_as_smuggling() {
     assert_eq!(relay.accepted(), 0);
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_io_error_answers_451_and_the_poisoned_queue_then_421() {
+    let dir = TempDir::new("eio");
+    let fs = mailq::sim::SimFs::new();
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.vfs = Some(fs.vfs());
+    let relay = start(cfg).await;
+    let (mut c, _) = Client::connect(relay.local_addr()).await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    fs.fail_at(1, mailq::sim::Fault::Eio);
+    c.send(&mailq_relay::client::stuff(b"Subject: eio\r\n\r\nx\r\n"))
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    // The queue never retries a failed write: it is read-only now, and the
+    // relay says so at the next message.
+    let r = c
+        .mail(
+            "a@example.org",
+            &["b@example.com"],
+            b"Subject: again\r\n\r\nx\r\n",
+        )
+        .await;
+    assert!(r.starts_with("421 4.3.0"), "{r}");
+    assert_eq!(c.reply().await, "", "closed after 421");
+    let (_, greeting) = Client::connect(relay.local_addr()).await;
+    assert!(greeting.starts_with("421 4.3.0"), "{greeting}");
+    assert_eq!(relay.accepted(), 0);
+    drop(relay);
+}
