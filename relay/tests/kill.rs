@@ -140,6 +140,36 @@ async fn sender(
     attempts
 }
 
+/// Client tasks sending until stopped.
+struct Senders {
+    acked: Arc<Mutex<HashSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Senders {
+    fn start(port: u16, n: usize) -> Senders {
+        let next = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|_| tokio::spawn(sender(port, next.clone(), acked.clone(), stop.clone())))
+            .collect();
+        Senders { acked, stop, tasks }
+    }
+
+    /// Stops them: (messages attempted, ids answered 250).
+    async fn stop(self) -> (u64, HashSet<u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut attempted = 0;
+        for t in self.tasks {
+            attempted += t.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (attempted, acked)
+    }
+}
+
 fn test_id(body: &[u8]) -> Option<u64> {
     let text = String::from_utf8_lossy(body);
     let line = text.lines().find(|l| l.starts_with("X-Test-Id: "))?;
@@ -177,14 +207,7 @@ async fn every_acknowledged_message_survives_sigkill() {
 
     let mut relay = spawn(&queue, port, sink.addr, &log);
     wait_listening(port).await;
-    let (next, acked, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(Mutex::new(HashSet::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let senders: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(sender(port, next.clone(), acked.clone(), stop.clone())))
-        .collect();
+    let senders = Senders::start(port, 8);
     const KILLS: usize = 6;
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(150 + rand() % 450)).await;
@@ -194,12 +217,7 @@ async fn every_acknowledged_message_survives_sigkill() {
         wait_listening(port).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut attempted = 0;
-    for s in senders {
-        attempted += s.await.unwrap();
-    }
-    let acked: HashSet<u64> = acked.lock().unwrap().clone();
+    let (attempted, acked) = senders.stop().await;
     assert!(
         acked.len() > 100,
         "too little mail went through to test anything: {}",
@@ -267,26 +285,15 @@ async fn every_acknowledged_message_survives_a_power_cut() {
         cfg.vfs = Some(fs.vfs());
         let relay = start(cfg.clone()).await;
         let port = relay.local_addr().port();
-        let (next, acked, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(Mutex::new(HashSet::new())),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let senders: Vec<_> = (0..8)
-            .map(|_| tokio::spawn(sender(port, next.clone(), acked.clone(), stop.clone())))
-            .collect();
+        let senders = Senders::start(port, 8);
         tokio::time::sleep(Duration::from_millis(200 + 150 * round as u64)).await;
         fs.crash_after(1);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.store(true, Ordering::Relaxed);
-        for s in senders {
-            s.await.unwrap();
-        }
+        let (_, acked) = senders.stop().await;
         assert!(fs.crashed(), "the power cut did not happen");
         drop(relay);
         fs.restart(mode, 0x5eed + round as u64);
 
-        let acked: HashSet<u64> = acked.lock().unwrap().clone();
         assert!(
             acked.len() > 20,
             "too little mail went through to test anything: {}",

@@ -310,12 +310,15 @@ async fn starttls_upgrades_and_discards_plaintext_pipelined_after_it() {
     relay.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_answers_452_then_the_relay_refuses_with_421() {
-    let dir = TempDir::new("diskfull");
+/// A relay on SimFs whose first write at the end of DATA fails with `fault`:
+/// the relay, the client (transaction over) and the reply to the final dot.
+async fn commit_fails_with(
+    dir: &TempDir,
+    sink: &Sink,
+    fault: mailq::sim::Fault,
+) -> (mailq_relay::Relay, Client<tokio::net::TcpStream>, String) {
     let fs = mailq::sim::SimFs::new();
-    let sink = Sink::start(Script::default()).await;
-    let mut cfg = config(&dir, sink.addr);
+    let mut cfg = config(dir, sink.addr);
     cfg.vfs = Some(fs.vfs());
     // Nothing to deliver, nothing written between now and the next append.
     let relay = start(cfg).await;
@@ -324,12 +327,18 @@ async fn a_full_disk_answers_452_then_the_relay_refuses_with_421() {
     assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
     assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
-    fs.fail_at(1, mailq::sim::Fault::NoSpace);
-    c.send(&mailq_relay::client::stuff(
-        b"Subject: no room\r\n\r\nx\r\n",
-    ))
-    .await;
+    fs.fail_at(1, fault);
+    c.send(&mailq_relay::client::stuff(b"Subject: fails\r\n\r\nx\r\n"))
+        .await;
     let r = c.reply().await;
+    (relay, c, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_452_then_the_relay_refuses_with_421() {
+    let dir = TempDir::new("diskfull");
+    let sink = Sink::start(Script::default()).await;
+    let (relay, mut c, r) = commit_fails_with(&dir, &sink, mailq::sim::Fault::NoSpace).await;
     assert!(r.starts_with("452 4.3.1"), "{r}");
     // The queue is read-only now: the next transaction and new clients get 421.
     let r = c.cmd("MAIL FROM:<a@example.org>").await;
@@ -369,20 +378,8 @@ async fn a_lone_dot_after_a_bare_line_end_is_refused_as_smuggling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_io_error_answers_451_and_the_poisoned_queue_then_421() {
     let dir = TempDir::new("eio");
-    let fs = mailq::sim::SimFs::new();
     let sink = Sink::start(Script::default()).await;
-    let mut cfg = config(&dir, sink.addr);
-    cfg.vfs = Some(fs.vfs());
-    let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    fs.fail_at(1, mailq::sim::Fault::Eio);
-    c.send(&mailq_relay::client::stuff(b"Subject: eio\r\n\r\nx\r\n"))
-        .await;
-    let r = c.reply().await;
+    let (relay, mut c, r) = commit_fails_with(&dir, &sink, mailq::sim::Fault::Eio).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     // The queue never retries a failed write: it is read-only now, and the
     // relay says so at the next message.
