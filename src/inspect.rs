@@ -5,6 +5,7 @@
 //! Depends on `engine` (through `Queue`), `error`, `stats`, `types`.
 
 use crate::error::Result;
+use crate::select::{Explanation, Selected, Selector};
 use crate::stats::{MessageInfo, MessageSummary, Stats};
 use crate::types::MessageId;
 use crate::Queue;
@@ -37,6 +38,19 @@ impl Queue {
     /// attempts, next attempt, current route and last error.
     pub fn inspect(&self, id: MessageId) -> Result<MessageInfo> {
         self.engine.inspect(id)
+    }
+
+    /// Up to `limit` recipients matching `sel` (see [`Selector`]), without
+    /// holding locks that producers or workers need while envelopes are read.
+    pub fn select(&self, sel: &Selector, limit: usize) -> Result<Vec<Selected>> {
+        self.engine.select(sel, limit)
+    }
+
+    /// Why recipient `index` of message `id` is not being delivered now:
+    /// its state, the next attempt, the destination's suspension, dead mark or
+    /// full window, a hold, or a lease in flight, in one sentence with the facts.
+    pub fn explain(&self, id: MessageId, index: u32) -> Result<Explanation> {
+        self.engine.explain(id, index)
     }
 
     /// Reads and checks every live message record (checksum and decoding).

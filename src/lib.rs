@@ -26,6 +26,7 @@ mod message;
 mod queue;
 mod recovery;
 mod sched;
+mod select;
 mod session;
 mod stats;
 mod storage;
@@ -44,6 +45,7 @@ pub use error::{Error, Result};
 pub use message::MessageBuilder;
 pub use queue::Queue;
 pub use recovery::{Damage, RecoveryReport};
+pub use select::{Explanation, Op, Selected, Selector};
 pub use session::{Delivery, Session};
 pub use stats::{
     BucketStats, MessageInfo, MessageSummary, RecipientInfo, Stats, AGE_BUCKETS_MINUTES,

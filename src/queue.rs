@@ -163,6 +163,15 @@ impl Queue {
         self.engine.reroute(from, to)
     }
 
+    /// Applies `op` to every recipient `sel` matches at this moment, durably,
+    /// and returns how many changed; with `dry_run`, changes nothing and
+    /// returns how many it would change. On a recipient in flight, hold,
+    /// release and re-route take effect when its attempt ends; `Bounce` leaves
+    /// it alone.
+    pub fn act(&self, sel: &crate::Selector, op: &crate::Op, dry_run: bool) -> Result<usize> {
+        self.engine.act(sel, op, dry_run)
+    }
+
     /// Re-routes one recipient to routing key `to` (persisted).
     pub fn reroute_recipient(&self, id: MessageId, index: u32, to: &str) -> Result<bool> {
         self.engine.reroute_recipient(id, index, to)

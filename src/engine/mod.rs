@@ -21,6 +21,7 @@ mod maint;
 mod observe;
 mod operator;
 mod policy;
+mod select;
 mod signal;
 
 pub(crate) use delivery::DeliveryCore;

@@ -260,7 +260,7 @@ impl Engine {
 }
 
 /// The figures of one bucket.
-fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
+pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
     BucketStats {
         key: b.key.to_string(),
         ready: b.count(RcptState::Ready) as u64,

@@ -29,8 +29,15 @@ pub(crate) enum Action {
 }
 
 impl Action {
+    /// True when this action changes a recipient in state `st` (dry runs).
+    pub(crate) fn applies_to(self, st: RcptState) -> bool {
+        let mut r = Rcpt::default();
+        r.set_state(st);
+        self.plan(&r).is_some()
+    }
+
     /// The change this action makes to `r`, or `None` to leave it alone.
-    fn plan(self, r: &Rcpt) -> Option<Change> {
+    pub(crate) fn plan(self, r: &Rcpt) -> Option<Change> {
         let st = r.state();
         match (self, st) {
             (Action::Hold, RcptState::Ready | RcptState::Deferred) => {
@@ -143,7 +150,7 @@ impl Engine {
     }
 
     /// Runs `f` on each target; a message gone meanwhile is skipped.
-    fn each_target(
+    pub(super) fn each_target(
         &self,
         targets: Vec<(MessageId, u32)>,
         f: impl Fn(MessageId, u32) -> Result<bool>,
@@ -160,7 +167,7 @@ impl Engine {
     }
 
     /// Makes an action durable and counts deletions.
-    fn acted(&self, a: Action, n: usize) -> Result<usize> {
+    pub(super) fn acted(&self, a: Action, n: usize) -> Result<usize> {
         self.log.sync_all()?;
         if a == Action::Delete {
             bump(&self.counters.deleted, n as u64);
@@ -321,7 +328,7 @@ impl Engine {
     }
 
     /// Moves one recipient to another bucket, persisting the new routing key.
-    fn reroute_rcpt(&self, id: MessageId, idx: u32, to: u32) -> Result<bool> {
+    pub(super) fn reroute_rcpt(&self, id: MessageId, idx: u32, to: u32) -> Result<bool> {
         let _g = self.gate.read_recursive();
         let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
         let to_key = self.key_of(to);

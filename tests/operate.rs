@@ -1,0 +1,313 @@
+//! The operator plane in the library: selection by predicate, bulk actions
+//! with dry runs (including on recipients in flight), and "explain".
+
+mod common;
+use common::*;
+use mailq::*;
+use std::time::Duration;
+
+fn by(f: impl FnOnce(&mut Selector)) -> Selector {
+    let mut s = Selector::default();
+    f(&mut s);
+    s
+}
+
+/// Three messages an hour apart: a newsletter to gmail and yahoo, a receipt
+/// to gmail, and a DSN (null sender) to a corporate domain.
+fn queue(dir: &TempDir, clock: &std::sync::Arc<ManualClock>) -> (Queue, [MessageId; 3]) {
+    let q = Queue::open(dir.path(), opts(clock)).unwrap();
+    let a = q
+        .enqueue(&msg(
+            "news@shop.example",
+            &["ann@gmail.com", "bob@yahoo.com"],
+            b"x",
+        ))
+        .unwrap();
+    clock.advance(3600);
+    let b = q
+        .enqueue(&msg("billing@shop.example", &["cat@GMAIL.com"], b"y"))
+        .unwrap();
+    clock.advance(3600);
+    let c = q
+        .enqueue(&msg("", &["postmaster@corp.example"], b"z"))
+        .unwrap();
+    (q, [a, b, c])
+}
+
+fn pairs(v: &[Selected]) -> Vec<(MessageId, u32)> {
+    let mut p: Vec<_> = v.iter().map(|s| (s.id, s.index)).collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn selectors_combine_index_and_envelope_criteria() {
+    let dir = TempDir::new("op-select");
+    let clock = ManualClock::new(T0);
+    let (q, [a, b, c]) = queue(&dir, &clock);
+    let sel = |s: Selector| pairs(&q.select(&s, usize::MAX).unwrap());
+
+    assert_eq!(sel(Selector::default()).len(), 4, "everything not final");
+    assert_eq!(
+        sel(by(|s| s.sender = Some("news@*".into()))),
+        [(a, 0), (a, 1)]
+    );
+    assert_eq!(sel(by(|s| s.sender = Some("<>".into()))), [(c, 0)]);
+    assert_eq!(
+        sel(by(|s| s.recipient = Some("*@gmail.com".into()))),
+        [(a, 0), (b, 0)],
+        "globs ignore case"
+    );
+    assert_eq!(
+        sel(by(|s| s.domain = Some("gmail.com".into()))),
+        [(a, 0), (b, 0)]
+    );
+    assert_eq!(sel(by(|s| s.route = Some("yahoo.com".into()))), [(a, 1)]);
+    assert_eq!(sel(by(|s| s.route = Some("nowhere.example".into()))), []);
+    assert_eq!(
+        sel(by(|s| s.older_than = Some(Duration::from_secs(5400)))),
+        [(a, 0), (a, 1)]
+    );
+    assert_eq!(
+        sel(by(|s| s.younger_than = Some(Duration::from_secs(1800)))),
+        [(c, 0)]
+    );
+    assert_eq!(sel(by(|s| s.ids = vec![b, c])), [(b, 0), (c, 0)]);
+    // Criteria combine: gmail recipients of the newsletter only.
+    assert_eq!(
+        sel(by(|s| {
+            s.domain = Some("gmail.com".into());
+            s.sender = Some("news@*".into());
+        })),
+        [(a, 0)]
+    );
+    // The envelope comes back when it was needed.
+    let hit = q
+        .select(&by(|s| s.sender = Some("billing@*".into())), 10)
+        .unwrap();
+    assert_eq!(
+        (
+            hit[0].address.as_str(),
+            hit[0].sender.as_str(),
+            hit[0].route.as_str()
+        ),
+        ("cat@GMAIL.com", "billing@shop.example", "gmail.com")
+    );
+    assert_eq!(q.select(&Selector::default(), 2).unwrap().len(), 2, "limit");
+
+    // State, attempts and the last error come from memory.
+    drain(&q, |rcpt, _| {
+        if rcpt.ends_with("gmail.com") {
+            Outcome::temp("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred - 1a2b3c")
+        } else {
+            Outcome::Delivered
+        }
+    });
+    assert_eq!(
+        sel(by(|s| s.states = vec![RcptState::Deferred])),
+        [(a, 0), (b, 0)]
+    );
+    assert_eq!(sel(by(|s| s.min_attempts = Some(1))), [(a, 0), (b, 0)]);
+    assert_eq!(
+        sel(by(|s| s.error = Some("tss04".into()))),
+        [(a, 0), (b, 0)]
+    );
+    assert_eq!(sel(by(|s| s.error = Some("5.1.1".into()))), []);
+    // Final states when asked, of messages still queued (c is gone: all done).
+    assert_eq!(sel(by(|s| s.states = vec![RcptState::Delivered])), [(a, 1)]);
+}
+
+#[test]
+fn bulk_actions_count_in_a_dry_run_exactly_what_they_change() {
+    let dir = TempDir::new("op-act");
+    let clock = ManualClock::new(T0);
+    let (q, [a, b, _c]) = queue(&dir, &clock);
+    let gmail = by(|s| s.domain = Some("gmail.com".into()));
+
+    assert_eq!(q.act(&gmail, &Op::Hold, true).unwrap(), 2);
+    assert_eq!(
+        q.select(&by(|s| s.states = vec![RcptState::Held]), 10)
+            .unwrap()
+            .len(),
+        0,
+        "a dry run changes nothing"
+    );
+    assert_eq!(q.act(&gmail, &Op::Hold, false).unwrap(), 2);
+    assert_eq!(q.act(&gmail, &Op::Hold, true).unwrap(), 0, "already held");
+    assert_eq!(q.act(&gmail, &Op::Release, true).unwrap(), 2);
+    assert_eq!(
+        q.act(&gmail, &Op::Flush, true).unwrap(),
+        0,
+        "nothing deferred"
+    );
+
+    // Bounce (a DSN is due, with the operator's reason) versus delete (none).
+    let news = by(|s| s.sender = Some("news@*".into()));
+    assert_eq!(
+        q.act(&news, &Op::Bounce("spam run, stopped by ops".into()), true)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        q.act(&news, &Op::Bounce("spam run, stopped by ops".into()), false)
+            .unwrap(),
+        2
+    );
+    let bounces = q.take_bounces(10).unwrap();
+    assert_eq!(bounces.len(), 2);
+    assert!(
+        bounces
+            .iter()
+            .all(|x| x.id == a && !x.expired && x.reason.contains("spam run, stopped by ops")),
+        "{bounces:?}"
+    );
+    assert_eq!(
+        q.act(&by(|s| s.ids = vec![b]), &Op::Delete, false).unwrap(),
+        1
+    );
+    assert!(
+        q.take_bounces(10).unwrap().is_empty(),
+        "delete sends no DSN"
+    );
+
+    // Re-route by predicate; durable: it survives a reopen.
+    let corp = by(|s| s.domain = Some("corp.example".into()));
+    assert_eq!(
+        q.act(&corp, &Op::Reroute("smarthost:backup".into()), true)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        q.act(&corp, &Op::Reroute("smarthost:backup".into()), false)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        q.act(&corp, &Op::Reroute("smarthost:backup".into()), true)
+            .unwrap(),
+        0,
+        "already there"
+    );
+    drop(q);
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    let hit = q.select(&corp, 10).unwrap();
+    assert_eq!(hit[0].route, "smarthost:backup");
+    assert!(
+        matches!(
+            q.act(&corp, &Op::Reroute("".into()), false),
+            Err(Error::InvalidRoutingKey { .. })
+        ),
+        "an empty key is refused"
+    );
+}
+
+#[test]
+fn an_action_on_a_recipient_in_flight_takes_effect_when_its_attempt_ends() {
+    let dir = TempDir::new("op-inflight");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    let id = q
+        .enqueue(&msg("a@example.org", &["x@slow.example"], b"x"))
+        .unwrap();
+    let mut s = q.next_session().unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    let all = Selector::default();
+    assert_eq!(q.select(&all, 10).unwrap()[0].state, RcptState::Leased);
+    assert_eq!(q.act(&all, &Op::Hold, false).unwrap(), 1);
+    assert_eq!(
+        q.act(&all, &Op::Bounce("no".into()), true).unwrap(),
+        0,
+        "bounce leaves a recipient in flight alone"
+    );
+    d.complete(&[Outcome::temp("451 try later")]).unwrap();
+    drop(s);
+    let e = q.explain(id, 0).unwrap();
+    assert_eq!(
+        e.state,
+        RcptState::Held,
+        "the hold applied when the attempt ended"
+    );
+    assert!(e.why.starts_with("held by the operator"), "{}", e.why);
+}
+
+#[test]
+fn explain_says_why_a_recipient_waits() {
+    let dir = TempDir::new("op-explain");
+    let clock = ManualClock::new(T0);
+    let mut o = opts(&clock);
+    o.concurrency.initial = 1;
+    o.concurrency.dead_after = 1;
+    let q = Queue::open(dir.path(), o).unwrap();
+    let id = q
+        .enqueue(&msg(
+            "a@example.org",
+            &["x@busy.example", "y@busy.example"],
+            b"x",
+        ))
+        .unwrap();
+    let e = q.explain(id, 0).unwrap();
+    assert!(
+        e.why
+            .starts_with("ready: the next session for busy.example takes it"),
+        "{}",
+        e.why
+    );
+    assert_eq!(e.destination.as_ref().unwrap().ready, 2);
+
+    // A session is open (window 1): the other recipient waits for the slot.
+    let mut s = q.next_session().unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(d.recipients().len(), 2);
+    let e = q.explain(id, 1).unwrap();
+    assert!(
+        e.why
+            .starts_with("in flight: a delivery session for busy.example holds it"),
+        "{}",
+        e.why
+    );
+    d.complete(&[
+        Outcome::temp("452 4.2.2 mailbox full (uid 8c1f)"),
+        Outcome::Delivered,
+    ])
+    .unwrap();
+    drop(s);
+    let e = q.explain(id, 0).unwrap();
+    assert!(
+        e.why
+            .starts_with("deferred after attempt 1: next attempt at "),
+        "{}",
+        e.why
+    );
+    assert!(
+        e.why.contains("452 4.2.2 mailbox full (uid 8c1f)"),
+        "{}",
+        e.why
+    );
+    assert_eq!(e.next_attempt, T0 + 300);
+    assert!(q
+        .explain(id, 1)
+        .unwrap()
+        .why
+        .starts_with("final: delivered"));
+    assert!(matches!(q.explain(id, 7), Err(Error::NoSuchRecipient(..))));
+
+    // Due, but the destination is suspended; then marked dead.
+    clock.advance(301);
+    q.tick();
+    q.suspend("busy.example").unwrap();
+    assert!(q
+        .explain(id, 0)
+        .unwrap()
+        .why
+        .starts_with("destination busy.example is suspended"));
+    q.resume("busy.example").unwrap();
+    let s = q.next_session().unwrap().unwrap();
+    s.site_failure("connect refused").unwrap();
+    let e = q.explain(id, 0).unwrap();
+    assert!(
+        e.why
+            .starts_with("destination busy.example is marked dead after 1 site failures until "),
+        "{}",
+        e.why
+    );
+}
