@@ -98,8 +98,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Envelope criteria (read without locks, one read per message) and the
-    /// routing keys of one shard's candidates.
+    /// Envelope criteria (read without locks, one read per message, nothing
+    /// allocated for a message that does not match) and the routing keys of
+    /// one shard's candidates.
     fn finish_batch(
         &self,
         sel: &Selector,
@@ -107,73 +108,90 @@ impl Engine {
         limit: usize,
         out: &mut Vec<Selected>,
     ) -> Result<()> {
-        let mut envelope: Option<(MessageId, String, Vec<String>)> = None;
-        for c in cands {
-            if out.len() >= limit {
-                break;
-            }
-            let (mut sender, mut address) = (String::new(), String::new());
-            if sel.needs_envelope() {
-                if envelope.as_ref().is_none_or(|e| e.0 != c.id) {
-                    envelope = match self.read_envelope(c.id, c.loc) {
-                        Ok((snd, rcpts)) => Some((c.id, snd, rcpts)),
-                        // Gone meanwhile (delivered, deleted): not a match.
-                        Err(Error::NoSuchMessage(_)) => continue,
-                        Err(e) => return Err(e),
-                    };
+        // Candidates of one message are adjacent.
+        let mut rest = &cands[..];
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|c| c.id == first.id).count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            if !sel.needs_envelope() {
+                for c in group {
+                    self.push_selected(sel, c, String::new(), String::new(), limit, out);
                 }
-                let Some((_, snd, rcpts)) = &envelope else {
-                    continue;
-                };
-                let addr = rcpts.get(c.index as usize).map_or("", |s| s.as_str());
-                if !sel.envelope_matches(snd, addr) {
-                    continue;
-                }
-                (sender, address) = (snd.clone(), addr.to_string());
-            }
-            let route = if c.rcpt.state().is_final() {
-                String::new()
-            } else {
-                self.keys
-                    .read()
-                    .key(c.rcpt.bucket())
-                    .map(|k| k.to_string())
-                    .unwrap_or_default()
-            };
-            // The routing key was matched by bucket id; a bucket freed and its id
-            // reused since (a checkpoint's clean-up) must not match another key.
-            if sel
-                .route
-                .as_deref()
-                .is_some_and(|k| !route.eq_ignore_ascii_case(k.trim_end_matches('.')))
-            {
                 continue;
             }
-            out.push(Selected {
-                id: c.id,
-                index: c.index,
-                sender,
-                address,
-                route,
-                state: c.rcpt.state(),
-                attempts: c.rcpt.attempts(),
-                received: c.received as u64,
-                last_error: c.last_error,
-            });
+            let payload = match self.read_message_record(first.id, first.loc) {
+                Ok(p) => p,
+                // Gone meanwhile (delivered, deleted): not a match.
+                Err(Error::NoSuchMessage(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
+                path: self
+                    .dir
+                    .join(crate::storage::log::segment_name(first.loc.0)),
+                offset: first.loc.1 as u64,
+                reason: "message does not decode".into(),
+            })?;
+            for c in group {
+                let addr = rec.rcpts.get(c.index as usize).map_or("", |r| r.0);
+                if sel.envelope_matches(rec.sender, addr) {
+                    self.push_selected(
+                        sel,
+                        c,
+                        rec.sender.to_string(),
+                        addr.to_string(),
+                        limit,
+                        out,
+                    );
+                }
+            }
         }
         Ok(())
     }
 
-    /// Sender and recipient addresses of a message, from its record.
-    fn read_envelope(&self, id: MessageId, loc: (u32, u32, u32)) -> Result<(String, Vec<String>)> {
-        let payload = self.read_message_record(id, loc)?;
-        let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
-            path: self.dir.join(crate::storage::log::segment_name(loc.0)),
-            offset: loc.1 as u64,
-            reason: "message does not decode".into(),
-        })?;
-        let rcpts = rec.rcpts.iter().map(|r| r.0.to_string()).collect();
-        Ok((rec.sender.to_string(), rcpts))
+    /// Adds one match (unless the limit is reached or its bucket id was reused).
+    fn push_selected(
+        &self,
+        sel: &Selector,
+        c: &Candidate,
+        sender: String,
+        address: String,
+        limit: usize,
+        out: &mut Vec<Selected>,
+    ) {
+        if out.len() >= limit {
+            return;
+        }
+        let route = if c.rcpt.state().is_final() {
+            String::new()
+        } else {
+            self.keys
+                .read()
+                .key(c.rcpt.bucket())
+                .map(|k| k.to_string())
+                .unwrap_or_default()
+        };
+        // The routing key was matched by bucket id; a bucket freed and its id
+        // reused since (a checkpoint's clean-up) must not match another key.
+        if sel
+            .route
+            .as_deref()
+            .is_some_and(|k| !route.eq_ignore_ascii_case(k.trim_end_matches('.')))
+        {
+            return;
+        }
+        out.push(Selected {
+            id: c.id,
+            index: c.index,
+            sender,
+            address,
+            route,
+            state: c.rcpt.state(),
+            attempts: c.rcpt.attempts(),
+            received: c.received as u64,
+            last_error: c.last_error.clone(),
+        });
     }
 
     /// Applies `op` to every recipient `sel` matches now (or, with `dry_run`,

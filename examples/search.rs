@@ -1,0 +1,153 @@
+//! Operator search on a big queue (issue 11's benchmark): a sender search
+//! over N queued messages (default 1 M), timed, and durable enqueue
+//! throughput measured with and without searches running, in the same run.
+//!
+//! `cargo run --release --example search -- [--messages N] [--producers P]`
+
+use mailq::{NewMessage, Options, Queue, Recipient, Selector};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sender(i: usize) -> String {
+    format!("user{}@sender{}.example", i % 1000, i % 97)
+}
+
+/// Enqueues with `producers` threads until `stop`; returns messages per second.
+fn load(q: &Queue, producers: usize, stop: &AtomicBool, base: usize) -> f64 {
+    let n = AtomicU64::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for p in 0..producers {
+            let (q, n) = (q.clone(), &n);
+            s.spawn(move || {
+                let body = vec![b'x'; 512];
+                let mut i = base + p * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let snd = sender(i);
+                    q.enqueue(&NewMessage {
+                        sender: &snd,
+                        recipients: vec![Recipient::new(format!("r{i}@dest{}.example", i % 500))],
+                        meta: b"",
+                        body: &body,
+                    })
+                    .expect("enqueue");
+                    n.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+    });
+    n.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn main() -> mailq::Result<()> {
+    let messages = arg("--messages", 1_000_000);
+    let producers = arg("--producers", 32);
+    let dir = std::env::temp_dir().join(format!("mailq-search-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let q = Queue::open(&dir, Options::default())?;
+
+    let t0 = Instant::now();
+    let per = messages.div_ceil(producers);
+    std::thread::scope(|s| {
+        for p in 0..producers {
+            let q = q.clone();
+            s.spawn(move || {
+                let body = vec![b'x'; 512];
+                for i in p * per..((p + 1) * per).min(messages) {
+                    let snd = sender(i);
+                    q.enqueue(&NewMessage {
+                        sender: &snd,
+                        recipients: vec![Recipient::new(format!("r{i}@dest{}.example", i % 500))],
+                        meta: b"",
+                        body: &body,
+                    })
+                    .expect("enqueue");
+                }
+            });
+        }
+    });
+    println!(
+        "queued {messages} messages (512-byte bodies, 1 recipient) in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let by_sender = Selector {
+        sender: Some("user7@sender7.example".into()),
+        ..Selector::default()
+    };
+    let mut times = Vec::new();
+    let mut hits = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        hits = q.select(&by_sender, usize::MAX)?.len();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "sender search over {messages} messages: {hits} matches, {:.2} s median of 3 (min {:.2}, max {:.2})",
+        times[1], times[0], times[2]
+    );
+    let by_route = Selector {
+        route: Some("dest7.example".into()),
+        ..Selector::default()
+    };
+    let t = Instant::now();
+    let n = q.select(&by_route, usize::MAX)?.len();
+    println!(
+        "routing-key search (memory only): {n} matches, {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Enqueue throughput alone and with searches running back to back, in
+    // alternating windows (A B A B A B), so drift in the machine and the
+    // growing queue fall on both sides; medians compared.
+    let window = Duration::from_secs(3);
+    let (mut alone, mut during, mut searches) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..3 {
+        let stop = AtomicBool::new(false);
+        alone.push(std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(window);
+                stop.store(true, Ordering::Relaxed);
+            });
+            load(&q, producers, &stop, 10_000_000 + round * 100_000_000)
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = AtomicU64::new(0);
+        during.push(std::thread::scope(|s| {
+            s.spawn(|| {
+                let t = Instant::now();
+                while t.elapsed() < window {
+                    q.select(&by_sender, usize::MAX).expect("search");
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+            load(&q, producers, &stop, 50_000_000 + round * 100_000_000)
+        }));
+        searches += n.load(Ordering::Relaxed);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, d) = (median(&mut alone), median(&mut during));
+    println!(
+        "durable enqueue, {producers} producers, 3 s windows alternated 3 times: {a:.0} msg/s alone, {d:.0} msg/s during {searches} back-to-back sender searches ({:+.1} %, medians)",
+        100.0 * (d - a) / a
+    );
+    drop(q);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
