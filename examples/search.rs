@@ -22,6 +22,18 @@ fn sender(i: usize) -> String {
     format!("user{}@sender{}.example", i % 1000, i % 97)
 }
 
+/// Message number `i`: a 512-byte body to one recipient of 500 destinations.
+fn enqueue(q: &Queue, i: usize) {
+    let snd = sender(i);
+    q.enqueue(&NewMessage {
+        sender: &snd,
+        recipients: vec![Recipient::new(format!("r{i}@dest{}.example", i % 500))],
+        meta: b"",
+        body: &[b'x'; 512],
+    })
+    .expect("enqueue");
+}
+
 /// Enqueues with `producers` threads until `stop`; returns messages per second.
 fn load(q: &Queue, producers: usize, stop: &AtomicBool, base: usize) -> f64 {
     let n = AtomicU64::new(0);
@@ -30,17 +42,9 @@ fn load(q: &Queue, producers: usize, stop: &AtomicBool, base: usize) -> f64 {
         for p in 0..producers {
             let (q, n) = (q.clone(), &n);
             s.spawn(move || {
-                let body = vec![b'x'; 512];
                 let mut i = base + p * 1_000_000;
                 while !stop.load(Ordering::Relaxed) {
-                    let snd = sender(i);
-                    q.enqueue(&NewMessage {
-                        sender: &snd,
-                        recipients: vec![Recipient::new(format!("r{i}@dest{}.example", i % 500))],
-                        meta: b"",
-                        body: &body,
-                    })
-                    .expect("enqueue");
+                    enqueue(&q, i);
                     n.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -63,16 +67,8 @@ fn main() -> mailq::Result<()> {
         for p in 0..producers {
             let q = q.clone();
             s.spawn(move || {
-                let body = vec![b'x'; 512];
                 for i in p * per..((p + 1) * per).min(messages) {
-                    let snd = sender(i);
-                    q.enqueue(&NewMessage {
-                        sender: &snd,
-                        recipients: vec![Recipient::new(format!("r{i}@dest{}.example", i % 500))],
-                        meta: b"",
-                        body: &body,
-                    })
-                    .expect("enqueue");
+                    enqueue(&q, i);
                 }
             });
         }

@@ -27,8 +27,7 @@ async fn replies_decide_each_recipient_and_a_permanent_failure_gets_a_dsn() {
     cfg.min_backoff = Duration::from_secs(60);
     cfg.max_backoff = Duration::from_secs(60);
     let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     let r = c
         .mail(
             "alice@example.org",
@@ -81,8 +80,7 @@ async fn a_bounce_is_never_bounced() {
     let dir = TempDir::new("nobounce");
     let sink = Sink::start(Script::default()).await;
     let relay = start(config(&dir, sink.addr)).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     assert!(c
         .mail("", &["perm@example.com"], b"Subject: a DSN\r\n\r\nx\r\n")
         .await
@@ -108,8 +106,7 @@ async fn temporary_failures_are_retried_until_delivered() {
     })
     .await;
     let relay = start(config(&dir, sink.addr)).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     assert!(c
         .mail(
             "a@example.org",
@@ -146,8 +143,7 @@ async fn site_failures_defer_without_touching_the_recipients_state() {
     cfg.min_backoff = Duration::from_secs(60);
     cfg.max_backoff = Duration::from_secs(60);
     let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     assert!(c
         .mail(
             "a@example.org",
@@ -181,8 +177,7 @@ async fn one_connection_carries_several_messages_with_rset_between() {
     let relay = start(config(&dir, sink.addr)).await;
     // Queue five messages while the destination is suspended, then let them go.
     relay.queue().suspend("example.com").unwrap();
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     for i in 0..5 {
         let body = format!("Subject: {i}\r\n\r\nmessage {i}\r\n");
         assert!(c
@@ -265,8 +260,7 @@ async fn an_expired_recipient_gets_a_dsn_saying_so() {
     let mut cfg = config(&dir, sink.addr);
     cfg.lifetime = Duration::from_secs(2);
     let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     let r = c
         .mail(
             "alice@example.org",
@@ -306,8 +300,7 @@ async fn the_next_session_reuses_an_idle_connection_and_idle_ones_are_closed() {
     let dir = TempDir::new("pool");
     let sink = Sink::start(Script::default()).await;
     let relay = start(config(&dir, sink.addr)).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     for i in 0..3 {
         let body = format!("Subject: {i}\r\n\r\nx\r\n");
         assert!(c

@@ -223,8 +223,7 @@ async fn never_an_open_relay() {
     cfg.policy.networks.clear();
     cfg.policy.domains = vec!["example.com".into()];
     let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     assert!(c
         .cmd("MAIL FROM:<spammer@example.org>")
         .await
@@ -322,8 +321,7 @@ async fn commit_fails_with(
     cfg.vfs = Some(fs.vfs());
     // Nothing to deliver, nothing written between now and the next append.
     let relay = start(cfg).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
     assert!(c.cmd("RCPT TO:<b@example.com>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
@@ -354,8 +352,7 @@ async fn a_lone_dot_after_a_bare_line_end_is_refused_as_smuggling() {
     let dir = TempDir::new("smuggle");
     let sink = Sink::start(Script::default()).await;
     let relay = start(config(&dir, sink.addr)).await;
-    let (mut c, _) = Client::connect(relay.local_addr()).await;
-    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    let mut c = Client::hello(relay.local_addr()).await;
     for trick in [
         &b"\n.\r\n"[..],
         b"\r\n.\n",

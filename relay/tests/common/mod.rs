@@ -283,6 +283,15 @@ pub struct Client<S> {
 }
 
 impl Client<TcpStream> {
+    /// Connects and says EHLO (both must succeed).
+    pub async fn hello(addr: SocketAddr) -> Client<TcpStream> {
+        let (mut c, greeting) = Client::connect(addr).await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        let ehlo = c.cmd("EHLO client.test").await;
+        assert!(ehlo.starts_with("250"), "{ehlo}");
+        c
+    }
+
     /// Connects and returns the greeting.
     pub async fn connect(addr: SocketAddr) -> (Client<TcpStream>, String) {
         let s = TcpStream::connect(addr).await.unwrap();
