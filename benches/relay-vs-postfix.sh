@@ -582,6 +582,22 @@ postfix_stop() {
     POSTFIX_CONFS=("${keep[@]}")
 }
 
+# Runs smtp-source against the server on $port and waits for the sink. Sets the
+# caller's t0 t1 rc (source start, end, exit code), t2 (sink done) and note
+# (bash locals are dynamically scoped).
+drive() {
+    local dir=$1 port=$2 s=$3 n=$4
+    source_start "$dir" "$port" "$s" "$n"
+    source_wait
+    read -r t0 t1 rc <"$dir/source.time"
+    [[ $rc == 0 ]] || note="smtp-source failed: $(tail -1 "$dir/source.err")"
+    if wait_sink "$dir" "$E2E_TIMEOUT"; then
+        read -r t2 _ <"$dir/sink.end"
+    else
+        note="$note sink got $(sink_count "$dir") of $n in ${E2E_TIMEOUT}s"
+    fi
+}
+
 run_postfix() {
     local s=$1 n=$2 run=$3 dir conf queue data port sinkport master
     dir=$WORK/postfix-s$s-r$run
@@ -610,15 +626,7 @@ run_postfix() {
     [[ $FLUSH_METHOD == diskstats ]] && fl0=$(disk_flushes)
     cpu0=$(group_ticks "$master")
 
-    source_start "$dir" "$port" "$s" "$n"
-    source_wait
-    read -r t0 t1 rc <"$dir/source.time"
-    [[ $rc == 0 ]] || note="smtp-source failed: $(tail -1 "$dir/source.err")"
-    if wait_sink "$dir" "$E2E_TIMEOUT"; then
-        read -r t2 _ <"$dir/sink.end"
-    else
-        note="$note sink got $(sink_count "$dir") of $n in ${E2E_TIMEOUT}s"
-    fi
+    drive "$dir" "$port" "$s" "$n"
     local cpu1
     cpu1=$(group_ticks "$master")
     if [[ $FLUSH_METHOD == diskstats ]]; then
@@ -669,15 +677,7 @@ run_relay() {
     [[ $FLUSH_METHOD == diskstats ]] && fl0=$(disk_flushes)
     cpu0=$(proc_ticks "$RELAY_PID")
 
-    source_start "$dir" "$port" "$s" "$n"
-    source_wait
-    read -r t0 t1 rc <"$dir/source.time"
-    [[ $rc == 0 ]] || note="smtp-source failed: $(tail -1 "$dir/source.err")"
-    if wait_sink "$dir" "$E2E_TIMEOUT"; then
-        read -r t2 _ <"$dir/sink.end"
-    else
-        note="$note sink got $(sink_count "$dir") of $n in ${E2E_TIMEOUT}s"
-    fi
+    drive "$dir" "$port" "$s" "$n"
     local cpu1 hwm pss=0 _rss
     cpu1=$(proc_ticks "$RELAY_PID")
     if [[ $FLUSH_METHOD == diskstats ]]; then
