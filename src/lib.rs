@@ -16,6 +16,8 @@
 //! `docs/design.md` for the file format, commit protocol and recovery rules.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+mod admin;
 #[cfg(feature = "tokio")]
 mod aio;
 mod engine;
@@ -39,6 +41,11 @@ mod validate;
 #[doc(hidden)]
 pub mod ffi;
 
+#[cfg(feature = "admin")]
+#[doc(hidden)]
+pub use admin::fuzz_request;
+#[cfg(feature = "admin")]
+pub use admin::{encode_component, Access, Admin, AdminOptions, AdminResponse, AdminThread};
 #[cfg(feature = "tokio")]
 pub use aio::AsyncQueue;
 pub use error::{Error, Result};

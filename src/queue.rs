@@ -144,12 +144,19 @@ impl Queue {
 
     /// Suspends a routing key: no new sessions until [`Queue::resume`].
     pub fn suspend(&self, key: &str) -> Result<()> {
-        self.engine.set_suspended(key, true)
+        self.engine.set_suspended(key, true, None)
+    }
+
+    /// Suspends a routing key for `duration`; it resumes by itself then (the
+    /// end time is part of [`Queue::next_wakeup`]), or earlier on
+    /// [`Queue::resume`]. Not persisted: a restart resumes it.
+    pub fn suspend_for(&self, key: &str, duration: std::time::Duration) -> Result<()> {
+        self.engine.set_suspended(key, true, Some(duration))
     }
 
     /// Resumes a suspended routing key.
     pub fn resume(&self, key: &str) -> Result<()> {
-        self.engine.set_suspended(key, false)
+        self.engine.set_suspended(key, false, None)
     }
 
     /// Sets the concurrency limit of one routing key (the window is clamped to it).

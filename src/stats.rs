@@ -41,6 +41,8 @@ pub struct BucketStats {
     pub limit: u64,
     /// Suspended by the operator.
     pub suspended: bool,
+    /// When that suspension ends by itself (unix seconds; 0: until resumed).
+    pub suspended_until: u64,
     /// Marked dead until this unix time (0: alive).
     pub dead_until: u64,
     /// Recipients delivered through this bucket since open.
@@ -141,8 +143,18 @@ impl Stats {
         self.by_state.iter().map(|x| x.1).sum()
     }
 
-    /// Renders the Prometheus text exposition format.
+    /// Renders the Prometheus text exposition format, with per-destination
+    /// series for the [`METRIC_DESTINATIONS`] deepest destinations.
     pub fn prometheus(&self) -> String {
+        self.prometheus_top(METRIC_DESTINATIONS)
+    }
+
+    /// Renders the Prometheus text exposition format with per-destination
+    /// series for the `top` deepest destinations only, plus one `key="other"`
+    /// series summing the rest, so the number of series stays bounded however
+    /// many destinations there are (the extra label `aggregate="true"` keeps
+    /// it apart from a destination really named `other`).
+    pub fn prometheus_top(&self, top: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# HELP mailq_recipients Queued recipients by state.");
         let _ = writeln!(s, "# TYPE mailq_recipients gauge");
@@ -155,6 +167,8 @@ impl Stats {
             self.corrupt,
             self.index_bytes,
             self.poisoned.is_some() as u64,
+            self.maintenance_error.is_some() as u64,
+            self.buckets.len() as u64,
         ];
         let counters = [
             self.accepted,
@@ -170,21 +184,45 @@ impl Stats {
             self.commits,
             self.bytes_written,
             self.checkpoints,
+            self.segments_deleted,
         ];
         write_family(&mut s, "gauge", &GAUGES, &gauges);
         write_family(&mut s, "counter", &COUNTERS, &counters);
+        let figures = |b: &BucketStats| {
+            [
+                b.depth(),
+                b.ready,
+                b.deferred,
+                b.held,
+                b.inflight,
+                b.sessions,
+                b.window,
+                b.suspended as u64,
+            ]
+        };
+        let shown = self.buckets.len().min(top);
+        let mut other = [0u64; BUCKET_GAUGES.len()];
+        for b in &self.buckets[shown..] {
+            for (o, v) in other.iter_mut().zip(figures(b)) {
+                *o += v;
+            }
+        }
         for (i, (n, h)) in BUCKET_GAUGES.iter().enumerate() {
             let _ = writeln!(s, "# HELP mailq_{n} {h}\n# TYPE mailq_{n} gauge");
-            for b in &self.buckets {
-                let v = [
-                    b.depth(),
-                    b.ready,
-                    b.deferred,
-                    b.inflight,
-                    b.sessions,
-                    b.window,
-                ][i];
-                let _ = writeln!(s, "mailq_{n}{{key=\"{}\"}} {v}", escape(&b.key));
+            for b in &self.buckets[..shown] {
+                let _ = writeln!(
+                    s,
+                    "mailq_{n}{{key=\"{}\"}} {}",
+                    escape(&b.key),
+                    figures(b)[i]
+                );
+            }
+            if shown < self.buckets.len() {
+                let _ = writeln!(
+                    s,
+                    "mailq_{n}{{key=\"other\",aggregate=\"true\"}} {}",
+                    other[i]
+                );
             }
         }
         s
@@ -220,8 +258,12 @@ impl Stats {
     }
 }
 
+/// Per-destination series [`Stats::prometheus`] exports (the rest are summed
+/// into one `key="other"` series).
+pub const METRIC_DESTINATIONS: usize = 50;
+
 /// Gauges: (name after `mailq_`, help), in the order `prometheus` lists values.
-const GAUGES: [(&str, &str); 5] = [
+const GAUGES: [(&str, &str); 7] = [
     ("messages", "Live messages."),
     ("oldest_age_seconds", "Age of the oldest queued message."),
     (
@@ -233,10 +275,18 @@ const GAUGES: [(&str, &str); 5] = [
         "poisoned",
         "1 when the queue refuses writes after a storage failure.",
     ),
+    (
+        "maintenance_failing",
+        "1 when the last automatic checkpoint or compaction failed.",
+    ),
+    (
+        "destinations",
+        "Destinations with mail, sessions or operator state.",
+    ),
 ];
 
 /// Counters, likewise.
-const COUNTERS: [(&str, &str); 13] = [
+const COUNTERS: [(&str, &str); 14] = [
     ("accepted_messages_total", "Messages accepted."),
     ("accepted_recipients_total", "Recipients accepted."),
     ("delivered_total", "Recipients delivered."),
@@ -253,16 +303,22 @@ const COUNTERS: [(&str, &str); 13] = [
     ("group_commits_total", "Group commits."),
     ("written_bytes_total", "Bytes appended to the log."),
     ("checkpoints_total", "Checkpoints written."),
+    (
+        "segments_deleted_total",
+        "Log segments deleted by compaction.",
+    ),
 ];
 
 /// Per-destination gauges (label `key`), likewise.
-const BUCKET_GAUGES: [(&str, &str); 6] = [
+const BUCKET_GAUGES: [(&str, &str); 8] = [
     ("bucket_depth", "Queued recipients per destination."),
     ("bucket_ready", "Ready recipients per destination."),
     ("bucket_deferred", "Deferred recipients per destination."),
+    ("bucket_held", "Held recipients per destination."),
     ("bucket_inflight", "Recipients in flight per destination."),
     ("bucket_sessions", "Open sessions per destination."),
     ("bucket_window", "Concurrency window per destination."),
+    ("bucket_suspended", "1 when the destination is suspended."),
 ];
 
 /// Writes one unlabelled metric per (name, help) with its value.

@@ -143,6 +143,9 @@ impl Engine {
                 break;
             }
             ss.wakeups.pop();
+            if let Some(b) = ss.buckets.get_mut(bl as usize) {
+                b.end_suspension_if_due(now);
+            }
             rang |= ss.maybe_ring(bl, now);
         }
         rang | self.reclaim_expired(ss, now)
@@ -304,14 +307,14 @@ fn next_live_lease(ss: &mut SchedShard) -> Option<u32> {
     None
 }
 
-/// The next probe wake-up of a destination still dead at that time (entries of
-/// revived destinations are dropped).
+/// The next probe wake-up of a destination still dead at that time, or the end
+/// of a timed suspension still in force (stale entries are dropped).
 fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
     while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
         if ss
             .buckets
             .get(bl as usize)
-            .is_some_and(|b| b.dead_until == t)
+            .is_some_and(|b| b.dead_until == t || (b.suspended && b.resume_at == t))
         {
             return Some(t);
         }

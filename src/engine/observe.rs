@@ -272,6 +272,7 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
         window: b.window as u64,
         limit: b.policy.limit as u64,
         suspended: b.suspended,
+        suspended_until: b.resume_at as u64,
         dead_until: b.dead_until as u64,
         delivered: b.delivered,
         deferrals: b.deferrals,

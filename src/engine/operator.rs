@@ -175,10 +175,36 @@ impl Engine {
         Ok(n)
     }
 
-    /// Suspends (no new sessions) or resumes a routing key.
-    pub(crate) fn set_suspended(&self, key: &str, suspended: bool) -> Result<()> {
+    /// Suspends (no new sessions) a routing key, until resumed (`None`) or for
+    /// a duration, after which it resumes by itself; `resume` ends either.
+    pub(crate) fn set_suspended(
+        &self,
+        key: &str,
+        suspended: bool,
+        duration: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let secs = match duration {
+            Some(d) if d.as_secs() == 0 || d.as_secs() > u32::MAX as u64 / 2 => {
+                return Err(Error::InvalidOption(format!(
+                    "suspension of {} s: give 1 s to 68 years, or none to suspend until resumed",
+                    d.as_secs()
+                )))
+            }
+            Some(d) => d.as_secs() as u32,
+            None => 0,
+        };
         self.with_bucket(key, |ss, bl, now| {
-            ss.buckets[bl as usize].suspended = suspended;
+            let b = &mut ss.buckets[bl as usize];
+            b.suspended = suspended;
+            (b.resume_at, b.suspend_secs) = if suspended && secs != 0 {
+                (now.saturating_add(secs).max(1), secs)
+            } else {
+                (0, 0)
+            };
+            if b.resume_at != 0 {
+                let t = b.resume_at;
+                ss.wakeups.push(std::cmp::Reverse((t, bl)));
+            }
             !suspended && ss.maybe_ring(bl, now)
         })
     }

@@ -323,7 +323,12 @@ fn why(
             next - now
         ),
         RcptState::Deferred | RcptState::Ready => match dest {
-            Some(d) if d.suspended => format!("destination {key} is suspended by the operator{last}"),
+            Some(d) if d.suspended && d.suspended_until > now => format!(
+                "destination {key} is suspended by the operator until {} (in {} s){last}",
+                d.suspended_until,
+                d.suspended_until - now
+            ),
+            Some(d) if d.suspended => format!("destination {key} is suspended by the operator until resumed{last}"),
             Some(d) if d.dead_until > now => format!(
                 "destination {key} is marked dead after {} site failures until {} (in {} s); a probe tests it then{last}",
                 d.site_failures,

@@ -128,6 +128,19 @@ pub unsafe extern "C" fn mailq_suspend(q: *mut mailq, key: *const c_char) -> mai
     unsafe { with_key(q, key, |qq, key| Ok(qq.suspend(key)?)) }
 }
 
+/// Suspends a destination for `seconds` (at least 1); it resumes by itself
+/// then (part of `mailq_next_timeout`), or earlier on `mailq_resume`.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_suspend_for(
+    q: *mut mailq,
+    key: *const c_char,
+    seconds: u64,
+) -> mailq_status {
+    let d = std::time::Duration::from_secs(seconds);
+    // SAFETY: `key` is a NUL-terminated string (header contract).
+    unsafe { with_key(q, key, |qq, key| Ok(qq.suspend_for(key, d)?)) }
+}
+
 /// Resumes a suspended destination.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_resume(q: *mut mailq, key: *const c_char) -> mailq_status {

@@ -35,6 +35,10 @@ pub struct Bucket {
     pub in_ring: bool,
     /// Suspended by the operator.
     pub suspended: bool,
+    /// When a suspension for a duration ends (0: until resumed).
+    pub resume_at: u32,
+    /// Length of that suspension, seconds (bounds it if the clock steps back).
+    pub suspend_secs: u32,
     /// Current concurrency window.
     pub window: u16,
     /// Policy.
@@ -74,6 +78,8 @@ impl Bucket {
             counts: [0; 11],
             in_ring: false,
             suspended: false,
+            resume_at: 0,
+            suspend_secs: 0,
             window: policy.initial.clamp(1, policy.limit.max(1)),
             policy,
             site_failures: 0,
@@ -126,6 +132,19 @@ impl Bucket {
             return self.probe_due(now) && self.slots.is_empty();
         }
         self.slots.len() < self.window as usize
+    }
+
+    /// Ends a suspension for a duration once its end time came, or at once
+    /// when that end is further away than the duration itself (the clock
+    /// stepped back). Returns true when the bucket was resumed.
+    pub fn end_suspension_if_due(&mut self, now: u32) -> bool {
+        let due = self.suspended
+            && self.resume_at != 0
+            && (now >= self.resume_at || self.resume_at - now > self.suspend_secs);
+        if due {
+            (self.suspended, self.resume_at, self.suspend_secs) = (false, 0, 0);
+        }
+        due
     }
 
     /// A dead destination may be probed: its wait is over, or it is further away

@@ -23,7 +23,7 @@ pub struct SchedShard {
     pub ring: VecDeque<u32>,
     /// Deferred recipients of this shard's buckets.
     pub wheel: Wheel,
-    /// Dead-destination probe times: (time, local bucket).
+    /// Dead-destination probe times and ends of timed suspensions: (time, local bucket).
     pub wakeups: BinaryHeap<Reverse<(u32, u32)>>,
     /// Lease deadlines: (deadline, local bucket, token).
     pub leases: BinaryHeap<Reverse<(u32, u32, u32)>>,
@@ -61,6 +61,10 @@ impl SchedShard {
         }
         let mut rang = false;
         for bl in 0..self.buckets.len() as u32 {
+            let b = &mut self.buckets[bl as usize];
+            if b.end_suspension_if_due(now) {
+                rang |= self.maybe_ring(bl, now);
+            }
             if self.buckets[bl as usize].dead_until != 0 {
                 self.buckets[bl as usize].wake_at = 0;
                 rang |= self.maybe_ring(bl, now);

@@ -1,0 +1,327 @@
+//! The admin API's endpoints: one function from a parsed request (and what
+//! the caller may do) to a response, on the caller's thread. The same function
+//! serves the socket and in-process callers (`mailqctl --dir` on a queue no
+//! process owns). Depends on `queue`, `select`, `error` and the rest of `admin`.
+
+use super::http::{Request, Response};
+use super::json;
+use super::peer::Access;
+use crate::error::Error;
+use crate::queue::Queue;
+use crate::select::Op;
+use serde_json::{json, Map, Value};
+
+/// Default and largest page of `/v1/recipients`.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 100_000;
+
+/// The endpoints: (path, methods, read-only). Paths with an id are matched by
+/// prefix in [`route`].
+const ACTIONS: [&str; 9] = [
+    "hold", "release", "delete", "flush", "bounce", "reroute", "suspend", "resume", "limit",
+];
+
+/// Serves one request.
+pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let get = req.method == "GET" || req.method == "HEAD";
+    let post = req.method == "POST";
+    let read_only = |f: &dyn Fn() -> Response| {
+        if get {
+            f()
+        } else {
+            method_not_allowed("GET")
+        }
+    };
+    if let Access::Denied(why) = access {
+        return Response::error(403, why.clone());
+    }
+    let metrics_ok = matches!(segs.as_slice(), ["metrics"] | ["v1", "stats"]);
+    if *access == Access::Metrics && !metrics_ok {
+        return Response::error(
+            401,
+            "this endpoint needs the admin token (Authorization: Bearer …) on TCP; /metrics and /v1/stats are open",
+        );
+    }
+    match segs.as_slice() {
+        ["metrics"] => read_only(&|| {
+            let top = param(req, "top").and_then(|t| t.parse().ok());
+            let st = q.stats();
+            let text = st.prometheus_top(top.unwrap_or(crate::stats::METRIC_DESTINATIONS));
+            Response::text(200, "text/plain; version=0.0.4", text)
+        }),
+        ["v1", "stats"] => read_only(&|| Response::json(200, &json::stats(&q.stats()))),
+        ["v1", "qshape"] => read_only(&|| {
+            let top = top(req, 100);
+            Response::json(200, &json::qshape(&q.stats(), top))
+        }),
+        ["v1", "destinations"] => read_only(&|| destinations(q, req)),
+        ["v1", "recipients"] => read_only(&|| recipients(q, req)),
+        ["v1", "messages", id] => read_only(&|| match json::message_id(id) {
+            Ok(id) => result(q.inspect(id).map(|m| json::message(&m))),
+            Err(e) => Response::error(400, e),
+        }),
+        ["v1", "explain", id] => read_only(&|| explain(q, id, None)),
+        ["v1", "explain", id, n] => read_only(&|| explain(q, id, Some(n))),
+        ["v1", action] if ACTIONS.contains(action) => {
+            if !post {
+                method_not_allowed("POST")
+            } else if *access != Access::Full {
+                Response::error(
+                    403,
+                    "read-only access: actions need the queue owner or root",
+                )
+            } else {
+                act(q, action, &req.body)
+            }
+        }
+        _ => Response::error(
+            404,
+            format!(
+                "no endpoint {}; see GET /v1 endpoints in docs/design.md (Operator plane)",
+                req.path
+            ),
+        ),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = Response::error(405, format!("method not allowed; use {allow}"));
+    r.allow = Some(allow);
+    r
+}
+
+fn param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn top(req: &Request, default: usize) -> usize {
+    param(req, "top")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A queue result as a response: typed errors map to status codes.
+fn result(r: crate::Result<Value>) -> Response {
+    match r {
+        Ok(v) => Response::json(200, &v),
+        Err(e @ (Error::NoSuchMessage(_) | Error::NoSuchRecipient(..))) => {
+            Response::error(404, e.to_string())
+        }
+        Err(
+            e @ (Error::InvalidRoutingKey { .. }
+            | Error::InvalidOption(_)
+            | Error::InvalidAddress { .. }),
+        ) => Response::error(400, e.to_string()),
+        Err(e @ (Error::Poisoned(_) | Error::DiskFull(_))) => Response::error(503, e.to_string()),
+        Err(e) => Response::error(500, e.to_string()),
+    }
+}
+
+fn destinations(q: &Queue, req: &Request) -> Response {
+    let st = q.stats();
+    let key = param(req, "key").map(|k| k.to_ascii_lowercase());
+    let list: Vec<Value> = st
+        .buckets
+        .iter()
+        .filter(|b| key.as_ref().is_none_or(|k| &b.key == k))
+        .take(top(req, 100))
+        .map(json::bucket)
+        .collect();
+    Response::json(
+        200,
+        &json!({"destinations": list, "total": st.buckets.len(), "now": now()}),
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/recipients?FILTERS&limit=N&offset=M`.
+fn recipients(q: &Queue, req: &Request) -> Response {
+    let obj: Map<String, Value> = req
+        .query
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let sel = match json::selector(&obj, &["limit", "offset"]) {
+        Ok(s) => s,
+        Err(e) => return Response::error(400, e),
+    };
+    let num = |name: &str, default: usize| match param(req, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("{name} must be a number, not {v:?}")),
+    };
+    let (limit, offset) = match (num("limit", PAGE), num("offset", 0)) {
+        (Ok(l), Ok(o)) => (l.clamp(1, MAX_PAGE), o),
+        (Err(e), _) | (_, Err(e)) => return Response::error(400, e),
+    };
+    result(q.select(&sel, offset + limit + 1).map(|all| {
+        let more = all.len() > offset + limit;
+        let items: Vec<Value> = all
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(json::selected)
+            .collect();
+        json!({"items": items, "offset": offset, "more": more})
+    }))
+}
+
+/// `GET /v1/explain/ID[/N]`: one recipient, or every recipient of the message.
+fn explain(q: &Queue, id: &str, n: Option<&str>) -> Response {
+    let id = match json::message_id(id) {
+        Ok(id) => id,
+        Err(e) => return Response::error(400, e),
+    };
+    let indices: Vec<u32> = match n {
+        Some(n) => match n.parse() {
+            Ok(n) => vec![n],
+            Err(_) => return Response::error(400, format!("invalid recipient index {n:?}")),
+        },
+        None => match q.inspect(id) {
+            Ok(m) => (0..m.recipients.len() as u32).collect(),
+            Err(e) => return result(Err(e)),
+        },
+    };
+    result(
+        indices
+            .into_iter()
+            .map(|i| q.explain(id, i).map(|e| json::explanation(&e)))
+            .collect::<crate::Result<Vec<Value>>>()
+            .map(|v| json!({"recipients": v})),
+    )
+}
+
+/// `POST /v1/ACTION` with a JSON object: filters, `dry_run`, `all` (needed
+/// when no filter is given), and the action's own argument.
+fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
+    let obj: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => return Response::error(400, "the body must be a JSON object"),
+            Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
+        }
+    };
+    let flag = |k: &str| obj.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let dry_run = flag("dry_run");
+    let arg = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
+    let reply = |count: usize| {
+        Response::json(
+            200,
+            &json!({"action": action, "count": count, "dry_run": dry_run}),
+        )
+    };
+    match action {
+        "suspend" | "resume" | "limit" => {
+            let extra = ["dry_run", "seconds", "duration", "limit"];
+            let keys: Vec<&String> = obj
+                .keys()
+                .filter(|k| !extra.contains(&k.as_str()))
+                .collect();
+            let Some(route) = arg("route").filter(|_| keys.len() == 1) else {
+                return Response::error(
+                    400,
+                    format!("{action} takes a destination: {{\"route\": KEY}} and no other filter"),
+                );
+            };
+            destination_action(q, action, &route, &obj, dry_run).map_or_else(|e| e, reply)
+        }
+        _ => {
+            let sel = match json::selector(&obj, &["dry_run", "all", "reason", "to"]) {
+                Ok(s) => s,
+                Err(e) => return Response::error(400, e),
+            };
+            if json::is_empty(&sel) && !flag("all") {
+                return Response::error(
+                    400,
+                    format!("{action} without a filter would touch every queued recipient; give a filter, or \"all\": true"),
+                );
+            }
+            let op = match action {
+                "hold" => Op::Hold,
+                "release" => Op::Release,
+                "delete" => Op::Delete,
+                "flush" => Op::Flush,
+                "bounce" => match arg("reason") {
+                    Some(r) if !r.trim().is_empty() => Op::Bounce(r),
+                    _ => {
+                        return Response::error(
+                            400,
+                            "bounce needs a \"reason\": the text the sender reads in the DSN",
+                        )
+                    }
+                },
+                _ => match arg("to") {
+                    Some(to) => Op::Reroute(to),
+                    None => {
+                        return Response::error(400, "reroute needs \"to\": the new routing key")
+                    }
+                },
+            };
+            match q.act(&sel, &op, dry_run) {
+                Ok(n) => reply(n),
+                Err(e) => result(Err(e)),
+            }
+        }
+    }
+}
+
+/// Suspend (optionally for `seconds` or a `duration` like "2h"), resume, or set
+/// the concurrency `limit` of one destination; the count is its depth.
+fn destination_action(
+    q: &Queue,
+    action: &str,
+    route: &str,
+    obj: &Map<String, Value>,
+    dry_run: bool,
+) -> Result<usize, Response> {
+    let key = crate::validate::normalize_key(route).map_err(|e| result(Err(e)))?;
+    let depth = q
+        .stats()
+        .buckets
+        .iter()
+        .find(|b| b.key == key)
+        .map_or(0, |b| b.depth() as usize);
+    let dur = match (
+        obj.get("seconds"),
+        obj.get("duration").and_then(Value::as_str),
+    ) {
+        (Some(s), _) => match s.as_u64() {
+            Some(n) => Some(std::time::Duration::from_secs(n)),
+            None => return Err(Response::error(400, "seconds must be a positive number")),
+        },
+        (None, Some(d)) => Some(json::duration(d).map_err(|e| Response::error(400, e))?),
+        (None, None) => None,
+    };
+    let limit = match (action, obj.get("limit").map(Value::as_u64)) {
+        ("limit", Some(Some(n))) if (1..=u16::MAX as u64).contains(&n) => n as u16,
+        ("limit", _) => {
+            return Err(Response::error(
+                400,
+                "limit needs \"limit\": a concurrency limit 1-65535",
+            ))
+        }
+        _ => 0,
+    };
+    if dry_run {
+        return Ok(depth);
+    }
+    let r = match (action, dur) {
+        ("suspend", Some(d)) => q.suspend_for(&key, d),
+        ("suspend", None) => q.suspend(&key),
+        ("resume", _) => q.resume(&key),
+        _ => q.set_concurrency_limit(&key, limit),
+    };
+    r.map(|()| depth).map_err(|e| result(Err(e)))
+}
