@@ -118,6 +118,19 @@ pub struct Args {
     /// Seconds after which undeliverable mail is returned to its sender [default: 432000, 5 days].
     #[arg(long, value_name = "SECS")]
     pub lifetime: Option<u64>,
+    /// Admin API socket for mailqctl [default: QUEUE/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// Also serve the admin API on this TCP address (for Prometheus: /metrics
+    /// is open there, the rest needs --admin-token-file); loopback only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// File holding the bearer token for the TCP admin endpoints beyond /metrics.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Do not serve the admin API.
+    #[arg(long)]
+    pub no_admin: bool,
 }
 
 /// The TOML file: the same settings as [`Args`].
@@ -146,6 +159,11 @@ struct FileConfig {
     min_backoff: Option<u64>,
     max_backoff: Option<u64>,
     lifetime: Option<u64>,
+    admin_socket: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    no_admin: bool,
 }
 
 /// Next hops: the default (`--relay-to`) and per domain or routing key.
@@ -287,6 +305,8 @@ pub struct Config {
     /// The queue's filesystem (default: the operating system's). Tests put a
     /// fault-injecting one here.
     pub vfs: Option<std::sync::Arc<dyn mailq::Vfs>>,
+    /// The admin API (`mailqctl`), served by default; `None` turns it off.
+    pub admin: Option<mailq::AdminOptions>,
 }
 
 impl std::fmt::Debug for Config {
@@ -328,6 +348,7 @@ impl Config {
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
             vfs: None,
+            admin: Some(mailq::AdminOptions::default()),
         }
     }
 
@@ -409,6 +430,20 @@ impl Config {
         set(&mut c.min_backoff, secs(args.min_backoff, file.min_backoff));
         set(&mut c.max_backoff, secs(args.max_backoff, file.max_backoff));
         set(&mut c.lifetime, secs(args.lifetime, file.lifetime));
+        if args.no_admin || file.no_admin {
+            c.admin = None;
+        } else {
+            let token = match args.admin_token_file.or(file.admin_token_file) {
+                Some(path) => Some(read(&path)?.trim().to_string()),
+                None => None,
+            };
+            c.admin = Some(mailq::AdminOptions {
+                socket: args.admin_socket.or(file.admin_socket),
+                tcp: args.admin_listen.or(file.admin_listen),
+                token,
+                ..Default::default()
+            });
+        }
         c.check()?;
         Ok(c)
     }

@@ -151,6 +151,19 @@ impl Relay {
         tasks.spawn(accept_loop(shared.clone(), listener, stopped.clone()));
         tasks.spawn(deliver::dispatch(shared.clone(), stopped.clone()));
         tasks.spawn(deliver::reap_idle(shared.clone(), stopped.clone()));
+        if let Some(opts) = &shared.cfg.admin {
+            let admin = mailq::Admin::open(shared.q.queue(), opts.clone())?;
+            tracing::info!(socket = %admin.socket_path().display(), tcp = ?admin.tcp_addr(), "admin API for mailqctl");
+            let mut stop = stopped.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    r = admin.serve_tokio() => if let Err(e) = r {
+                        tracing::error!("admin API stopped: {e}");
+                    },
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
         tasks.spawn(dsn::bounce_loop(shared.clone(), stopped));
         // The first round of bounces (left from before a restart).
         shared.bounce_ready.notify_one();

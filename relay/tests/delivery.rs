@@ -330,3 +330,38 @@ async fn the_next_session_reuses_an_idle_connection_and_idle_ones_are_closed() {
     assert_eq!(sink.state.lock().await.conns, 2);
     relay.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_served_by_default_and_removed_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("admin");
+    let sink = Sink::start(Script::default()).await;
+    let mut cfg = config(&dir, sink.addr);
+    cfg.min_backoff = Duration::from_secs(60);
+    cfg.max_backoff = Duration::from_secs(60);
+    let relay = start(cfg).await;
+    let mut c = Client::hello(relay.local_addr()).await;
+    let r = c
+        .mail(
+            "alice@example.org",
+            &["temp@example.com"],
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    eventually(20, "deferred", || {
+        state_of(&relay, "temp@example.com").is_some_and(|s| s.0 == RcptState::Deferred)
+    })
+    .await;
+    let sock = dir.path().join("queue").join("admin.sock");
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    s.write_all(b"GET /v1/recipients?state=deferred HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"recipient\": \"temp@example.com\""), "{out}");
+    relay.shutdown().await.unwrap();
+    assert!(!sock.exists(), "the socket goes with the relay");
+}

@@ -283,6 +283,7 @@ async fn every_acknowledged_message_survives_a_power_cut() {
         let sink = Sink::start(Script::default()).await;
         let mut cfg = config(&dir, sink.addr);
         cfg.vfs = Some(fs.vfs());
+        cfg.admin = None; // the simulated filesystem has no directory for a real socket
         let relay = start(cfg.clone()).await;
         let port = relay.local_addr().port();
         let senders = Senders::start(port, 8);

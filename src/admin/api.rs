@@ -166,14 +166,29 @@ fn recipients(q: &Queue, req: &Request) -> Response {
     };
     result(q.select(&sel, offset + limit + 1).map(|all| {
         let more = all.len() > offset + limit;
-        let items: Vec<Value> = all
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(json::selected)
-            .collect();
+        let mut page: Vec<crate::select::Selected> =
+            all.into_iter().skip(offset).take(limit).collect();
+        with_envelopes(q, &mut page);
+        let items: Vec<Value> = page.iter().map(json::selected).collect();
         json!({"items": items, "offset": offset, "more": more})
     }))
+}
+
+/// Fills in sender and address where the selection did not read the
+/// envelope (no envelope criterion): one read per message of the page.
+fn with_envelopes(q: &Queue, page: &mut [crate::select::Selected]) {
+    let mut last: Option<crate::stats::MessageInfo> = None;
+    for s in page.iter_mut().filter(|s| s.address.is_empty()) {
+        if last.as_ref().is_none_or(|m| m.id != s.id) {
+            last = q.inspect(s.id).ok();
+        }
+        if let Some(m) = &last {
+            s.sender.clone_from(&m.sender);
+            if let Some(r) = m.recipients.get(s.index as usize) {
+                s.address.clone_from(&r.address);
+            }
+        }
+    }
 }
 
 /// `GET /v1/explain/ID[/N]`: one recipient, or every recipient of the message.
