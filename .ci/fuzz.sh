@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo fuzz build -s none -O
-for t in open_dir ops_crash c_abi; do
+for t in open_dir ops_crash c_abi admin_request; do
   work=$(mktemp -d)
   echo "fuzz $t for ${secs}s"
   cargo fuzz run -s none -O "$t" "$work" "fuzz/corpus/$t" -- -max_total_time="$secs" 2>&1 \

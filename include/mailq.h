@@ -17,7 +17,7 @@
  *   time. Ending a session (mailq_session_free, mailq_session_site_failure)
  *   ends its open delivery and invalidates every pointer obtained from it.
  *   A message handle is used from one thread at a time. The library starts no
- *   thread.
+ *   thread (but the admin API's, when mailq_admin_spawn_thread asks for it).
  * - Locking: the queue directory stays locked until mailq_close/mailq_free
  *   *and* every session, delivery and message handle of it are freed.
  * - fork(2): a handle belongs to the process that opened it. A child must not
@@ -144,6 +144,13 @@ typedef enum mailq_outcome {
  * An open queue. Thread-safe: may be used from several threads at once.
  */
 typedef struct mailq mailq;
+
+/**
+ * The admin API server of a queue (`mailq_admin_open`): served from the
+ * caller's event loop, or from a thread of its own after
+ * `mailq_admin_spawn_thread`.
+ */
+typedef struct mailq_admin mailq_admin;
 
 /**
  * A delivery: one message and some of its recipients. Use from one thread at a time.
@@ -786,6 +793,12 @@ enum mailq_status mailq_flush(struct mailq *q, size_t *changed);
 enum mailq_status mailq_suspend(struct mailq *q, const char *key);
 
 /**
+ * Suspends a destination for `seconds` (at least 1); it resumes by itself
+ * then (part of `mailq_next_timeout`), or earlier on `mailq_resume`.
+ */
+enum mailq_status mailq_suspend_for(struct mailq *q, const char *key, uint64_t seconds);
+
+/**
  * Resumes a suspended destination.
  */
 enum mailq_status mailq_resume(struct mailq *q, const char *key);
@@ -872,6 +885,44 @@ enum mailq_status mailq_next_timeout(struct mailq *q, int64_t *ms);
  * 1 when work is ready (the poll fd is raised too).
  */
 enum mailq_status mailq_tick(struct mailq *q, int *ready);
+
+/**
+ * Serves the admin API of queue `q` (HTTP/1.1 + JSON, used by `mailqctl`) on
+ * the Unix socket `socket` (NULL: `<queue dir>/admin.sock`), mode 0600, the
+ * peer checked by its credentials (the queue owner or root). `tcp` (NULL: none)
+ * adds a loopback TCP listener such as "127.0.0.1:9465" where `/metrics` is
+ * open and the rest needs `Authorization: Bearer <token>` (`token` NULL: metrics
+ * only). No thread is started: add `mailq_admin_fd` to your event loop and
+ * call `mailq_admin_serve_ready` when it is readable, or call
+ * `mailq_admin_spawn_thread`. Free with `mailq_admin_free`.
+ */
+enum mailq_status mailq_admin_open(struct mailq *q, const char *socket, const char *tcp, const char *token, struct mailq_admin **out);
+
+/**
+ * The descriptor to watch for readability (an epoll set of the listeners and
+ * connections); -1 for an invalid handle or a server moved to its thread.
+ */
+int32_t mailq_admin_fd(const struct mailq_admin *a);
+
+/**
+ * Accepts, reads, answers and writes whatever is ready, without blocking;
+ * `*answered` (may be NULL) is the number of requests answered. Each request
+ * runs on the calling thread (a search of a million messages takes about a
+ * second; use `mailq_admin_spawn_thread` if your loop cannot wait that long).
+ */
+enum mailq_status mailq_admin_serve_ready(struct mailq_admin *a, size_t *answered);
+
+/**
+ * Moves serving to a thread of its own (for programs without an event loop);
+ * `mailq_admin_free` stops it. Calling it twice is harmless.
+ */
+enum mailq_status mailq_admin_spawn_thread(struct mailq_admin *a);
+
+/**
+ * Stops serving (joining the thread, if any), closes the connections and
+ * removes the socket file. The handle is invalid afterwards.
+ */
+enum mailq_status mailq_admin_free(struct mailq_admin *a);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -606,12 +606,17 @@ impl Queue {
     }
 }
 
-/// Fuzzing entry: parses `bytes` as a request and, when whole, serves it with
-/// read-only access against `q` (never panics, never mutates).
+/// Fuzzing entry: parses `bytes` as a request and, when whole, serves it
+/// against `q` with full access (actions run) or read-only access. The
+/// answer's status, 0 while the request is incomplete.
 #[doc(hidden)]
-pub fn fuzz_request(q: &Queue, bytes: &[u8]) -> u16 {
+pub fn fuzz_request(q: &Queue, bytes: &[u8], full: bool) -> u16 {
+    let access = if full { Access::Full } else { Access::Read };
     match http::parse(bytes) {
-        Parsed::Done(req) => answer(q, &Access::Read, &req).status,
+        Parsed::Done(req) => {
+            // Not through `answer`: a panic must reach the fuzzer.
+            api::handle(q, &access, &req).status
+        }
         Parsed::Bad(r) => r.status,
         Parsed::Partial => 0,
     }

@@ -36,6 +36,24 @@ pub struct mailq_message {
     _opaque: [u8; 0],
 }
 
+/// The admin API server of a queue (`mailq_admin_open`): served from the
+/// caller's event loop, or from a thread of its own after
+/// `mailq_admin_spawn_thread`.
+pub struct mailq_admin {
+    _opaque: [u8; 0],
+}
+
+/// What a `mailq_admin` stands for: the server, until it moves to its thread.
+#[cfg(feature = "admin")]
+pub(super) enum AdminObj {
+    /// Served by `mailq_admin_serve_ready`; the fd is kept for `mailq_admin_fd`.
+    Loop(crate::Admin),
+    /// Served by its own thread (held: dropping it stops the thread).
+    Thread(#[allow(dead_code)] crate::AdminThread),
+    /// Moving to its thread failed: nothing serves it any more.
+    Stopped,
+}
+
 /// What a `mailq_session` stands for. The session is taken out when it ends;
 /// `key` is what `mailq_session_routing_key` points into.
 pub(super) struct SessionObj {
@@ -65,6 +83,8 @@ pub(super) enum Obj {
     Session(Arc<Mutex<SessionObj>>),
     Delivery(Arc<Mutex<DeliveryObj>>),
     Message(Arc<Mutex<MessageObj>>),
+    #[cfg(feature = "admin")]
+    Admin(Arc<Mutex<AdminObj>>),
 }
 
 /// The handle table. A handle is a slot index and the slot's generation at the
@@ -189,6 +209,12 @@ typed! {
         "NULL, freed, completed, or another type";
     message_obj, take_message, new_message: mailq_message => Message(Arc<Mutex<MessageObj>>),
         "NULL, freed, committed, or another type";
+}
+
+#[cfg(feature = "admin")]
+typed! {
+    admin_obj, take_admin, new_admin: mailq_admin => Admin(Arc<Mutex<AdminObj>>),
+        "NULL, freed, or another type";
 }
 
 #[cfg(test)]

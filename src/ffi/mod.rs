@@ -78,10 +78,13 @@ mod observe;
 
 mod events;
 
+mod admin;
+
+pub use self::admin::*;
 pub use self::bounce::*;
 pub use self::delivery::*;
 pub use self::events::*;
-pub use self::handle::{mailq, mailq_delivery, mailq_message, mailq_session};
+pub use self::handle::{mailq, mailq_admin, mailq_delivery, mailq_message, mailq_session};
 pub use self::message::*;
 pub use self::observe::*;
 pub use self::operator::*;

@@ -10,6 +10,8 @@
 #include <poll.h>
 #include <fcntl.h>
 #include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 static int failures = 0;
 static int checks = 0;
@@ -527,6 +529,64 @@ static void test_poll(mailq *q) {
     EXPECT(mailq_ack_poll(NULL), MAILQ_ERR_INVALID_HANDLE);
 }
 
+/* Sends one request to the admin socket; the caller serves it. Returns the fd. */
+static int admin_request(const char *path, const char *req) {
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    CHECK(connect(s, (struct sockaddr *)&a, sizeof a) == 0);
+    CHECK(write(s, req, strlen(req)) == (ssize_t)strlen(req));
+    return s;
+}
+
+static void read_all(int s, char *buf, size_t cap) {
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < cap && (r = read(s, buf + n, cap - 1 - n)) > 0) n += (size_t)r;
+    buf[n] = 0;
+    close(s);
+}
+
+static void test_admin(mailq *q) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/admin.sock", dir);
+    mailq_admin *a = NULL;
+    EXPECT(mailq_admin_open(NULL, NULL, NULL, NULL, &a), MAILQ_ERR_INVALID_HANDLE);
+    EXPECT(mailq_admin_open(q, NULL, "not an address", NULL, &a), MAILQ_ERR_INVALID_ARGUMENT);
+    CHECK(a == NULL);
+    EXPECT(mailq_admin_open(q, NULL, NULL, NULL, &a), MAILQ_OK);
+    CHECK(a != NULL);
+    CHECK(access(path, F_OK) == 0);
+    /* Served from this loop: poll the fd, then serve what is ready. */
+    int fd = mailq_admin_fd(a);
+    CHECK(fd >= 0);
+    int s = admin_request(path, "GET /v1/stats HTTP/1.1\r\n\r\n");
+    size_t answered = 0;
+    for (int i = 0; i < 50 && answered == 0; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        CHECK(poll(&p, 1, 1000) >= 0);
+        EXPECT(mailq_admin_serve_ready(a, &answered), MAILQ_OK);
+    }
+    CHECK(answered == 1);
+    char buf[8192];
+    read_all(s, buf, sizeof buf);
+    CHECK(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    CHECK(strstr(buf, "\"messages\"") != NULL);
+    EXPECT(mailq_admin_serve_ready(a, NULL), MAILQ_OK);
+    /* Moved to its own thread: requests are answered without us. */
+    EXPECT(mailq_admin_spawn_thread(a), MAILQ_OK);
+    EXPECT(mailq_admin_spawn_thread(a), MAILQ_OK);
+    CHECK(mailq_admin_fd(a) == -1);
+    s = admin_request(path, "GET /nowhere HTTP/1.1\r\n\r\n");
+    read_all(s, buf, sizeof buf);
+    CHECK(strncmp(buf, "HTTP/1.1 404", 12) == 0);
+    EXPECT(mailq_admin_free(a), MAILQ_OK);
+    CHECK(access(path, F_OK) != 0);
+    EXPECT(mailq_admin_free(a), MAILQ_ERR_INVALID_HANDLE);
+    CHECK(mailq_admin_fd(NULL) == -1);
+    EXPECT(mailq_admin_serve_ready(NULL, NULL), MAILQ_ERR_INVALID_HANDLE);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/mailq-ctest-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -543,6 +603,7 @@ int main(void) {
     test_bounces(q);
     test_operator(q);
     test_poll(q);
+    test_admin(q);
     EXPECT(mailq_close(q), MAILQ_OK);
     /* Reopen: the poll test's message survived. */
     q = open_queue();
