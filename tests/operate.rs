@@ -311,3 +311,100 @@ fn explain_says_why_a_recipient_waits() {
         e.why
     );
 }
+
+/// Found by the simulator: a dry run judged an in-flight recipient by its
+/// state alone, so "release" counted one that had no hold to release.
+#[test]
+fn dry_runs_judge_in_flight_recipients_by_their_intent() {
+    let dir = TempDir::new("op-dry-inflight");
+    let clock = ManualClock::new(T0);
+    let (q, [a, _, _]) = queue(&dir, &clock);
+    let mut s = q.session_for("gmail.com").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    let gmail = by(|s| s.route = Some("gmail.com".into()));
+    for (op, n) in [
+        (Op::Release, 0),
+        (Op::Hold, 2),
+        (Op::Hold, 0),
+        (Op::Release, 2),
+    ] {
+        assert_eq!(q.act(&gmail, &op, true).unwrap(), n, "dry {op:?}");
+        assert_eq!(q.act(&gmail, &op, false).unwrap(), n, "{op:?}");
+    }
+    // Re-routing an in-flight recipient to where it is: nothing, unless a
+    // re-route elsewhere is pending (then it cancels that).
+    let one = by(|s| s.ids = vec![a]);
+    let to_self = Op::Reroute("gmail.com".into());
+    let ann = by(|s| {
+        s.ids = vec![a];
+        s.route = Some("gmail.com".into())
+    });
+    assert_eq!(q.act(&ann, &to_self, true).unwrap(), 0);
+    assert_eq!(q.act(&ann, &Op::Reroute("relay".into()), true).unwrap(), 1);
+    assert_eq!(q.act(&ann, &Op::Reroute("relay".into()), false).unwrap(), 1);
+    assert_eq!(
+        q.act(&ann, &to_self, true).unwrap(),
+        1,
+        "cancels the pending one"
+    );
+    assert_eq!(q.act(&ann, &to_self, false).unwrap(), 1);
+    assert_eq!(
+        q.act(&one, &Op::Bounce("x".into()), true).unwrap(),
+        1,
+        "bob only"
+    );
+    drop(d);
+    drop(s);
+}
+
+#[test]
+fn a_timed_suspension_ends_by_itself_even_when_the_clock_steps_back() {
+    let dir = TempDir::new("op-suspend-for");
+    let clock = ManualClock::new(T0);
+    let (q, _) = queue(&dir, &clock);
+    let now = T0 + 7200;
+    q.suspend_for("gmail.com", Duration::from_secs(600))
+        .unwrap();
+    assert!(q.session_for("gmail.com").unwrap().is_none());
+    let gmail = q
+        .stats()
+        .buckets
+        .into_iter()
+        .find(|b| b.key == "gmail.com")
+        .unwrap();
+    assert_eq!((gmail.suspended, gmail.suspended_until), (true, now + 600));
+    assert!(q.next_wakeup().is_some_and(|t| t <= now + 600));
+    let e = q.explain(q.list(10)[1].id, 0).unwrap();
+    assert!(
+        e.why.contains("suspended by the operator until"),
+        "{}",
+        e.why
+    );
+    clock.advance(599);
+    q.tick();
+    assert!(q.session_for("gmail.com").unwrap().is_none(), "not yet");
+    clock.advance(1);
+    q.tick();
+    assert!(
+        q.session_for("gmail.com").unwrap().is_some(),
+        "ended by itself"
+    );
+    // The clock steps back a day during a suspension: it ends at once rather
+    // than lasting a day longer than asked.
+    q.suspend_for("yahoo.com", Duration::from_secs(600))
+        .unwrap();
+    clock.set(now + 600 - 86_400);
+    q.tick();
+    assert!(q.session_for("yahoo.com").unwrap().is_some());
+    // A suspension until resumed does not end by itself.
+    q.suspend("corp.example").unwrap();
+    clock.advance(10 * 86_400);
+    q.tick();
+    assert!(q.session_for("corp.example").unwrap().is_none());
+    q.resume("corp.example").unwrap();
+    assert!(q.session_for("corp.example").unwrap().is_some());
+    assert!(matches!(
+        q.suspend_for("x.org", Duration::ZERO),
+        Err(Error::InvalidOption(_))
+    ));
+}

@@ -20,7 +20,7 @@
 //! failure and lists every failing seed, `MAILQ_SIM_TRACE=1` prints every step
 //! of a single seed, `MAILQ_SIM_DISABLE=op,op` disables step kinds (for
 //! triage): enqueue deliver hold release delete flush reroute bucketop
-//! bounces limits tick clock back idle checkpoint sync reopen hook crash
+//! select bounces limits tick clock back idle checkpoint sync reopen hook crash
 //! bitflip forget.
 mod common;
 
@@ -28,8 +28,8 @@ use common::hookfs::{HookFs, On};
 use mailq::sim::record::{self, Kind};
 use mailq::sim::{CrashMode, SimFs};
 use mailq::{
-    Concurrency, Error, ManualClock, MessageId, NewMessage, Options, Outcome, Queue, RcptState,
-    Recipient,
+    Concurrency, Error, ManualClock, MessageId, NewMessage, Op, Options, Outcome, Queue, RcptState,
+    Recipient, Selector,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -541,6 +541,17 @@ impl Ctx {
         }
     }
     /// An error is expected only while a crash is armed.
+    /// The model's records up to `mark` are durable — unless the simulated
+    /// crash has happened: after it nothing becomes durable, whatever a call
+    /// that did no I/O of its own returned (an operator action that failed at
+    /// the crash left the model believing in an in-flight intent the queue
+    /// never took; a later call's success must not make its consequences
+    /// durable).
+    fn mark_durable(&self, mark: u64) {
+        if !self.sim.crashed() {
+            self.m.borrow_mut().mark_durable(mark);
+        }
+    }
     fn expect_err(&self, e: &Error, what: &str) {
         if !self.crashing.get() {
             fail!("{what} failed: {e}");
@@ -864,7 +875,9 @@ fn enqueue(ctx: &Ctx, depth: u32) {
             {
                 fail!("enqueue returned id {id}, which was used before");
             }
-            m.mark_durable(mark);
+            if !ctx.sim.crashed() {
+                m.mark_durable(mark);
+            }
             m.archive.remove(&id);
             let rs = addrs
                 .into_iter()
@@ -1407,7 +1420,7 @@ fn op_result(
                 fail!("{what} changed {n} recipients, the model {want}");
             }
             if let Some(mark) = mark {
-                ctx.m.borrow_mut().mark_durable(mark);
+                ctx.mark_durable(mark);
             }
         }
         Err(Error::NoSuchMessage(_)) if want == 0 => {}
@@ -1429,7 +1442,8 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
     let keys = all_keys();
     let kinds: Vec<&str> = [
         "hold", "hold", "release", "release", "delete", "flush", "flush", "reroute", "reroute",
-        "reroute", "bucketop", "bucketop", "limits", "limits", "bounces", "bounces", "bounces",
+        "reroute", "bucketop", "bucketop", "select", "select", "limits", "limits", "bounces",
+        "bounces", "bounces",
     ]
     .into_iter()
     .filter(|k| ctx.on(k))
@@ -1482,7 +1496,7 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
             match r {
                 Ok(_) => {
                     if all {
-                        ctx.m.borrow_mut().mark_durable(mark);
+                        ctx.mark_durable(mark);
                     }
                 }
                 Err(e) => ctx.expect_err(&e, &what),
@@ -1521,7 +1535,7 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
                         if b != (want == 1) && !ctx.crashing.get() && !ctx.no_counts {
                             fail!("{what} returned {b}, the model changed {want}");
                         }
-                        ctx.m.borrow_mut().mark_durable(mark);
+                        ctx.mark_durable(mark);
                     }
                     Err(Error::NoSuchMessage(_)) | Err(Error::NoSuchRecipient(..)) if want == 0 => {
                     }
@@ -1551,9 +1565,53 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
                 Some(mark),
             );
         }
+        "select" => {
+            // The operator plane's bulk action by predicate: a destination, and
+            // sometimes an envelope criterion that makes the selection read
+            // every candidate's envelope from the log (with no lock held). The
+            // dry run counts what the action then does.
+            let key = ctx.pick(&keys).to_string();
+            let p = if ctx.chance(50) {
+                Plan::Hold
+            } else {
+                Plan::Release
+            };
+            let sel = Selector {
+                route: Some(key.clone()),
+                sender: ctx.chance(30).then(|| "*".to_string()),
+                ..Selector::default()
+            };
+            let op = if matches!(p, Plan::Hold) {
+                Op::Hold
+            } else {
+                Op::Release
+            };
+            let dry = q.act(&sel, &op, true);
+            let r = q.act(&sel, &op, false);
+            let want = model_apply(ctx, |_, _, rm| rm.route == key, |rm, seq| plan(rm, seq, p));
+            let mark = ctx.m.borrow().seq;
+            let what = format!("act {op:?} {sel:?}");
+            if let (Ok(d), Ok(n)) = (&dry, &r) {
+                let damaged = !ctx.m.borrow().damaged.is_empty();
+                if d != n && !ctx.crashing.get() && !ctx.no_counts && !damaged {
+                    fail!("{what}: the dry run counted {d}, the action changed {n}");
+                }
+            }
+            op_result(ctx, depth, what, r, want, Some(mark));
+        }
         "limits" => {
             let key = ctx.pick(&keys).to_string();
-            match ctx.rnd(3) {
+            match ctx.rnd(4) {
+                3 => {
+                    // A suspension that ends by itself (a wake-up), also when
+                    // the clock steps back meanwhile.
+                    let secs = 1 + ctx.rnd(600);
+                    let r = q.suspend_for(&key, Duration::from_secs(secs));
+                    ctx.log(depth, format!("suspend_for {key} {secs}s: {r:?}"));
+                    if let Err(e) = r {
+                        ctx.expect_err(&e, "suspend_for");
+                    }
+                }
                 0 => {
                     let r = q.suspend(&key);
                     ctx.log(depth, format!("suspend {key}: {r:?}"));
@@ -1791,7 +1849,7 @@ fn idle(ctx: &Rc<Ctx>, depth: u32) {
         return;
     }
     // Outcomes older than the sync interval are durable once the loop ran.
-    ctx.m.borrow_mut().mark_durable(mark);
+    ctx.mark_durable(mark);
     if let Some(d) = compat::pending_sync_ms(&q) {
         let now = ctx.now_ms();
         if d < now {
@@ -1825,7 +1883,7 @@ fn checkpoint(ctx: &Ctx, depth: u32) {
     mark_ckpt_risk(ctx);
     ctx.log(depth, format!("checkpoint: {r:?}"));
     match r {
-        Ok(()) => ctx.m.borrow_mut().mark_durable(mark),
+        Ok(()) => ctx.mark_durable(mark),
         Err(e) => ctx.expect_err(&e, "checkpoint"),
     }
 }
@@ -1835,7 +1893,7 @@ fn sync(ctx: &Ctx, depth: u32) {
     let r = ctx.q().sync();
     ctx.log(depth, format!("sync: {r:?}"));
     match r {
-        Ok(()) => ctx.m.borrow_mut().mark_durable(mark),
+        Ok(()) => ctx.mark_durable(mark),
         Err(e) => ctx.expect_err(&e, "sync"),
     }
 }

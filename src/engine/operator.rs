@@ -29,13 +29,6 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    /// True when this action changes a recipient in state `st` (dry runs).
-    pub(crate) fn applies_to(self, st: RcptState) -> bool {
-        let mut r = Rcpt::default();
-        r.set_state(st);
-        self.plan(&r).is_some()
-    }
-
     /// The change this action makes to `r`, or `None` to leave it alone.
     pub(crate) fn plan(self, r: &Rcpt) -> Option<Change> {
         let st = r.state();
@@ -319,6 +312,49 @@ impl Engine {
             self.wake_if(rang);
             return Ok(true);
         }
+    }
+
+    /// Whether `plan` would change recipient `idx` of `id` now: the dry run of
+    /// [`Engine::change_rcpt`], the same decision (an in-flight recipient's
+    /// intent included), nothing written.
+    pub(super) fn would_change(
+        &self,
+        id: MessageId,
+        idx: u32,
+        plan: &dyn Fn(&Rcpt) -> Option<Change>,
+    ) -> Result<bool> {
+        let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
+        let (rid, _) = self.find_rcpt(id, idx)?;
+        let ms = self.msgs[mshard].lock();
+        if ms.get(local, id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let r = ms.rcpts[rid as usize];
+        Ok(match plan(&r).map(|ch| ch.inflight_hold) {
+            None => false,
+            Some(None) => true,
+            Some(Some(hold)) => ms.intents.get(&rid).copied().unwrap_or_default().hold != hold,
+        })
+    }
+
+    /// Whether re-routing recipient `idx` of `id` to bucket `to` (`None`: a
+    /// routing key without a bucket yet) would change it now: the dry run of
+    /// [`Engine::reroute_rcpt`].
+    pub(super) fn would_reroute(&self, id: MessageId, idx: u32, to: Option<u32>) -> Result<bool> {
+        let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
+        let (rid, from) = self.find_rcpt(id, idx)?;
+        let ms = self.msgs[mshard].lock();
+        if ms.get(local, id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let st = ms.rcpts[rid as usize].state();
+        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        Ok(match st {
+            RcptState::Leased if Some(from) == to => it.route.is_some(),
+            RcptState::Leased => to.is_none() || it.route != to,
+            RcptState::Ready | RcptState::Deferred | RcptState::Held => Some(from) != to,
+            _ => false,
+        })
     }
 
     /// Appends (without waiting for durability) the update record of one change.

@@ -205,12 +205,13 @@ impl Engine {
             Op::Flush => Some(Action::Flush),
             Op::Bounce(_) | Op::Reroute(_) => None,
         };
+        let targets = || hits.iter().map(|h| (h.id, h.index)).collect();
         if let Some(a) = action {
             if dry_run {
-                return Ok(hits.iter().filter(|h| a.applies_to(h.state)).count());
+                return self
+                    .each_target(targets(), |id, i| self.would_change(id, i, &|r| a.plan(r)));
             }
-            let targets = hits.iter().map(|h| (h.id, h.index)).collect();
-            let n = self.each_target(targets, |id, i| self.change_rcpt(id, i, &|r| a.plan(r)))?;
+            let n = self.each_target(targets(), |id, i| self.change_rcpt(id, i, &|r| a.plan(r)))?;
             return self.acted(a, n);
         }
         match op {
@@ -218,18 +219,16 @@ impl Engine {
                 let reason = format!("bounced by the operator: {}", super::policy::clip(reason));
                 let waiting =
                     |st| matches!(st, RcptState::Ready | RcptState::Deferred | RcptState::Held);
-                if dry_run {
-                    return Ok(hits.iter().filter(|h| waiting(h.state)).count());
-                }
-                let targets = hits.iter().map(|h| (h.id, h.index)).collect();
-                let n = self.each_target(targets, |id, i| {
-                    self.change_rcpt(id, i, &|r| {
-                        waiting(r.state()).then(|| Change {
-                            reason: Some(reason.clone()),
-                            ..Change::persist(r, RcptState::Failed, 0)
-                        })
+                let plan = |r: &Rcpt| {
+                    waiting(r.state()).then(|| Change {
+                        reason: Some(reason.clone()),
+                        ..Change::persist(r, RcptState::Failed, 0)
                     })
-                })?;
+                };
+                if dry_run {
+                    return self.each_target(targets(), |id, i| self.would_change(id, i, &plan));
+                }
+                let n = self.each_target(targets(), |id, i| self.change_rcpt(id, i, &plan))?;
                 self.log.sync_all()?;
                 bump(&self.counters.failed, n as u64);
                 Ok(n)
@@ -238,11 +237,11 @@ impl Engine {
                 let _g = self.gate.read_recursive();
                 let key = crate::validate::normalize_key(to)?;
                 if dry_run {
-                    return Ok(hits.iter().filter(|h| h.route != key).count());
+                    let tb = self.find_bucket(&key)?;
+                    return self.each_target(targets(), |id, i| self.would_reroute(id, i, tb));
                 }
                 let tb = self.bucket_id(&key)?;
-                let targets = hits.iter().map(|h| (h.id, h.index)).collect();
-                let n = self.each_target(targets, |id, i| self.reroute_rcpt(id, i, tb))?;
+                let n = self.each_target(targets(), |id, i| self.reroute_rcpt(id, i, tb))?;
                 self.log.sync_all()?;
                 Ok(n)
             }
