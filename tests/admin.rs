@@ -318,6 +318,44 @@ fn malformed_requests_get_clear_errors_and_change_nothing() {
         .0,
         400
     );
+    // Nothing malformed may act: a dry_run that is not a boolean, filters in
+    // the query string, empty or match-everything filters without "all".
+    let (s, e) = err(post(
+        &sock,
+        "delete",
+        json!({"all": true, "dry_run": "true"}),
+    ));
+    assert_eq!(s, 400, "{e}");
+    let q_post =
+        b"POST /v1/delete?dry_run=true HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"domain\":\"x.y\"}";
+    assert_eq!(err(raw(&sock, q_post)).0, 400);
+    assert_eq!(err(post(&sock, "delete", json!({"error": ""}))).0, 400);
+    let (s, e) = err(post(&sock, "delete", json!({"sender": "*"})));
+    assert!(s == 400 && e.contains("\"all\": true"), "{e}");
+    assert_eq!(
+        err(post(
+            &sock,
+            "suspend",
+            json!({"route": "x", "duration": 3600})
+        ))
+        .0,
+        400
+    );
+    let both = json!({"route": "x", "duration": "1h", "seconds": 5});
+    assert_eq!(err(post(&sock, "suspend", both)).0, 400);
+    assert_eq!(
+        err(post(
+            &sock,
+            "suspend",
+            json!({"route": "x", "seconds": 0, "dry_run": true})
+        ))
+        .0,
+        400
+    );
+    assert_eq!(
+        err(get(&sock, "/v1/recipients?offset=99999999999999999999")).0,
+        400
+    );
     assert_eq!(err(get(&sock, "/v1/hold")).0, 405);
     assert_eq!(err(post(&sock, "stats", json!({}))).0, 405);
     assert_eq!(err(get(&sock, "/v2/everything")).0, 404);

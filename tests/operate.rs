@@ -358,7 +358,7 @@ fn dry_runs_judge_in_flight_recipients_by_their_intent() {
 }
 
 #[test]
-fn a_timed_suspension_ends_by_itself_even_when_the_clock_steps_back() {
+fn a_timed_suspension_ends_by_itself_and_keeps_its_length_when_the_clock_steps_back() {
     let dir = TempDir::new("op-suspend-for");
     let clock = ManualClock::new(T0);
     let (q, _) = queue(&dir, &clock);
@@ -389,13 +389,25 @@ fn a_timed_suspension_ends_by_itself_even_when_the_clock_steps_back() {
         q.session_for("gmail.com").unwrap().is_some(),
         "ended by itself"
     );
-    // The clock steps back a day during a suspension: it ends at once rather
-    // than lasting a day longer than asked.
+    // The clock steps back a day during a suspension: it lasts what was
+    // asked from then on, neither a day longer nor cut short.
     q.suspend_for("yahoo.com", Duration::from_secs(600))
         .unwrap();
     clock.set(now + 600 - 86_400);
     q.tick();
-    assert!(q.session_for("yahoo.com").unwrap().is_some());
+    assert!(
+        q.session_for("yahoo.com").unwrap().is_none(),
+        "still suspended"
+    );
+    clock.advance(599);
+    q.tick();
+    assert!(q.session_for("yahoo.com").unwrap().is_none(), "not yet");
+    clock.advance(1);
+    q.tick();
+    assert!(
+        q.session_for("yahoo.com").unwrap().is_some(),
+        "ended 600 s later"
+    );
     // A suspension until resumed does not end by itself.
     q.suspend("corp.example").unwrap();
     clock.advance(10 * 86_400);

@@ -73,12 +73,7 @@ impl Target {
             }
             Err(_) => {}
         }
-        if !dir.is_dir() {
-            return Err(Failure::new(
-                exit::UNAVAILABLE,
-                format!("{} is not a queue directory", dir.display()),
-            ));
-        }
+        check_queue_dir(dir)?;
         match Queue::open(dir, Options::default()) {
             Ok(q) => Ok(Target::Local(q)),
             Err(mailq::Error::Locked(_)) => Err(Failure::new(
@@ -108,6 +103,47 @@ impl Target {
     }
 }
 
+/// Opening a queue in process is only for a real queue (a mistyped path must
+/// not become a new, empty one) and only as its owner (files root creates in
+/// a queue the MTA runs as `mail` would stop the MTA from starting).
+fn check_queue_dir(dir: &Path) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let not_queue = || {
+        Failure::new(
+            exit::UNAVAILABLE,
+            format!(
+                "{} is not a queue directory (no log segments or checkpoint)",
+                dir.display()
+            ),
+        )
+    };
+    let meta = std::fs::metadata(dir).map_err(|_| not_queue())?;
+    let is_queue = std::fs::read_dir(dir)
+        .map_err(|_| not_queue())?
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with(".seg") || n == "checkpoint"
+        });
+    if !meta.is_dir() || !is_queue {
+        return Err(not_queue());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if me != meta.uid() {
+        return Err(Failure::new(
+            exit::DENIED,
+            format!(
+                "no process serves {}/admin.sock, and opening the queue directly must be done as its owner (uid {}), so that files it writes stay the MTA's",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn over_socket(
     path: &Path,
     method: &str,
@@ -124,8 +160,11 @@ fn over_socket(
     };
     let mut s = UnixStream::connect(path).map_err(unreachable)?;
     // A search over a million messages takes about a second; a minute is
-    // beyond anything healthy.
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    // beyond anything healthy. An action is waited for however long it takes
+    // (giving up would not stop it).
+    if method == "GET" {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    }
     let req = format!(
         "{method} {target} HTTP/1.1\r\nHost: mailq\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -44,7 +44,11 @@ impl Drop for Screen {
 
 /// Runs the view until the operator quits.
 pub fn run(api: &Api, interval: f64) -> Result<(), Failure> {
-    let interval = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+    let interval = if interval.is_finite() {
+        Duration::from_secs_f64(interval.clamp(0.1, 3600.0))
+    } else {
+        Duration::from_secs(1)
+    };
     let term = |e: std::io::Error| Failure::new(crate::exit::INTERNAL, format!("terminal: {e}"));
     let _screen = Screen::enter().map_err(term)?;
     let mut prev: Option<Prev> = None;
@@ -71,6 +75,8 @@ pub fn run(api: &Api, interval: f64) -> Result<(), Failure> {
                 ));
                 f
             }
+            // Not allowed will not get better by retrying: leave and say so.
+            (Err(e), _) | (_, Err(e)) if e.code == crate::exit::DENIED => return Err(e),
             (Err(e), _) | (_, Err(e)) => vec![format!("mailqctl top: {} (retrying)", e.message)],
         };
         let mut out = std::io::stdout();

@@ -215,6 +215,16 @@ fn opens_the_queue_itself_when_no_process_owns_it() {
     drop(q);
     let e = fails(Path::new("/nonexistent/queue"), &["stats"], 69);
     assert!(e.contains("not a queue directory"), "{e}");
+    // A mistyped directory that exists does not become a new, empty queue.
+    let typo = Dir::new("typo");
+    std::fs::create_dir_all(&typo.0).unwrap();
+    let e = fails(&typo.0, &["stats"], 69);
+    assert!(e.contains("not a queue directory"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&typo.0).unwrap().count(),
+        0,
+        "nothing created"
+    );
 }
 
 fn tmux(args: &[&str]) -> Output {

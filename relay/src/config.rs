@@ -128,6 +128,9 @@ pub struct Args {
     /// File holding the bearer token for the TCP admin endpoints beyond /metrics.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// A group (numeric gid) whose members may use the admin API read-only.
+    #[arg(long, value_name = "GID")]
+    pub admin_read_group: Option<u32>,
     /// Do not serve the admin API.
     #[arg(long)]
     pub no_admin: bool,
@@ -162,6 +165,7 @@ struct FileConfig {
     admin_socket: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
+    admin_read_group: Option<u32>,
     #[serde(default)]
     no_admin: bool,
 }
@@ -434,13 +438,21 @@ impl Config {
             c.admin = None;
         } else {
             let token = match args.admin_token_file.or(file.admin_token_file) {
-                Some(path) => Some(read(&path)?.trim().to_string()),
+                Some(path) => match read(&path)?.trim() {
+                    "" => {
+                        return Err(ConfigError::Missing(
+                            "the admin token file is empty: put a long random token in it",
+                        ))
+                    }
+                    t => Some(t.to_string()),
+                },
                 None => None,
             };
             c.admin = Some(mailq::AdminOptions {
                 socket: args.admin_socket.or(file.admin_socket),
                 tcp: args.admin_listen.or(file.admin_listen),
                 token,
+                read_group: args.admin_read_group.or(file.admin_read_group),
                 ..Default::default()
             });
         }

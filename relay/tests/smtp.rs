@@ -319,7 +319,8 @@ async fn commit_fails_with(
     let fs = mailq::sim::SimFs::new();
     let mut cfg = config(dir, sink.addr);
     cfg.vfs = Some(fs.vfs());
-    // Nothing to deliver, nothing written between now and the next append.
+    cfg.admin = None; // the simulated filesystem has no directory for a real socket
+                      // Nothing to deliver, nothing written between now and the next append.
     let relay = start(cfg).await;
     let mut c = Client::hello(relay.local_addr()).await;
     assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));

@@ -14,6 +14,8 @@ use serde_json::{json, Map, Value};
 /// Default and largest page of `/v1/recipients`.
 const PAGE: usize = 100;
 const MAX_PAGE: usize = 100_000;
+/// Deepest page start (each page selects everything before it).
+const MAX_OFFSET: usize = 1_000_000;
 
 /// The endpoints: (path, methods, read-only). Paths with an id are matched by
 /// prefix in [`route`].
@@ -45,9 +47,10 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
     }
     match segs.as_slice() {
         ["metrics"] => read_only(&|| {
-            let top = param(req, "top").and_then(|t| t.parse().ok());
+            // Bounded for everyone: the endpoint is open on TCP.
+            let top = top(req, crate::stats::METRIC_DESTINATIONS).min(super::MAX_PUBLIC_TOP);
             let st = q.stats();
-            let text = st.prometheus_top(top.unwrap_or(crate::stats::METRIC_DESTINATIONS));
+            let text = st.prometheus_top(top);
             Response::text(200, "text/plain; version=0.0.4", text)
         }),
         ["v1", "stats"] => read_only(&|| Response::json(200, &json::stats(&q.stats()))),
@@ -71,6 +74,11 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
                     403,
                     "read-only access: actions need the queue owner or root",
                 )
+            } else if !req.query.is_empty() {
+                Response::error(
+                    400,
+                    "actions take their filters and dry_run in the JSON body, not the query string",
+                )
             } else {
                 act(q, action, &req.body)
             }
@@ -78,7 +86,7 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
         _ => Response::error(
             404,
             format!(
-                "no endpoint {}; see GET /v1 endpoints in docs/design.md (Operator plane)",
+                "no endpoint {}; the endpoints are /metrics, /v1/stats, /v1/qshape, /v1/destinations, /v1/recipients, /v1/messages/ID, /v1/explain/ID[/N] and POST /v1/ACTION (docs/design.md, \"Admin API\")",
                 req.path
             ),
         ),
@@ -161,6 +169,12 @@ fn recipients(q: &Queue, req: &Request) -> Response {
             .map_err(|_| format!("{name} must be a number, not {v:?}")),
     };
     let (limit, offset) = match (num("limit", PAGE), num("offset", 0)) {
+        (Ok(_), Ok(o)) if o > MAX_OFFSET => {
+            return Response::error(
+                400,
+                format!("offset {o} is past {MAX_OFFSET}; narrow the filters instead"),
+            )
+        }
         (Ok(l), Ok(o)) => (l.clamp(1, MAX_PAGE), o),
         (Err(e), _) | (_, Err(e)) => return Response::error(400, e),
     };
@@ -228,8 +242,17 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
             Err(e) => return Response::error(400, format!("invalid JSON body: {e}")),
         }
     };
-    let flag = |k: &str| obj.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let dry_run = flag("dry_run");
+    // `dry_run` and `all` are booleans or absent: "dry_run": "true" must not
+    // run the action for real.
+    let mut flags = [false; 2];
+    for (f, k) in flags.iter_mut().zip(["dry_run", "all"]) {
+        match obj.get(k) {
+            None => {}
+            Some(Value::Bool(b)) => *f = *b,
+            Some(v) => return Response::error(400, format!("{k} must be true or false, not {v}")),
+        }
+    }
+    let [dry_run, all] = flags;
     let arg = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let reply = |count: usize| {
         Response::json(
@@ -239,7 +262,11 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
     };
     match action {
         "suspend" | "resume" | "limit" => {
-            let extra = ["dry_run", "seconds", "duration", "limit"];
+            let extra: &[&str] = match action {
+                "suspend" => &["dry_run", "seconds", "duration"],
+                "limit" => &["dry_run", "limit"],
+                _ => &["dry_run"],
+            };
             let keys: Vec<&String> = obj
                 .keys()
                 .filter(|k| !extra.contains(&k.as_str()))
@@ -247,7 +274,10 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
             let Some(route) = arg("route").filter(|_| keys.len() == 1) else {
                 return Response::error(
                     400,
-                    format!("{action} takes a destination: {{\"route\": KEY}} and no other filter"),
+                    format!(
+                        "{action} takes a destination, {{\"route\": KEY}}, and only {}",
+                        extra.join(", ")
+                    ),
                 );
             };
             destination_action(q, action, &route, &obj, dry_run).map_or_else(|e| e, reply)
@@ -257,7 +287,7 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
                 Ok(s) => s,
                 Err(e) => return Response::error(400, e),
             };
-            if json::is_empty(&sel) && !flag("all") {
+            if json::is_empty(&sel) && !all {
                 return Response::error(
                     400,
                     format!("{action} without a filter would touch every queued recipient; give a filter, or \"all\": true"),
@@ -308,15 +338,30 @@ fn destination_action(
         .iter()
         .find(|b| b.key == key)
         .map_or(0, |b| b.depth() as usize);
-    let dur = match (
-        obj.get("seconds"),
-        obj.get("duration").and_then(Value::as_str),
-    ) {
-        (Some(s), _) => match s.as_u64() {
-            Some(n) => Some(std::time::Duration::from_secs(n)),
-            None => return Err(Response::error(400, "seconds must be a positive number")),
+    let dur = match (obj.get("seconds"), obj.get("duration")) {
+        (Some(_), Some(_)) => {
+            return Err(Response::error(400, "give seconds or duration, not both"))
+        }
+        (Some(s), None) => match s.as_u64() {
+            Some(n) if n > 0 => Some(std::time::Duration::from_secs(n)),
+            _ => {
+                return Err(Response::error(
+                    400,
+                    "seconds must be a positive whole number",
+                ))
+            }
         },
-        (None, Some(d)) => Some(json::duration(d).map_err(|e| Response::error(400, e))?),
+        (None, Some(Value::String(d))) => match json::duration(d) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => return Err(Response::error(400, "a suspension lasts at least 1 s")),
+            Err(e) => return Err(Response::error(400, e)),
+        },
+        (None, Some(v)) => {
+            return Err(Response::error(
+                400,
+                format!("duration is text like \"2h\", not {v}; or give seconds"),
+            ))
+        }
         (None, None) => None,
     };
     let limit = match (action, obj.get("limit").map(Value::as_u64)) {

@@ -107,11 +107,22 @@ pub fn selector(obj: &Map<String, Value>, extra: &[&str]) -> Result<Selector, St
             continue;
         }
         let bad = || format!("filter {k:?} has an invalid value {v}");
-        let one = || text(v).ok_or_else(bad);
+        // An empty value is refused: `--error "$UNSET"` must not match everything.
+        let one = || match text(v) {
+            Some(t) if !t.trim().is_empty() => Ok(t),
+            Some(_) => Err(format!(
+                "filter {k:?} is empty; leave it out or give a value"
+            )),
+            None => Err(bad()),
+        };
         match k.as_str() {
             "id" => {
-                for i in items(v).ok_or_else(bad)? {
-                    sel.ids.push(message_id(&i)?);
+                for i in items(v)
+                    .ok_or_else(bad)?
+                    .iter()
+                    .filter(|i| !i.trim().is_empty())
+                {
+                    sel.ids.push(message_id(i)?);
                 }
             }
             "sender" => sel.sender = Some(one()?),
@@ -119,8 +130,12 @@ pub fn selector(obj: &Map<String, Value>, extra: &[&str]) -> Result<Selector, St
             "domain" => sel.domain = Some(one()?),
             "route" => sel.route = Some(one()?),
             "state" => {
-                for s in items(v).ok_or_else(bad)? {
-                    sel.states.push(state(&s)?);
+                for s in items(v)
+                    .ok_or_else(bad)?
+                    .iter()
+                    .filter(|i| !i.trim().is_empty())
+                {
+                    sel.states.push(state(s)?);
                 }
             }
             "older_than" => sel.older_than = Some(duration(&one()?)?),
@@ -139,12 +154,33 @@ pub fn selector(obj: &Map<String, Value>, extra: &[&str]) -> Result<Selector, St
             }
         }
     }
+    if (obj.contains_key("id") && sel.ids.is_empty())
+        || (obj.contains_key("state") && sel.states.is_empty())
+    {
+        return Err("filters \"id\" and \"state\" need at least one value".into());
+    }
     Ok(sel)
 }
 
-/// True when the predicate names nothing (it would select every recipient).
+/// True when the predicate restricts nothing: no criterion, or only ones that
+/// match every recipient (a sender or recipient glob of stars, zero attempts,
+/// an age of zero). An action then needs `"all": true`.
 pub fn is_empty(sel: &Selector) -> bool {
-    *sel == Selector::default()
+    let stars = |g: &Option<String>| g.as_deref().is_some_and(|g| g.chars().all(|c| c == '*'));
+    let mut s = sel.clone();
+    if stars(&s.sender) {
+        s.sender = None;
+    }
+    if stars(&s.recipient) {
+        s.recipient = None;
+    }
+    if s.min_attempts == Some(0) {
+        s.min_attempts = None;
+    }
+    if s.older_than.is_some_and(|d| d.is_zero()) {
+        s.older_than = None;
+    }
+    s == Selector::default()
 }
 
 /// A destination.
@@ -329,12 +365,29 @@ mod tests {
             (json!({"id": "xyz"}), "invalid message id"),
             (json!({"attempts": -1}), "minimum count"),
             (json!({"sender": ["a", "b"]}), "invalid value"),
+            (json!({"error": ""}), "is empty"),
+            (json!({"sender": " "}), "is empty"),
+            (json!({"state": ""}), "at least one value"),
+            (json!({"id": ","}), "at least one value"),
         ] {
             let e = selector(&obj(v), &[]).unwrap_err();
             assert!(e.contains(what), "{e}");
         }
         assert!(is_empty(
             &selector(&obj(json!({"dry_run": true})), &["dry_run"]).unwrap()
+        ));
+        for widens in [
+            json!({"sender": "*"}),
+            json!({"rcpt": "**", "attempts": 0}),
+            json!({"older_than": "0s"}),
+        ] {
+            assert!(
+                is_empty(&selector(&obj(widens.clone()), &[]).unwrap()),
+                "{widens}"
+            );
+        }
+        assert!(!is_empty(
+            &selector(&obj(json!({"sender": "*@x"})), &[]).unwrap()
         ));
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::queue::Queue;
 use http::{Parsed, Request, Response};
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
@@ -51,8 +51,16 @@ pub struct AdminOptions {
     pub token: Option<String>,
 }
 
-/// Open connections kept at most; the oldest is dropped beyond that.
+/// Open Unix-socket connections kept at most; the oldest is dropped beyond that.
 const MAX_CONNECTIONS: usize = 64;
+/// Open TCP connections at most: more are closed at once (anonymous loopback
+/// clients never push out the owner's connections).
+const MAX_TCP: usize = 16;
+/// Largest `top` a metrics-only (TCP, no token) client may ask for.
+pub(crate) const MAX_PUBLIC_TOP: usize = 1000;
+/// Passes of `serve_ready` before it returns (the fd stays readable if more is
+/// waiting), so a client that never stops sending cannot hold the caller.
+const PASSES: usize = 16;
 /// A connection that has not sent a whole request by then is closed.
 const IDLE: Duration = Duration::from_secs(10);
 /// epoll tokens of the listeners and the stop event.
@@ -88,11 +96,26 @@ impl Stream {
             Stream::Tcp(s) => s.read(b),
         }
     }
+    /// Writes without raising SIGPIPE in a host that did not ignore it (a C
+    /// MTA): `send(MSG_NOSIGNAL)`, never `write`.
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(b),
-            Stream::Tcp(s) => s.write(b),
+        // SAFETY: `b` is a readable buffer of `b.len()` bytes and the fd is open.
+        let n = unsafe { libc::send(self.fd(), b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(n as usize)
+    }
+    fn is_tcp(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+    /// Half-closes: the peer reads the end of the response, and what it still
+    /// sends is drained rather than answered with a reset.
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
     }
 }
 
@@ -104,6 +127,9 @@ struct Conn {
     output: Vec<u8>,
     written: usize,
     since: Instant,
+    /// The response is out; what the peer still sends is read and dropped
+    /// until it closes (or [`IDLE`] passes).
+    draining: bool,
 }
 
 /// The admin API server of one queue. Dropping it closes the listeners and
@@ -117,7 +143,13 @@ pub struct Admin {
     tcp: Option<TcpListener>,
     conns: HashMap<u64, Conn>,
     next: u64,
-    owner: u32,
+    /// Who gets full access: this process's euid and the queue directory's owner.
+    owners: [u32; 2],
+    /// The socket file this server created (device, inode): only that is removed.
+    socket_id: (u64, u64),
+    /// Listeners taken out of the epoll set after EMFILE and the like, and when
+    /// to put them back.
+    paused: Option<Instant>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -150,14 +182,14 @@ impl Admin {
                 socket.display()
             )));
         }
-        if UnixStream::connect(&socket).is_ok() {
-            return Err(Error::InvalidOption(format!(
-                "admin socket {} is served by another live process; stop it or configure another path",
-                socket.display()
-            )));
-        }
-        let _ = std::fs::remove_file(&socket);
+        remove_stale(&socket)?;
         let unix = UnixListener::bind(&socket).map_err(io("bind admin socket", &socket))?;
+        let socket_id = std::fs::symlink_metadata(&socket)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .map_err(io("admin socket", &socket))?;
         let mode = if opts.read_group.is_some() {
             0o660
         } else {
@@ -201,7 +233,9 @@ impl Admin {
             tcp,
             conns: HashMap::new(),
             next: STOP + 1,
-            owner: peer::euid(),
+            owners: [peer::euid(), dir_owner(queue.dir()).unwrap_or(u32::MAX)],
+            socket_id,
+            paused: None,
         };
         admin.watch(admin.unix.as_raw_fd(), UNIX, libc::EPOLLIN)?;
         if let Some(t) = &admin.tcp {
@@ -248,19 +282,35 @@ impl Admin {
     /// Accepts, reads, answers and writes whatever is ready, without
     /// blocking (each request is served on this thread). Returns the number of
     /// requests answered. Call it when [`Admin::fd`] is readable.
+    ///
+    /// Register the fd level-triggered (`EPOLLIN` without `EPOLLET`, or
+    /// `poll`): when more is waiting than one call serves, it stays readable.
     pub fn serve_ready(&mut self) -> Result<usize> {
+        self.serve_passes().map(|(n, _)| n)
+    }
+
+    /// Serves until nothing is ready, at most [`PASSES`] times; also says
+    /// whether more may be waiting.
+    fn serve_passes(&mut self) -> Result<(usize, bool)> {
         let mut answered = 0;
-        loop {
+        for _ in 0..PASSES {
             let r = self.wait_and_serve(0)?;
             answered += r.answered;
-            if r.events < EVENTS {
-                return Ok(answered);
+            if r.events == 0 {
+                return Ok((answered, false));
             }
         }
+        Ok((answered, true))
     }
 
     /// Waits up to `timeout_ms` (-1: forever) for events and serves them.
     fn wait_and_serve(&mut self, timeout_ms: i32) -> Result<Served> {
+        self.resume_listeners();
+        // While listeners are paused, wake up to put them back.
+        let timeout_ms = match self.paused {
+            Some(_) if !(0..=100).contains(&timeout_ms) => 100,
+            _ => timeout_ms,
+        };
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         // SAFETY: `events` is a writable array of EVENTS epoll_event.
         let n = unsafe {
@@ -296,24 +346,39 @@ impl Admin {
     }
 
     fn accept(&mut self, which: u64) -> Result<()> {
-        for _ in 0..MAX_CONNECTIONS {
-            let (stream, access) = if which == UNIX {
-                match self.unix.accept() {
-                    Ok((s, _)) => {
-                        let access = match peer::peer_cred(&s) {
-                            Ok(c) => peer::unix_access(c, self.owner, self.opts.read_group),
-                            Err(e) => Access::Denied(format!("peer credentials unavailable: {e}")),
-                        };
-                        (Stream::Unix(s), Some(access))
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                    Err(_) => return Ok(()), // ECONNABORTED and the like: that client is gone
-                }
+        loop {
+            let accepted = if which == UNIX {
+                self.unix.accept().map(|(s, _)| Stream::Unix(s))
             } else {
-                match self.tcp.as_ref().map(TcpListener::accept) {
-                    Some(Ok((s, _))) => (Stream::Tcp(s), None),
-                    _ => return Ok(()),
+                match self.tcp.as_ref() {
+                    Some(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+                    None => return Ok(()),
                 }
+            };
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors: the pending connection stays queued
+                    // and the listener readable; take it out for a moment
+                    // instead of spinning.
+                    self.pause_listeners();
+                    return Ok(());
+                }
+                Err(_) => continue, // ECONNABORTED and the like: that client is gone
+            };
+            let access = match &stream {
+                Stream::Unix(s) => Some(match peer::peer_cred(s) {
+                    Ok(c) => peer::unix_access(&c, &self.owners, self.opts.read_group),
+                    Err(e) => Access::Denied(format!("peer credentials unavailable: {e}")),
+                }),
+                Stream::Tcp(_) => None,
             };
             let nb = match &stream {
                 Stream::Unix(s) => s.set_nonblocking(true),
@@ -322,10 +387,20 @@ impl Admin {
             if nb.is_err() {
                 continue;
             }
-            if self.conns.len() >= MAX_CONNECTIONS {
+            let tcp = stream.is_tcp();
+            let same_kind = self
+                .conns
+                .values()
+                .filter(|c| c.stream.is_tcp() == tcp)
+                .count();
+            if tcp && same_kind >= MAX_TCP {
+                continue; // dropped: closed at once
+            }
+            if !tcp && same_kind >= MAX_CONNECTIONS {
                 if let Some(&oldest) = self
                     .conns
                     .iter()
+                    .filter(|(_, c)| !c.stream.is_tcp())
                     .min_by_key(|(_, c)| c.since)
                     .map(|(k, _)| k)
                 {
@@ -346,10 +421,36 @@ impl Admin {
                     output: Vec::new(),
                     written: 0,
                     since: Instant::now(),
+                    draining: false,
                 },
             );
         }
-        Ok(())
+    }
+
+    fn listeners(&self) -> Vec<(RawFd, u64)> {
+        let mut v = vec![(self.unix.as_raw_fd(), UNIX)];
+        if let Some(t) = &self.tcp {
+            v.push((t.as_raw_fd(), TCP));
+        }
+        v
+    }
+
+    fn pause_listeners(&mut self) {
+        if self.paused.is_none() {
+            for (fd, token) in self.listeners() {
+                let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, token, 0);
+            }
+        }
+        self.paused = Some(Instant::now() + Duration::from_millis(100));
+    }
+
+    fn resume_listeners(&mut self) {
+        if self.paused.is_some_and(|t| Instant::now() >= t) {
+            self.paused = None;
+            for (fd, token) in self.listeners() {
+                let _ = self.watch(fd, token, libc::EPOLLIN);
+            }
+        }
     }
 
     /// Reads or writes one connection; true when a request was answered.
@@ -357,6 +458,22 @@ impl Admin {
         let Some(c) = self.conns.get_mut(&token) else {
             return false;
         };
+        if c.draining {
+            let mut buf = [0u8; 8192];
+            let done = loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(_) => break true,
+                }
+            };
+            if done {
+                self.close(token);
+            }
+            return false;
+        }
         if !c.output.is_empty() {
             if events & (libc::EPOLLOUT as u32) != 0 {
                 self.flush(token);
@@ -406,32 +523,36 @@ impl Admin {
         true
     }
 
-    /// Writes what the socket takes; closes when all is written, waits for
-    /// writability otherwise.
+    /// Writes what the socket takes; when all is written, half-closes and
+    /// drains; waits for writability otherwise.
     fn flush(&mut self, token: u64) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
+        let mut failed = false;
         while c.written < c.output.len() {
             match c.stream.write(&c.output[c.written..]) {
-                Ok(0) => break,
+                Ok(0) => failed = true,
                 Ok(n) => c.written += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    c.since = Instant::now();
-                    let fd = c.stream.fd();
-                    if self
-                        .ctl(libc::EPOLL_CTL_MOD, fd, token, libc::EPOLLOUT)
-                        .is_err()
-                    {
-                        self.close(token);
-                    }
-                    return;
-                }
-                Err(_) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => failed = true,
+            }
+            if failed {
+                break;
             }
         }
-        self.close(token);
+        let (fd, done) = (c.stream.fd(), c.written >= c.output.len());
+        c.since = Instant::now();
+        if done {
+            c.stream.shutdown_write();
+            c.draining = true;
+            c.output = Vec::new();
+        }
+        let interest = if done { libc::EPOLLIN } else { libc::EPOLLOUT };
+        if failed || self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest).is_err() {
+            self.close(token);
+        }
     }
 
     fn close(&mut self, token: u64) {
@@ -502,27 +623,76 @@ impl Admin {
             tokio::io::unix::AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE)
         }
         .map_err(|e| err(e.into_parts().1))?;
+        let mut more = false;
         loop {
-            // Cleared before serving: an event that arrives meanwhile sets it again.
-            afd.readable().await.map_err(err)?.clear_ready();
+            if !more {
+                // Cleared before serving: an event that arrives meanwhile sets
+                // it again (the reactor watches the fd edge-triggered, so what
+                // is left over is served without waiting for a new edge).
+                afd.readable().await.map_err(err)?.clear_ready();
+            }
             let Some(a) = me.take() else { return Ok(()) };
             let (a, r) = tokio::task::spawn_blocking(move || {
                 let mut a = a;
-                let r = a.serve_ready();
+                let r = a.serve_passes();
                 (a, r)
             })
             .await
             .map_err(|e| err(std::io::Error::other(e)))?;
             me = Some(a);
-            r?;
+            more = r?.1;
+            if more {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
+        // Only the file this server created: another instance may have put
+        // its own socket at that path since.
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.socket)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.socket_id)
+        {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
+}
+
+/// Clears the way for a new socket at `path`: nothing there is fine; a socket
+/// nobody listens on (a process that died) is removed; a live socket, or
+/// anything that is not a socket, is an error (never removed).
+fn remove_stale(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("admin socket", path)(e)),
+    };
+    let in_use = |why: &str| {
+        Err(Error::InvalidOption(format!(
+            "admin socket path {} {why}; stop that process or configure another path",
+            path.display()
+        )))
+    };
+    if !meta.file_type().is_socket() {
+        return in_use("exists and is not a socket");
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => in_use("is served by another live process"),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(io("remove stale admin socket", path))
+        }
+        Err(e) => in_use(&format!("cannot be checked ({e})")),
+    }
+}
+
+/// The uid owning the queue directory.
+fn dir_owner(dir: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| m.uid())
 }
 
 /// The admin API served on its own thread (see [`Admin::spawn`]).

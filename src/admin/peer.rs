@@ -18,7 +18,7 @@ pub enum Access {
 }
 
 /// The credentials of a Unix-socket peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCred {
     /// Process id.
     pub pid: i32,
@@ -26,7 +26,13 @@ pub struct PeerCred {
     pub uid: u32,
     /// Effective group id.
     pub gid: u32,
+    /// Supplementary groups (`SO_PEERGROUPS`; empty where unsupported).
+    pub groups: Vec<u32>,
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13) on the architectures that use the generic
+/// socket option numbers (x86, arm, riscv…); libc does not export it there.
+const SO_PEERGROUPS: libc::c_int = 59;
 
 /// Reads `SO_PEERCRED` of a connected Unix socket.
 pub fn peer_cred(s: &impl AsRawFd) -> std::io::Result<PeerCred> {
@@ -49,25 +55,42 @@ pub fn peer_cred(s: &impl AsRawFd) -> std::io::Result<PeerCred> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let mut groups = vec![0u32; 256];
+    let mut glen = (groups.len() * 4) as libc::socklen_t;
+    // SAFETY: `groups` has `glen` writable bytes, as SO_PEERGROUPS expects.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &mut glen,
+        )
+    };
+    groups.truncate(if rc == 0 { glen as usize / 4 } else { 0 });
     Ok(PeerCred {
         pid: c.pid,
         uid: c.uid,
         gid: c.gid,
+        groups,
     })
 }
 
-/// The access of a Unix-socket peer: the owner (this process's effective uid)
-/// and root get everything, a member of `read_gid` (by its effective gid) may
-/// read; anyone else is refused.
-pub fn unix_access(peer: PeerCred, owner: u32, read_gid: Option<u32>) -> Access {
-    if peer.uid == owner || peer.uid == 0 {
+/// The access of a Unix-socket peer: the owners (the serving process's
+/// effective uid and the queue directory's owner) and root get everything, a
+/// member of `read_gid` (effective or supplementary group) may read; anyone
+/// else is refused.
+pub fn unix_access(peer: &PeerCred, owners: &[u32], read_gid: Option<u32>) -> Access {
+    if peer.uid == 0 || owners.contains(&peer.uid) {
         Access::Full
-    } else if read_gid == Some(peer.gid) {
+    } else if read_gid.is_some_and(|g| peer.gid == g || peer.groups.contains(&g)) {
         Access::Read
     } else {
         Access::Denied(format!(
-            "uid {} (pid {}) is neither the queue owner (uid {owner}), root, nor in the admin read group; run mailqctl as the queue owner",
-            peer.uid, peer.pid
+            "uid {} (pid {}) is neither the queue owner (uid {}), root, nor in the admin read group; run mailqctl as the queue owner",
+            peer.uid,
+            peer.pid,
+            owners.first().copied().unwrap_or(0)
         ))
     }
 }
@@ -97,15 +120,37 @@ mod tests {
 
     #[test]
     fn owner_root_group_and_strangers() {
-        let p = |uid, gid| PeerCred { pid: 7, uid, gid };
-        assert_eq!(unix_access(p(1000, 1000), 1000, None), Access::Full);
-        assert_eq!(unix_access(p(0, 0), 1000, None), Access::Full);
-        assert_eq!(unix_access(p(1001, 50), 1000, Some(50)), Access::Read);
+        let p = |uid, gid, groups: &[u32]| PeerCred {
+            pid: 7,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        };
+        let owners = [1000, 8];
+        assert_eq!(
+            unix_access(&p(1000, 1000, &[]), &owners, None),
+            Access::Full
+        );
+        assert_eq!(
+            unix_access(&p(8, 8, &[]), &owners, None),
+            Access::Full,
+            "the directory's owner"
+        );
+        assert_eq!(unix_access(&p(0, 0, &[]), &owners, None), Access::Full);
+        assert_eq!(
+            unix_access(&p(1001, 50, &[]), &owners, Some(50)),
+            Access::Read
+        );
+        assert_eq!(
+            unix_access(&p(1001, 100, &[100, 50]), &owners, Some(50)),
+            Access::Read,
+            "a supplementary group counts"
+        );
         assert!(
-            matches!(unix_access(p(1001, 51), 1000, Some(50)), Access::Denied(m) if m.contains("uid 1001"))
+            matches!(unix_access(&p(1001, 51, &[]), &owners, Some(50)), Access::Denied(m) if m.contains("uid 1001"))
         );
         assert!(matches!(
-            unix_access(p(1001, 50), 1000, None),
+            unix_access(&p(1001, 50, &[50]), &owners, None),
             Access::Denied(_)
         ));
     }

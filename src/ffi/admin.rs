@@ -58,7 +58,9 @@ mod imp {
                 ..Default::default()
             },
         )?;
-        Ok(new_admin(Arc::new(Mutex::new(AdminObj::Loop(admin)))))
+        Ok(new_admin(Arc::new(Mutex::new(AdminObj::Loop(Box::new(
+            admin,
+        ))))))
     }
 
     pub(super) fn fd(a: *const super::mailq_admin) -> Result<i32, Fail> {
@@ -82,7 +84,7 @@ mod imp {
         let obj = admin_obj(a)?;
         let mut g = obj.lock();
         match std::mem::replace(&mut *g, AdminObj::Stopped) {
-            AdminObj::Loop(server) => *g = AdminObj::Thread(server.spawn()?),
+            AdminObj::Loop(server) => *g = AdminObj::Thread((*server).spawn()?),
             other => *g = other, // already on its thread (or stopped)
         }
         Ok(())

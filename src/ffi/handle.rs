@@ -47,7 +47,7 @@ pub struct mailq_admin {
 #[cfg(feature = "admin")]
 pub(super) enum AdminObj {
     /// Served by `mailq_admin_serve_ready`; the fd is kept for `mailq_admin_fd`.
-    Loop(crate::Admin),
+    Loop(Box<crate::Admin>),
     /// Served by its own thread (held: dropping it stops the thread).
     Thread(#[allow(dead_code)] crate::AdminThread),
     /// Moving to its thread failed: nothing serves it any more.

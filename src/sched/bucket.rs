@@ -134,17 +134,25 @@ impl Bucket {
         self.slots.len() < self.window as usize
     }
 
-    /// Ends a suspension for a duration once its end time came, or at once
-    /// when that end is further away than the duration itself (the clock
-    /// stepped back). Returns true when the bucket was resumed.
+    /// Ends a suspension for a duration once its end time came. Returns true
+    /// when the bucket was resumed.
     pub fn end_suspension_if_due(&mut self, now: u32) -> bool {
-        let due = self.suspended
-            && self.resume_at != 0
-            && (now >= self.resume_at || self.resume_at - now > self.suspend_secs);
+        let due = self.suspended && self.resume_at != 0 && now >= self.resume_at;
         if due {
             (self.suspended, self.resume_at, self.suspend_secs) = (false, 0, 0);
         }
         due
+    }
+
+    /// A suspension whose end is further away than its own length (the clock
+    /// stepped back) is re-based to last that length from now: neither cut
+    /// short nor stretched. Returns the new end time, to wake up for.
+    pub fn rebase_suspension(&mut self, now: u32) -> Option<u32> {
+        if self.suspended && self.resume_at > now && self.resume_at - now > self.suspend_secs {
+            self.resume_at = now.saturating_add(self.suspend_secs).max(1);
+            return Some(self.resume_at);
+        }
+        None
     }
 
     /// A dead destination may be probed: its wait is over, or it is further away

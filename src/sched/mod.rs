@@ -61,9 +61,8 @@ impl SchedShard {
         }
         let mut rang = false;
         for bl in 0..self.buckets.len() as u32 {
-            let b = &mut self.buckets[bl as usize];
-            if b.end_suspension_if_due(now) {
-                rang |= self.maybe_ring(bl, now);
+            if let Some(t) = self.buckets[bl as usize].rebase_suspension(now) {
+                self.wakeups.push(Reverse((t, bl)));
             }
             if self.buckets[bl as usize].dead_until != 0 {
                 self.buckets[bl as usize].wake_at = 0;
