@@ -76,27 +76,12 @@ fn served(
 ) {
     let dir = TempDir::new(tag);
     let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
-    let a = q
-        .enqueue(&msg(
-            "news@shop.example",
-            &["ann@gmail.com", "bob@yahoo.com"],
-            b"x",
-        ))
-        .unwrap();
-    clock.advance(3600);
-    let b = q
-        .enqueue(&msg("billing@shop.example", &["cat@GMAIL.com"], b"y"))
-        .unwrap();
-    clock.advance(3600);
-    let c = q
-        .enqueue(&msg("", &["postmaster@corp.example"], b"z"))
-        .unwrap();
+    let (q, ids) = three_messages(&dir, &clock);
     let t = Admin::open(&q, AdminOptions::default())
         .unwrap()
         .spawn()
         .unwrap();
-    (dir, clock, q, t, [a, b, c])
+    (dir, clock, q, t, ids)
 }
 
 fn ids(v: &Value) -> Vec<String> {

@@ -12,26 +12,8 @@ fn by(f: impl FnOnce(&mut Selector)) -> Selector {
     s
 }
 
-/// Three messages an hour apart: a newsletter to gmail and yahoo, a receipt
-/// to gmail, and a DSN (null sender) to a corporate domain.
 fn queue(dir: &TempDir, clock: &std::sync::Arc<ManualClock>) -> (Queue, [MessageId; 3]) {
-    let q = Queue::open(dir.path(), opts(clock)).unwrap();
-    let a = q
-        .enqueue(&msg(
-            "news@shop.example",
-            &["ann@gmail.com", "bob@yahoo.com"],
-            b"x",
-        ))
-        .unwrap();
-    clock.advance(3600);
-    let b = q
-        .enqueue(&msg("billing@shop.example", &["cat@GMAIL.com"], b"y"))
-        .unwrap();
-    clock.advance(3600);
-    let c = q
-        .enqueue(&msg("", &["postmaster@corp.example"], b"z"))
-        .unwrap();
-    (q, [a, b, c])
+    three_messages(dir, clock)
 }
 
 fn pairs(v: &[Selected]) -> Vec<(MessageId, u32)> {

@@ -47,6 +47,31 @@ pub fn msg<'a>(sender: &'a str, rcpts: &[&str], body: &'a [u8]) -> NewMessage<'a
     }
 }
 
+/// Three messages an hour apart: a newsletter to gmail and yahoo, a receipt
+/// to gmail, and a DSN (null sender) to a corporate domain.
+pub fn three_messages(
+    dir: &TempDir,
+    clock: &std::sync::Arc<ManualClock>,
+) -> (Queue, [MessageId; 3]) {
+    let q = Queue::open(dir.path(), opts(clock)).unwrap();
+    let a = q
+        .enqueue(&msg(
+            "news@shop.example",
+            &["ann@gmail.com", "bob@yahoo.com"],
+            b"x",
+        ))
+        .unwrap();
+    clock.advance(3600);
+    let b = q
+        .enqueue(&msg("billing@shop.example", &["cat@GMAIL.com"], b"y"))
+        .unwrap();
+    clock.advance(3600);
+    let c = q
+        .enqueue(&msg("", &["postmaster@corp.example"], b"z"))
+        .unwrap();
+    (q, [a, b, c])
+}
+
 /// Delivers everything ready with `f` choosing outcomes; returns deliveries made.
 pub fn drain(q: &Queue, mut f: impl FnMut(&str, &str) -> Outcome) -> usize {
     let mut n = 0;
