@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::select::{Explanation, Selected, Selector};
-use crate::stats::{MessageInfo, MessageSummary, Stats};
+use crate::stats::{BucketStats, MessageInfo, MessageSummary, Stats};
 use crate::types::MessageId;
 use crate::Queue;
 
@@ -51,6 +51,12 @@ impl Queue {
     /// full window, a hold, or a lease in flight, in one sentence with the facts.
     pub fn explain(&self, id: MessageId, index: u32) -> Result<Explanation> {
         self.engine.explain(id, index)
+    }
+
+    /// The figures of one destination (without its age columns, which need a
+    /// pass over every recipient), or `None` when it has no bucket.
+    pub fn destination(&self, key: &str) -> Result<Option<BucketStats>> {
+        self.engine.destination(key)
     }
 
     /// Reads and checks every live message record (checksum and decoding).

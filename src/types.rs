@@ -110,6 +110,17 @@ impl RcptState {
     }
 }
 
+/// The states of a recipient still in the queue and not damaged, in the
+/// order stats report them (then `corrupt`); the states a selection may name.
+pub(crate) const WAITING_STATES: [RcptState; 6] = [
+    RcptState::Ready,
+    RcptState::Deferred,
+    RcptState::Held,
+    RcptState::Leased,
+    RcptState::Failed,
+    RcptState::Expired,
+];
+
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -27,15 +27,13 @@ async fn replies_decide_each_recipient_and_a_permanent_failure_gets_a_dsn() {
     cfg.min_backoff = Duration::from_secs(60);
     cfg.max_backoff = Duration::from_secs(60);
     let relay = start(cfg).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    let r = c
-        .mail(
-            "alice@example.org",
-            &["ok@example.com", "temp@example.com", "perm@example.com"],
-            b"Subject: three fates\r\nMessage-ID: <m1@example.org>\r\n\r\nhello\r\n",
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
+    send(
+        &relay,
+        "alice@example.org",
+        &["ok@example.com", "temp@example.com", "perm@example.com"],
+        b"Subject: three fates\r\nMessage-ID: <m1@example.org>\r\n\r\nhello\r\n",
+    )
+    .await;
 
     // The good recipient arrives alone; then the DSN for the permanent one.
     let got = sink.wait_for(2, 20).await;
@@ -80,11 +78,13 @@ async fn a_bounce_is_never_bounced() {
     let dir = TempDir::new("nobounce");
     let sink = Sink::start(Script::default()).await;
     let relay = start(config(&dir, sink.addr)).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    assert!(c
-        .mail("", &["perm@example.com"], b"Subject: a DSN\r\n\r\nx\r\n")
-        .await
-        .starts_with("250"));
+    send(
+        &relay,
+        "",
+        &["perm@example.com"],
+        b"Subject: a DSN\r\n\r\nx\r\n",
+    )
+    .await;
     // The recipient fails for good and its bounce is acknowledged without a DSN.
     let q = relay.queue().clone();
     eventually(20, "the failed recipient is settled", || {
@@ -106,15 +106,13 @@ async fn temporary_failures_are_retried_until_delivered() {
     })
     .await;
     let relay = start(config(&dir, sink.addr)).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    assert!(c
-        .mail(
-            "a@example.org",
-            &["flaky@example.com"],
-            b"Subject: r\r\n\r\nx\r\n"
-        )
-        .await
-        .starts_with("250"));
+    send(
+        &relay,
+        "a@example.org",
+        &["flaky@example.com"],
+        b"Subject: r\r\n\r\nx\r\n",
+    )
+    .await;
     // Two 451s, then accepted (min backoff 1 s, max 2 s).
     let got = sink.wait_for(1, 30).await;
     assert_eq!(got[0].rcpts, ["flaky@example.com"]);
@@ -143,15 +141,13 @@ async fn site_failures_defer_without_touching_the_recipients_state() {
     cfg.min_backoff = Duration::from_secs(60);
     cfg.max_backoff = Duration::from_secs(60);
     let relay = start(cfg).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    assert!(c
-        .mail(
-            "a@example.org",
-            &["x@greet.example", "y@down.example"],
-            b"Subject: s\r\n\r\nx\r\n"
-        )
-        .await
-        .starts_with("250"));
+    send(
+        &relay,
+        "a@example.org",
+        &["x@greet.example", "y@down.example"],
+        b"Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
     let r = relay.queue().clone();
     eventually(20, "both site failures recorded", || {
         r.stats().site_failures >= 2
@@ -260,15 +256,13 @@ async fn an_expired_recipient_gets_a_dsn_saying_so() {
     let mut cfg = config(&dir, sink.addr);
     cfg.lifetime = Duration::from_secs(2);
     let relay = start(cfg).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    let r = c
-        .mail(
-            "alice@example.org",
-            &["temp@example.com"],
-            b"Subject: late\r\n\r\nx\r\n",
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
+    send(
+        &relay,
+        "alice@example.org",
+        &["temp@example.com"],
+        b"Subject: late\r\n\r\nx\r\n",
+    )
+    .await;
     // Deferred at every try until the lifetime ends, then returned to the sender.
     let got = sink.wait_for(1, 30).await;
     let dsn = String::from_utf8_lossy(&got[0].body).into_owned();
@@ -340,15 +334,13 @@ async fn the_admin_api_is_served_by_default_and_removed_at_shutdown() {
     cfg.min_backoff = Duration::from_secs(60);
     cfg.max_backoff = Duration::from_secs(60);
     let relay = start(cfg).await;
-    let mut c = Client::hello(relay.local_addr()).await;
-    let r = c
-        .mail(
-            "alice@example.org",
-            &["temp@example.com"],
-            b"Subject: x\r\n\r\nhi\r\n",
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
+    send(
+        &relay,
+        "alice@example.org",
+        &["temp@example.com"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    )
+    .await;
     eventually(20, "deferred", || {
         state_of(&relay, "temp@example.com").is_some_and(|s| s.0 == RcptState::Deferred)
     })

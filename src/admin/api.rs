@@ -141,14 +141,8 @@ fn destinations(q: &Queue, req: &Request) -> Response {
         .collect();
     Response::json(
         200,
-        &json!({"destinations": list, "total": st.buckets.len(), "now": now()}),
+        &json!({"destinations": list, "total": st.buckets.len(), "now": q.options().clock.now()}),
     )
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `GET /v1/recipients?FILTERS&limit=N&offset=M`.
@@ -333,10 +327,8 @@ fn destination_action(
 ) -> Result<usize, Response> {
     let key = crate::validate::normalize_key(route).map_err(|e| result(Err(e)))?;
     let depth = q
-        .stats()
-        .buckets
-        .iter()
-        .find(|b| b.key == key)
+        .destination(&key)
+        .map_err(|e| result(Err(e)))?
         .map_or(0, |b| b.depth() as usize);
     let dur = match (obj.get("seconds"), obj.get("duration")) {
         (Some(_), Some(_)) => {

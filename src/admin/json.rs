@@ -24,14 +24,7 @@ pub const FILTERS: [&str; 10] = [
 ];
 
 /// Every state a filter may name.
-const STATES: [RcptState; 6] = [
-    RcptState::Ready,
-    RcptState::Deferred,
-    RcptState::Held,
-    RcptState::Leased,
-    RcptState::Failed,
-    RcptState::Expired,
-];
+use crate::types::WAITING_STATES as STATES;
 
 /// Parses a message id: up to 16 hex digits, as the queue prints them.
 pub fn message_id(s: &str) -> Result<MessageId, String> {

@@ -52,15 +52,7 @@ impl Engine {
                 }
             }
         }
-        for s in [
-            RcptState::Ready,
-            RcptState::Deferred,
-            RcptState::Held,
-            RcptState::Leased,
-            RcptState::Failed,
-            RcptState::Expired,
-            RcptState::Corrupt,
-        ] {
+        for s in WAITING_STATES.into_iter().chain([RcptState::Corrupt]) {
             st.by_state.push((s.name(), by_state[s as usize]));
         }
         st.oldest_age = if st.messages > 0 {

@@ -50,6 +50,11 @@ impl Action {
     }
 }
 
+/// The pending in-flight decision of recipient `rid` (none: the default).
+fn intent_of(ms: &MsgShard, rid: u32) -> Intent {
+    ms.intents.get(&rid).copied().unwrap_or_default()
+}
+
 /// Locks the scheduler shards of two buckets in index order; the second guard
 /// is `None` when both live in one shard.
 fn lock_pair(
@@ -278,6 +283,18 @@ impl Engine {
         idx: u32,
         plan: &dyn Fn(&Rcpt) -> Option<Change>,
     ) -> Result<bool> {
+        self.decide_rcpt(id, idx, plan, false)
+    }
+
+    /// [`Engine::change_rcpt`], or with `dry` only whether it would change
+    /// anything (an in-flight recipient by its hold intent).
+    fn decide_rcpt(
+        &self,
+        id: MessageId,
+        idx: u32,
+        plan: &dyn Fn(&Rcpt) -> Option<Change>,
+        dry: bool,
+    ) -> Result<bool> {
         let _g = self.gate.read_recursive();
         let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
         loop {
@@ -301,7 +318,13 @@ impl Engine {
                 return Ok(false);
             };
             if let Some(hold) = ch.inflight_hold {
+                if dry {
+                    return Ok(intent_of(&ms, rid).hold != hold);
+                }
                 return self.set_inflight_hold(&mut ms, mshard, rid, &ch, hold);
+            }
+            if dry {
+                return Ok(true);
             }
             if ch.persist {
                 self.append_update(&ms, mshard, rid, &ch, "")?;
@@ -315,26 +338,14 @@ impl Engine {
     }
 
     /// Whether `plan` would change recipient `idx` of `id` now: the dry run of
-    /// [`Engine::change_rcpt`], the same decision (an in-flight recipient's
-    /// intent included), nothing written.
+    /// [`Engine::change_rcpt`] — the same code deciding, nothing written.
     pub(super) fn would_change(
         &self,
         id: MessageId,
         idx: u32,
         plan: &dyn Fn(&Rcpt) -> Option<Change>,
     ) -> Result<bool> {
-        let (mshard, local) = (shard_of(id.slot()), local_of(id.slot()));
-        let (rid, _) = self.find_rcpt(id, idx)?;
-        let ms = self.msgs[mshard].lock();
-        if ms.get(local, id.gen()).is_none() {
-            return Err(Error::NoSuchMessage(id));
-        }
-        let r = ms.rcpts[rid as usize];
-        Ok(match plan(&r).map(|ch| ch.inflight_hold) {
-            None => false,
-            Some(None) => true,
-            Some(Some(hold)) => ms.intents.get(&rid).copied().unwrap_or_default().hold != hold,
-        })
+        self.decide_rcpt(id, idx, plan, true)
     }
 
     /// Whether re-routing recipient `idx` of `id` to bucket `to` (`None`: a
@@ -348,7 +359,7 @@ impl Engine {
             return Err(Error::NoSuchMessage(id));
         }
         let st = ms.rcpts[rid as usize].state();
-        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        let it = intent_of(&ms, rid);
         Ok(match st {
             RcptState::Leased if Some(from) == to => it.route.is_some(),
             RcptState::Leased => to.is_none() || it.route != to,
@@ -380,7 +391,7 @@ impl Engine {
         ch: &Change,
         hold: bool,
     ) -> Result<bool> {
-        let cur = ms.intents.get(&rid).copied().unwrap_or_default();
+        let cur = intent_of(ms, rid);
         if cur.hold == hold {
             return Ok(false);
         }
@@ -458,7 +469,7 @@ impl Engine {
             return Err(Error::NoSuchMessage(id));
         }
         let r = ms.rcpts[rid as usize];
-        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        let it = intent_of(&ms, rid);
         if r.state() != RcptState::Leased || r.bucket() != to || it.route.is_none() {
             return Ok(false);
         }
@@ -477,7 +488,7 @@ impl Engine {
         key: &str,
     ) -> Result<bool> {
         let r = ms.rcpts[rid as usize];
-        let it = ms.intents.get(&rid).copied().unwrap_or_default();
+        let it = intent_of(ms, rid);
         if it.route == route {
             return Ok(false);
         }

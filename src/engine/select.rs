@@ -284,7 +284,7 @@ impl Engine {
     }
 
     /// The shape of one destination now.
-    fn destination(&self, key: &str) -> Result<Option<BucketStats>> {
+    pub(crate) fn destination(&self, key: &str) -> Result<Option<BucketStats>> {
         let _g = self.gate.read_recursive();
         let Some(b) = self.find_bucket(key)? else {
             return Ok(None);

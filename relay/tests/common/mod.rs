@@ -54,6 +54,13 @@ pub fn config(dir: &TempDir, sink: SocketAddr) -> Config {
     c
 }
 
+/// One message from a new client, which must be answered 250.
+pub async fn send(relay: &Relay, sender: &str, rcpts: &[&str], body: &[u8]) {
+    let mut c = Client::hello(relay.local_addr()).await;
+    let r = c.mail(sender, rcpts, body).await;
+    assert!(r.starts_with("250"), "{r}");
+}
+
 pub async fn start(cfg: Config) -> Relay {
     Relay::start(cfg).await.expect("relay starts")
 }
