@@ -2,7 +2,7 @@
 //! over N queued messages (default 1 M), timed, and durable enqueue
 //! throughput measured with and without searches running, in the same run.
 //!
-//! `cargo run --release --example search -- [--messages N] [--producers P]`
+//! `cargo run --release --example search -- [--messages N] [--producers P] [--rounds R] [--window SECONDS]`
 
 use mailq::{NewMessage, Options, Queue, Recipient, Selector};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,11 +106,14 @@ fn main() -> mailq::Result<()> {
     );
 
     // Enqueue throughput alone and with searches running back to back, in
-    // alternating windows (A B A B A B), so drift in the machine and the
-    // growing queue fall on both sides; medians compared.
-    let window = Duration::from_secs(3);
-    let (mut alone, mut during, mut searches) = (Vec::new(), Vec::new(), 0u64);
-    for round in 0..3 {
+    // alternating windows (A B A B …), so drift in the machine and the growing
+    // queue fall on both sides; the median of the rounds' ratios is reported
+    // (a noisy neighbour moves both windows of a round alike).
+    let rounds = arg("--rounds", 7);
+    let window = Duration::from_secs(arg("--window", 2) as u64);
+    let (mut alone, mut during) = (Vec::new(), Vec::new());
+    let mut took = Vec::new();
+    for round in 0..rounds {
         let stop = AtomicBool::new(false);
         alone.push(std::thread::scope(|s| {
             s.spawn(|| {
@@ -120,28 +123,43 @@ fn main() -> mailq::Result<()> {
             load(&q, producers, &stop, 10_000_000 + round * 100_000_000)
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let n = AtomicU64::new(0);
         during.push(std::thread::scope(|s| {
-            s.spawn(|| {
-                let t = Instant::now();
+            let searcher = s.spawn(|| {
+                let (t, mut v) = (Instant::now(), Vec::new());
                 while t.elapsed() < window {
+                    let (one, queued) = (Instant::now(), q.stats().messages as f64);
                     q.select(&by_sender, usize::MAX).expect("search");
-                    n.fetch_add(1, Ordering::Relaxed);
+                    v.push(one.elapsed().as_secs_f64() * 1e6 / queued);
                 }
                 stop.store(true, Ordering::Relaxed);
+                v
             });
-            load(&q, producers, &stop, 50_000_000 + round * 100_000_000)
+            let rate = load(&q, producers, &stop, 50_000_000 + round * 100_000_000);
+            took.extend(searcher.join().expect("searcher"));
+            rate
         }));
-        searches += n.load(Ordering::Relaxed);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let mut ratios: Vec<f64> = alone.iter().zip(&during).map(|(a, d)| d / a).collect();
+    let r = median(&mut ratios);
+    let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
     let (a, d) = (median(&mut alone), median(&mut during));
+    let searches = took.len();
+    let t = median(&mut took);
     println!(
-        "durable enqueue, {producers} producers, 3 s windows alternated 3 times: {a:.0} msg/s alone, {d:.0} msg/s during {searches} back-to-back sender searches ({:+.1} %, medians)",
-        100.0 * (d - a) / a
+        "sender searches while producers run (paced; the queue grew to {} messages): median {t:.2} s per 1 M messages, max {:.2} s",
+        q.stats().messages,
+        took[searches - 1]
+    );
+    println!(
+        "durable enqueue, {producers} producers, {} s windows alternated {rounds} times: {a:.0} msg/s alone, {d:.0} msg/s during {searches} back-to-back sender searches (medians); change during searches {:+.1} % (median of the rounds' ratios; range {:+.1} to {:+.1} %)",
+        window.as_secs(),
+        100.0 * (r - 1.0),
+        100.0 * (lo - 1.0),
+        100.0 * (hi - 1.0)
     );
     drop(q);
     let _ = std::fs::remove_dir_all(&dir);

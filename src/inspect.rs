@@ -40,8 +40,11 @@ impl Queue {
         self.engine.inspect(id)
     }
 
-    /// Up to `limit` recipients matching `sel` (see [`Selector`]), without
-    /// holding locks that producers or workers need while envelopes are read.
+    /// The first `limit` recipients matching `sel` (see [`Selector`]), oldest
+    /// first: by acceptance time, then message id, then recipient index, so
+    /// paging by offset is stable while the matches are. Envelopes are read
+    /// without holding locks that producers or workers need, and a search that
+    /// reads them paces itself to half a core while the queue is busy.
     pub fn select(&self, sel: &Selector, limit: usize) -> Result<Vec<Selected>> {
         self.engine.select(sel, limit)
     }

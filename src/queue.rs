@@ -73,6 +73,13 @@ impl Queue {
         self.engine.set_slot_limit(limit);
     }
 
+    /// Lowers the messages one pass of an envelope search locates (tests of
+    /// searches in several passes).
+    #[doc(hidden)]
+    pub fn debug_set_search_batch(&self, messages: usize) {
+        self.engine.set_search_batch(messages);
+    }
+
     /// Makes every buffered outcome record durable now.
     pub fn sync(&self) -> Result<()> {
         self.engine.sync()

@@ -46,15 +46,20 @@ impl Selector {
         self.sender.is_some() || self.recipient.is_some() || self.domain.is_some()
     }
 
-    /// The envelope criteria.
-    pub(crate) fn envelope_matches(&self, sender: &str, address: &str) -> bool {
-        let sender_ok = self.sender.as_deref().is_none_or(|g| {
+    /// The sender criterion (`<>` is the null sender).
+    pub(crate) fn sender_matches(&self, sender: &str) -> bool {
+        self.sender.as_deref().is_none_or(|g| {
             if g == "<>" {
                 sender.is_empty()
             } else {
                 glob(g, sender)
             }
-        });
+        })
+    }
+
+    /// The envelope criteria.
+    pub(crate) fn envelope_matches(&self, sender: &str, address: &str) -> bool {
+        let sender_ok = self.sender_matches(sender);
         let rcpt_ok = self.recipient.as_deref().is_none_or(|g| glob(g, address));
         let domain_ok = self.domain.as_deref().is_none_or(|d| {
             let dom = address.rsplit_once('@').map_or("", |(_, d)| d);

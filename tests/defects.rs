@@ -35,24 +35,6 @@ fn records(data: &[u8]) -> Vec<(usize, Kind, usize)> {
     out
 }
 
-fn deliver_key(q: &Queue, key: &str, o: Outcome) -> Vec<MessageId> {
-    let mut ids = Vec::new();
-    while let Some(mut s) = q.session_for(key).unwrap() {
-        let mut any = false;
-        while let Some(d) = s.next_delivery().unwrap() {
-            any = true;
-            ids.push(d.id());
-            let n = d.recipients().len();
-            d.complete(&vec![o.clone(); n]).unwrap();
-        }
-        s.finish().unwrap();
-        if !any {
-            break;
-        }
-    }
-    ids
-}
-
 /// Defect 1: message A finished in slot X, B reused X; A's final update record is
 /// damaged. Replay must keep B (newer generation) and not resurrect A.
 #[test]

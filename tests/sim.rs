@@ -54,6 +54,11 @@ mod compat {
     pub fn timer_due(q: &Queue, _now_secs: u64) -> bool {
         q.next_timeout().is_some_and(|d| d.is_zero())
     }
+    /// Envelope searches in passes of a few messages, so the simulator's
+    /// queues take several.
+    pub fn small_search_passes(q: &Queue) {
+        q.debug_set_search_batch(3)
+    }
     /// Moves the clock forward by milliseconds.
     pub fn advance_ms(c: &ManualClock, ms: u64) {
         c.advance_millis(ms)
@@ -1943,6 +1948,7 @@ fn open(ctx: &Ctx) {
         Ok(q) => q,
         Err(e) => fail!("reopen failed: {e}"),
     };
+    compat::small_search_passes(&q);
     let rep = q.recovery_report();
     let st = q.stats();
     ctx.log(

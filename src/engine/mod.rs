@@ -21,6 +21,7 @@ mod maint;
 mod observe;
 mod operator;
 mod policy;
+mod search;
 mod select;
 mod signal;
 
@@ -87,6 +88,8 @@ pub(crate) struct Engine {
     sync_armed: AtomicU64,
     /// Highest local message slot enqueue may use (recovery's limit).
     slot_limit: AtomicU32,
+    /// Messages one pass of an envelope search locates at most.
+    search_batch: AtomicUsize,
     /// CRC salt of this queue's records.
     salt: u32,
     _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -133,6 +136,7 @@ impl Engine {
             has_moves: AtomicBool::new(false),
             sync_armed: AtomicU64::new(0),
             slot_limit: AtomicU32::new(MAX_SLOT),
+            search_batch: AtomicUsize::new(search::ENVELOPE_BATCH),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             salt,
             report: Mutex::new(r.report),
@@ -310,6 +314,12 @@ impl Engine {
     pub(crate) fn set_slot_limit(&self, limit: u32) {
         self.slot_limit
             .store(limit.min(MAX_SLOT), Ordering::Relaxed);
+    }
+
+    /// Lowers the messages one pass of an envelope search locates (tests of
+    /// searches in several passes).
+    pub(crate) fn set_search_batch(&self, n: usize) {
+        self.search_batch.store(n.max(1), Ordering::Relaxed);
     }
 
     /// The outcome-sync deadline (clock ms), if outcome records are buffered.

@@ -13,7 +13,5 @@ mod slab;
 
 pub use ids::*;
 pub use rcpt::*;
-#[cfg(test)]
-pub use shard::Msg;
-pub use shard::{Intent, MsgShard};
+pub use shard::{Intent, Msg, MsgShard};
 pub use slab::Slab;

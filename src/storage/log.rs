@@ -788,7 +788,7 @@ impl Log {
         }
         let want = (hint.max(HEADER_LEN) as u64).min(room);
         let cached = self.readahead.lock().lookup(seg, off, want);
-        let mut buf = match cached {
+        let buf = match cached {
             Some(hit) => hit,
             None => {
                 let sequential = self.readahead.lock().sequential(seg, off);
@@ -808,6 +808,76 @@ impl Log {
                 }
             }
         };
+        self.record_from(seg, off, buf, readable)
+    }
+
+    /// Reads and verifies the records of segment `seg` at `spans` (offset and
+    /// expected length as the index knows them, sorted by offset) with few
+    /// large reads into private buffers (the shared read-ahead cache is left
+    /// to sessions): spans less than `gap` bytes apart, within `chunk` bytes of
+    /// the first, share one `pread`. `f` gets each span's index and its record
+    /// or the error reading it, in order, and returns whether to go on. A span
+    /// that a shared read cannot serve (a bad sector, a segment removed
+    /// meanwhile) is read on its own, as [`Log::read_record`] does, so an
+    /// error reaches `f` for that span only.
+    pub fn read_records(
+        &self,
+        seg: u32,
+        spans: &[(u64, usize)],
+        chunk: usize,
+        gap: u64,
+        mut f: impl FnMut(usize, Result<(Kind, Bytes)>) -> Result<bool>,
+    ) -> Result<()> {
+        // Unknown (the segment is gone): every span is read on its own.
+        let readable = self.readable_len(seg).unwrap_or(0);
+        let end_of = |(off, hint): (u64, usize)| off + hint.max(HEADER_LEN) as u64;
+        let mut i = 0;
+        while i < spans.len() {
+            let start = spans[i].0;
+            let mut end = end_of(spans[i]);
+            let mut j = i + 1;
+            while j < spans.len()
+                && spans[j].0 <= end + gap
+                && end_of(spans[j]).saturating_sub(start) <= chunk as u64
+            {
+                end = end.max(end_of(spans[j]));
+                j += 1;
+            }
+            let end = end.min(readable);
+            let block = if end > start {
+                self.pread(seg, start, (end - start) as usize)
+                    .map(Bytes::from)
+                    .ok()
+            } else {
+                None
+            };
+            for (k, &(off, hint)) in spans.iter().enumerate().take(j).skip(i) {
+                let at = off.saturating_sub(start) as usize;
+                let res = match &block {
+                    Some(b) if off >= start && b.len().saturating_sub(at) >= HEADER_LEN => {
+                        self.record_from(seg, off, b.slice(at..), readable)
+                    }
+                    _ => self.read_record(seg, off, hint),
+                };
+                if !f(k, res)? {
+                    return Ok(());
+                }
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Verifies the record at (seg, off) whose first bytes (at least a header)
+    /// are `buf`, reading the rest if `buf` is short.
+    fn record_from(
+        &self,
+        seg: u32,
+        off: u64,
+        mut buf: Bytes,
+        readable: u64,
+    ) -> Result<(Kind, Bytes)> {
+        let room = readable.saturating_sub(off);
         let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
         if len > record::MAX_RECORD {
             return Err(Error::Corrupt {
@@ -887,6 +957,60 @@ mod tests {
         let mut b = Batch::new();
         b.push(Kind::RcptUpdate, |p| p.extend_from_slice(&vec![1u8; n]));
         b
+    }
+
+    /// A search's batched reads: records served from shared chunks, each
+    /// verified on its own (a damaged one, or one past the written end, fails
+    /// alone), in order, and the caller can stop early.
+    #[test]
+    fn batched_reads_verify_each_record_alone() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut spans = Vec::new();
+        for i in 0..40usize {
+            let (at, end) = log.append(batch(10 + i * 37)).unwrap();
+            spans.push((at.off(), (end.off() - at.off()) as usize));
+        }
+        log.sync_all().unwrap();
+        // One byte of record 10's payload flipped on disk.
+        let f = log.segment_file(1).unwrap();
+        f.write_all_at(spans[10].0 + HEADER_LEN as u64 + 3, &[0xff])
+            .unwrap();
+        let end = log.end().off();
+        spans.push((end, 64));
+        let mut seen = Vec::new();
+        log.read_records(1, &spans, 512, 1 << 20, |k, r| {
+            match r {
+                Ok((kind, p)) => {
+                    assert_eq!(kind, Kind::RcptUpdate);
+                    assert_eq!(p.len(), 10 + k * 37, "record {k}");
+                    assert!(p.iter().all(|&b| b == 1), "record {k}");
+                }
+                Err(e) => assert!(
+                    matches!(e, Error::Corrupt { .. }) && (k == 10 || k == 40),
+                    "record {k}: {e}"
+                ),
+            }
+            seen.push(k);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen, (0..41).collect::<Vec<_>>());
+        let mut n = 0;
+        log.read_records(1, &spans, 1 << 20, 1 << 20, |_, _| {
+            n += 1;
+            Ok(n < 5)
+        })
+        .unwrap();
+        assert_eq!(n, 5, "stops when told");
+        // A hint shorter than the record (only its header): the rest is read.
+        let mut len = 0;
+        log.read_records(1, &[(spans[39].0, HEADER_LEN)], 1 << 20, 0, |_, r| {
+            len = r?.1.len();
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(len, 10 + 39 * 37);
     }
 
     /// Defect 6: bytes made durable before a later commit failed are reported

@@ -89,6 +89,25 @@ pub fn drain(q: &Queue, mut f: impl FnMut(&str, &str) -> Outcome) -> usize {
     n
 }
 
+/// Completes everything queued for `key` with `o`; returns the messages.
+pub fn deliver_key(q: &Queue, key: &str, o: Outcome) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    while let Some(mut s) = q.session_for(key).unwrap() {
+        let mut any = false;
+        while let Some(d) = s.next_delivery().unwrap() {
+            any = true;
+            ids.push(d.id());
+            let n = d.recipients().len();
+            d.complete(&vec![o.clone(); n]).unwrap();
+        }
+        s.finish().unwrap();
+        if !any {
+            break;
+        }
+    }
+    ids
+}
+
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
