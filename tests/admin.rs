@@ -263,6 +263,32 @@ fn actions_with_dry_runs_equal_to_real_counts() {
     );
     let (_, d) = get(&sock, "/v1/destinations?key=gmail.com");
     assert_eq!(d["destinations"][0]["limit"], json!(3));
+
+    // By predicate: the destinations the matching recipients wait for.
+    let (s, v) = post(
+        &sock,
+        "suspend",
+        json!({"rcpt": "cat@*", "duration": "1h", "dry_run": true}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&v["destinations"], &v["count"]),
+        (&json!(["gmail.com"]), &json!(1))
+    );
+    assert!(q.session_for("gmail.com").unwrap().is_some(), "a dry run");
+    let (_, v) = post(&sock, "suspend", json!({"rcpt": "cat@*", "duration": "1h"}));
+    assert_eq!(v["destinations"], json!(["gmail.com"]));
+    assert!(q.session_for("gmail.com").unwrap().is_none(), "suspended");
+    let (_, v) = post(&sock, "resume", json!({"all": true}));
+    let dests = v["destinations"].as_array().unwrap();
+    assert!(dests.contains(&json!("gmail.com")), "{v}");
+    assert!(q.session_for("gmail.com").unwrap().is_some(), "resumed");
+    let (_, v) = post(
+        &sock,
+        "limit",
+        json!({"domain": "nowhere.example", "limit": 2}),
+    );
+    assert_eq!((&v["destinations"], &v["count"]), (&json!([]), &json!(0)));
 }
 
 #[test]
@@ -292,7 +318,23 @@ fn malformed_requests_get_clear_errors_and_change_nothing() {
         .0,
         400
     );
-    assert_eq!(err(post(&sock, "suspend", json!({"domain": "x"}))).0, 400);
+    let (s, e) = err(post(&sock, "suspend", json!({})));
+    assert_eq!(s, 400);
+    assert!(e.contains("\"all\": true"), "{e}");
+    assert_eq!(
+        err(post(&sock, "suspend", json!({"sender": "*", "seconds": 5}))).0,
+        400,
+        "a match-all filter needs all too"
+    );
+    assert_eq!(
+        err(post(
+            &sock,
+            "limit",
+            json!({"domain": "x", "limit": "many"})
+        ))
+        .0,
+        400
+    );
     let bad_json = b"POST /v1/hold HTTP/1.1\r\nContent-Length: 5\r\n\r\n{nope";
     assert_eq!(err(raw(&sock, bad_json)).0, 400);
     assert_eq!(

@@ -161,34 +161,33 @@ enum Cmd {
         #[command(flatten)]
         sel: Selection,
     },
-    /// Stop opening sessions to a destination (for a while, or until resumed).
+    /// Stop opening sessions to a destination (for a while, or until resumed);
+    /// with filters instead, to every destination a matching recipient waits for.
     Suspend {
         /// Routing key.
-        destination: String,
+        destination: Option<String>,
         /// Resume by itself after this long (90s, 30m, 2h, 3d).
         #[arg(long = "for")]
         duration: Option<String>,
-        /// Only count what is held up.
-        #[arg(long, short = 'n')]
-        dry_run: bool,
+        #[command(flatten)]
+        sel: Selection,
     },
-    /// Resume a suspended destination.
+    /// Resume a suspended destination (or those of the matching recipients).
     Resume {
         /// Routing key.
-        destination: String,
-        /// Only count what is released.
-        #[arg(long, short = 'n')]
-        dry_run: bool,
+        destination: Option<String>,
+        #[command(flatten)]
+        sel: Selection,
     },
-    /// Set a destination's concurrency limit.
+    /// Set the concurrency limit of a destination (or of those of the
+    /// matching recipients): `limit [DESTINATION] N`.
     Limit {
-        /// Routing key.
-        destination: String,
-        /// Most sessions at once.
-        limit: u16,
-        /// Only count what is affected.
-        #[arg(long, short = 'n')]
-        dry_run: bool,
+        /// The routing key (leave it out to use filters), then the most
+        /// sessions at once.
+        #[arg(num_args = 1..=2, required = true, value_name = "[DESTINATION] N")]
+        args: Vec<String>,
+        #[command(flatten)]
+        sel: Selection,
     },
     /// Live view of destinations by depth (q to quit).
     Top {
@@ -262,26 +261,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Suspend {
             destination,
             duration,
-            dry_run,
-        } => {
-            let mut b = json!({"route": destination, "dry_run": dry_run});
-            if let Some(d) = duration {
-                b["duration"] = json!(d);
-            }
-            api.post("suspend", b)
-        }
-        Cmd::Resume {
+            sel,
+        } => api.on_destinations(
+            "suspend",
             destination,
-            dry_run,
-        } => api.post("resume", json!({"route": destination, "dry_run": dry_run})),
-        Cmd::Limit {
-            destination,
-            limit,
-            dry_run,
-        } => api.post(
-            "limit",
-            json!({"route": destination, "limit": limit, "dry_run": dry_run}),
+            sel,
+            duration.map(|d| ("duration", json!(d))),
         ),
+        Cmd::Resume { destination, sel } => api.on_destinations("resume", destination, sel, None),
+        Cmd::Limit { mut args, sel } => {
+            let n = args.pop().unwrap_or_default();
+            let n: u16 = n.parse().map_err(|_| Failure {
+                code: 2,
+                message: format!("the limit is a number of sessions, 1-65535, not {n:?}"),
+            })?;
+            api.on_destinations("limit", args.pop(), sel, Some(("limit", json!(n))))
+        }
         Cmd::Top { interval } => top::run(&api, interval),
         Cmd::Metrics => {
             let body = api.get_raw("/metrics")?;
@@ -350,13 +345,40 @@ impl Api {
         self.print(&v, |v| {
             let n = v["count"].as_u64().unwrap_or(0);
             let what = v["action"].as_str().unwrap_or("?");
+            let dests = match v["destinations"].as_array() {
+                Some(d) => {
+                    let keys: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
+                    format!(" in {} destination(s) [{}]", keys.len(), keys.join(", "))
+                }
+                None => String::new(),
+            };
             if v["dry_run"].as_bool() == Some(true) {
-                format!("{what}: would touch {n} recipient(s) (dry run; nothing changed)\n")
+                format!("{what}: would touch {n} recipient(s){dests} (dry run; nothing changed)\n")
             } else {
-                format!("{what}: {n} recipient(s)\n")
+                format!("{what}: {n} recipient(s){dests}\n")
             }
         });
         Ok(())
+    }
+
+    /// Suspend, resume or limit: one destination, or those the filters reach.
+    fn on_destinations(
+        &self,
+        action: &str,
+        destination: Option<String>,
+        mut sel: Selection,
+        arg: Option<(&str, Value)>,
+    ) -> Result<(), Failure> {
+        if let Some(d) = destination {
+            if sel.filters.route.is_some() {
+                return Err(Failure {
+                    code: 2,
+                    message: "give the destination once: as an argument or as --route".into(),
+                });
+            }
+            sel.filters.route = Some(d);
+        }
+        self.act(action, &sel, arg)
     }
 
     fn act(&self, action: &str, s: &Selection, arg: Option<(&str, Value)>) -> Result<(), Failure> {

@@ -187,6 +187,20 @@ fn every_subcommand_against_a_live_queue() {
     );
     assert_eq!(act(d, &["resume", "gmail.com"]), 1);
     assert_eq!(act(d, &["limit", "gmail.com", "4"]), 1);
+    // By filters: the destinations of the matching recipients.
+    let out = ok(d, &["suspend", "--rcpt", "ann@*", "--for", "1h", "-n"]);
+    assert!(
+        out.contains("1 recipient(s) in 1 destination(s) [gmail.com]"),
+        "{out}"
+    );
+    assert!(q.session_for("gmail.com").unwrap().is_some(), "dry run");
+    assert_eq!(act(d, &["suspend", "--rcpt", "ann@*"]), 1);
+    assert!(q.session_for("gmail.com").unwrap().is_none(), "suspended");
+    assert!(ok(d, &["resume", "--all"]).contains("gmail.com"));
+    assert!(q.session_for("gmail.com").unwrap().is_some(), "resumed");
+    assert_eq!(act(d, &["limit", "--domain", "gmail.com", "2"]), 1);
+    fails(d, &["resume"], 2);
+    fails(d, &["limit", "gmail.com", "--route", "gmail.com", "2"], 2);
     assert!(ok(d, &["metrics"]).contains("# TYPE mailq_delivered_total counter"));
 
     // Errors an operator can act on, with exit codes.

@@ -8,7 +8,7 @@ use super::json;
 use super::peer::Access;
 use crate::error::Error;
 use crate::queue::Queue;
-use crate::select::Op;
+use crate::select::{Op, Selector};
 use serde_json::{json, Map, Value};
 
 /// Default and largest page of `/v1/recipients`.
@@ -257,24 +257,25 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
     match action {
         "suspend" | "resume" | "limit" => {
             let extra: &[&str] = match action {
-                "suspend" => &["dry_run", "seconds", "duration"],
-                "limit" => &["dry_run", "limit"],
-                _ => &["dry_run"],
+                "suspend" => &["dry_run", "all", "seconds", "duration"],
+                "limit" => &["dry_run", "all", "limit"],
+                _ => &["dry_run", "all"],
             };
-            let keys: Vec<&String> = obj
-                .keys()
-                .filter(|k| !extra.contains(&k.as_str()))
-                .collect();
-            let Some(route) = arg("route").filter(|_| keys.len() == 1) else {
-                return Response::error(
-                    400,
-                    format!(
-                        "{action} takes a destination, {{\"route\": KEY}}, and only {}",
-                        extra.join(", ")
-                    ),
-                );
+            let sel = match json::selector(&obj, extra) {
+                Ok(s) => s,
+                Err(e) => return Response::error(400, e),
             };
-            destination_action(q, action, &route, &obj, dry_run).map_or_else(|e| e, reply)
+            let keys = match targeted_destinations(q, action, &sel, all) {
+                Ok(k) => k,
+                Err(r) => return r,
+            };
+            match destination_action(q, action, &keys, &obj, dry_run) {
+                Ok(n) => Response::json(
+                    200,
+                    &json!({"action": action, "count": n, "destinations": keys, "dry_run": dry_run}),
+                ),
+                Err(r) => r,
+            }
         }
         _ => {
             let sel = match json::selector(&obj, &["dry_run", "all", "reason", "to"]) {
@@ -316,20 +317,50 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
     }
 }
 
+/// The destinations a suspend, resume or limit applies to: the one named when
+/// `route` is the only filter (queued mail or not), else those of every
+/// recipient the filters match (all of them only with `all`).
+fn targeted_destinations(
+    q: &Queue,
+    action: &str,
+    sel: &Selector,
+    all: bool,
+) -> Result<Vec<String>, Response> {
+    if let Some(route) = sel.route.as_deref().filter(|_| {
+        *sel == Selector {
+            route: sel.route.clone(),
+            ..Selector::default()
+        }
+    }) {
+        return crate::validate::normalize_key(route)
+            .map(|k| vec![k])
+            .map_err(|e| result(Err(e)));
+    }
+    if json::is_empty(sel) && !all {
+        return Err(Response::error(
+            400,
+            format!("{action} without a filter would touch every destination; give a destination (\"route\"), a filter, or \"all\": true"),
+        ));
+    }
+    let hits = q.select(sel, usize::MAX).map_err(|e| result(Err(e)))?;
+    let keys: std::collections::BTreeSet<String> = hits
+        .into_iter()
+        .map(|h| h.route)
+        .filter(|r| !r.is_empty())
+        .collect();
+    Ok(keys.into_iter().collect())
+}
+
 /// Suspend (optionally for `seconds` or a `duration` like "2h"), resume, or set
-/// the concurrency `limit` of one destination; the count is its depth.
+/// the concurrency `limit` of each of `keys`; the count is their depth. The
+/// arguments are checked before anything changes, also in a dry run.
 fn destination_action(
     q: &Queue,
     action: &str,
-    route: &str,
+    keys: &[String],
     obj: &Map<String, Value>,
     dry_run: bool,
 ) -> Result<usize, Response> {
-    let key = crate::validate::normalize_key(route).map_err(|e| result(Err(e)))?;
-    let depth = q
-        .destination(&key)
-        .map_err(|e| result(Err(e)))?
-        .map_or(0, |b| b.depth() as usize);
     let dur = match (obj.get("seconds"), obj.get("duration")) {
         (Some(_), Some(_)) => {
             return Err(Response::error(400, "give seconds or duration, not both"))
@@ -366,14 +397,22 @@ fn destination_action(
         }
         _ => 0,
     };
-    if dry_run {
-        return Ok(depth);
+    let mut depth = 0;
+    for key in keys {
+        depth += q
+            .destination(key)
+            .map_err(|e| result(Err(e)))?
+            .map_or(0, |b| b.depth() as usize);
+        if dry_run {
+            continue;
+        }
+        let r = match (action, dur) {
+            ("suspend", Some(d)) => q.suspend_for(key, d),
+            ("suspend", None) => q.suspend(key),
+            ("resume", _) => q.resume(key),
+            _ => q.set_concurrency_limit(key, limit),
+        };
+        r.map_err(|e| result(Err(e)))?;
     }
-    let r = match (action, dur) {
-        ("suspend", Some(d)) => q.suspend_for(&key, d),
-        ("suspend", None) => q.suspend(&key),
-        ("resume", _) => q.resume(&key),
-        _ => q.set_concurrency_limit(&key, limit),
-    };
-    r.map(|()| depth).map_err(|e| result(Err(e)))
+    Ok(depth)
 }
