@@ -138,6 +138,11 @@ fn read_endpoints_and_every_filter() {
     assert_eq!(sel("younger_than=30m"), [one(c, 0)]);
     assert_eq!(sel(&format!("id={a},{c}")).len(), 3);
     assert_eq!(sel("state=deferred"), Vec::<String>::new());
+    assert_eq!(
+        sel("state=corrupt"),
+        Vec::<String>::new(),
+        "damage is a state to filter by"
+    );
     assert_eq!(sel("attempts=1"), Vec::<String>::new());
 
     // One deferral with a Gmail-style reply, then the state/attempts/error filters.

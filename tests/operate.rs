@@ -16,6 +16,15 @@ fn queue(dir: &TempDir, clock: &std::sync::Arc<ManualClock>) -> (Queue, [Message
     three_messages(dir, clock)
 }
 
+/// The messages of a selection's matches, in its order.
+fn ids(q: &Queue, sel: &Selector) -> Vec<MessageId> {
+    q.select(sel, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 fn pairs(v: &[Selected]) -> Vec<(MessageId, u32)> {
     let mut p: Vec<_> = v.iter().map(|s| (s.id, s.index)).collect();
     p.sort();
@@ -459,12 +468,7 @@ fn envelope_searches_find_each_message_once_while_compaction_moves_records() {
         let mut n = 0;
         // Until the mover ends (a panic there fails the test at the scope's end).
         while !mover.is_finished() || n < 3 {
-            let mut got: Vec<MessageId> = q
-                .select(&sel, usize::MAX)
-                .unwrap()
-                .iter()
-                .map(|s| s.id)
-                .collect();
+            let mut got = ids(&q, &sel);
             got.sort();
             assert_eq!(got, keep, "search {n}: each kept message once");
             n += 1;
@@ -519,12 +523,7 @@ fn a_search_finds_messages_whose_segments_were_compacted_away_meanwhile() {
     let q = Queue::open("/q", o()).unwrap();
     let q2 = q.clone();
     hfs.arm(On::Open, "00000001.seg", move || q2.checkpoint().unwrap());
-    let got: Vec<MessageId> = q
-        .select(&by(|s| s.sender = Some("keep@*".into())), usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|s| s.id)
-        .collect();
+    let got = ids(&q, &by(|s| s.sender = Some("keep@*".into())));
     assert!(!hfs.armed(), "the checkpoint ran during the search");
     let segs: Vec<String> = sim
         .files(std::path::Path::new("/q"))
@@ -538,4 +537,43 @@ fn a_search_finds_messages_whose_segments_were_compacted_away_meanwhile() {
         "the first segments were compacted away: {segs:?}"
     );
     assert_eq!(got, keep);
+}
+
+/// A message whose record is gone (a segment lost) does not fail every
+/// search: it matches no envelope criterion, the search goes on, and once a
+/// delivery has met the damage the operator finds it by state and deletes it.
+#[test]
+fn a_damaged_message_does_not_fail_searches_and_is_found_by_state() {
+    let dir = TempDir::new("op-damaged");
+    let clock = ManualClock::new(T0);
+    let o = || Options {
+        clock: clock.clone(),
+        segment_size: 4096,
+        ..Options::default()
+    };
+    let q = Queue::open(dir.path(), o()).unwrap();
+    let body = [b'y'; 3000];
+    let lost = q
+        .enqueue(&msg("s@x.example", &["a@one.example"], &body))
+        .unwrap();
+    let kept = q
+        .enqueue(&msg("s@x.example", &["b@two.example"], &body))
+        .unwrap();
+    q.close().unwrap();
+    std::fs::remove_file(&segment_files(dir.path())[0]).unwrap();
+    let q = Queue::open(dir.path(), o()).unwrap();
+    let by_sender = by(|s| s.sender = Some("s@*".into()));
+    let found = ids(&q, &by_sender);
+    assert_eq!(found, [kept], "the search goes on past the damage");
+    assert_eq!(q.act(&by_sender, &Op::Hold, true).unwrap(), 1);
+    // A delivery meets the damage and parks the recipient.
+    let mut s = q.session_for("one.example").unwrap().unwrap();
+    assert!(s.next_delivery().unwrap().is_none());
+    drop(s);
+    let corrupt = by(|s| s.states = vec![RcptState::Corrupt]);
+    let found = ids(&q, &corrupt);
+    assert_eq!(found, [lost]);
+    assert!(q.explain(lost, 0).unwrap().why.contains("damaged"));
+    assert_eq!(q.act(&corrupt, &Op::Delete, false).unwrap(), 1);
+    assert_eq!(q.stats().count("corrupt"), 0);
 }

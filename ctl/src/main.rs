@@ -48,7 +48,7 @@ struct Filters {
     /// Routing key (destination).
     #[arg(long)]
     route: Option<String>,
-    /// State(s): ready, deferred, held, inflight, failed, expired (comma-separated).
+    /// State(s): ready, deferred, held, inflight, failed, expired, corrupt (comma-separated).
     #[arg(long)]
     state: Option<String>,
     /// Accepted longer ago than this (90s, 30m, 2h, 3d).

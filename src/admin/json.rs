@@ -24,7 +24,13 @@ pub const FILTERS: [&str; 10] = [
 ];
 
 /// Every state a filter may name.
-use crate::types::WAITING_STATES as STATES;
+use crate::types::WAITING_STATES;
+
+/// The states a filter may name: those of queued mail, and damage.
+const STATES: [RcptState; 7] = {
+    let w = WAITING_STATES;
+    [w[0], w[1], w[2], w[3], w[4], w[5], RcptState::Corrupt]
+};
 
 /// Parses a message id: up to 16 hex digits, as the queue prints them.
 pub fn message_id(s: &str) -> Result<MessageId, String> {

@@ -165,44 +165,48 @@ impl Engine {
     /// Everything about one message: envelope, and per recipient its state,
     /// attempts, next attempt, current route and last error.
     pub(crate) fn inspect(&self, id: MessageId) -> Result<MessageInfo> {
-        let q = self;
-        let (s, l) = q.locate(id)?;
-        let (m, rcpts, reasons) = {
-            let ms = q.msgs[s].lock();
-            let m = *ms.get(l, id.gen()).ok_or(Error::NoSuchMessage(id))?;
-            let rc: Vec<Rcpt> = (m.first..m.first + m.n as u32)
-                .map(|r| ms.rcpts[r as usize])
-                .collect();
-            let reasons: Vec<String> = rc
-                .iter()
-                .map(|r| ms.reason(r.reason()).to_string())
-                .collect();
-            (m, rc, reasons)
-        };
-        let payload = q.read_message_record(id, (m.seg, m.off, m.len))?;
+        let (mut info, m) = self.inspect_index(id)?;
+        let payload = self.read_message_record(id, (m.seg, m.off, m.len))?;
         let rec = record::decode_message(&payload).ok_or_else(|| Error::Corrupt {
-            path: q.dir.join(segment_name(m.seg)),
+            path: self.dir.join(segment_name(m.seg)),
             offset: m.off as u64,
             reason: "message does not decode".into(),
         })?;
-        let keys = q.keys.read();
+        info.sender = rec.sender.to_string();
+        info.received = rec.received;
+        info.size = rec.body_len as u64;
+        for (r, x) in info.recipients.iter_mut().zip(&rec.rcpts) {
+            r.address = x.0.to_string();
+            // A final recipient no longer counts in its bucket, which may have
+            // been freed and its id reused: show the route it was queued with.
+            if r.state.is_final() {
+                r.route = x.1.to_string();
+            }
+        }
+        Ok(info)
+    }
+
+    /// What the index alone knows of a message (no sender, size or addresses;
+    /// no route for final recipients), and its index entry. Serves `explain`
+    /// when the message record is damaged.
+    pub(crate) fn inspect_index(&self, id: MessageId) -> Result<(MessageInfo, Msg)> {
+        let (s, l) = self.locate(id)?;
+        let (m, rcpts) = {
+            let ms = self.msgs[s].lock();
+            let m = *ms.get(l, id.gen()).ok_or(Error::NoSuchMessage(id))?;
+            let rc: Vec<(Rcpt, String)> = (m.first..m.first + m.n as u32)
+                .map(|r| ms.rcpts[r as usize])
+                .map(|r| (r, ms.reason(r.reason()).to_string()))
+                .collect();
+            (m, rc)
+        };
+        let keys = self.keys.read();
         let recipients = rcpts
-            .iter()
-            .zip(reasons)
-            .enumerate()
-            .map(|(i, (r, reason))| RecipientInfo {
-                address: rec
-                    .rcpts
-                    .get(i)
-                    .map(|x| x.0.to_string())
-                    .unwrap_or_default(),
-                // A final recipient no longer counts in its bucket, which may have
-                // been freed and its id reused: show the route it was queued with.
+            .into_iter()
+            .map(|(r, reason)| RecipientInfo {
+                address: String::new(),
                 route: if r.state().is_final() {
-                    rec.rcpts
-                        .get(i)
-                        .map(|x| x.1.to_string())
-                        .unwrap_or_default()
+                    String::new()
                 } else {
                     keys.key(r.bucket())
                         .map(|k| k.to_string())
@@ -214,13 +218,14 @@ impl Engine {
                 last_error: reason,
             })
             .collect();
-        Ok(MessageInfo {
+        let info = MessageInfo {
             id,
-            sender: rec.sender.to_string(),
-            received: rec.received,
-            size: rec.body_len as u64,
+            sender: String::new(),
+            received: m.received as u64,
+            size: 0,
             recipients,
-        })
+        };
+        Ok((info, m))
     }
 
     /// Reads and checks every live message record (checksum and decoding).

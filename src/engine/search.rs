@@ -357,7 +357,13 @@ impl Engine {
                         // Moved or gone meanwhile, or damaged: as one read decides.
                         Err(_) => match self.read_message_record(id, (x.seg, x.off, x.len)) {
                             Ok(p) => p,
-                            Err(Error::NoSuchMessage(_)) => return Ok(true),
+                            // Gone: not a match. Damaged: its envelope is
+                            // unknown, so it matches no envelope criterion and
+                            // the search goes on (`state corrupt` finds it once
+                            // a delivery has met the damage).
+                            Err(Error::NoSuchMessage(_) | Error::Corrupt { .. }) => {
+                                return Ok(true)
+                            }
                             Err(e) => return Err(e),
                         },
                     };
@@ -384,11 +390,11 @@ impl Engine {
         payload: &[u8],
         col: &mut Collector,
     ) -> Result<bool> {
-        let rec = record::decode_message(payload).ok_or_else(|| Error::Corrupt {
-            path: self.dir.join(crate::storage::log::segment_name(x.seg)),
-            offset: x.off as u64,
-            reason: "message does not decode".into(),
-        })?;
+        // A record that passed its checksum but does not decode is damage as
+        // above: no match.
+        let Some(rec) = record::decode_message(payload) else {
+            return Ok(false);
+        };
         if !f.sel.sender_matches(rec.sender) {
             return Ok(false);
         }

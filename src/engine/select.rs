@@ -71,7 +71,11 @@ impl Engine {
 
     /// Why recipient `index` of `id` is not being delivered now.
     pub(crate) fn explain(&self, id: MessageId, index: u32) -> Result<Explanation> {
-        let info = self.inspect(id)?;
+        // A damaged record leaves the address unknown, not the reason.
+        let info = match self.inspect(id) {
+            Err(Error::Corrupt { .. }) => self.inspect_index(id)?.0,
+            r => r?,
+        };
         let r = info
             .recipients
             .get(index as usize)
