@@ -12,7 +12,8 @@ use std::time::Duration;
 /// Which recipients an operator means: every given criterion must hold (an
 /// empty selector selects every recipient that is not final).
 ///
-/// Routing key, state, age, attempts and last error are answered from memory;
+/// Routing key, state, age, attempts and last error are answered from memory
+/// (the last error as memory keeps it: past the reason cache, normalised);
 /// `sender`, `recipient` and `domain` need each candidate message's envelope,
 /// read from the log without holding the queue's locks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +39,10 @@ pub struct Selector {
     pub min_attempts: Option<u16>,
     /// The last error contains this text (ASCII case-insensitive).
     pub error: Option<String>,
+    /// The last error matches this regular expression (`regex` crate syntax,
+    /// case-insensitive, at most 1 MiB compiled). Needs the `admin` feature;
+    /// without it a selector using it is refused.
+    pub error_regex: Option<String>,
 }
 
 impl Selector {

@@ -158,6 +158,14 @@ fn read_endpoints_and_every_filter() {
     let deferred = sel("state=deferred&attempts=1&error=tss04");
     assert!(!deferred.is_empty());
     assert_eq!(deferred, sel("state=deferred"));
+    // A regular expression over a reply that ends in a unique id.
+    assert_eq!(
+        sel("error_regex=%5E421%204%5C.7%5C.0%20%5C%5Btss04%5C%5D.*gsmtp%24"),
+        deferred
+    );
+    assert_eq!(sel("error_regex=%5E5"), Vec::<String>::new());
+    let (s, e) = get(&sock, "/v1/recipients?error_regex=%28");
+    assert_eq!(s, 400, "{e}");
     assert!(sel("error=nothing-like-this").is_empty());
 
     // Paging: two pages of two, then nothing more.

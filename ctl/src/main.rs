@@ -63,6 +63,9 @@ struct Filters {
     /// The last error contains this text (case-insensitive).
     #[arg(long)]
     error: Option<String>,
+    /// The last error matches this regular expression (case-insensitive).
+    #[arg(long)]
+    error_regex: Option<String>,
 }
 
 impl Filters {
@@ -79,6 +82,7 @@ impl Filters {
             ("younger_than", f.younger_than),
             ("attempts", f.attempts.map(|a| a.to_string())),
             ("error", f.error),
+            ("error_regex", f.error_regex),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))

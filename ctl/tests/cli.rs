@@ -209,6 +209,7 @@ fn every_subcommand_against_a_live_queue() {
     assert!(fails(d, &["list", "--state", "lost"], 2).contains("unknown state"));
     fails(d, &["show", "00000000DEADBEEF"], 3);
     fails(d, &["explain", "nothex"], 2);
+    assert!(fails(d, &["list", "--error-regex", "("], 2).contains("error_regex"));
     fails(d, &["limit", "gmail.com", "0"], 2);
 }
 

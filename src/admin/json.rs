@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 /// The filter names a predicate accepts.
-pub const FILTERS: [&str; 10] = [
+pub const FILTERS: [&str; 11] = [
     "id",
     "sender",
     "rcpt",
@@ -21,6 +21,7 @@ pub const FILTERS: [&str; 10] = [
     "younger_than",
     "attempts",
     "error",
+    "error_regex",
 ];
 
 /// Every state a filter may name.
@@ -145,6 +146,7 @@ pub fn selector(obj: &Map<String, Value>, extra: &[&str]) -> Result<Selector, St
                 })?)
             }
             "error" => sel.error = Some(one()?),
+            "error_regex" => sel.error_regex = Some(one()?),
             _ => {
                 return Err(format!(
                     "unknown filter {k:?}: filters are {}",

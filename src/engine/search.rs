@@ -163,12 +163,46 @@ struct Located {
     gen: u32,
 }
 
+/// A selector's compiled `error_regex` (the regex engine comes with the
+/// `admin` feature).
+#[cfg(feature = "admin")]
+type ErrorRegex = Option<regex::Regex>;
+#[cfg(not(feature = "admin"))]
+type ErrorRegex = Option<std::convert::Infallible>;
+
+/// Compiles `sel.error_regex`: case-insensitive, bounded in size.
+#[cfg(feature = "admin")]
+fn error_regex(sel: &Selector) -> Result<ErrorRegex> {
+    sel.error_regex
+        .as_deref()
+        .map(|p| {
+            regex::RegexBuilder::new(p)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .dfa_size_limit(1 << 20)
+                .build()
+                .map_err(|e| Error::InvalidOption(format!("error_regex {p:?}: {e}")))
+        })
+        .transpose()
+}
+
+#[cfg(not(feature = "admin"))]
+fn error_regex(sel: &Selector) -> Result<ErrorRegex> {
+    match sel.error_regex {
+        None => Ok(None),
+        Some(_) => Err(Error::InvalidOption(
+            "error_regex needs mailq built with the `admin` feature (it brings the regex engine); use error (a substring) instead".into(),
+        )),
+    }
+}
+
 /// The index criteria of a selection, resolved once.
 struct IndexFilter<'a> {
     sel: &'a Selector,
     now: u32,
     route: Option<u32>,
     ids: HashSet<MessageId>,
+    error_regex: ErrorRegex,
 }
 
 impl IndexFilter<'_> {
@@ -191,7 +225,19 @@ impl IndexFilter<'_> {
         state_ok
             && self.route.is_none_or(|b| r.bucket() == b && !st.is_final())
             && self.sel.min_attempts.is_none_or(|n| r.attempts() >= n)
-            && self.sel.error_matches(ms.reason(r.reason()))
+            && self.error_ok(ms.reason(r.reason()))
+    }
+
+    /// The last-error criteria: substring and regular expression.
+    fn error_ok(&self, last_error: &str) -> bool {
+        #[cfg(feature = "admin")]
+        let regex_ok = self
+            .error_regex
+            .as_ref()
+            .is_none_or(|re| re.is_match(last_error));
+        #[cfg(not(feature = "admin"))]
+        let regex_ok = self.error_regex.is_none();
+        regex_ok && self.sel.error_matches(last_error)
     }
 
     /// The recipients of message `m` that pass the index criteria and that
@@ -236,6 +282,7 @@ impl Engine {
     /// The first `limit` recipients matching `sel`, oldest first (acceptance
     /// time, then message id, then recipient index).
     pub(crate) fn select(&self, sel: &Selector, limit: usize) -> Result<Vec<Selected>> {
+        let error_regex = error_regex(sel)?;
         let route = match &sel.route {
             Some(k) => match self.find_bucket(k)? {
                 Some(b) => Some(b),
@@ -248,6 +295,7 @@ impl Engine {
             now: self.now(),
             route,
             ids: sel.ids.iter().copied().collect(),
+            error_regex,
         };
         let mut col = Collector::new(limit);
         if sel.needs_envelope() {
