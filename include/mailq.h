@@ -120,6 +120,11 @@ typedef enum mailq_status {
    * An internal error (a caught panic). The queue handle should be closed.
    */
   MAILQ_ERR_PANIC = 19,
+  /**
+   * The queue is over a configured limit (queued recipients or bytes, free
+   * disk): nothing was written. Answer `452 4.3.1` and let the client retry.
+   */
+  MAILQ_ERR_TRY_LATER = 20,
 } mailq_status;
 
 /**
@@ -236,6 +241,20 @@ typedef struct mailq_options {
    * Write a checkpoint after this many bytes of log (default 64 MiB).
    */
   uint64_t checkpoint_bytes;
+  /**
+   * Backpressure: refuse (`MAILQ_ERR_TRY_LATER`) above this many recipients
+   * not yet final (default 0: no limit).
+   */
+  uint64_t max_queued_recipients;
+  /**
+   * … or above this many bytes of live message records (default 0: no limit).
+   */
+  uint64_t max_queued_bytes;
+  /**
+   * … or when the filesystem's free space would fall under this (default
+   * 128 MiB; 0: no check).
+   */
+  uint64_t min_free_disk;
 } mailq_options;
 
 /**

@@ -74,6 +74,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The queue is over a configured limit (queued recipients, queued bytes,
+    /// or free disk under its watermark). Nothing was written and the queue
+    /// is fine: the MTA answers `452 4.3.1` and the client retries later.
+    #[error("queue over its limit: {what} would be {current} (limit {limit}); nothing was written — answer 452 4.3.1 and let the client retry, and look at why the queue is not draining")]
+    TryLater {
+        /// Which limit: "queued recipients", "queued bytes" or "free disk bytes".
+        what: &'static str,
+        /// What accepting the message would make it (free disk: what would remain).
+        current: u64,
+        /// The configured limit (free disk: the watermark).
+        limit: u64,
+    },
+
     /// The disk is full. The queue is poisoned; free space and reopen.
     #[error("disk full while writing {0}; free space and reopen the queue (nothing unacknowledged was kept)")]
     DiskFull(PathBuf),

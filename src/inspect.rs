@@ -56,6 +56,12 @@ impl Queue {
         self.engine.explain(id, index)
     }
 
+    /// [`Queue::explain`] for every recipient of message `id`, from one read
+    /// of the message.
+    pub fn explain_all(&self, id: MessageId) -> Result<Vec<Explanation>> {
+        self.engine.explain_message(id, None)
+    }
+
     /// The figures of one destination (without its age columns, which need a
     /// pass over every recipient), or `None` when it has no bucket.
     pub fn destination(&self, key: &str) -> Result<Option<BucketStats>> {

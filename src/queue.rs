@@ -80,6 +80,14 @@ impl Queue {
         self.engine.set_search_batch(messages);
     }
 
+    /// Why [`Queue::enqueue`] refuses mail now ([`crate::Error::TryLater`]: a
+    /// queued-recipients, queued-bytes or free-disk limit reached), if it
+    /// does. Cheap: an SMTP server asks it at `MAIL FROM` and answers
+    /// `452 4.3.1` before the client sends the body.
+    pub fn backpressure(&self) -> Option<String> {
+        self.engine.pressure()
+    }
+
     /// Makes every buffered outcome record durable now.
     pub fn sync(&self) -> Result<()> {
         self.engine.sync()

@@ -126,6 +126,15 @@ pub struct Stats {
     pub buckets_freed: u64,
     /// Why messages were found damaged (message id, what check failed).
     pub corrupt_reasons: Vec<(MessageId, String)>,
+    /// Bytes of live message records (what `Options::max_queued_bytes` limits).
+    pub queued_bytes: u64,
+    /// The queue filesystem's free space as last looked up (less what was
+    /// accepted since), if the free-disk watermark is checked.
+    pub disk_free: Option<u64>,
+    /// Why `enqueue` refuses mail now (a backpressure limit reached), if it does.
+    pub backpressure: Option<String>,
+    /// Messages refused by backpressure since open.
+    pub refused: u64,
 }
 
 impl Stats {
@@ -169,6 +178,8 @@ impl Stats {
             self.poisoned.is_some() as u64,
             self.maintenance_error.is_some() as u64,
             self.buckets.len() as u64,
+            self.queued_bytes,
+            self.backpressure.is_some() as u64,
         ];
         let counters = [
             self.accepted,
@@ -185,6 +196,7 @@ impl Stats {
             self.bytes_written,
             self.checkpoints,
             self.segments_deleted,
+            self.refused,
         ];
         write_family(&mut s, "gauge", &GAUGES, &gauges);
         write_family(&mut s, "counter", &COUNTERS, &counters);
@@ -263,7 +275,7 @@ impl Stats {
 pub const METRIC_DESTINATIONS: usize = 50;
 
 /// Gauges: (name after `mailq_`, help), in the order `prometheus` lists values.
-const GAUGES: [(&str, &str); 7] = [
+const GAUGES: [(&str, &str); 9] = [
     ("messages", "Live messages."),
     ("oldest_age_seconds", "Age of the oldest queued message."),
     (
@@ -283,10 +295,15 @@ const GAUGES: [(&str, &str); 7] = [
         "destinations",
         "Destinations with mail, sessions or operator state.",
     ),
+    ("queued_bytes", "Bytes of live message records."),
+    (
+        "backpressure",
+        "1 when enqueue refuses mail (452 4.3.1): a queued-recipients, queued-bytes or free-disk limit is reached.",
+    ),
 ];
 
 /// Counters, likewise.
-const COUNTERS: [(&str, &str); 14] = [
+const COUNTERS: [(&str, &str); 15] = [
     ("accepted_messages_total", "Messages accepted."),
     ("accepted_recipients_total", "Recipients accepted."),
     ("delivered_total", "Recipients delivered."),
@@ -306,6 +323,10 @@ const COUNTERS: [(&str, &str); 14] = [
     (
         "segments_deleted_total",
         "Log segments deleted by compaction.",
+    ),
+    (
+        "enqueue_refused_total",
+        "Messages refused by backpressure (answered 452 4.3.1).",
     ),
 ];
 

@@ -111,7 +111,7 @@ impl RcptState {
 }
 
 /// The states of a recipient still in the queue and not damaged, in the
-/// order stats report them (then `corrupt`); the states a selection may name.
+/// order stats report them (then `corrupt`).
 pub(crate) const WAITING_STATES: [RcptState; 6] = [
     RcptState::Ready,
     RcptState::Deferred,
@@ -334,6 +334,17 @@ pub struct Options {
     /// Compact a sealed segment whose live bytes fall under this fraction of the segment
     /// size (default 2/3, which bounds sealed segments to 1.5× their live data).
     pub compact_below: f64,
+    /// Backpressure: `enqueue` refuses ([`crate::Error::TryLater`]) a message that
+    /// would take the recipients not yet final above this (0, the default: no
+    /// limit). Each costs about 48 bytes of memory.
+    pub max_queued_recipients: u64,
+    /// … or the bytes of live message records above this (0, the default: no limit).
+    pub max_queued_bytes: u64,
+    /// … or the free space of the queue's filesystem under this watermark, so
+    /// the queue never fills the disk it needs for outcomes and checkpoints
+    /// (default 128 MiB; 0: no check). Looked up at most every 100 ms and
+    /// estimated in between.
+    pub min_free_disk: u64,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Filesystem (the storage seam).
@@ -359,6 +370,9 @@ impl Default for Options {
             checkpoint_bytes: 64 << 20,
             auto_maintenance: true,
             compact_below: 2.0 / 3.0,
+            max_queued_recipients: 0,
+            max_queued_bytes: 0,
+            min_free_disk: 128 << 20,
             clock: Arc::new(SystemClock),
             vfs: Arc::new(crate::storage::vfs::OsFs),
         }
@@ -374,6 +388,9 @@ impl fmt::Debug for Options {
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("lifetime", &self.lifetime)
+            .field("max_queued_recipients", &self.max_queued_recipients)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("min_free_disk", &self.min_free_disk)
             .finish_non_exhaustive()
     }
 }

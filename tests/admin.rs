@@ -340,6 +340,21 @@ fn malformed_requests_get_clear_errors_and_change_nothing() {
         "a match-all filter needs all too"
     );
     assert_eq!(
+        err(post(&sock, "delete", json!({"error_regex": "x?"}))).0,
+        400,
+        "a regex that matches every reply needs all too"
+    );
+    assert_eq!(
+        err(post(
+            &sock,
+            "suspend",
+            json!({"route": "x", "seconds": 99_999_999_999u64, "dry_run": true})
+        ))
+        .0,
+        400,
+        "a dry run refuses the length the action would refuse"
+    );
+    assert_eq!(
         err(post(
             &sock,
             "limit",

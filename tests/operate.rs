@@ -565,6 +565,11 @@ fn a_damaged_message_does_not_fail_searches_and_is_found_by_state() {
     let by_sender = by(|s| s.sender = Some("s@*".into()));
     let found = ids(&q, &by_sender);
     assert_eq!(found, [kept], "the search goes on past the damage");
+    assert!(
+        q.stats().corrupt_ids.contains(&lost),
+        "and reports it: {:?}",
+        q.stats().corrupt_ids
+    );
     assert_eq!(q.act(&by_sender, &Op::Hold, true).unwrap(), 1);
     // A delivery meets the damage and parks the recipient.
     let mut s = q.session_for("one.example").unwrap().unwrap();
@@ -574,6 +579,14 @@ fn a_damaged_message_does_not_fail_searches_and_is_found_by_state() {
     let found = ids(&q, &corrupt);
     assert_eq!(found, [lost]);
     assert!(q.explain(lost, 0).unwrap().why.contains("damaged"));
+    assert!(q.explain_all(lost).unwrap()[0].why.contains("damaged"));
+    #[cfg(feature = "admin")]
+    {
+        let all = q.admin_request("GET", &format!("/v1/explain/{lost}"), b"");
+        let body = String::from_utf8_lossy(&all.body);
+        assert_eq!(all.status, 200, "{body}");
+        assert!(body.contains("damaged"), "{body}");
+    }
     assert_eq!(q.act(&corrupt, &Op::Delete, false).unwrap(), 1);
     assert_eq!(q.stats().count("corrupt"), 0);
 }

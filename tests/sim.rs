@@ -434,6 +434,8 @@ struct Ctx {
     hfs: HookFs,
     clock: Arc<ManualClock>,
     auto_maint: bool,
+    /// Backpressure limit on queued recipients (0: none; some seeds).
+    rcpt_limit: u64,
     q: RefCell<Option<Queue>>,
     m: RefCell<Model>,
     trace: RefCell<VecDeque<String>>,
@@ -542,6 +544,7 @@ impl Ctx {
             },
             batch_recipients: 2,
             deliveries_per_session: PER_SESSION,
+            max_queued_recipients: self.rcpt_limit,
             ..Options::default()
         }
     }
@@ -908,6 +911,11 @@ fn enqueue(ctx: &Ctx, depth: u32) {
                     rcpts: rs,
                 },
             );
+        }
+        // Backpressure: refused before anything is written, so not even a
+        // candidate that recovery might bring back.
+        Err(e @ Error::TryLater { .. }) if ctx.rcpt_limit > 0 => {
+            ctx.log(depth, format!("enqueue {sender} refused: {e}"));
         }
         Err(e) => {
             ctx.log(depth, format!("enqueue {sender} failed: {e}"));
@@ -2522,6 +2530,7 @@ fn run_seed(
         hfs,
         clock: ManualClock::new(T0),
         auto_maint: seed.is_multiple_of(2),
+        rcpt_limit: if seed % 3 == 2 { 12 } else { 0 },
         q: RefCell::new(None),
         m: RefCell::new(Model::default()),
         trace: RefCell::new(VecDeque::new()),

@@ -275,10 +275,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Resume { destination, sel } => api.on_destinations("resume", destination, sel, None),
         Cmd::Limit { mut args, sel } => {
             let n = args.pop().unwrap_or_default();
-            let n: u16 = n.parse().map_err(|_| Failure {
-                code: 2,
-                message: format!("the limit is a number of sessions, 1-65535, not {n:?}"),
-            })?;
+            let n: u16 = match n.parse() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(Failure {
+                        code: 2,
+                        message: format!(
+                        "limit [DESTINATION] N: N is the most sessions at once, 1-65535, not {n:?}"
+                    ),
+                    })
+                }
+            };
             api.on_destinations("limit", args.pop(), sel, Some(("limit", json!(n))))
         }
         Cmd::Top { interval } => top::run(&api, interval),
@@ -350,9 +357,16 @@ impl Api {
             let n = v["count"].as_u64().unwrap_or(0);
             let what = v["action"].as_str().unwrap_or("?");
             let dests = match v["destinations"].as_array() {
+                Some(d) if d.is_empty() => {
+                    return format!("{what}: no destination matched; nothing changed\n")
+                }
                 Some(d) => {
                     let keys: Vec<&str> = d.iter().filter_map(Value::as_str).collect();
-                    format!(" in {} destination(s) [{}]", keys.len(), keys.join(", "))
+                    format!(
+                        " queued in {} destination(s) [{}]",
+                        keys.len(),
+                        keys.join(", ")
+                    )
                 }
                 None => String::new(),
             };

@@ -190,7 +190,7 @@ fn every_subcommand_against_a_live_queue() {
     // By filters: the destinations of the matching recipients.
     let out = ok(d, &["suspend", "--rcpt", "ann@*", "--for", "1h", "-n"]);
     assert!(
-        out.contains("1 recipient(s) in 1 destination(s) [gmail.com]"),
+        out.contains("1 recipient(s) queued in 1 destination(s) [gmail.com]"),
         "{out}"
     );
     assert!(q.session_for("gmail.com").unwrap().is_some(), "dry run");
@@ -201,6 +201,13 @@ fn every_subcommand_against_a_live_queue() {
     assert_eq!(act(d, &["limit", "--domain", "gmail.com", "2"]), 1);
     fails(d, &["resume"], 2);
     fails(d, &["limit", "gmail.com", "--route", "gmail.com", "2"], 2);
+    assert!(fails(d, &["limit", "gmail.com"], 2).contains("limit [DESTINATION] N"));
+    fails(d, &["limit", "--all", "0"], 2);
+    let none = ok(d, &["suspend", "--domain", "nowhere.example"]);
+    assert!(
+        none.contains("no destination matched; nothing changed"),
+        "{none}"
+    );
     assert!(ok(d, &["metrics"]).contains("# TYPE mailq_delivered_total counter"));
 
     // Errors an operator can act on, with exit codes.

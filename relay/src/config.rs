@@ -118,6 +118,15 @@ pub struct Args {
     /// Seconds after which undeliverable mail is returned to its sender [default: 432000, 5 days].
     #[arg(long, value_name = "SECS")]
     pub lifetime: Option<u64>,
+    /// Answer 452 4.3.1 above this many queued recipients [default: 0, no limit].
+    #[arg(long, value_name = "N")]
+    pub max_queued_recipients: Option<u64>,
+    /// Answer 452 4.3.1 above this many bytes of queued messages [default: 0, no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub max_queued_bytes: Option<u64>,
+    /// Answer 452 4.3.1 when the queue's filesystem has less free space [default: 134217728, 128 MiB; 0: no check].
+    #[arg(long, value_name = "BYTES")]
+    pub min_free_disk: Option<u64>,
     /// Admin API socket for mailqctl [default: QUEUE/admin.sock].
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
@@ -162,6 +171,9 @@ struct FileConfig {
     min_backoff: Option<u64>,
     max_backoff: Option<u64>,
     lifetime: Option<u64>,
+    max_queued_recipients: Option<u64>,
+    max_queued_bytes: Option<u64>,
+    min_free_disk: Option<u64>,
     admin_socket: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
@@ -306,6 +318,12 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Lifetime of undeliverable mail.
     pub lifetime: Duration,
+    /// Backpressure limits, passed to the queue (0: none).
+    pub max_queued_recipients: u64,
+    /// Bytes of queued messages.
+    pub max_queued_bytes: u64,
+    /// Free-disk watermark.
+    pub min_free_disk: u64,
     /// The queue's filesystem (default: the operating system's). Tests put a
     /// fault-injecting one here.
     pub vfs: Option<std::sync::Arc<dyn mailq::Vfs>>,
@@ -351,6 +369,9 @@ impl Config {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
+            max_queued_recipients: 0,
+            max_queued_bytes: 0,
+            min_free_disk: mailq::Options::default().min_free_disk,
             vfs: None,
             admin: Some(mailq::AdminOptions::default()),
         }
@@ -434,6 +455,18 @@ impl Config {
         set(&mut c.min_backoff, secs(args.min_backoff, file.min_backoff));
         set(&mut c.max_backoff, secs(args.max_backoff, file.max_backoff));
         set(&mut c.lifetime, secs(args.lifetime, file.lifetime));
+        set(
+            &mut c.max_queued_recipients,
+            args.max_queued_recipients.or(file.max_queued_recipients),
+        );
+        set(
+            &mut c.max_queued_bytes,
+            args.max_queued_bytes.or(file.max_queued_bytes),
+        );
+        set(
+            &mut c.min_free_disk,
+            args.min_free_disk.or(file.min_free_disk),
+        );
         if args.no_admin || file.no_admin {
             c.admin = None;
         } else {

@@ -98,6 +98,9 @@ impl Relay {
             max_backoff: cfg.max_backoff.max(cfg.min_backoff),
             lifetime: cfg.lifetime,
             lease_ttl: cfg.lease_ttl(),
+            max_queued_recipients: cfg.max_queued_recipients,
+            max_queued_bytes: cfg.max_queued_bytes,
+            min_free_disk: cfg.min_free_disk,
             ..Options::default()
         };
         let opts = match &cfg.vfs {

@@ -459,6 +459,10 @@ impl Smtpd {
             self.reply(&line);
             return Next::Close;
         }
+        if let Some(why) = self.shared.q.queue().backpressure() {
+            tracing::warn!(client = %self.peer, "refused at MAIL: {why}");
+            return self.error("452 4.3.1 Insufficient system storage, try again later");
+        }
         if from.flags
             & (smtp_proto::MAIL_BODY_BINARYMIME
                 | smtp_proto::MAIL_SMTPUTF8
@@ -618,6 +622,11 @@ impl Smtpd {
             Err(e @ QError::TooLarge { .. }) => {
                 tracing::info!(client = %self.peer, "rejected: {e}");
                 self.error("552 5.3.4 Error: message file too big")
+            }
+            Err(e @ QError::TryLater { .. }) => {
+                // Backpressure: nothing was written and the queue is fine.
+                tracing::warn!(client = %self.peer, "refused: {e}");
+                self.error("452 4.3.1 Insufficient system storage, try again later")
             }
             Err(e @ QError::DiskFull(_)) => {
                 // The queue is read-only from now on: this client hears 452 for the

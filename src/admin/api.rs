@@ -205,23 +205,14 @@ fn explain(q: &Queue, id: &str, n: Option<&str>) -> Response {
         Ok(id) => id,
         Err(e) => return Response::error(400, e),
     };
-    let indices: Vec<u32> = match n {
+    let all = match n {
         Some(n) => match n.parse() {
-            Ok(n) => vec![n],
+            Ok(n) => q.explain(id, n).map(|e| vec![e]),
             Err(_) => return Response::error(400, format!("invalid recipient index {n:?}")),
         },
-        None => match q.inspect(id) {
-            Ok(m) => (0..m.recipients.len() as u32).collect(),
-            Err(e) => return result(Err(e)),
-        },
+        None => q.explain_all(id),
     };
-    result(
-        indices
-            .into_iter()
-            .map(|i| q.explain(id, i).map(|e| json::explanation(&e)))
-            .collect::<crate::Result<Vec<Value>>>()
-            .map(|v| json!({"recipients": v})),
-    )
+    result(all.map(|v| json!({"recipients": v.iter().map(json::explanation).collect::<Vec<_>>()})))
 }
 
 /// `POST /v1/ACTION` with a JSON object: filters, `dry_run`, `all` (needed
@@ -265,11 +256,16 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
                 Ok(s) => s,
                 Err(e) => return Response::error(400, e),
             };
+            // The arguments first: a typo costs no search.
+            let arg = match DestinationArg::parse(action, &obj) {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
             let keys = match targeted_destinations(q, action, &sel, all) {
                 Ok(k) => k,
                 Err(r) => return r,
             };
-            match destination_action(q, action, &keys, &obj, dry_run) {
+            match destination_action(q, arg, &keys, dry_run) {
                 Ok(n) => Response::json(
                     200,
                     &json!({"action": action, "count": n, "destinations": keys, "dry_run": dry_run}),
@@ -342,6 +338,16 @@ fn targeted_destinations(
             format!("{action} without a filter would touch every destination; give a destination (\"route\"), a filter, or \"all\": true"),
         ));
     }
+    if json::is_empty(sel) {
+        // Every destination with queued mail, without listing each recipient.
+        return Ok(q
+            .stats()
+            .buckets
+            .into_iter()
+            .filter(|b| b.depth() > 0)
+            .map(|b| b.key)
+            .collect());
+    }
     let hits = q.select(sel, usize::MAX).map_err(|e| result(Err(e)))?;
     let keys: std::collections::BTreeSet<String> = hits
         .into_iter()
@@ -351,52 +357,77 @@ fn targeted_destinations(
     Ok(keys.into_iter().collect())
 }
 
-/// Suspend (optionally for `seconds` or a `duration` like "2h"), resume, or set
-/// the concurrency `limit` of each of `keys`; the count is their depth. The
-/// arguments are checked before anything changes, also in a dry run.
-fn destination_action(
-    q: &Queue,
-    action: &str,
-    keys: &[String],
-    obj: &Map<String, Value>,
-    dry_run: bool,
-) -> Result<usize, Response> {
-    let dur = match (obj.get("seconds"), obj.get("duration")) {
+/// What a suspend, resume or limit does to each destination.
+#[derive(Clone, Copy)]
+enum DestinationArg {
+    /// Suspend, for a while or until resumed.
+    Suspend(Option<std::time::Duration>),
+    Resume,
+    Limit(u16),
+}
+
+impl DestinationArg {
+    /// Checks the action's own arguments (`seconds` or `duration`; `limit`),
+    /// so a dry run refuses what the action would.
+    fn parse(action: &str, obj: &Map<String, Value>) -> Result<Self, Response> {
+        match action {
+            "resume" => Ok(DestinationArg::Resume),
+            "limit" => match obj.get("limit").map(Value::as_u64) {
+                Some(Some(n)) if (1..=u16::MAX as u64).contains(&n) => {
+                    Ok(DestinationArg::Limit(n as u16))
+                }
+                _ => Err(Response::error(
+                    400,
+                    "limit needs \"limit\": a concurrency limit 1-65535",
+                )),
+            },
+            _ => suspension(obj).map(DestinationArg::Suspend),
+        }
+    }
+}
+
+/// A suspension's length: `seconds` or a `duration` like "2h" (1 s to
+/// 68 years), or none (until resumed).
+fn suspension(obj: &Map<String, Value>) -> Result<Option<std::time::Duration>, Response> {
+    let d = match (obj.get("seconds"), obj.get("duration")) {
         (Some(_), Some(_)) => {
             return Err(Response::error(400, "give seconds or duration, not both"))
         }
         (Some(s), None) => match s.as_u64() {
-            Some(n) if n > 0 => Some(std::time::Duration::from_secs(n)),
-            _ => {
+            Some(n) => std::time::Duration::from_secs(n),
+            None => {
                 return Err(Response::error(
                     400,
                     "seconds must be a positive whole number",
                 ))
             }
         },
-        (None, Some(Value::String(d))) => match json::duration(d) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => return Err(Response::error(400, "a suspension lasts at least 1 s")),
-            Err(e) => return Err(Response::error(400, e)),
-        },
+        (None, Some(Value::String(d))) => json::duration(d).map_err(|e| Response::error(400, e))?,
         (None, Some(v)) => {
             return Err(Response::error(
                 400,
                 format!("duration is text like \"2h\", not {v}; or give seconds"),
             ))
         }
-        (None, None) => None,
+        (None, None) => return Ok(None),
     };
-    let limit = match (action, obj.get("limit").map(Value::as_u64)) {
-        ("limit", Some(Some(n))) if (1..=u16::MAX as u64).contains(&n) => n as u16,
-        ("limit", _) => {
-            return Err(Response::error(
-                400,
-                "limit needs \"limit\": a concurrency limit 1-65535",
-            ))
-        }
-        _ => 0,
-    };
+    if d.as_secs() == 0 || d.as_secs() > u32::MAX as u64 / 2 {
+        return Err(Response::error(
+            400,
+            format!("a suspension lasts 1 s to 68 years, not {} s", d.as_secs()),
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// Applies `arg` to each of `keys` (nothing with `dry_run`); the count is
+/// their depth.
+fn destination_action(
+    q: &Queue,
+    arg: DestinationArg,
+    keys: &[String],
+    dry_run: bool,
+) -> Result<usize, Response> {
     let mut depth = 0;
     for key in keys {
         depth += q
@@ -406,11 +437,11 @@ fn destination_action(
         if dry_run {
             continue;
         }
-        let r = match (action, dur) {
-            ("suspend", Some(d)) => q.suspend_for(key, d),
-            ("suspend", None) => q.suspend(key),
-            ("resume", _) => q.resume(key),
-            _ => q.set_concurrency_limit(key, limit),
+        let r = match arg {
+            DestinationArg::Suspend(Some(d)) => q.suspend_for(key, d),
+            DestinationArg::Suspend(None) => q.suspend(key),
+            DestinationArg::Resume => q.resume(key),
+            DestinationArg::Limit(n) => q.set_concurrency_limit(key, n),
         };
         r.map_err(|e| result(Err(e)))?;
     }

@@ -27,7 +27,7 @@ pub const FILTERS: [&str; 11] = [
 /// Every state a filter may name.
 use crate::types::WAITING_STATES;
 
-/// The states a filter may name: those of queued mail, and damage.
+/// The states a filter may name: those of queued mail, and damage (`corrupt`).
 const STATES: [RcptState; 7] = {
     let w = WAITING_STATES;
     [w[0], w[1], w[2], w[3], w[4], w[5], RcptState::Corrupt]
@@ -181,6 +181,17 @@ pub fn is_empty(sel: &Selector) -> bool {
     if s.older_than.is_some_and(|d| d.is_zero()) {
         s.older_than = None;
     }
+    // A pattern that matches both the empty text and an unrelated character
+    // (`.*`, `^`, `x?`) matches every last error.
+    let matches_all = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .size_limit(1 << 20)
+            .build()
+            .is_ok_and(|re| re.is_match("") && re.is_match("\u{1}"))
+    };
+    if s.error_regex.as_deref().is_some_and(matches_all) {
+        s.error_regex = None;
+    }
     s == Selector::default()
 }
 
@@ -236,6 +247,10 @@ pub fn stats(s: &Stats) -> Value {
         "bounced": s.bounced,
         "site_failures": s.site_failures,
         "lease_reclaims": s.lease_reclaims,
+        "queued_bytes": s.queued_bytes,
+        "disk_free": s.disk_free,
+        "backpressure": s.backpressure,
+        "refused": s.refused,
         "corrupt": s.corrupt,
         "corrupt_messages": corrupt,
         "fsyncs": s.fsyncs,

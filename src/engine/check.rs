@@ -46,6 +46,18 @@ impl Engine {
         for (s, ms) in v.msgs.iter().enumerate() {
             v.check_shard(s, ms, &mut recount)?;
         }
+        let (r, b) = v
+            .msgs
+            .iter()
+            .map(|ms| ms.held())
+            .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
+        if (r, b) != (self.load.recipients(), self.load.bytes()) {
+            return Err(format!(
+                "backpressure totals say {} recipients and {} record bytes, the shards hold {r} and {b}",
+                self.load.recipients(),
+                self.load.bytes()
+            ));
+        }
         let mut any_ring = false;
         for (s, ss) in v.sched.iter().enumerate() {
             any_ring |= v.check_sched_shard(s, ss, &mut recount)?;

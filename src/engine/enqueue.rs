@@ -30,6 +30,7 @@ impl Engine {
     pub(crate) fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
         let routes = check(&self.opts, m)?;
         self.check_poison()?;
+        self.admit(routes.len(), super::admit::record_size(m, &routes))?;
         // Shared gate from the key lookup on: idle buckets are freed only under the
         // exclusive gate, so these ids stay ours until the recipients count in them.
         let gate = self.gate.read();

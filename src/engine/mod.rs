@@ -12,6 +12,7 @@
 //! memory, so a checkpoint (which takes it exclusively) sees memory and log
 //! agree at one position, and idle buckets are freed only under it.
 
+mod admit;
 mod change;
 mod check;
 mod delivery;
@@ -56,6 +57,8 @@ pub(crate) struct Counters {
     deleted: AtomicU64,
     site_failures: AtomicU64,
     lease_reclaims: AtomicU64,
+    /// Messages refused by backpressure.
+    refused: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -90,6 +93,10 @@ pub(crate) struct Engine {
     slot_limit: AtomicU32,
     /// Messages one pass of an envelope search locates at most.
     search_batch: AtomicUsize,
+    /// Recipients not yet final and live record bytes, over all shards.
+    load: Arc<Load>,
+    /// The queue filesystem's free space (backpressure).
+    disk: admit::DiskWatch,
     /// CRC salt of this queue's records.
     salt: u32,
     _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -120,11 +127,19 @@ impl Engine {
             opts.clock.clone(),
         )?;
         r.report.duration = t0.elapsed();
+        let load = Arc::new(Load::default());
         let q = Arc::new(Engine {
             dir: dir.to_path_buf(),
             log,
             gate: RwLock::new(()),
-            msgs: r.msgs.into_iter().map(Mutex::new).collect(),
+            msgs: r
+                .msgs
+                .into_iter()
+                .map(|mut ms| {
+                    ms.share_load(&load);
+                    Mutex::new(ms)
+                })
+                .collect(),
             sched: r.sched.into_iter().map(Mutex::new).collect(),
             keys: RwLock::new(r.keys),
             next_gen: AtomicU32::new(r.next_gen),
@@ -137,6 +152,8 @@ impl Engine {
             sync_armed: AtomicU64::new(0),
             slot_limit: AtomicU32::new(MAX_SLOT),
             search_batch: AtomicUsize::new(search::ENVELOPE_BATCH),
+            load,
+            disk: admit::DiskWatch::new(),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             salt,
             report: Mutex::new(r.report),

@@ -95,6 +95,10 @@ impl Engine {
         st.bounced = get(&c.bounced);
         st.site_failures = get(&c.site_failures);
         st.lease_reclaims = get(&c.lease_reclaims);
+        st.refused = get(&c.refused);
+        st.queued_bytes = self.load.bytes();
+        st.disk_free = self.disk_free();
+        st.backpressure = self.pressure();
         let rep = self.report.lock();
         st.corrupt = rep.corrupt_count() as u64;
         st.corrupt_ids = rep.corrupt_messages.clone();

@@ -181,7 +181,14 @@ fn error_regex(sel: &Selector) -> Result<ErrorRegex> {
                 .size_limit(1 << 20)
                 .dfa_size_limit(1 << 20)
                 .build()
-                .map_err(|e| Error::InvalidOption(format!("error_regex {p:?}: {e}")))
+                .map_err(|e| {
+                    let e = e
+                        .to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    Error::InvalidOption(format!("error_regex {p:?}: {e}"))
+                })
         })
         .transpose()
 }
@@ -405,12 +412,13 @@ impl Engine {
                         // Moved or gone meanwhile, or damaged: as one read decides.
                         Err(_) => match self.read_message_record(id, (x.seg, x.off, x.len)) {
                             Ok(p) => p,
-                            // Gone: not a match. Damaged: its envelope is
-                            // unknown, so it matches no envelope criterion and
-                            // the search goes on (`state corrupt` finds it once
-                            // a delivery has met the damage).
-                            Err(Error::NoSuchMessage(_) | Error::Corrupt { .. }) => {
-                                return Ok(true)
+                            Err(Error::NoSuchMessage(_)) => return Ok(true),
+                            // Damaged: its envelope is unknown, so it matches no
+                            // envelope criterion and the search goes on; the
+                            // damage is reported (stats, metrics) like any other.
+                            Err(e @ Error::Corrupt { .. }) => {
+                                self.note_damage(id, &e.to_string());
+                                return Ok(true);
                             }
                             Err(e) => return Err(e),
                         },
@@ -439,8 +447,9 @@ impl Engine {
         col: &mut Collector,
     ) -> Result<bool> {
         // A record that passed its checksum but does not decode is damage as
-        // above: no match.
+        // above: no match, reported.
         let Some(rec) = record::decode_message(payload) else {
+            self.note_damage(id, "message record does not decode");
             return Ok(false);
         };
         if !f.sel.sender_matches(rec.sender) {
@@ -463,6 +472,13 @@ impl Engine {
             }
         }
         Ok(any)
+    }
+
+    /// Reports a message whose record a search could not read.
+    fn note_damage(&self, id: MessageId, why: &str) {
+        self.report
+            .lock()
+            .note_corrupt_message(id, &format!("search: {why}"));
     }
 
     /// Adds one match (unless its bucket id was reused for another key);

@@ -71,40 +71,59 @@ impl Engine {
 
     /// Why recipient `index` of `id` is not being delivered now.
     pub(crate) fn explain(&self, id: MessageId, index: u32) -> Result<Explanation> {
+        self.explain_message(id, Some(index))?
+            .pop()
+            .ok_or(Error::NoSuchRecipient(id, index))
+    }
+
+    /// Why each recipient of `id` (or only recipient `only`) is not being
+    /// delivered now, from one look at the message.
+    pub(crate) fn explain_message(
+        &self,
+        id: MessageId,
+        only: Option<u32>,
+    ) -> Result<Vec<Explanation>> {
         // A damaged record leaves the address unknown, not the reason.
         let info = match self.inspect(id) {
             Err(Error::Corrupt { .. }) => self.inspect_index(id)?.0,
             r => r?,
         };
-        let r = info
-            .recipients
-            .get(index as usize)
-            .ok_or(Error::NoSuchRecipient(id, index))?;
+        if let Some(i) = only.filter(|&i| i as usize >= info.recipients.len()) {
+            return Err(Error::NoSuchRecipient(id, i));
+        }
         let now = self.now() as u64;
-        let dest = if r.state.is_final() {
-            None
-        } else {
-            self.destination(&r.route)?
-        };
-        let why = why(
-            r.state,
-            r.attempts,
-            r.next_attempt,
-            &r.last_error,
-            dest.as_ref(),
-            now,
-        );
-        Ok(Explanation {
-            id,
-            index,
-            address: r.address.clone(),
-            state: r.state,
-            attempts: r.attempts,
-            next_attempt: r.next_attempt,
-            last_error: r.last_error.clone(),
-            destination: dest,
-            why,
-        })
+        let mut out = Vec::new();
+        for (index, r) in info.recipients.into_iter().enumerate() {
+            let index = index as u32;
+            if only.is_some_and(|i| i != index) {
+                continue;
+            }
+            let dest = if r.state.is_final() {
+                None
+            } else {
+                self.destination(&r.route)?
+            };
+            let why = why(
+                r.state,
+                r.attempts,
+                r.next_attempt,
+                &r.last_error,
+                dest.as_ref(),
+                now,
+            );
+            out.push(Explanation {
+                id,
+                index,
+                address: r.address,
+                state: r.state,
+                attempts: r.attempts,
+                next_attempt: r.next_attempt,
+                last_error: r.last_error,
+                destination: dest,
+                why,
+            });
+        }
+        Ok(out)
     }
 
     /// The shape of one destination now.

@@ -45,6 +45,14 @@ pub struct mailq_options {
     pub outcome_sync_ms: u32,
     /// Write a checkpoint after this many bytes of log (default 64 MiB).
     pub checkpoint_bytes: u64,
+    /// Backpressure: refuse (`MAILQ_ERR_TRY_LATER`) above this many recipients
+    /// not yet final (default 0: no limit).
+    pub max_queued_recipients: u64,
+    /// … or above this many bytes of live message records (default 0: no limit).
+    pub max_queued_bytes: u64,
+    /// … or when the filesystem's free space would fall under this (default
+    /// 128 MiB; 0: no check).
+    pub min_free_disk: u64,
 }
 
 /// Fills `opts` with the defaults and sets `opts->size`. Pass
@@ -87,6 +95,9 @@ fn default_options() -> mailq_options {
         dead_after: d.concurrency.dead_after as u32,
         outcome_sync_ms: d.outcome_sync_interval.as_millis() as u32,
         checkpoint_bytes: d.checkpoint_bytes,
+        max_queued_recipients: d.max_queued_recipients,
+        max_queued_bytes: d.max_queued_bytes,
+        min_free_disk: d.min_free_disk,
     }
 }
 
@@ -122,6 +133,9 @@ pub(super) unsafe fn read_options(p: *const mailq_options) -> Result<Options, Fa
         lease_ttl: Duration::from_secs(o.lease_ttl_secs as u64),
         outcome_sync_interval: Duration::from_millis(o.outcome_sync_ms as u64),
         checkpoint_bytes: o.checkpoint_bytes,
+        max_queued_recipients: o.max_queued_recipients,
+        max_queued_bytes: o.max_queued_bytes,
+        min_free_disk: o.min_free_disk,
         ..Options::default()
     };
     opts.concurrency = Concurrency {

@@ -56,13 +56,16 @@ pub enum mailq_status {
     MAILQ_ERR_VERSION = 18,
     /// An internal error (a caught panic). The queue handle should be closed.
     MAILQ_ERR_PANIC = 19,
+    /// The queue is over a configured limit (queued recipients or bytes, free
+    /// disk): nothing was written. Answer `452 4.3.1` and let the client retry.
+    MAILQ_ERR_TRY_LATER = 20,
 }
 
 use mailq_status::*;
 
 /// Every status with its `mailq_strerror` text, each at the index of its value
 /// (checked at compile time below), so that the text of an int is one lookup.
-const MESSAGES: [(mailq_status, &CStr); MAILQ_ERR_PANIC as usize + 1] = [
+const MESSAGES: [(mailq_status, &CStr); MAILQ_ERR_TRY_LATER as usize + 1] = [
     (MAILQ_OK, c"success"),
     (MAILQ_ERR_NULL, c"a required pointer argument was NULL"),
     (
@@ -104,6 +107,10 @@ const MESSAGES: [(mailq_status, &CStr); MAILQ_ERR_PANIC as usize + 1] = [
     (MAILQ_ERR_BUSY, c"session has an open delivery"),
     (MAILQ_ERR_VERSION, c"incompatible on-disk format version"),
     (MAILQ_ERR_PANIC, c"internal error"),
+    (
+        MAILQ_ERR_TRY_LATER,
+        c"queue is over a configured limit; nothing was queued, try later",
+    ),
 ];
 
 const _: () = {
@@ -132,6 +139,7 @@ fn status_of(e: &Error) -> mailq_status {
         Error::LeaseExpired => MAILQ_ERR_LEASE_EXPIRED,
         Error::OutcomeCount { .. } | Error::InvalidOption(_) => MAILQ_ERR_INVALID_ARGUMENT,
         Error::Version { .. } => MAILQ_ERR_VERSION,
+        Error::TryLater { .. } => MAILQ_ERR_TRY_LATER,
     }
 }
 

@@ -13,5 +13,5 @@ mod slab;
 
 pub use ids::*;
 pub use rcpt::*;
-pub use shard::{Intent, Msg, MsgShard};
+pub use shard::{Intent, Load, Msg, MsgShard};
 pub use slab::Slab;

@@ -7,6 +7,38 @@ use super::reasons::Reason;
 use super::*;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// What the queue holds, summed over the shards that share it: recipients not
+/// yet final and bytes of live message records. Read without locks (enqueue's
+/// backpressure); each shard adds its changes under its own lock.
+#[derive(Debug, Default)]
+pub struct Load {
+    rcpts: AtomicI64,
+    bytes: AtomicI64,
+}
+
+impl Load {
+    /// Recipients not yet final.
+    pub fn recipients(&self) -> u64 {
+        self.rcpts.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Bytes of live message records.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    fn add(&self, rcpts: i64, bytes: i64) {
+        if rcpts != 0 {
+            self.rcpts.fetch_add(rcpts, Ordering::Relaxed);
+        }
+        if bytes != 0 {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
 
 /// One live message. 28 bytes (a third of it per recipient at three recipients).
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,6 +108,8 @@ pub struct MsgShard {
     /// Operator decisions taken while a recipient was in flight, applied when its
     /// attempt ends (keyed by local recipient index; cleared when it goes final).
     pub intents: HashMap<u32, Intent>,
+    /// The queue-wide totals this shard counts in (see [`MsgShard::share_load`]).
+    load: Arc<Load>,
 }
 
 /// What the operator decided about an in-flight recipient (already persisted).
@@ -201,6 +235,26 @@ impl MsgShard {
         e.0 += 1;
         e.1 += loc.2 as u64;
         self.live_msgs += 1;
+        self.load.add(n as i64, loc.2 as i64);
+    }
+
+    /// Makes this shard count in `load` from now on, adding what it holds.
+    pub fn share_load(&mut self, load: &Arc<Load>) {
+        let (rcpts, bytes) = self.held();
+        load.add(rcpts as i64, bytes as i64);
+        self.load = load.clone();
+    }
+
+    /// Recipients not yet final and bytes of live records, counted afresh
+    /// (the invariant checker compares the shared totals with them).
+    pub fn held(&self) -> (u64, u64) {
+        let rcpts = self
+            .msgs
+            .iter()
+            .filter(|m| m.gen != 0)
+            .map(|m| m.live as u64)
+            .sum();
+        (rcpts, self.seg_live.values().map(|e| e.1).sum())
     }
 
     /// Moves a message's location (compaction).
@@ -210,6 +264,7 @@ impl MsgShard {
         let e = self.seg_live.entry(loc.0).or_default();
         e.0 += 1;
         e.1 += loc.2 as u64;
+        self.load.add(0, loc.2 as i64);
         let m = &mut self.msgs[local as usize];
         m.seg = loc.0;
         m.off = loc.1;
@@ -218,6 +273,7 @@ impl MsgShard {
 
     fn seg_dec(&mut self, seg: u32, len: u32) {
         if let Some(e) = self.seg_live.get_mut(&seg) {
+            self.load.add(0, -(e.1.min(len as u64) as i64));
             e.0 = e.0.saturating_sub(1);
             e.1 = e.1.saturating_sub(len as u64);
             if e.0 == 0 {
@@ -249,6 +305,9 @@ impl MsgShard {
         self.set_reason(rid, 0);
         let local = r.msg;
         let m = &mut self.msgs[local as usize];
+        if m.live > 0 {
+            self.load.add(-1, 0);
+        }
         m.live = m.live.saturating_sub(1);
         if m.live > 0 {
             return false;

@@ -28,6 +28,12 @@ pub trait Vfs: Send + Sync + 'static {
     fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>>;
     /// The name of the filesystem type when it is a network or FUSE filesystem.
     fn network_fs(&self, dir: &Path) -> io::Result<Option<String>>;
+    /// Bytes an unprivileged writer may still use on `dir`'s filesystem, or
+    /// `None` when unknown (the default; the free-disk watermark is then not
+    /// checked).
+    fn free_space(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
     /// Whether `dir` exists and is a directory. `Ok(false)` when it (or one of its
     /// ancestors) is missing or is not a directory.
     ///
@@ -153,6 +159,23 @@ impl Vfs for OsFs {
         })))
     }
 
+    fn free_space(&self, dir: &Path) -> io::Result<Option<u64>> {
+        let c = c_path(dir)?;
+        // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly
+        // sized, zero-initialised out-parameter that statvfs fills in.
+        let st = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            st
+        };
+        // Field widths differ between targets.
+        #[allow(clippy::unnecessary_cast)]
+        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        Ok(Some(free))
+    }
+
     fn network_fs(&self, dir: &Path) -> io::Result<Option<String>> {
         detect_network_fs(
             dir,
@@ -186,10 +209,15 @@ fn try_flock(f: &File) -> io::Result<bool> {
 }
 
 /// statfs(2) `f_type` of the filesystem holding `path`.
-fn statfs_magic(path: &Path) -> io::Result<u32> {
+/// `path` as a C string for a syscall.
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+fn statfs_magic(path: &Path) -> io::Result<u32> {
+    let c = c_path(path)?;
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized,
     // zero-initialised out-parameter that statfs fills in.
     let st = unsafe {

@@ -83,6 +83,8 @@ struct State {
     generation: u64,
     /// Real time every data sync takes (zero unless a test asks).
     sync_delay: std::time::Duration,
+    /// What `free_space` reports (unknown unless a test sets it).
+    free_space: Option<u64>,
 }
 
 /// The simulated filesystem. Cheap to clone; clones share state.
@@ -183,6 +185,11 @@ impl SimFs {
     /// An empty filesystem.
     pub fn new() -> Self {
         SimFs::default()
+    }
+
+    /// Sets the free space the filesystem reports (`None`: unknown).
+    pub fn set_free_space(&self, bytes: Option<u64>) {
+        self.st.lock().free_space = bytes;
     }
 
     /// An independent copy of this filesystem (same files, same durable state).
@@ -520,6 +527,10 @@ impl Vfs for SimFs {
 
     fn network_fs(&self, _dir: &Path) -> io::Result<Option<String>> {
         Ok(None)
+    }
+
+    fn free_space(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(self.st.lock().free_space)
     }
 
     fn dir_exists(&self, dir: &Path) -> io::Result<bool> {

@@ -587,6 +587,32 @@ static void test_admin(mailq *q) {
     EXPECT(mailq_admin_serve_ready(NULL, NULL), MAILQ_ERR_INVALID_HANDLE);
 }
 
+/* Backpressure: over the queued-recipients limit, enqueue refuses with
+ * MAILQ_ERR_TRY_LATER (answer 452 4.3.1) and queues nothing. */
+static void test_backpressure(void) {
+    char d[sizeof dir + 8];
+    snprintf(d, sizeof d, "%s/bp", dir);
+    mailq_options o;
+    EXPECT(mailq_options_init(&o, sizeof o), MAILQ_OK);
+    CHECK(o.max_queued_recipients == 0 && o.min_free_disk == 128u << 20);
+    o.max_queued_recipients = 1;
+    mailq *q = NULL;
+    EXPECT(mailq_open(d, &o, &q), MAILQ_OK);
+    enqueue1(q, "a@example.com", "first");
+    const char *r[1] = {"b@example.com"};
+    uint64_t id = 0;
+    EXPECT(mailq_enqueue(q, "s@example.org", r, NULL, 1, NULL, 0, (const uint8_t *)"x", 1, &id),
+           MAILQ_ERR_TRY_LATER);
+    CHECK(strstr(mailq_last_error_message(), "452 4.3.1") != NULL);
+    CHECK(strstr(mailq_strerror(MAILQ_ERR_TRY_LATER), "try later") != NULL);
+    mailq_stats st;
+    st.size = sizeof st;
+    EXPECT(mailq_stats_get(q, &st), MAILQ_OK);
+    CHECK(st.messages == 1);
+    EXPECT(mailq_close(q), MAILQ_OK);
+    rmrf(d);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/mailq-ctest-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -595,6 +621,7 @@ int main(void) {
     }
     test_library();
     test_open_errors();
+    test_backpressure();
     mailq *q = open_queue();
     test_enqueue_errors(q);
     test_streaming(q);
