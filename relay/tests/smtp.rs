@@ -395,3 +395,37 @@ async fn an_io_error_answers_451_and_the_poisoned_queue_then_421() {
     assert_eq!(relay.accepted(), 0);
     drop(relay);
 }
+
+/// Backpressure: over the queue's recipients limit the relay answers
+/// 452 4.3.1 — at MAIL FROM when the queue is already at the limit, after DATA
+/// when this message would take it over — and keeps the connection (no 421:
+/// the queue is fine, it is only full).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_452_and_keeps_serving() {
+    let dir = TempDir::new("backpressure");
+    // A next hop that refuses connections: the mail stays queued.
+    let mut cfg = config(&dir, "127.0.0.1:1".parse().unwrap());
+    cfg.max_queued_recipients = 3;
+    let relay = start(cfg).await;
+    send(
+        &relay,
+        "a@example.org",
+        &["b@example.com", "c@example.com"],
+        b"x",
+    )
+    .await;
+    let mut c = Client::hello(relay.local_addr()).await;
+    // 2 queued + 2 would be 4 > 3: refused after DATA, nothing queued.
+    let r = c
+        .mail("a@example.org", &["d@example.com", "e@example.com"], b"y")
+        .await;
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    // One more recipient fits (3 of 3); then the queue is at its limit and
+    // MAIL FROM itself is answered 452, on the same connection.
+    let r = c.mail("a@example.org", &["f@example.com"], b"z").await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("MAIL FROM:<a@example.org>").await;
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    assert_eq!(relay.accepted(), 2);
+    relay.shutdown().await.unwrap();
+}
