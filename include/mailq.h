@@ -828,6 +828,15 @@ enum mailq_status mailq_resume(struct mailq *q, const char *key);
 enum mailq_status mailq_set_concurrency_limit(struct mailq *q, const char *key, uint16_t limit);
 
 /**
+ * Sets the message-rate limits of one destination: messages per second,
+ * minute, hour and day (0: no limit for that period; all 0 removes them).
+ * A delivery needs both these and the concurrency window to allow it; a
+ * destination out of rate waits for a wake-up that `mailq_next_wakeup`
+ * reports. In memory: set them again after reopening.
+ */
+enum mailq_status mailq_set_rate_limit(struct mailq *q, const char *key, uint32_t per_second, uint32_t per_minute, uint32_t per_hour, uint32_t per_day);
+
+/**
  * Re-routes every waiting recipient of routing key `from` to `to` (persisted).
  */
 enum mailq_status mailq_reroute(struct mailq *q, const char *from, const char *to, size_t *changed);

@@ -179,6 +179,16 @@ impl Queue {
         self.engine.set_concurrency_limit(key, limit)
     }
 
+    /// Sets the message-rate limits of one routing key (per second, minute, hour
+    /// and day; 0: none for that period; all 0 removes them). A delivery
+    /// needs both the limits and the concurrency window to allow it; a
+    /// destination out of rate waits for a wake-up (part of
+    /// [`Queue::next_wakeup`]), never a busy loop. In memory: set them again
+    /// after reopening.
+    pub fn set_rate_limit(&self, key: &str, limit: RateLimit) -> Result<()> {
+        self.engine.set_rate_limit(key, limit)
+    }
+
     /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
     /// Recipients in flight keep their session. Returns how many moved.
     pub fn reroute(&self, from: &str, to: &str) -> Result<usize> {

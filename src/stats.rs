@@ -57,6 +57,11 @@ pub struct BucketStats {
     pub ages: [u64; 10],
     /// Reason given with the last site failure (connection refused, TLS failure…).
     pub last_site_failure: Option<String>,
+    /// Message-rate limits, if set.
+    pub rate_limit: Option<crate::types::RateLimit>,
+    /// When the rate limits allow the next message (unix seconds; at or
+    /// before now: now; 0 without limits).
+    pub rate_next: u64,
 }
 
 impl BucketStats {

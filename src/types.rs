@@ -297,6 +297,38 @@ impl Default for Concurrency {
     }
 }
 
+/// Message-rate limits of a destination (0: no limit for that period), as
+/// receivers count them: a delivery needs every limit and the concurrency
+/// window to allow it. Each limit allows a burst of its whole count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Messages per second.
+    pub per_second: u32,
+    /// Messages per minute.
+    pub per_minute: u32,
+    /// Messages per hour.
+    pub per_hour: u32,
+    /// Messages per day.
+    pub per_day: u32,
+}
+
+impl RateLimit {
+    /// The counts, per second, minute, hour, day.
+    pub fn counts(&self) -> [u32; 4] {
+        [
+            self.per_second,
+            self.per_minute,
+            self.per_hour,
+            self.per_day,
+        ]
+    }
+
+    /// True when nothing is limited.
+    pub fn is_none(&self) -> bool {
+        self.counts() == [0; 4]
+    }
+}
+
 /// Options for [`crate::Queue::open`].
 #[derive(Clone)]
 pub struct Options {

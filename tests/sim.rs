@@ -28,8 +28,8 @@ use common::hookfs::{HookFs, On};
 use mailq::sim::record::{self, Kind};
 use mailq::sim::{CrashMode, SimFs};
 use mailq::{
-    Concurrency, Error, ManualClock, MessageId, NewMessage, Op, Options, Outcome, Queue, RcptState,
-    Recipient, Selector,
+    Concurrency, Error, ManualClock, MessageId, NewMessage, Op, Options, Outcome, Queue, RateLimit,
+    RcptState, Recipient, Selector,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1614,7 +1614,26 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
         }
         "limits" => {
             let key = ctx.pick(&keys).to_string();
-            match ctx.rnd(4) {
+            match ctx.rnd(5) {
+                4 => {
+                    // Message-rate limits (in memory): some, or none again.
+                    let limit = match ctx.rnd(3) {
+                        0 => RateLimit::default(),
+                        1 => RateLimit {
+                            per_second: 1 + ctx.rnd(4) as u32,
+                            ..RateLimit::default()
+                        },
+                        _ => RateLimit {
+                            per_minute: 1 + ctx.rnd(20) as u32,
+                            ..RateLimit::default()
+                        },
+                    };
+                    let r = q.set_rate_limit(&key, limit);
+                    ctx.log(depth, format!("set_rate_limit {key} {limit:?}: {r:?}"));
+                    if let Err(e) = r {
+                        ctx.expect_err(&e, "set_rate_limit");
+                    }
+                }
                 3 => {
                     // A suspension that ends by itself (a wake-up), also when
                     // the clock steps back meanwhile.

@@ -193,6 +193,26 @@ enum Cmd {
         #[command(flatten)]
         sel: Selection,
     },
+    /// Set the message-rate limits of a destination (or of those of the
+    /// matching recipients); no --per-* option removes them.
+    Rate {
+        /// Routing key.
+        destination: Option<String>,
+        /// Messages per second.
+        #[arg(long, default_value_t = 0)]
+        per_second: u32,
+        /// Messages per minute.
+        #[arg(long, default_value_t = 0)]
+        per_minute: u32,
+        /// Messages per hour.
+        #[arg(long, default_value_t = 0)]
+        per_hour: u32,
+        /// Messages per day.
+        #[arg(long, default_value_t = 0)]
+        per_day: u32,
+        #[command(flatten)]
+        sel: Selection,
+    },
     /// Live view of destinations by depth (q to quit).
     Top {
         /// Refresh interval, seconds.
@@ -256,23 +276,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             api.view(&format!("/v1/explain/{path}"), explain)
         }
-        Cmd::Hold(s) => api.act("hold", &s, None),
-        Cmd::Release(s) => api.act("release", &s, None),
-        Cmd::Delete(s) => api.act("delete", &s, None),
-        Cmd::Flush(s) => api.act("flush", &s, None),
-        Cmd::Bounce { reason, sel } => api.act("bounce", &sel, Some(("reason", json!(reason)))),
-        Cmd::Reroute { to, sel } => api.act("reroute", &sel, Some(("to", json!(to)))),
+        Cmd::Hold(s) => api.act("hold", &s, &[]),
+        Cmd::Release(s) => api.act("release", &s, &[]),
+        Cmd::Delete(s) => api.act("delete", &s, &[]),
+        Cmd::Flush(s) => api.act("flush", &s, &[]),
+        Cmd::Bounce { reason, sel } => api.act("bounce", &sel, &[("reason", json!(reason))]),
+        Cmd::Reroute { to, sel } => api.act("reroute", &sel, &[("to", json!(to))]),
         Cmd::Suspend {
             destination,
             duration,
             sel,
-        } => api.on_destinations(
-            "suspend",
-            destination,
-            sel,
-            duration.map(|d| ("duration", json!(d))),
-        ),
-        Cmd::Resume { destination, sel } => api.on_destinations("resume", destination, sel, None),
+        } => {
+            let d: Vec<(&str, Value)> = duration
+                .map(|d| ("duration", json!(d)))
+                .into_iter()
+                .collect();
+            api.on_destinations("suspend", destination, sel, &d)
+        }
+        Cmd::Resume { destination, sel } => api.on_destinations("resume", destination, sel, &[]),
         Cmd::Limit { mut args, sel } => {
             let n = args.pop().unwrap_or_default();
             let n: u16 = match n.parse() {
@@ -286,8 +307,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     })
                 }
             };
-            api.on_destinations("limit", args.pop(), sel, Some(("limit", json!(n))))
+            api.on_destinations("limit", args.pop(), sel, &[("limit", json!(n))])
         }
+        Cmd::Rate {
+            destination,
+            per_second,
+            per_minute,
+            per_hour,
+            per_day,
+            sel,
+        } => api.on_destinations(
+            "rate",
+            destination,
+            sel,
+            &[
+                ("per_second", json!(per_second)),
+                ("per_minute", json!(per_minute)),
+                ("per_hour", json!(per_hour)),
+                ("per_day", json!(per_day)),
+            ],
+        ),
         Cmd::Top { interval } => top::run(&api, interval),
         Cmd::Metrics => {
             let body = api.get_raw("/metrics")?;
@@ -385,7 +424,7 @@ impl Api {
         action: &str,
         destination: Option<String>,
         mut sel: Selection,
-        arg: Option<(&str, Value)>,
+        extra: &[(&str, Value)],
     ) -> Result<(), Failure> {
         if let Some(d) = destination {
             if sel.filters.route.is_some() {
@@ -396,10 +435,10 @@ impl Api {
             }
             sel.filters.route = Some(d);
         }
-        self.act(action, &sel, arg)
+        self.act(action, &sel, extra)
     }
 
-    fn act(&self, action: &str, s: &Selection, arg: Option<(&str, Value)>) -> Result<(), Failure> {
+    fn act(&self, action: &str, s: &Selection, extra: &[(&str, Value)]) -> Result<(), Failure> {
         let mut body = Map::new();
         for (k, v) in s.filters.pairs() {
             body.insert(k.to_string(), json!(v));
@@ -408,8 +447,8 @@ impl Api {
             body.insert("all".into(), json!(true));
         }
         body.insert("dry_run".into(), json!(s.dry_run));
-        if let Some((k, v)) = arg {
-            body.insert(k.into(), v);
+        for (k, v) in extra {
+            body.insert(k.to_string(), v.clone());
         }
         self.post(action, Value::Object(body))
     }
@@ -523,7 +562,7 @@ fn destinations(v: &Value) -> String {
     s
 }
 
-/// `suspended 42m`, `dead 5m (reason)`, or `ok`.
+/// `suspended 42m`, `dead 5m (reason)`, `rate 8s`, or `ok`.
 pub fn dest_state(d: &Value, now: u64) -> String {
     let until = |k: &str| d[k].as_u64().unwrap_or(0);
     if d["suspended"].as_bool() == Some(true) {
@@ -535,6 +574,9 @@ pub fn dest_state(d: &Value, now: u64) -> String {
     if until("dead_until") > now {
         let why = text(&d["last_site_failure"]);
         return format!("dead {} {why}", age(until("dead_until") - now));
+    }
+    if until("rate_next") > now {
+        return format!("rate {}", age(until("rate_next") - now));
     }
     "ok".into()
 }

@@ -187,6 +187,21 @@ fn every_subcommand_against_a_live_queue() {
     );
     assert_eq!(act(d, &["resume", "gmail.com"]), 1);
     assert_eq!(act(d, &["limit", "gmail.com", "4"]), 1);
+    // Message-rate limits: set, shown, removed.
+    let gmail_rate = || {
+        let v = json(d, &["destinations"]);
+        v["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["key"] == "gmail.com")
+            .map(|x| x["rate_limit"].clone())
+            .unwrap()
+    };
+    assert_eq!(act(d, &["rate", "gmail.com", "--per-minute", "6"]), 1);
+    assert_eq!(gmail_rate()["per_minute"], 6);
+    assert_eq!(act(d, &["rate", "gmail.com"]), 1);
+    assert_eq!(gmail_rate(), Value::Null);
     // By filters: the destinations of the matching recipients.
     let out = ok(d, &["suspend", "--rcpt", "ann@*", "--for", "1h", "-n"]);
     assert!(

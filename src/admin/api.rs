@@ -19,8 +19,8 @@ const MAX_OFFSET: usize = 1_000_000;
 
 /// The endpoints: (path, methods, read-only). Paths with an id are matched by
 /// prefix in [`route`].
-const ACTIONS: [&str; 9] = [
-    "hold", "release", "delete", "flush", "bounce", "reroute", "suspend", "resume", "limit",
+const ACTIONS: [&str; 10] = [
+    "hold", "release", "delete", "flush", "bounce", "reroute", "suspend", "resume", "limit", "rate",
 ];
 
 /// Serves one request.
@@ -246,10 +246,18 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
         )
     };
     match action {
-        "suspend" | "resume" | "limit" => {
+        "suspend" | "resume" | "limit" | "rate" => {
             let extra: &[&str] = match action {
                 "suspend" => &["dry_run", "all", "seconds", "duration"],
                 "limit" => &["dry_run", "all", "limit"],
+                "rate" => &[
+                    "dry_run",
+                    "all",
+                    "per_second",
+                    "per_minute",
+                    "per_hour",
+                    "per_day",
+                ],
                 _ => &["dry_run", "all"],
             };
             let sel = match json::selector(&obj, extra) {
@@ -364,6 +372,8 @@ enum DestinationArg {
     Suspend(Option<std::time::Duration>),
     Resume,
     Limit(u16),
+    /// Message-rate limits (all zero: none).
+    Rate(crate::types::RateLimit),
 }
 
 impl DestinationArg {
@@ -372,6 +382,30 @@ impl DestinationArg {
     fn parse(action: &str, obj: &Map<String, Value>) -> Result<Self, Response> {
         match action {
             "resume" => Ok(DestinationArg::Resume),
+            "rate" => {
+                let mut n = [0u32; 4];
+                for (v, k) in n
+                    .iter_mut()
+                    .zip(["per_second", "per_minute", "per_hour", "per_day"])
+                {
+                    match obj.get(k).map(Value::as_u64) {
+                        None => {}
+                        Some(Some(x)) if x <= u32::MAX as u64 => *v = x as u32,
+                        Some(_) => {
+                            return Err(Response::error(
+                                400,
+                                format!("{k} is a count of messages, 0 (no limit) to 4294967295"),
+                            ))
+                        }
+                    }
+                }
+                Ok(DestinationArg::Rate(crate::types::RateLimit {
+                    per_second: n[0],
+                    per_minute: n[1],
+                    per_hour: n[2],
+                    per_day: n[3],
+                }))
+            }
             "limit" => match obj.get("limit").map(Value::as_u64) {
                 Some(Some(n)) if (1..=u16::MAX as u64).contains(&n) => {
                     Ok(DestinationArg::Limit(n as u16))
@@ -442,6 +476,7 @@ fn destination_action(
             DestinationArg::Suspend(None) => q.suspend(key),
             DestinationArg::Resume => q.resume(key),
             DestinationArg::Limit(n) => q.set_concurrency_limit(key, n),
+            DestinationArg::Rate(r) => q.set_rate_limit(key, r),
         };
         r.map_err(|e| result(Err(e)))?;
     }

@@ -217,6 +217,13 @@ pub fn bucket(b: &BucketStats) -> Value {
         "site_failures": b.site_failures,
         "last_site_failure": b.last_site_failure,
         "ages": b.ages,
+        "rate_limit": b.rate_limit.map(|r| json!({
+            "per_second": r.per_second,
+            "per_minute": r.per_minute,
+            "per_hour": r.per_hour,
+            "per_day": r.per_day,
+        })),
+        "rate_next": b.rate_next,
     })
 }
 

@@ -436,7 +436,13 @@ impl<'a> View<'a> {
         }
         let now = self.now;
         if b.can_open(now) && !b.in_ring {
-            let probe_pending = b.dead_until != 0 && ss.wakeups.iter().any(|w| w.0 .1 == l);
+            // A rate wait that just ended is picked up by its due wake-up.
+            let probe_pending = (b.dead_until != 0 && ss.wakeups.iter().any(|w| w.0 .1 == l))
+                || (b.rate.is_some()
+                    && ss
+                        .wakeups
+                        .iter()
+                        .any(|w| w.0 .1 == l && w.0 .0 <= now && w.0 .0 == b.wake_at));
             if !probe_pending && b.dead_until != 0 {
                 return Err(format!(
                     "bucket {name}: dead until {} (now {now}) with {} ready and no probe wake-up pending, not in the ring: never offered again (stranded dead destination)",
@@ -450,6 +456,23 @@ impl<'a> View<'a> {
                     b.count(RcptState::Ready),
                     b.slots.len(),
                     b.window
+                ));
+            }
+        }
+        // Out of rate with mail ready, no session and not in the ring (which
+        // looks at it again): a wake-up for when the limits allow the next
+        // message must be pending, or it is stranded.
+        if let Some(t) = b.rate_wait(now) {
+            let idle = b.slots.is_empty() && !b.in_ring && b.dead_until == 0;
+            // A live entry (the one `next_wakeup` reports), no later than t.
+            let woken = ss
+                .wakeups
+                .iter()
+                .any(|w| w.0 .1 == l && w.0 .0 <= t && w.0 .0 == b.wake_at);
+            if idle && !b.suspended && b.count(RcptState::Ready) > 0 && !woken {
+                return Err(format!(
+                    "bucket {name}: out of rate until {t} (now {now}) with {} ready and no wake-up pending (stranded)",
+                    b.count(RcptState::Ready)
                 ));
             }
         }

@@ -116,6 +116,11 @@ impl Lease {
                 q.apply_moves();
                 continue;
             }
+            // Out of rate: no delivery now; the session ends and the bucket
+            // wakes up when the limits allow the next message.
+            if ss.buckets[bl as usize].rate_wait(now).is_some() {
+                return Ok(None);
+            }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
                 // Drained: give back what a burst made the FIFO grow to.
                 let ready = &mut ss.buckets[bl as usize].ready;
@@ -124,6 +129,9 @@ impl Lease {
                 }
                 return Ok(None);
             };
+            if let Some(r) = ss.buckets[bl as usize].rate.as_mut() {
+                r.take(now as u64 * 1000);
+            }
             let slot = &mut ss.buckets[bl as usize].slots[si];
             slot.leased = t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)).collect();
             slot.leased_msg = t.id();

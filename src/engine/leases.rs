@@ -54,6 +54,9 @@ impl Engine {
                     ss.maybe_ring(bl, now);
                     break;
                 }
+                // Out of the ring for now: a wake-up for when it can open
+                // (out of rate, a dead destination's probe) brings it back.
+                ss.maybe_ring(bl, now);
             }
             if found.is_some() {
                 break;
@@ -311,11 +314,11 @@ fn next_live_lease(ss: &mut SchedShard) -> Option<u32> {
 /// of a timed suspension still in force (stale entries are dropped).
 fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
     while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
-        if ss
-            .buckets
-            .get(bl as usize)
-            .is_some_and(|b| b.dead_until == t || (b.suspended && b.resume_at == t))
-        {
+        if ss.buckets.get(bl as usize).is_some_and(|b| {
+            b.dead_until == t
+                || (b.suspended && b.resume_at == t)
+                || (b.rate.is_some() && b.wake_at == t)
+        }) {
             return Some(t);
         }
         ss.wakeups.pop();

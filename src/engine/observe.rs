@@ -281,5 +281,7 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
         site_failures: b.site_failure_total,
         last_site_failure: b.last_site_failure.as_deref().map(str::to_string),
         ages,
+        rate_limit: b.rate.as_ref().map(|r| r.limit()),
+        rate_next: b.rate.as_ref().map_or(0, |r| r.allowed_at().div_ceil(1000)),
     }
 }

@@ -222,6 +222,22 @@ impl Engine {
         })
     }
 
+    /// Sets (or, with nothing limited, removes) the message-rate limits of one
+    /// routing key. A lower limit applies from the next message; the wait it
+    /// causes is a wake-up of the bucket.
+    pub(crate) fn set_rate_limit(&self, key: &str, limit: RateLimit) -> Result<()> {
+        self.with_bucket(key, |ss, bl, now| {
+            let b = &mut ss.buckets[bl as usize];
+            match (&mut b.rate, crate::sched::Rate::new(limit)) {
+                // Same limits: keep the state (what was already sent counts).
+                (Some(old), Some(_)) if old.limit() == limit => {}
+                (r, new) => *r = new.map(Box::new),
+            }
+            b.wake_at = 0;
+            ss.maybe_ring(bl, now)
+        })
+    }
+
     /// Runs `f` on the bucket of `key` (created if new) under its shard lock;
     /// wakes the event loop when `f` returns true.
     fn with_bucket(

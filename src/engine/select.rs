@@ -177,6 +177,12 @@ fn why(
                 d.dead_until,
                 d.dead_until - now
             ),
+            Some(d) if d.rate_next > now => format!(
+                "message rate of {key} used up ({}): the next message goes at {} (in {} s){last}",
+                rate_text(d.rate_limit.unwrap_or_default()),
+                d.rate_next,
+                d.rate_next - now
+            ),
             Some(d) if d.sessions >= d.window => format!(
                 "concurrency window of {key} is full ({} of {} sessions open, limit {}); it goes with the next free slot",
                 d.sessions, d.window, d.limit
@@ -189,4 +195,16 @@ fn why(
         RcptState::New => "being enqueued".into(),
         s => format!("final: {}", s.name()),
     }
+}
+
+/// "6/min, 10/s": the limits set.
+fn rate_text(r: RateLimit) -> String {
+    let parts: Vec<String> = r
+        .counts()
+        .iter()
+        .zip(["s", "min", "h", "day"])
+        .filter(|(&n, _)| n > 0)
+        .map(|(n, p)| format!("{n}/{p}"))
+        .collect();
+    parts.join(", ")
 }

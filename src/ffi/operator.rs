@@ -159,6 +159,30 @@ pub unsafe extern "C" fn mailq_set_concurrency_limit(
     unsafe { with_key(q, key, |qq, key| Ok(qq.set_concurrency_limit(key, limit)?)) }
 }
 
+/// Sets the message-rate limits of one destination: messages per second,
+/// minute, hour and day (0: no limit for that period; all 0 removes them).
+/// A delivery needs both these and the concurrency window to allow it; a
+/// destination out of rate waits for a wake-up that `mailq_next_wakeup`
+/// reports. In memory: set them again after reopening.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_set_rate_limit(
+    q: *mut mailq,
+    key: *const c_char,
+    per_second: u32,
+    per_minute: u32,
+    per_hour: u32,
+    per_day: u32,
+) -> mailq_status {
+    let limit = crate::types::RateLimit {
+        per_second,
+        per_minute,
+        per_hour,
+        per_day,
+    };
+    // SAFETY: `key` is a NUL-terminated string (header contract).
+    unsafe { with_key(q, key, |qq, key| Ok(qq.set_rate_limit(key, limit)?)) }
+}
+
 /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
 #[no_mangle]
 pub unsafe extern "C" fn mailq_reroute(

@@ -2,6 +2,7 @@
 //! window (Postfix-style feedback, dead-destination detection) and open
 //! slots. Depends on `index` ids and `types` only.
 
+use super::rate::Rate;
 use crate::index::RcptRef;
 use crate::types::{Concurrency, MessageId, RcptState};
 use std::collections::VecDeque;
@@ -67,6 +68,8 @@ pub struct Bucket {
     pub wake_at: u32,
     /// Live `Session` values opened on this bucket (it is not freed while any is).
     pub handles: u32,
+    /// Message-rate limits, if any (boxed: most destinations have none).
+    pub rate: Option<Box<Rate>>,
 }
 
 impl Bucket {
@@ -94,6 +97,7 @@ impl Bucket {
             last_site_failure: None,
             wake_at: 0,
             handles: 0,
+            rate: None,
         }
     }
 
@@ -125,13 +129,21 @@ impl Bucket {
 
     /// Whether a new session may be opened now.
     pub fn can_open(&self, now: u32) -> bool {
-        if self.suspended || self.count(RcptState::Ready) == 0 {
+        if self.suspended || self.count(RcptState::Ready) == 0 || self.rate_wait(now).is_some() {
             return false;
         }
         if self.dead_until != 0 {
             return self.probe_due(now) && self.slots.is_empty();
         }
         self.slots.len() < self.window as usize
+    }
+
+    /// When the rate limits allow the next message, if not now (unix seconds).
+    /// The scheduler decides in whole seconds of the clock.
+    pub fn rate_wait(&self, now: u32) -> Option<u32> {
+        let r = self.rate.as_ref()?;
+        let at = r.allowed_at();
+        (at > now as u64 * 1000).then(|| at.div_ceil(1000).min(u32::MAX as u64) as u32)
     }
 
     /// Ends a suspension for a duration once its end time came. Returns true
@@ -202,6 +214,7 @@ impl Bucket {
             && !self.suspended
             && self.dead_until == 0
             && self.policy == default
+            && self.rate.is_none()
     }
 
     /// The index of the open slot `token`, if it is still open.

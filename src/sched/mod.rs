@@ -5,10 +5,12 @@
 
 mod bucket;
 mod keys;
+mod rate;
 mod wheel;
 
 pub use bucket::{Bucket, Slot};
 pub use keys::Keys;
+pub use rate::Rate;
 pub use wheel::Wheel;
 
 use crate::types::RcptState;
@@ -64,7 +66,11 @@ impl SchedShard {
             if let Some(t) = self.buckets[bl as usize].rebase_suspension(now) {
                 self.wakeups.push(Reverse((t, bl)));
             }
-            if self.buckets[bl as usize].dead_until != 0 {
+            if let Some(r) = self.buckets[bl as usize].rate.as_mut() {
+                r.rebase(now as u64 * 1000);
+            }
+            let b = &self.buckets[bl as usize];
+            if b.dead_until != 0 || b.rate.is_some() {
                 self.buckets[bl as usize].wake_at = 0;
                 rang |= self.maybe_ring(bl, now);
             }
@@ -79,6 +85,15 @@ impl SchedShard {
             b.in_ring = true;
             self.ring.push_back(local);
             return true;
+        }
+        // Out of rate: a wake-up when the limits allow the next message (one
+        // per such time), so neither a busy loop nor a scan finds it again.
+        if let Some(t) = b.rate_wait(now) {
+            if !b.suspended && b.count(RcptState::Ready) > 0 && b.wake_at != t {
+                b.wake_at = t;
+                self.wakeups.push(Reverse((t, local)));
+            }
+            return false;
         }
         // A dead destination with mail waits for its probe time: make sure a
         // wake-up is scheduled for it (one per probe time), whoever got here.

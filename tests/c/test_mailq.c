@@ -461,6 +461,10 @@ static void test_operator(mailq *q) {
     EXPECT(mailq_resume(q, "bad\001key"), MAILQ_ERR_INVALID_ROUTE);
     EXPECT(mailq_set_concurrency_limit(q, "ops.example", 0), MAILQ_ERR_INVALID_ARGUMENT);
     EXPECT(mailq_set_concurrency_limit(q, "ops.example", 2), MAILQ_OK);
+    EXPECT(mailq_set_rate_limit(q, "ops.example", 0, 600, 0, 0), MAILQ_OK);
+    EXPECT(mailq_set_rate_limit(q, "ops.example", 0, 0, 0, 0), MAILQ_OK); /* removed */
+    EXPECT(mailq_set_rate_limit(q, NULL, 1, 0, 0, 0), MAILQ_ERR_NULL);
+    EXPECT(mailq_set_rate_limit(q, "bad key\001", 1, 0, 0, 0), MAILQ_ERR_INVALID_ROUTE);
     EXPECT(mailq_reroute(q, "ops.example", "[192.0.2.7]", &changed), MAILQ_OK);
     CHECK(changed == 2);
     EXPECT(mailq_reroute(q, NULL, "x", &changed), MAILQ_ERR_NULL);
