@@ -617,6 +617,14 @@ enum mailq_status mailq_enqueue(struct mailq *q, const char *sender, const char 
 enum mailq_status mailq_message_begin(struct mailq *q, const char *sender, struct mailq_message **out);
 
 /**
+ * Starts a delivery status notification (null sender) for a bounce. Unlike
+ * `mailq_message_begin`, its commit is never refused by backpressure
+ * (`MAILQ_ERR_TRY_LATER`): acknowledging the bounce ends a recipient, so
+ * refusing the DSN would keep a full queue full.
+ */
+enum mailq_status mailq_message_begin_dsn(struct mailq *q, struct mailq_message **out);
+
+/**
  * Adds a recipient (SMTP: RCPT TO). `route` may be NULL (route by domain). The
  * address is checked now, so the MTA can answer RCPT with the right code.
  */

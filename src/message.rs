@@ -34,6 +34,8 @@ pub struct MessageBuilder {
     rcpts: Vec<Recipient>,
     meta: Vec<u8>,
     body: Vec<u8>,
+    /// A DSN: not refused by backpressure.
+    dsn: bool,
 }
 
 impl Queue {
@@ -46,7 +48,19 @@ impl Queue {
             rcpts: Vec::new(),
             meta: Vec::new(),
             body: Vec::new(),
+            dsn: false,
         })
+    }
+
+    /// Starts a delivery status notification (null sender) for a bounce. It
+    /// is exempt from backpressure ([`crate::Error::TryLater`]): a DSN adds
+    /// one recipient, and acknowledging its bounce ends at least one, so
+    /// refusing it would keep a full queue full (the disk itself still
+    /// refuses what it cannot store).
+    pub fn dsn_message(&self) -> Result<MessageBuilder> {
+        let mut m = self.message("")?;
+        m.dsn = true;
+        Ok(m)
     }
 }
 
@@ -99,12 +113,13 @@ impl MessageBuilder {
 
     /// Makes the message durable (see [`Queue::enqueue`]) and returns its id.
     pub fn commit(self) -> Result<MessageId> {
-        self.q.enqueue(&NewMessage {
+        let m = NewMessage {
             sender: &self.sender,
             recipients: self.rcpts,
             meta: &self.meta,
             body: &self.body,
-        })
+        };
+        self.q.enqueue_admitted(&m, !self.dsn)
     }
 }
 

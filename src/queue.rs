@@ -63,7 +63,12 @@ impl Queue {
     ///
     /// Invalid input returns a typed error and writes nothing.
     pub fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
-        self.engine.enqueue(m)
+        self.engine.enqueue(m, true)
+    }
+
+    /// [`Queue::enqueue`], checked against backpressure or not (DSNs).
+    pub(crate) fn enqueue_admitted(&self, m: &NewMessage<'_>, admit: bool) -> Result<MessageId> {
+        self.engine.enqueue(m, admit)
     }
 
     /// Lowers the per-shard message-slot limit (tests of the limit; recovery keeps

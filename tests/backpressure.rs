@@ -60,6 +60,15 @@ fn the_recipients_limit_refuses_without_writing_and_lifts_when_the_queue_drains(
     assert!(m.contains("mailq_backpressure 1"), "{m}");
     assert!(m.contains("mailq_enqueue_refused_total 1"), "{m}");
     assert_eq!(q.debug_check(), Ok(()));
+    // A DSN is not refused: acknowledging its bounce ends a recipient, so
+    // refusing it would keep a full queue full.
+    let mut dsn = q.dsn_message().unwrap();
+    dsn.add_recipient("s@x.example", None).unwrap();
+    dsn.append(b"report").unwrap();
+    dsn.commit().unwrap();
+    let mut plain = q.message("").unwrap();
+    plain.add_recipient("s@x.example", None).unwrap();
+    assert!(matches!(plain.commit(), Err(Error::TryLater { .. })));
     // Deliveries drain the queue and lift the limit.
     drain(&q, |_, _| Outcome::Delivered);
     assert_eq!(q.backpressure(), None);
@@ -144,10 +153,12 @@ fn the_free_disk_watermark_refuses_before_the_disk_fills() {
     );
     assert!(q.backpressure().is_some_and(|w| w.contains("free disk")));
     assert_eq!(q.stats().messages, 1, "nothing queued");
-    // Space comes back: a low estimate is checked again before refusing.
+    // Space comes back: the refusal lifts without waiting for an enqueue (an
+    // SMTP server asks at MAIL FROM), and a low estimate is looked up again
+    // before a message is refused.
     fs.set_free_space(Some(1 << 30));
-    three(&q, "c").unwrap();
     assert_eq!(q.backpressure(), None);
+    three(&q, "c").unwrap();
     // A filesystem that cannot tell its free space is not refused.
     fs.set_free_space(None);
     std::thread::sleep(Duration::from_millis(150));

@@ -61,7 +61,7 @@ async fn notify(shared: &Shared, id: MessageId, group: &[Bounce]) {
         let text = report(&shared.cfg.hostname, id, group);
         let q = shared.q.queue();
         let queued = async {
-            let mut m = q.message("")?;
+            let mut m = q.dsn_message()?;
             m.add_recipient(sender, None)?;
             m.append(text.as_bytes())?;
             m.commit_async().await

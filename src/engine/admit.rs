@@ -64,6 +64,13 @@ impl Engine {
                 if left < o.min_free_disk {
                     return self.refuse("free disk bytes", left, o.min_free_disk);
                 }
+                // Accepted: the estimate counts what this message takes.
+                let _ = self
+                    .disk
+                    .free
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                        Some(f.saturating_sub(bytes))
+                    });
             }
         }
         Ok(())
@@ -88,16 +95,14 @@ impl Engine {
         let fresh = at != NEVER && now.saturating_sub(at) < DISK_RECHECK.as_nanos() as u64;
         let est = w.free.load(Ordering::Relaxed);
         if fresh && est.saturating_sub(bytes) >= self.opts.min_free_disk {
-            w.free.store(est.saturating_sub(bytes), Ordering::Relaxed);
             return Some(est.saturating_sub(bytes));
         }
         // Unknown or an error: accept (a full disk still fails safely, as
         // `DiskFull`, and poisons nothing that was acknowledged).
         let free = self.opts.vfs.free_space(&self.dir).ok().flatten()?;
         w.checked_ns.store(now, Ordering::Relaxed);
-        let left = free.saturating_sub(bytes);
-        w.free.store(left, Ordering::Relaxed);
-        Some(left)
+        w.free.store(free, Ordering::Relaxed);
+        Some(free.saturating_sub(bytes))
     }
 
     /// Why `enqueue` refuses mail now, if it does (for stats): a limit the
@@ -117,8 +122,13 @@ impl Engine {
                 o.max_queued_bytes
             ));
         }
-        let free = self.disk_free()?;
-        (o.min_free_disk > 0 && free < o.min_free_disk).then(|| {
+        if o.min_free_disk == 0 {
+            return None;
+        }
+        // Looked up again when old or under the watermark: freeing disk
+        // lifts the refusal without waiting for an enqueue.
+        let free = self.free_after(0)?;
+        (free < o.min_free_disk).then(|| {
             format!(
                 "free disk {free} bytes under the watermark of {}",
                 o.min_free_disk

@@ -26,11 +26,14 @@ fn check(opts: &Options, m: &NewMessage<'_>) -> Result<Vec<String>> {
 }
 
 impl Engine {
-    /// Accepts a message (see [`crate::Queue::enqueue`]).
-    pub(crate) fn enqueue(&self, m: &NewMessage<'_>) -> Result<MessageId> {
+    /// Accepts a message (see [`crate::Queue::enqueue`]); `admit`: subject to
+    /// backpressure (DSNs are not).
+    pub(crate) fn enqueue(&self, m: &NewMessage<'_>, admit: bool) -> Result<MessageId> {
         let routes = check(&self.opts, m)?;
         self.check_poison()?;
-        self.admit(routes.len(), super::admit::record_size(m, &routes))?;
+        if admit {
+            self.admit(routes.len(), super::admit::record_size(m, &routes))?;
+        }
         // Shared gate from the key lookup on: idle buckets are freed only under the
         // exclusive gate, so these ids stay ours until the recipients count in them.
         let gate = self.gate.read();

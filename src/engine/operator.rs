@@ -231,6 +231,11 @@ impl Engine {
             match (&mut b.rate, crate::sched::Rate::new(limit)) {
                 // Same limits: keep the state (what was already sent counts).
                 (Some(old), Some(_)) if old.limit() == limit => {}
+                // Changed: what was sent still counts in the periods both limit.
+                (Some(old), Some(mut new)) => {
+                    new.carry(old);
+                    **old = new;
+                }
                 (r, new) => *r = new.map(Box::new),
             }
             b.wake_at = 0;

@@ -39,6 +39,24 @@ pub unsafe extern "C" fn mailq_message_begin(
     }
 }
 
+/// Starts a delivery status notification (null sender) for a bounce. Unlike
+/// `mailq_message_begin`, its commit is never refused by backpressure
+/// (`MAILQ_ERR_TRY_LATER`): acknowledging the bounce ends a recipient, so
+/// refusing the DSN would keep a full queue full.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_message_begin_dsn(
+    q: *mut mailq,
+    out: *mut *mut mailq_message,
+) -> mailq_status {
+    // SAFETY: `out` is writable (header contract).
+    unsafe {
+        with_queue_out(q, out, |qq| {
+            let m = MessageObj(Some(qq.dsn_message()?));
+            Ok(new_message(Arc::new(Mutex::new(m))))
+        })
+    }
+}
+
 /// Adds a recipient (SMTP: RCPT TO). `route` may be NULL (route by domain). The
 /// address is checked now, so the MTA can answer RCPT with the right code.
 #[no_mangle]

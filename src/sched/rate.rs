@@ -25,6 +25,7 @@ pub struct Rate {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cell {
+    period_ms: u64,
     interval_us: u64,
     tolerance_us: u64,
     tat_us: u64,
@@ -41,11 +42,13 @@ impl Rate {
             .map(|(&n, p)| {
                 let interval_us = (p * 1000).div_ceil(n as u64);
                 Cell {
+                    period_ms: p,
                     interval_us,
-                    // Sends happen at whole seconds: a window of the period
-                    // spans period/1s of them, so a burst tolerance of one
-                    // second less one interval keeps every window at `n`.
-                    tolerance_us: 1_000_000u64.saturating_sub(interval_us),
+                    // Sends happen at whole seconds: a burst tolerance of just
+                    // under a second lets each second take its whole share
+                    // (k sends need (k-1)·interval ≤ tolerance) while a window
+                    // of the period, P/1s of them, still holds at most `n`.
+                    tolerance_us: 999_999,
                     tat_us: 0,
                 }
             })
@@ -75,6 +78,16 @@ impl Rate {
         let now = now_ms * 1000;
         for c in &mut self.cells {
             c.tat_us = c.tat_us.min(now + c.tolerance_us + c.interval_us);
+        }
+    }
+
+    /// Keeps what was already sent in the periods `old` limits too, so that
+    /// changing a limit does not hand out a fresh burst.
+    pub fn carry(&mut self, old: &Rate) {
+        for c in &mut self.cells {
+            if let Some(o) = old.cells.iter().find(|o| o.period_ms == c.period_ms) {
+                c.tat_us = o.tat_us;
+            }
         }
     }
 
@@ -150,7 +163,11 @@ mod tests {
         // 50 a day: one every 28.8 minutes.
         let mut r = Rate::new(limit(0, 0, 0, 50)).unwrap();
         assert_eq!(burst(&mut r, 0), 1);
-        assert_eq!(r.allowed_at(), 86_400_000 / 50);
+        let next = r.allowed_at();
+        assert!(
+            (86_400_000 / 50 - 1_000..=86_400_000 / 50).contains(&next),
+            "{next}"
+        );
     }
 
     #[test]
@@ -160,13 +177,32 @@ mod tests {
             (limit(0, 7, 0, 0), 60, 7),
             (limit(0, 0, 3600, 0), 3600, 3600),
             (limit(3, 0, 0, 0), 1, 3),
+            (limit(6, 0, 0, 0), 1, 6),
+            (limit(0, 90, 0, 0), 60, 90),
+            (limit(0, 599, 0, 0), 60, 599),
+            (limit(0, 0, 5000, 0), 3600, 5000),
         ] {
             let mut r = Rate::new(l).unwrap();
-            let per_sec = run(&mut r, 3 * period as u64 + 5);
+            let per_sec = run(&mut r, 3 * period as u64);
             windows_hold(&per_sec, period, n);
             let total: usize = per_sec.iter().sum();
-            assert!(total >= 3 * n, "{l:?}: {total}");
+            // The whole rate: three periods' worth, less at most one.
+            assert!(total >= 2 * n, "{l:?}: {total} in three periods");
+            assert!(
+                total >= 3 * n - n.max(1) && total <= 3 * n,
+                "{l:?}: {total}"
+            );
         }
+    }
+
+    #[test]
+    fn changing_a_limit_keeps_what_was_sent() {
+        let mut r = Rate::new(limit(0, 6, 0, 0)).unwrap();
+        assert_eq!(burst(&mut r, 0), 1);
+        let mut wider = Rate::new(limit(0, 12, 0, 100)).unwrap();
+        wider.carry(&r);
+        // The minute's state carries over: no fresh second's share at once.
+        assert!(wider.allowed_at() > 0, "{}", wider.allowed_at());
     }
 
     #[test]

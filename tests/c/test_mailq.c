@@ -609,10 +609,16 @@ static void test_backpressure(void) {
            MAILQ_ERR_TRY_LATER);
     CHECK(strstr(mailq_last_error_message(), "452 4.3.1") != NULL);
     CHECK(strstr(mailq_strerror(MAILQ_ERR_TRY_LATER), "try later") != NULL);
+    /* A DSN is not refused: its bounce's acknowledgement frees a recipient. */
+    mailq_message *dsn = NULL;
+    EXPECT(mailq_message_begin_dsn(q, &dsn), MAILQ_OK);
+    EXPECT(mailq_message_add_recipient(dsn, "s@example.org", NULL), MAILQ_OK);
+    EXPECT(mailq_message_append(dsn, (const uint8_t *)"report", 6), MAILQ_OK);
+    EXPECT(mailq_message_commit(dsn, &id), MAILQ_OK);
     mailq_stats st;
     st.size = sizeof st;
     EXPECT(mailq_stats_get(q, &st), MAILQ_OK);
-    CHECK(st.messages == 1);
+    CHECK(st.messages == 2);
     EXPECT(mailq_close(q), MAILQ_OK);
     rmrf(d);
 }
