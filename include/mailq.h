@@ -669,6 +669,14 @@ enum mailq_status mailq_session_for(struct mailq *q, const char *key, struct mai
 const char *mailq_session_routing_key(struct mailq_session *s);
 
 /**
+ * The session's fencing token (see `Session::fence` in the Rust API): unique
+ * and increasing across sessions and restarts; give it to whatever else the
+ * delivery writes to so that a late writer with an older token is refused.
+ * 0 for an invalid handle.
+ */
+uint64_t mailq_session_fence(struct mailq_session *s);
+
+/**
  * Takes the next delivery of this session; `*out` is NULL when the destination
  * has no more ready work (then free the session). Only one delivery may be open
  * per session (`MAILQ_ERR_BUSY` otherwise).

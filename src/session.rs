@@ -52,6 +52,17 @@ impl Session {
         self.lease.key()
     }
 
+    /// The session's fencing token: unique within the queue and larger than
+    /// every token handed out before, also across reopening (as long as the
+    /// clock does not step back across the restart). A session whose lease
+    /// was reclaimed is refused ([`crate::Error::LeaseExpired`]) by this
+    /// queue; give the token to whatever else the delivery writes to (a
+    /// remote worker, a shared store, a fleet-wide lease) so that it can
+    /// refuse a late writer holding an older token as well.
+    pub fn fence(&self) -> u64 {
+        self.lease.fence()
+    }
+
     /// True when this session is the probe of a destination marked dead.
     pub fn is_probe(&self) -> bool {
         self.lease.is_probe()

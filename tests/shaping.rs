@@ -136,3 +136,40 @@ fn rate_and_window_must_both_allow() {
         .set_rate_limit("bad key\u{1}", RateLimit::default())
         .is_err());
 }
+
+/// Fenced leases: every session carries a token larger than every one before
+/// it, also after reopening; the session reclaimed by its lease deadline is
+/// refused when it reports late, and its successor holds a larger token.
+#[test]
+fn sessions_carry_increasing_fencing_tokens_and_a_reclaimed_one_is_refused() {
+    let dir = TempDir::new("shape-fence");
+    let clock = ManualClock::new(T0);
+    let o = || Options {
+        lease_ttl: std::time::Duration::from_secs(60),
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o()).unwrap();
+    fill(&q, "a.example", 1);
+    fill(&q, "b.example", 1);
+    let mut lost = q.next_session().unwrap().unwrap();
+    let other = q.next_session().unwrap().unwrap();
+    assert!(other.fence() > lost.fence());
+    drop(other);
+    // The worker holding `lost` goes quiet past its lease.
+    clock.advance(61);
+    q.tick();
+    let next = q.session_for(lost.routing_key()).unwrap().unwrap();
+    assert!(
+        next.fence() > lost.fence(),
+        "the successor's token is larger"
+    );
+    assert!(matches!(lost.next_delivery(), Err(Error::LeaseExpired)));
+    let last = next.fence();
+    drop((lost, next));
+    q.close().unwrap();
+    // Reopened a millisecond later: tokens keep growing.
+    clock.advance_millis(1);
+    let q = Queue::open(dir.path(), o()).unwrap();
+    let s = q.next_session().unwrap().unwrap();
+    assert!(s.fence() > last, "{} after {last}", s.fence());
+}

@@ -20,6 +20,8 @@ pub(crate) struct Lease {
     pub(super) q: Arc<Engine>,
     pub(super) bucket: u32,
     pub(super) token: u32,
+    /// The session's fencing token (see [`crate::Session::fence`]).
+    pub(super) fence: u64,
     pub(super) key: Arc<str>,
     pub(super) deliveries: usize,
     pub(super) closed: bool,
@@ -30,6 +32,7 @@ impl std::fmt::Debug for Lease {
         f.debug_struct("Session")
             .field("key", &self.key)
             .field("token", &self.token)
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -109,6 +112,7 @@ impl Engine {
             q: self.clone(),
             bucket: global(shard, bl),
             token,
+            fence: self.next_fence.fetch_add(1, Ordering::Relaxed),
             key,
             deliveries: 0,
             closed: false,
@@ -330,6 +334,11 @@ impl Lease {
     /// The destination's routing key.
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The session's fencing token.
+    pub(crate) fn fence(&self) -> u64 {
+        self.fence
     }
 
     /// True once the lease ended.

@@ -93,6 +93,8 @@ pub(crate) struct Engine {
     slot_limit: AtomicU32,
     /// Messages one pass of an envelope search locates at most.
     search_batch: AtomicUsize,
+    /// The next session's fencing token.
+    next_fence: AtomicU64,
     /// Recipients not yet final and live record bytes, over all shards.
     load: Arc<Load>,
     /// The queue filesystem's free space (backpressure).
@@ -152,6 +154,10 @@ impl Engine {
             sync_armed: AtomicU64::new(0),
             slot_limit: AtomicU32::new(MAX_SLOT),
             search_batch: AtomicUsize::new(search::ENVELOPE_BATCH),
+            // Milliseconds of the clock at open, times 2^20: larger than any
+            // token of an earlier open (unless the clock stepped back across
+            // the restart), and a million sessions per millisecond apart.
+            next_fence: AtomicU64::new(opts.clock.now_millis().max(1).saturating_mul(1 << 20)),
             load,
             disk: admit::DiskWatch::new(),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),

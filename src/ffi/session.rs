@@ -71,6 +71,22 @@ pub extern "C" fn mailq_session_routing_key(s: *mut mailq_session) -> *const c_c
     boundary(|| Ok(session_obj(s)?.lock().key.as_ptr()))
 }
 
+/// The session's fencing token (see `Session::fence` in the Rust API): unique
+/// and increasing across sessions and restarts; give it to whatever else the
+/// delivery writes to so that a late writer with an older token is refused.
+/// 0 for an invalid handle.
+#[no_mangle]
+pub extern "C" fn mailq_session_fence(s: *mut mailq_session) -> u64 {
+    boundary(|| {
+        let so = session_obj(s)?;
+        let g = so.lock();
+        g.session.as_ref().map(|s| s.fence()).map_or_else(
+            || fail(MAILQ_ERR_INVALID_HANDLE, "session already ended"),
+            Ok,
+        )
+    })
+}
+
 /// Takes the next delivery of this session; `*out` is NULL when the destination
 /// has no more ready work (then free the session). Only one delivery may be open
 /// per session (`MAILQ_ERR_BUSY` otherwise).

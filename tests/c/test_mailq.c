@@ -217,6 +217,8 @@ static void test_delivery_paths(mailq *q) {
     EXPECT(mailq_session_for(q, "deliver.example", &s), MAILQ_OK);
     CHECK(s != NULL);
     CHECK(strcmp(mailq_session_routing_key(s), "deliver.example") == 0);
+    CHECK(mailq_session_fence(s) > 0);
+    CHECK(mailq_session_fence(NULL) == 0);
     CHECK(mailq_session_routing_key(NULL) == NULL);
 
     mailq_delivery *d = NULL, *d2 = NULL;
