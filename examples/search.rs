@@ -4,19 +4,12 @@
 //!
 //! `cargo run --release --example search -- [--messages N] [--producers P] [--rounds R] [--window SECONDS]`
 
+mod common;
+use common::arg;
 use mailq::{NewMessage, Options, Queue, Recipient, Selector};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn sender(i: usize) -> String {
     format!("user{}@sender{}.example", i % 1000, i % 97)

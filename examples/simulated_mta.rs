@@ -9,6 +9,8 @@
 //!
 //! Run: `cargo run --release --example simulated_mta [-- --messages N]`
 
+mod common;
+use common::arg;
 use mailq::{ManualClock, NewMessage, Options, Outcome, Queue, Recipient};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,15 +81,6 @@ fn settled(q: &Queue) -> bool {
             .buckets
             .iter()
             .all(|b| b.ready == 0 || b.dead_until != 0 || b.suspended)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[derive(Default)]

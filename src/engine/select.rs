@@ -93,6 +93,9 @@ impl Engine {
         }
         let now = self.now() as u64;
         let mut out = Vec::new();
+        // A message's recipients mostly share destinations: one look each.
+        let mut dests: std::collections::HashMap<String, Option<BucketStats>> =
+            std::collections::HashMap::new();
         for (index, r) in info.recipients.into_iter().enumerate() {
             let index = index as u32;
             if only.is_some_and(|i| i != index) {
@@ -101,7 +104,14 @@ impl Engine {
             let dest = if r.state.is_final() {
                 None
             } else {
-                self.destination(&r.route)?
+                match dests.get(&r.route) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = self.destination(&r.route)?;
+                        dests.insert(r.route.clone(), d.clone());
+                        d
+                    }
+                }
             };
             let why = why(
                 r.state,
