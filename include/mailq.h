@@ -255,10 +255,17 @@ typedef struct mailq_options {
    * 128 MiB; 0: no check).
    */
   uint64_t min_free_disk;
+  /**
+   * Seconds after acceptance at which a recipient not yet delivered is
+   * handed out once by `mailq_take_bounces` with `delayed` set, for a DSN
+   * with `Action: delayed` (default 0: no warnings; less than the lifetime).
+   */
+  uint32_t delay_warning_secs;
 } mailq_options;
 
 /**
- * A failed or expired recipient, passed to `mailq_bounce_fn`. Pointers are valid during the callback.
+ * A failed or expired recipient, or a delay warning, passed to
+ * `mailq_bounce_fn`. Pointers are valid during the callback.
  */
 typedef struct mailq_bounce {
   /**
@@ -285,6 +292,11 @@ typedef struct mailq_bounce {
    * Last error.
    */
   const char *reason;
+  /**
+   * Non-zero for a delay warning (`delay_warning_secs`): the recipient is
+   * still queued; send a DSN with `Action: delayed`, then acknowledge it.
+   */
+  uint32_t delayed;
 } mailq_bounce;
 
 /**
@@ -783,7 +795,8 @@ void mailq_delivery_free(struct mailq_delivery *d);
 enum mailq_status mailq_take_bounces(struct mailq *q, size_t max, mailq_bounce_fn cb, void *userdata, size_t *count);
 
 /**
- * Acknowledges a bounce: the recipient is final.
+ * Acknowledges a bounce: the recipient is final (for a delay warning: the
+ * warning is recorded as sent and not offered again).
  */
 enum mailq_status mailq_ack_bounce(struct mailq *q, uint64_t id, uint32_t index);
 

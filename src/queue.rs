@@ -214,14 +214,19 @@ impl Queue {
         self.engine.reroute_recipient(id, index, to)
     }
 
-    /// Hands out up to `max` failed or expired recipients for DSN generation.
+    /// Hands out up to `max` failed or expired recipients for DSN generation,
+    /// and delay warnings (`delayed`, see [`Options::delay_warning`]).
     /// Each must be acknowledged with [`Queue::ack_bounce`] once the DSN is queued;
-    /// unacknowledged ones are offered again after a restart.
+    /// unacknowledged ones are offered again after a restart. Expiry and
+    /// warnings of recipients that are not attempted come from
+    /// [`Queue::tick`].
     pub fn take_bounces(&self, max: usize) -> Result<Vec<Bounce>> {
         self.engine.take_bounces(max)
     }
 
-    /// Acknowledges a bounce: the recipient is final and its message may be removed.
+    /// Acknowledges a bounce: the recipient is final and its message may be
+    /// removed. For a delay warning: the warning is recorded as sent (durably,
+    /// so a restart does not send it again) and the recipient stays queued.
     pub fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
         self.engine.ack_bounce(id, index)
     }

@@ -140,6 +140,8 @@ pub struct Stats {
     pub backpressure: Option<String>,
     /// Messages refused by backpressure since open.
     pub refused: u64,
+    /// Delay warnings acknowledged (sent by the MTA) since open.
+    pub delay_warnings: u64,
 }
 
 impl Stats {
@@ -202,6 +204,7 @@ impl Stats {
             self.checkpoints,
             self.segments_deleted,
             self.refused,
+            self.delay_warnings,
         ];
         write_family(&mut s, "gauge", &GAUGES, &gauges);
         write_family(&mut s, "counter", &COUNTERS, &counters);
@@ -308,7 +311,7 @@ const GAUGES: [(&str, &str); 9] = [
 ];
 
 /// Counters, likewise.
-const COUNTERS: [(&str, &str); 15] = [
+const COUNTERS: [(&str, &str); 16] = [
     ("accepted_messages_total", "Messages accepted."),
     ("accepted_recipients_total", "Recipients accepted."),
     ("delivered_total", "Recipients delivered."),
@@ -332,6 +335,10 @@ const COUNTERS: [(&str, &str); 15] = [
     (
         "enqueue_refused_total",
         "Messages refused by backpressure (answered 452 4.3.1).",
+    ),
+    (
+        "delay_warnings_total",
+        "Delay warnings sent (acknowledged by the MTA).",
     ),
 ];
 

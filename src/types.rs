@@ -299,7 +299,8 @@ impl Default for Concurrency {
 
 /// Message-rate limits of a destination (0: no limit for that period), as
 /// receivers count them: a delivery needs every limit and the concurrency
-/// window to allow it. Each limit allows a burst of its whole count.
+/// window to allow it. Each limit lets one second take its whole share at
+/// once (the scheduler decides at whole seconds), never a burst of its count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RateLimit {
     /// Messages per second.
@@ -348,8 +349,16 @@ pub struct Options {
     pub min_backoff: Duration,
     /// Backoff upper bound (Postfix `maximal_backoff_time`, 4000 s).
     pub max_backoff: Duration,
-    /// Lifetime after which undeliverable mail expires (Postfix `maximal_queue_lifetime`, 5 days).
+    /// Lifetime after which undeliverable mail expires (Postfix `maximal_queue_lifetime`, 5 days),
+    /// wherever a recipient waits: ready, deferred, held, or for a suspended,
+    /// dead or rate-limited destination (checked by [`crate::Queue::tick`] at
+    /// most once a minute; one in flight expires when its attempt fails).
     pub lifetime: Duration,
+    /// Time after acceptance at which a recipient not yet delivered is reported
+    /// once through [`crate::Queue::take_bounces`] with `delayed` set, for a DSN
+    /// with `Action: delayed` (Postfix `delay_warning_time`); zero (the
+    /// default) sends none. Must be shorter than `lifetime`.
+    pub delay_warning: Duration,
     /// Session lease; a session silent for longer has its slot reclaimed (default 10 min).
     pub lease_ttl: Duration,
     /// Default concurrency policy for every bucket.
@@ -395,6 +404,7 @@ impl Default for Options {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::ZERO,
             lease_ttl: Duration::from_secs(600),
             concurrency: Concurrency::default(),
             outcome_sync_interval: Duration::from_millis(100),
@@ -420,6 +430,7 @@ impl fmt::Debug for Options {
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("lifetime", &self.lifetime)
+            .field("delay_warning", &self.delay_warning)
             .field("max_queued_recipients", &self.max_queued_recipients)
             .field("max_queued_bytes", &self.max_queued_bytes)
             .field("min_free_disk", &self.min_free_disk)
@@ -438,10 +449,14 @@ pub struct Bounce {
     pub sender: String,
     /// Recipient address.
     pub recipient: String,
-    /// Last error.
+    /// Last error (for a delay warning, the last reply or why it waits).
     pub reason: String,
     /// True when the lifetime expired, false for a permanent failure.
     pub expired: bool,
+    /// True for a delay warning (see [`Options::delay_warning`]): the recipient
+    /// is still queued; acknowledging it only records that the warning was
+    /// sent.
+    pub delayed: bool,
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character

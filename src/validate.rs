@@ -156,6 +156,10 @@ pub fn options(o: &Options) -> Result<()> {
     if o.lifetime.as_secs() > u32::MAX as u64 || o.max_backoff.as_secs() > u32::MAX as u64 {
         return bad("lifetime and max_backoff must fit in 32-bit seconds");
     }
+    let warn = o.delay_warning.as_secs();
+    if !o.delay_warning.is_zero() && (warn == 0 || warn >= o.lifetime.as_secs()) {
+        return bad("delay_warning must be at least 1 s and shorter than lifetime (or zero for no warnings)");
+    }
     Ok(())
 }
 

@@ -382,6 +382,7 @@ fn forged_records_in_a_body_are_not_replayed_after_damage() {
                     id: victim.0,
                     idx: 0,
                     state: 8,
+                    flags: 0,
                     attempts: 0,
                     next: 0,
                     reason: "",

@@ -409,6 +409,8 @@ struct Totals {
     forgets: u64,
     nested: u64,
     checks: u64,
+    /// Recipients expired by a sweep (not by a failed attempt).
+    swept: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -425,6 +427,7 @@ impl std::ops::AddAssign for Totals {
         self.forgets += o.forgets;
         self.nested += o.nested;
         self.checks += o.checks;
+        self.swept += o.swept;
     }
 }
 
@@ -454,6 +457,9 @@ struct Ctx {
     in_tb: Cell<u32>,
     /// Clock (ms) at the last tick/idle step, cleared by reopen.
     ticked_at: Cell<Option<u64>>,
+    /// The latest the clock has been (a sweep may have expired what was past
+    /// its lifetime then).
+    max_now: Cell<u64>,
     /// Damage findings expected at most (set at open), and whether damage may exist.
     corrupt_base: Cell<u64>,
     damage_ever: Cell<bool>,
@@ -567,6 +573,7 @@ impl Ctx {
     }
     fn clock_moved(&self) {
         let now = self.now_s();
+        self.max_now.set(self.max_now.get().max(now));
         let mut m = self.m.borrow_mut();
         for s in m.sessions.values_mut() {
             s.max_now = s.max_now.max(now);
@@ -580,9 +587,69 @@ impl Ctx {
 
 // ---------------------------------------------------------------- reconciling
 
+/// A recipient past its lifetime that waits (queued or held) may have been
+/// expired by a sweep (`tick`): adopt what the queue did. Its reason is the
+/// last reply, or the sweep's text when it never had one.
+fn reconcile_expiry(ctx: &Ctx) {
+    let past: Vec<(MessageId, usize)> = {
+        let m = ctx.m.borrow();
+        m.msgs
+            .iter()
+            .filter(|(id, mm)| {
+                !m.damaged.contains(id) && mm.received + LIFETIME <= ctx.max_now.get()
+            })
+            .flat_map(|(id, mm)| {
+                mm.rcpts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| matches!(r.st, St::Queued | St::Held))
+                    .map(move |(i, _)| (*id, i))
+            })
+            .collect()
+    };
+    for (id, i) in past {
+        let ri = match ctx.inspect(id) {
+            Ok(info) => info.recipients[i].clone(),
+            Err(e) if ctx.crashing.get() => {
+                let _ = e;
+                return;
+            }
+            Err(e) => fail!("message {id} past its lifetime cannot be inspected: {e}"),
+        };
+        if ri.state != RcptState::Expired {
+            continue;
+        }
+        let mut m = ctx.m.borrow_mut();
+        let mut seq = m.seq;
+        let rm = &mut m.msgs.get_mut(&id).unwrap().rcpts[i];
+        if rm.reason.is_none() {
+            if !ri
+                .last_error
+                .starts_with("queue lifetime reached without a reply")
+            {
+                fail!(
+                    "{id}#{i} expired by a sweep with reason {:?}",
+                    ri.last_error
+                );
+            }
+            rm.reason = Some(ri.last_error.clone());
+        }
+        rm.st = St::Bounce {
+            expired: true,
+            taken: false,
+        };
+        rm.rec(&mut seq, Cls::Bounce);
+        m.seq = seq;
+        drop(m);
+        ctx.tot(|t| t.swept += 1);
+        ctx.log(0, format!("({id}#{i} expired by a sweep)"));
+    }
+}
+
 /// Sessions whose lease may have expired: find out (from the recipients they
 /// held) whether the scheduler reclaimed them, and return those recipients.
 fn reconcile(ctx: &Ctx) {
+    reconcile_expiry(ctx);
     let todo: Vec<(u64, Vec<(MessageId, usize)>)> = {
         let m = ctx.m.borrow();
         m.sessions
@@ -683,6 +750,7 @@ fn check_model(ctx: &Ctx) {
     let after_tick = ctx.ticked_at.get() == Some(ctx.now_ms());
     let m = ctx.m.borrow();
     let mut min_deferred: Option<u64> = None;
+    let mut past_lifetime = false;
     for (id, mm) in &m.msgs {
         if m.damaged.contains(id) {
             continue;
@@ -716,6 +784,9 @@ fn check_model(ctx: &Ctx) {
             );
         }
         for (i, (rm, ri)) in mm.rcpts.iter().zip(&info.recipients).enumerate() {
+            if matches!(rm.st, St::Queued | St::Held) && mm.received + LIFETIME <= now {
+                past_lifetime = true;
+            }
             if ri.address != rm.addr {
                 fail!("{id}#{i}: address {:?} vs {:?}", ri.address, rm.addr);
             }
@@ -773,6 +844,17 @@ fn check_model(ctx: &Ctx) {
         }
     }
     drop(m);
+    // Past its lifetime and still waiting: the next sweep is at most a minute away.
+    if past_lifetime {
+        match q.next_wakeup() {
+            Some(w) if w <= now + 60 => {}
+            w => fail!(
+                "a recipient waits past its lifetime but next_wakeup is {:?} (now {})",
+                w.map(|w| w.saturating_sub(T0)),
+                now.saturating_sub(T0)
+            ),
+        }
+    }
     if let Some(t) = min_deferred {
         // A time in the past means "now".
         match q.next_wakeup() {
@@ -1616,7 +1698,7 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
             let key = ctx.pick(&keys).to_string();
             match ctx.rnd(5) {
                 4 => {
-                    // Message-rate limits (in memory): some, or none again.
+                    // Message-rate limits (persisted): some, or none again.
                     let limit = match ctx.rnd(3) {
                         0 => RateLimit::default(),
                         1 => RateLimit {
@@ -1670,7 +1752,13 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
                         Ok(()) => {
                             ctx.m.borrow_mut().limits.insert(key, l);
                         }
-                        Err(e) => ctx.expect_err(&e, "set_concurrency_limit"),
+                        Err(e) => {
+                            ctx.expect_err(&e, "set_concurrency_limit");
+                            // Interrupted: the record may or may not be durable.
+                            let mut m = ctx.m.borrow_mut();
+                            let old = m.limits.get(&key).copied().unwrap_or(LIMIT);
+                            m.limits.insert(key, old.max(l));
+                        }
                     }
                 }
             }
@@ -1997,7 +2085,8 @@ fn open(ctx: &Ctx) {
     }
     ctx.corrupt_base.set(st.corrupt);
     *ctx.q.borrow_mut() = Some(q);
-    ctx.m.borrow_mut().limits.clear();
+    // Concurrency limits are persisted: they outlive the reopen (`limits`
+    // keeps, for a call a crash interrupted, the larger of old and new).
 }
 
 fn cls_of(s: RcptState) -> Option<Cls> {
@@ -2067,12 +2156,20 @@ fn reconcile_open(ctx: &Ctx, why: &str) {
                 }
                 for (i, (r, ri)) in mm.rcpts.iter_mut().zip(&info.recipients).enumerate() {
                     let c = cls_of(ri.state);
+                    // A sweep may have expired a waiting recipient past its
+                    // lifetime (its record lost to the crash or not).
+                    let swept = ri.state == RcptState::Expired
+                        && mm.received + LIFETIME <= ctx.max_now.get()
+                        && r.allowed()
+                            .iter()
+                            .any(|a| matches!(a.0, Cls::Queued | Cls::Held) && a.1 == ri.route);
                     if !damaged {
-                        let ok = c.is_some_and(|c| {
-                            r.allowed()
-                                .iter()
-                                .any(|a| a.0 == c && (c == Cls::Final || a.1 == ri.route))
-                        });
+                        let ok = swept
+                            || c.is_some_and(|c| {
+                                r.allowed()
+                                    .iter()
+                                    .any(|a| a.0 == c && (c == Cls::Final || a.1 == ri.route))
+                            });
                         if !ok {
                             let hint = if r.durable.0 == Cls::Final {
                                 "a durably final recipient came back"
@@ -2100,6 +2197,7 @@ fn reconcile_open(ctx: &Ctx, why: &str) {
                         }
                         if r.pending.is_empty()
                             && c != Some(Cls::Final)
+                            && !(swept && r.reason.is_none())
                             && ri.last_error != r.reason.clone().unwrap_or_default()
                         {
                             fail!(
@@ -2562,6 +2660,7 @@ fn run_seed(
         in_nd: RefCell::new(Vec::new()),
         in_tb: Cell::new(0),
         ticked_at: Cell::new(None),
+        max_now: Cell::new(0),
         corrupt_base: Cell::new(0),
         damage_ever: Cell::new(false),
         disabled: disabled.clone(),
@@ -2673,7 +2772,7 @@ fn simulation() {
     }
     std::panic::set_hook(prev);
     println!(
-        "simulation: {} seeds x {steps} steps in {:.1?}: {} steps, {} crashes, {} reopens, {} bit flips, {} hooks fired of {} armed, {} deliveries, {} nested steps, {} lease reclaims, {} leaked deliveries, {} model checks",
+        "simulation: {} seeds x {steps} steps in {:.1?}: {} steps, {} crashes, {} reopens, {} bit flips, {} hooks fired of {} armed, {} deliveries, {} nested steps, {} lease reclaims, {} leaked deliveries, {} model checks, {} recipients expired by a sweep",
         seeds.len(),
         started.elapsed(),
         totals.steps,
@@ -2687,6 +2786,7 @@ fn simulation() {
         totals.reclaims,
         totals.forgets,
         totals.checks,
+        totals.swept,
     );
     KNOWN_SEEN.with(|k| {
         for (i, &(n, seeds, first)) in k.borrow().iter().enumerate() {

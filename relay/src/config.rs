@@ -118,6 +118,10 @@ pub struct Args {
     /// Seconds after which undeliverable mail is returned to its sender [default: 432000, 5 days].
     #[arg(long, value_name = "SECS")]
     pub lifetime: Option<u64>,
+    /// Seconds after which the sender of mail not yet delivered is told once
+    /// that it is delayed (DSN `Action: delayed`) [default: 0, never; below the lifetime].
+    #[arg(long, value_name = "SECS")]
+    pub delay_warning: Option<u64>,
     /// Answer 452 4.3.1 above this many queued recipients [default: 0, no limit].
     #[arg(long, value_name = "N")]
     pub max_queued_recipients: Option<u64>,
@@ -171,6 +175,7 @@ struct FileConfig {
     min_backoff: Option<u64>,
     max_backoff: Option<u64>,
     lifetime: Option<u64>,
+    delay_warning: Option<u64>,
     max_queued_recipients: Option<u64>,
     max_queued_bytes: Option<u64>,
     min_free_disk: Option<u64>,
@@ -318,6 +323,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Lifetime of undeliverable mail.
     pub lifetime: Duration,
+    /// When to warn the sender of a delay (zero: never).
+    pub delay_warning: Duration,
     /// Backpressure limits, passed to the queue (0: none).
     pub max_queued_recipients: u64,
     /// Bytes of queued messages.
@@ -369,6 +376,7 @@ impl Config {
             min_backoff: Duration::from_secs(300),
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::ZERO,
             max_queued_recipients: 0,
             max_queued_bytes: 0,
             min_free_disk: mailq::Options::default().min_free_disk,
@@ -455,6 +463,10 @@ impl Config {
         set(&mut c.min_backoff, secs(args.min_backoff, file.min_backoff));
         set(&mut c.max_backoff, secs(args.max_backoff, file.max_backoff));
         set(&mut c.lifetime, secs(args.lifetime, file.lifetime));
+        set(
+            &mut c.delay_warning,
+            secs(args.delay_warning, file.delay_warning),
+        );
         set(
             &mut c.max_queued_recipients,
             args.max_queued_recipients.or(file.max_queued_recipients),

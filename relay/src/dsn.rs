@@ -1,7 +1,8 @@
 //! Delivery status notifications (RFC 3464): recipients that failed for good or
 //! expired are reported to their sender in a `multipart/report`, sent with the
-//! null sender so that it is never bounced in turn. A failed DSN (its sender
-//! was empty) is dropped without another DSN.
+//! null sender so that it is never bounced in turn, and so are delay warnings
+//! (`Action: delayed`, in their own report). A failed DSN (its sender was
+//! empty) is dropped without another DSN.
 //!
 //! A bounce is acknowledged to the queue only after its DSN is durably
 //! enqueued: a crash in between sends the DSN twice, never zero times.
@@ -39,23 +40,25 @@ pub(crate) async fn bounce_loop(shared: Arc<Shared>, mut stop: watch::Receiver<b
             if batch.is_empty() {
                 break;
             }
-            let mut by_msg: BTreeMap<MessageId, Vec<Bounce>> = BTreeMap::new();
+            // One report per message and kind: a delay warning is not a failure.
+            let mut by_msg: BTreeMap<(MessageId, bool), Vec<Bounce>> = BTreeMap::new();
             for b in batch {
-                by_msg.entry(b.id).or_default().push(b);
+                by_msg.entry((b.id, b.delayed)).or_default().push(b);
             }
-            for (id, group) in by_msg {
+            for ((id, _), group) in by_msg {
                 notify(&shared, id, &group).await;
             }
         }
     }
 }
 
-/// Sends one DSN for the failed recipients of one message, then acknowledges them.
+/// Sends one DSN for the failed (or delayed) recipients of one message, then
+/// acknowledges them.
 async fn notify(shared: &Shared, id: MessageId, group: &[Bounce]) {
     let sender = &group[0].sender;
     if sender.is_empty() {
         for b in group {
-            tracing::info!(queue_id = %id, to = %b.recipient, "undeliverable bounce dropped (null sender): {}", b.reason);
+            tracing::info!(queue_id = %id, to = %b.recipient, delayed = b.delayed, "no DSN for the null sender: {}", b.reason);
         }
     } else {
         let text = report(&shared.cfg.hostname, id, group);
@@ -88,8 +91,10 @@ async fn notify(shared: &Shared, id: MessageId, group: &[Bounce]) {
     }
 }
 
-/// The DSN's text: a human part and a `message/delivery-status` part.
+/// The DSN's text: a human part and a `message/delivery-status` part. A group
+/// is all failures or all delay warnings.
 pub fn report(host: &str, id: MessageId, group: &[Bounce]) -> String {
+    let delayed = group[0].delayed;
     let now = rfc5322_now();
     let boundary = format!("{id}.{}/{host}", std::process::id());
     let sender = ascii(&group[0].sender);
@@ -98,14 +103,20 @@ pub fn report(host: &str, id: MessageId, group: &[Bounce]) -> String {
     for b in group {
         let rcpt = ascii(&b.recipient);
         let reason = ascii(&b.reason);
-        let (code, action_note) = if b.expired {
-            ("4.4.7".to_string(), "delivery time expired")
+        let (code, action_note, action) = if delayed {
+            (
+                delay_code(&b.reason),
+                "not delivered yet, still trying",
+                "delayed",
+            )
+        } else if b.expired {
+            ("4.4.7".to_string(), "delivery time expired", "failed")
         } else {
-            (status_code(&b.reason), "permanent failure")
+            (status_code(&b.reason), "permanent failure", "failed")
         };
         human.push_str(&format!("<{rcpt}>: {action_note}: {reason}\r\n\r\n"));
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {code}\r\n"
+            "\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: {action}\r\nStatus: {code}\r\n"
         ));
         match reason.split_once(" said: ") {
             Some((hop, reply)) => {
@@ -117,10 +128,24 @@ pub fn report(host: &str, id: MessageId, group: &[Bounce]) -> String {
             None => status.push_str(&format!("Diagnostic-Code: X-mailq; {reason}\r\n")),
         }
     }
+    let (subject, summary) = if delayed {
+        (
+            "Delayed Mail (still being retried)",
+            "Your message (queue id {id}) has not been delivered yet to one or more\r\n\
+             recipients. It is still being retried; you do not need to resend it.",
+        )
+    } else {
+        (
+            "Undelivered Mail Returned to Sender",
+            "Your message (queue id {id}) could not be delivered to one or more\r\n\
+             recipients. The reasons are below.",
+        )
+    };
+    let summary = summary.replace("{id}", &id.to_string());
     format!(
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
          To: <{sender}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {now}\r\n\
          Message-ID: <{id}.dsn@{host}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -135,8 +160,7 @@ pub fn report(host: &str, id: MessageId, group: &[Bounce]) -> String {
          \r\n\
          This is the mail system at host {host}.\r\n\
          \r\n\
-         Your message (queue id {id}) could not be delivered to one or more\r\n\
-         recipients. The reasons are below.\r\n\
+         {summary}\r\n\
          \r\n\
          {human}\
          --{boundary}\r\n\
@@ -168,6 +192,12 @@ fn status_code(reason: &str) -> String {
     }
 }
 
+/// The enhanced status code of a delay: the reply's, as a temporary one
+/// (`4.x.x`), else `4.0.0`.
+fn delay_code(reason: &str) -> String {
+    format!("4{}", &status_code(reason)[1..])
+}
+
 /// Printable ASCII only (header fields and the us-ascii text part).
 fn ascii(s: &str) -> String {
     s.chars()
@@ -193,6 +223,7 @@ mod tests {
             recipient: "bob@example.com".into(),
             reason: reason.into(),
             expired,
+            delayed: false,
         }
     }
 
@@ -217,6 +248,26 @@ mod tests {
             "Final-Recipient: rfc822; carol@example.com\r\nAction: failed\r\nStatus: 4.4.7\r\n"
         ));
         assert!(r.ends_with("--\r\n"));
+        assert!(!r.replace("\r\n", "").contains('\n'), "bare LF in a DSN");
+    }
+
+    #[test]
+    fn a_delay_warning_is_its_own_report_with_action_delayed() {
+        let mut b = bounce("127.0.0.1:25 said: 451 4.7.0 [TSS04] try later", false);
+        b.delayed = true;
+        let r = report("mx.example", MessageId(7), &[b]);
+        assert!(r.contains("Subject: Delayed Mail (still being retried)\r\n"));
+        assert!(
+            r.contains(&format!(
+                "queue id {}) has not been delivered yet",
+                MessageId(7)
+            )),
+            "{r}"
+        );
+        assert!(r.contains(
+            "Final-Recipient: rfc822; bob@example.com\r\nAction: delayed\r\nStatus: 4.7.0\r\n"
+        ));
+        assert!(!r.contains("Action: failed"));
         assert!(!r.replace("\r\n", "").contains('\n'), "bare LF in a DSN");
     }
 

@@ -97,6 +97,7 @@ impl Relay {
             min_backoff: cfg.min_backoff,
             max_backoff: cfg.max_backoff.max(cfg.min_backoff),
             lifetime: cfg.lifetime,
+            delay_warning: cfg.delay_warning,
             lease_ttl: cfg.lease_ttl(),
             max_queued_recipients: cfg.max_queued_recipients,
             max_queued_bytes: cfg.max_queued_bytes,

@@ -258,6 +258,7 @@ pub fn stats(s: &Stats) -> Value {
         "disk_free": s.disk_free,
         "backpressure": s.backpressure,
         "refused": s.refused,
+        "delay_warnings": s.delay_warnings,
         "corrupt": s.corrupt,
         "corrupt_messages": corrupt,
         "fsyncs": s.fsyncs,

@@ -163,6 +163,11 @@ pub(crate) fn push_update(
         id: id.0,
         idx: rid - m.first,
         state: ch.state.persisted() as u8,
+        flags: if r.flags() & F_WARNED != 0 {
+            record::UPDATE_WARNED
+        } else {
+            0
+        },
         attempts: ch.attempts,
         next: ch.next,
         reason,

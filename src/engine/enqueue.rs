@@ -57,6 +57,7 @@ impl Engine {
             .insert(local, id.gen(), loc, now, &buckets);
         let rang = self.publish(mshard, local, &buckets, now);
         drop(gate);
+        self.sweep_note(now);
         bump(&self.counters.accepted_msgs, 1);
         bump(&self.counters.accepted_rcpts, buckets.len() as u64);
         self.wake_if(rang);

@@ -132,7 +132,9 @@ impl Engine {
         self.apply_moves();
         self.wake_if(rang);
         // A failed sync poisons the queue (reported by later calls); maintenance
-        // still runs and records its own failure.
+        // still runs and records its own failure. So does a failed sweep (it is
+        // tried again at the next one).
+        let _ = self.sweep_if_due();
         let _ = self.sync_if_due();
         if self.opts.auto_maintenance {
             self.maybe_maintain();
@@ -275,6 +277,7 @@ impl Engine {
         if self.has_moves.load(Ordering::Acquire) {
             take(Some(now));
         }
+        take(self.next_sweep(now));
         for s in 0..SHARDS {
             let mut ss = self.sched[s].lock();
             // A clock that moved back re-files timers and re-checks probes.
@@ -318,12 +321,19 @@ fn next_live_lease(ss: &mut SchedShard) -> Option<u32> {
 /// of a timed suspension still in force (stale entries are dropped).
 fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
     while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
-        if ss.buckets.get(bl as usize).is_some_and(|b| {
-            b.dead_until == t
-                || (b.suspended && b.resume_at == t)
-                || (b.rate.is_some() && b.wake_at == t)
-        }) {
-            return Some(t);
+        if let Some(b) = ss.buckets.get_mut(bl as usize) {
+            if b.dead_until == t || (b.suspended && b.resume_at == t) {
+                return Some(t);
+            }
+            if b.rate.is_some() && b.wake_at == t {
+                // Out of rate with nothing ready (it expired, was held or
+                // delivered elsewhere): no reason to wake; the next message
+                // that becomes ready schedules its own wake-up.
+                if b.count(RcptState::Ready) > 0 && !b.suspended {
+                    return Some(t);
+                }
+                b.wake_at = 0;
+            }
         }
         ss.wakeups.pop();
     }

@@ -259,6 +259,7 @@ fn copy_forward(q: &Engine, msgs: &[Located]) -> Result<Vec<Located>> {
 fn snapshot(q: &Engine, w: &mut Writer<'_>) -> std::result::Result<SegLive, ()> {
     let keys = q.keys.read();
     let remap = write_keys(w, &keys);
+    write_settings(q, w, &remap);
     let mut live = SegLive::new();
     for s in 0..SHARDS {
         let ms = q.msgs[s].lock();
@@ -290,6 +291,26 @@ fn write_keys(w: &mut Writer<'_>, keys: &Keys) -> Vec<u32> {
         }
     }
     remap
+}
+
+/// Writes the operator settings of every destination that has some, by
+/// checkpoint key index.
+fn write_settings(q: &Engine, w: &mut Writer<'_>, remap: &[u32]) {
+    let mut list = Vec::new();
+    for s in 0..SHARDS {
+        let ss = q.sched[s].lock();
+        for bl in 0..ss.buckets.len() as u32 {
+            let d = ss.settings(bl, q.opts.concurrency);
+            match remap.get(global(s, bl) as usize) {
+                Some(&k) if k != u32::MAX && !d.is_default() => list.push((k, d)),
+                _ => {}
+            }
+        }
+    }
+    w.count(list.len() as u32);
+    for (k, d) in &list {
+        w.destination(*k, d);
+    }
 }
 
 /// Writes one message shard: the reasons its live recipients use (renumbered
@@ -339,6 +360,7 @@ fn write_shard(
             };
             w.rcpt(&RcptEntry {
                 state: state as u8,
+                warned: r.flags() & F_WARNED != 0,
                 attempts: r.attempts(),
                 next: r.next,
                 bucket,
@@ -352,7 +374,7 @@ fn write_shard(
 /// The state and bucket a recipient has on disk. An in-flight recipient is
 /// written as the operator decided while it was in flight (its own record lies
 /// before the checkpoint position).
-fn persisted(ms: &MsgShard, rid: u32, r: &Rcpt) -> (RcptState, u32) {
+pub(super) fn persisted(ms: &MsgShard, rid: u32, r: &Rcpt) -> (RcptState, u32) {
     match ms.intents.get(&rid) {
         Some(it) if r.state() == RcptState::Leased => (
             if it.hold {

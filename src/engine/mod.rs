@@ -17,6 +17,7 @@ mod change;
 mod check;
 mod delivery;
 mod enqueue;
+mod expiry;
 mod leases;
 mod maint;
 mod observe;
@@ -59,6 +60,8 @@ pub(crate) struct Counters {
     lease_reclaims: AtomicU64,
     /// Messages refused by backpressure.
     refused: AtomicU64,
+    /// Delay warnings acknowledged (sent by the MTA).
+    delay_warnings: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -99,6 +102,8 @@ pub(crate) struct Engine {
     load: Arc<Load>,
     /// The queue filesystem's free space (backpressure).
     disk: admit::DiskWatch,
+    /// When expiry and delay warnings are next due.
+    sweeps: expiry::Sweeps,
     /// CRC salt of this queue's records.
     salt: u32,
     _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -130,6 +135,7 @@ impl Engine {
         )?;
         r.report.duration = t0.elapsed();
         let load = Arc::new(Load::default());
+        let queued = r.msgs.iter().any(|ms| ms.live_msgs > 0);
         let q = Arc::new(Engine {
             dir: dir.to_path_buf(),
             log,
@@ -160,6 +166,7 @@ impl Engine {
             next_fence: AtomicU64::new(opts.clock.now_millis().max(1).saturating_mul(1 << 20)),
             load,
             disk: admit::DiskWatch::new(),
+            sweeps: expiry::Sweeps::new(queued),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             salt,
             report: Mutex::new(r.report),

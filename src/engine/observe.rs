@@ -96,6 +96,7 @@ impl Engine {
         st.site_failures = get(&c.site_failures);
         st.lease_reclaims = get(&c.lease_reclaims);
         st.refused = get(&c.refused);
+        st.delay_warnings = get(&c.delay_warnings);
         st.queued_bytes = self.load.bytes();
         st.disk_free = self.disk_free();
         st.backpressure = self.pressure();

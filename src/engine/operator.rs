@@ -243,19 +243,32 @@ impl Engine {
         })
     }
 
-    /// Runs `f` on the bucket of `key` (created if new) under its shard lock;
+    /// Runs `f` on the bucket of `key` (created if new) under its shard lock,
+    /// appends the bucket's settings as a `Destination` record under the same
+    /// lock (so the log orders them as memory does) and makes it durable;
     /// wakes the event loop when `f` returns true.
     fn with_bucket(
         &self,
         key: &str,
         f: impl FnOnce(&mut SchedShard, u32, u32) -> bool,
     ) -> Result<()> {
-        let _g = self.gate.read_recursive();
-        let b = self.bucket_id(&crate::validate::normalize_key(key)?)?;
-        let now = self.now();
-        let rang = f(&mut self.sched[shard_of(b)].lock(), local_of(b), now);
+        let rang = {
+            let _g = self.gate.read_recursive();
+            let b = self.bucket_id(&crate::validate::normalize_key(key)?)?;
+            let now = self.now();
+            let mut ss = self.sched[shard_of(b)].lock();
+            let rang = f(&mut ss, local_of(b), now);
+            let bucket = &ss.buckets[local_of(b) as usize];
+            let d = ss.settings(local_of(b), self.opts.concurrency);
+            let mut batch = Batch::new();
+            batch.push(record::Kind::Destination, |p| {
+                record::encode_destination(p, &bucket.key, &d)
+            });
+            self.log.append(batch)?;
+            rang
+        };
         self.wake_if(rang);
-        Ok(())
+        self.log.sync_all()
     }
 
     /// Re-routes every waiting recipient of `from` to `to`; durable on return.
@@ -611,6 +624,7 @@ impl Engine {
                     recipient,
                     reason: t.reason,
                     expired: t.expired,
+                    delayed: t.delayed,
                 }),
                 Err(why) => self.report.lock().note_corrupt_message(t.id, &why),
             }
@@ -632,18 +646,22 @@ impl Engine {
                     continue;
                 };
                 let st = r.state();
-                if !matches!(st, RcptState::Failed | RcptState::Expired)
-                    || r.flags() & F_BOUNCE_TAKEN != 0
-                {
+                let bounce = matches!(st, RcptState::Failed | RcptState::Expired);
+                if r.flags() & F_BOUNCE_TAKEN != 0 || !(bounce || warning_due(&r)) {
                     continue;
                 }
                 ms.rcpts[rid as usize].set_flags(r.flags() | F_BOUNCE_TAKEN);
                 let m = ms.msgs[r.msg as usize];
+                let reason = match ms.reason(r.reason()) {
+                    "" if !bounce => "not attempted yet".to_string(),
+                    t => t.to_string(),
+                };
                 refs.push(BounceRef {
                     id: MessageId::new(m.gen, global(s, r.msg)),
                     index: rid - m.first,
-                    reason: ms.reason(r.reason()).to_string(),
+                    reason,
                     expired: st == RcptState::Expired,
+                    delayed: !bounce,
                     loc: (m.seg, m.off, m.len),
                 });
             }
@@ -665,7 +683,8 @@ impl Engine {
         Ok((m.sender.to_string(), recipient))
     }
 
-    /// Acknowledges a bounce: the recipient becomes final.
+    /// Acknowledges a bounce: the recipient becomes final. For a delay
+    /// warning, records that it was sent (it is not offered again).
     pub(crate) fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
         let changed = self.change_rcpt(id, index, &|r| {
             matches!(r.state(), RcptState::Failed | RcptState::Expired)
@@ -673,10 +692,53 @@ impl Engine {
         })?;
         if changed {
             bump(&self.counters.bounced, 1);
+        } else if self.ack_warning(id, index)? {
+            bump(&self.counters.delay_warnings, 1);
+            self.sync_if_due()?;
+            return Ok(true);
         }
         self.sync_if_due()?;
         Ok(changed)
     }
+
+    /// Marks the delay warning of a recipient still queued as sent: an update
+    /// record with the same state (in flight: the state a crash should find,
+    /// as the operator decided) carries the flag, so a restart does not warn
+    /// again.
+    fn ack_warning(&self, id: MessageId, index: u32) -> Result<bool> {
+        let _g = self.gate.read_recursive();
+        let (rid, _) = self.find_rcpt(id, index)?;
+        let mshard = shard_of(id.slot());
+        let mut ms = self.msgs[mshard].lock();
+        if ms.get(local_of(id.slot()), id.gen()).is_none() {
+            return Err(Error::NoSuchMessage(id));
+        }
+        let r = ms.rcpts[rid as usize];
+        if !warning_due(&r) {
+            return Ok(false);
+        }
+        ms.rcpts[rid as usize]
+            .set_flags((r.flags() | F_WARNED) & !(F_WARN_QUEUED | F_BOUNCE_TAKEN));
+        let (state, _) = super::maint::persisted(&ms, rid, &r);
+        let ch = Change::persist(&r, state, r.next);
+        self.append_update(&ms, mshard, rid, &ch, "")?;
+        Ok(true)
+    }
+}
+
+/// Whether a recipient is queued and not final: ready, deferred, held or in
+/// flight.
+fn waits(st: RcptState) -> bool {
+    matches!(
+        st,
+        RcptState::Ready | RcptState::Deferred | RcptState::Held | RcptState::Leased
+    )
+}
+
+/// A delay warning is queued for this recipient, not handed out, and it is
+/// still waiting.
+fn warning_due(r: &Rcpt) -> bool {
+    r.flags() & F_WARN_QUEUED != 0 && r.flags() & F_WARNED == 0 && waits(r.state())
 }
 
 /// A bounce taken from the index, before its envelope is read.
@@ -685,6 +747,7 @@ struct BounceRef {
     index: u32,
     reason: String,
     expired: bool,
+    delayed: bool,
     loc: (u32, u32, u32),
 }
 

@@ -1,5 +1,5 @@
-//! Bounces: handing failed and expired recipients to the caller for DSNs, and
-//! acknowledging them. Depends on `boundary`, `status`, `handle` and `ptr`.
+//! Bounces: handing failed and expired recipients (and delay warnings) to the
+//! caller for DSNs, and acknowledging them. Depends on `boundary`, `status`, `handle` and `ptr`.
 
 use super::boundary::{with_callback, with_queue};
 use super::handle::mailq;
@@ -8,7 +8,8 @@ use super::status::{fail, mailq_status, mailq_status::*};
 use crate::types::MessageId;
 use std::ffi::{c_char, c_void};
 
-/// A failed or expired recipient, passed to `mailq_bounce_fn`. Pointers are valid during the callback.
+/// A failed or expired recipient, or a delay warning, passed to
+/// `mailq_bounce_fn`. Pointers are valid during the callback.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mailq_bounce {
@@ -24,6 +25,9 @@ pub struct mailq_bounce {
     pub recipient: *const c_char,
     /// Last error.
     pub reason: *const c_char,
+    /// Non-zero for a delay warning (`delay_warning_secs`): the recipient is
+    /// still queued; send a DSN with `Action: delayed`, then acknowledge it.
+    pub delayed: u32,
 }
 
 /// Callback for `mailq_take_bounces`, once per bounce.
@@ -57,6 +61,7 @@ pub unsafe extern "C" fn mailq_take_bounces(
                 sender: s.as_ptr(),
                 recipient: r.as_ptr(),
                 reason: why.as_ptr(),
+                delayed: b.delayed as u32,
             };
             // SAFETY: the caller's callback (header contract), with pointers
             // valid for the call.
@@ -67,12 +72,16 @@ pub unsafe extern "C" fn mailq_take_bounces(
     })
 }
 
-/// Acknowledges a bounce: the recipient is final.
+/// Acknowledges a bounce: the recipient is final (for a delay warning: the
+/// warning is recorded as sent and not offered again).
 #[no_mangle]
 pub extern "C" fn mailq_ack_bounce(q: *mut mailq, id: u64, index: u32) -> mailq_status {
     with_queue(q, |qq| {
         if !qq.ack_bounce(MessageId(id), index)? {
-            return fail(MAILQ_ERR_NOT_FOUND, "no failed or expired recipient there");
+            return fail(
+                MAILQ_ERR_NOT_FOUND,
+                "no failed or expired recipient, nor a delay warning, there",
+            );
         }
         Ok(())
     })

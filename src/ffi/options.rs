@@ -53,6 +53,10 @@ pub struct mailq_options {
     /// … or when the filesystem's free space would fall under this (default
     /// 128 MiB; 0: no check).
     pub min_free_disk: u64,
+    /// Seconds after acceptance at which a recipient not yet delivered is
+    /// handed out once by `mailq_take_bounces` with `delayed` set, for a DSN
+    /// with `Action: delayed` (default 0: no warnings; less than the lifetime).
+    pub delay_warning_secs: u32,
 }
 
 /// Fills `opts` with the defaults and sets `opts->size`. Pass
@@ -98,6 +102,7 @@ fn default_options() -> mailq_options {
         max_queued_recipients: d.max_queued_recipients,
         max_queued_bytes: d.max_queued_bytes,
         min_free_disk: d.min_free_disk,
+        delay_warning_secs: d.delay_warning.as_secs().min(u32::MAX as u64) as u32,
     }
 }
 
@@ -136,6 +141,7 @@ pub(super) unsafe fn read_options(p: *const mailq_options) -> Result<Options, Fa
         max_queued_recipients: o.max_queued_recipients,
         max_queued_bytes: o.max_queued_bytes,
         min_free_disk: o.min_free_disk,
+        delay_warning: Duration::from_secs(o.delay_warning_secs as u64),
         ..Options::default()
     };
     opts.concurrency = Concurrency {

@@ -51,6 +51,12 @@ pub const F_BOUNCE_TAKEN: u8 = 1;
 /// time and bucket are final in the index, but it has not yet joined the new
 /// bucket's queues and counters (see `Engine::apply_moves`).
 pub const F_MOVING: u8 = 2;
+/// Its delay warning was acknowledged (persisted: the update record's
+/// `UPDATE_WARNED` flag, the checkpoint's warned bit).
+pub const F_WARNED: u8 = 4;
+/// A delay warning is queued for hand-out, or handed out and not yet
+/// acknowledged (not persisted: offered again after a restart).
+pub const F_WARN_QUEUED: u8 = 8;
 
 impl Rcpt {
     /// A recipient of message slot `msg` in `bucket`, state `New`.

@@ -26,6 +26,8 @@ pub(super) struct Builder {
     /// A segment header of another format version: (segment, version).
     pub(super) foreign: Option<(u32, u32)>,
     pub(super) report: RecoveryReport,
+    /// The clock at open (settings re-base timed suspensions against it).
+    now: u32,
 }
 
 impl Builder {
@@ -42,6 +44,7 @@ impl Builder {
             checkpoint_used: false,
             foreign: None,
             report: RecoveryReport::default(),
+            now,
         }
     }
 
@@ -149,6 +152,12 @@ impl Builder {
             r.set_state(st);
             r.set_attempts(u.attempts);
             r.next = u.next;
+            let warned = if u.flags & record::UPDATE_WARNED != 0 {
+                F_WARNED
+            } else {
+                0
+            };
+            r.set_flags((r.flags() & !F_WARNED) | warned);
         }
         if st.is_final() {
             ms.finish_rcpt(rid);
@@ -156,6 +165,24 @@ impl Builder {
             // An empty reason means "unchanged" (operator actions, requeues).
             ms.set_reason_text(rid, u.reason);
         }
+    }
+
+    /// A destination's settings (absolute) from a `Destination` record.
+    pub(super) fn apply_destination(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
+        let Some((key, d)) = record::decode_destination(payload) else {
+            self.damaged(seg, off, total, "destination record does not decode");
+            return;
+        };
+        let Ok(k) = crate::validate::normalize_key(key) else {
+            self.damaged(seg, off, total, "destination record names a bad key");
+            return;
+        };
+        if self.keys.get(&k).is_none() && self.keys.len() >= MAX_BUCKETS as usize {
+            self.damaged(seg, off, total, "routing key table full");
+            return;
+        }
+        let b = self.keys.intern_into(&k, self.policy, &mut self.sched);
+        self.sched[shard_of(b)].apply_settings(local_of(b), &d, self.policy, self.now);
     }
 
     /// Reports a record that passed its checksum but does not decode.
@@ -190,6 +217,7 @@ impl Builder {
                         Kind::Message => self.apply_message(false, f.payload, seg, at, f.total),
                         Kind::MessageCopy => self.apply_message(true, f.payload, seg, at, f.total),
                         Kind::RcptUpdate => self.apply_update(f.payload, seg, at, f.total),
+                        Kind::Destination => self.apply_destination(f.payload, seg, at, f.total),
                         Kind::SegmentHeader => {}
                     }
                     off += f.total;
@@ -228,7 +256,7 @@ impl Builder {
             .filter(|f| start > 0 || f.kind == Kind::SegmentHeader)
             .and_then(|f| record::parse_segment_header(f.payload))
             .map(|h| h.0);
-        if let Some(v) = version.filter(|&v| v != record::FORMAT_VERSION) {
+        if let Some(v) = version.filter(|&v| !record::format_supported(v)) {
             self.foreign.get_or_insert((seg, v));
             return Err(0);
         }
@@ -403,6 +431,13 @@ impl Builder {
                 return Err(DecodeError::from("duplicate routing key"));
             }
         }
+        for _ in 0..d.destinations()? {
+            let (k, ds) = d.destination()?;
+            if k >= nkeys {
+                return Err(DecodeError::from("destination out of range"));
+            }
+            self.sched[shard_of(k)].apply_settings(local_of(k), &ds, self.policy, self.now);
+        }
         for s in 0..SHARDS {
             self.load_shard(&mut d, s, nkeys)?;
         }
@@ -454,6 +489,9 @@ impl Builder {
                 rc.set_state(st);
                 rc.set_attempts(r.attempts);
                 rc.next = r.next;
+                if r.warned {
+                    rc.set_flags(rc.flags() | F_WARNED);
+                }
                 if r.reason != 0 {
                     ms.set_reason_text(rid, reasons[r.reason as usize - 1]);
                 }

@@ -1,11 +1,13 @@
 //! The scheduler's data: per-shard bucket tables, the round-robin ready ring,
 //! the retry timer, probe wake-ups and lease deadlines. Decisions that need
 //! the recipient index as well live in `engine`; this layer depends on
-//! `index` ids and `types` only.
+//! `index` ids and `types` only (and the plain settings value of
+//! `storage::record`, in `settings`).
 
 mod bucket;
 mod keys;
 mod rate;
+mod settings;
 mod wheel;
 
 pub use bucket::{Bucket, Slot};

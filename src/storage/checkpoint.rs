@@ -6,11 +6,14 @@
 //!
 //! Layout (little-endian): magic `MQCKPT01`, version u32, 0u32, log position
 //! u64, sequence u64, next generation u32, salt u32, key count u32 and keys
-//! (short strings); per shard: reason count u32 and reasons, message count u32
-//! and per message [`MsgEntry`] then its [`RcptEntry`]s; then CRC32 of all of
-//! the above u32, total length u64, end magic `MQCKEND1`.
+//! (short strings); since version 2 a destination count u32 and per
+//! destination its key index u32 and [`DestSettings`]; per shard: reason count
+//! u32 and reasons, message count u32 and per message [`MsgEntry`] then its
+//! [`RcptEntry`]s (since version 2 the state byte's top bit says the delay
+//! warning was acknowledged); then CRC32 of all of the above u32, total length
+//! u64, end magic `MQCKEND1`.
 
-use super::record::{Put, Reader};
+use super::record::{DestSettings, Put, Reader};
 use super::vfs::VFile;
 
 /// File name of the checkpoint.
@@ -19,8 +22,11 @@ pub const CHECKPOINT: &str = "checkpoint";
 pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
-/// Checkpoint format version.
-pub const VERSION: u32 = 1;
+/// Checkpoint format version written (2 added destination settings and the
+/// delay-warning bit); version 1 is still read.
+pub const VERSION: u32 = 2;
+/// The state byte's bit for [`RcptEntry::warned`].
+const WARNED_BIT: u8 = 0x80;
 /// Bytes of the trailer: CRC32, total length, end magic.
 const TRAILER: usize = 4 + 8 + 8;
 /// Bytes buffered before a checkpoint piece is written.
@@ -57,6 +63,8 @@ pub struct MsgEntry {
 pub struct RcptEntry {
     /// Persisted state (`RcptState` as u8).
     pub state: u8,
+    /// Its delay warning was acknowledged.
+    pub warned: bool,
     /// Attempts so far.
     pub attempts: u16,
     /// Next attempt (unix seconds).
@@ -97,7 +105,14 @@ impl<'a> Writer<'a> {
         w
     }
 
-    /// Writes a count (of keys, reasons or messages).
+    /// Writes one destination's settings (after the count of them).
+    pub fn destination(&mut self, key_index: u32, d: &DestSettings) {
+        self.u32(key_index);
+        d.encode(&mut self.buf);
+        self.maybe_spill();
+    }
+
+    /// Writes a count (of keys, destinations, reasons or messages).
     pub fn count(&mut self, n: u32) {
         self.u32(n);
     }
@@ -120,7 +135,8 @@ impl<'a> Writer<'a> {
 
     /// Writes a recipient entry.
     pub fn rcpt(&mut self, r: &RcptEntry) {
-        self.buf.push(r.state);
+        self.buf
+            .push(r.state | if r.warned { WARNED_BIT } else { 0 });
         self.buf.extend_from_slice(&r.attempts.to_le_bytes());
         self.u32(r.next);
         self.u32(r.bucket);
@@ -188,6 +204,7 @@ impl From<&str> for DecodeError {
 /// Reads a checkpoint whose frame (magic, length, checksum, version) checked out.
 pub struct Decoder<'a> {
     r: Reader<'a>,
+    version: u32,
 }
 
 fn malformed() -> DecodeError {
@@ -224,11 +241,13 @@ impl<'a> Decoder<'a> {
         }
         let mut d = Decoder {
             r: Reader::new(&body[MAGIC.len()..]),
+            version: 0,
         };
         let version = d.u32()?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(DecodeError::Version(version));
         }
+        d.version = version;
         d.u32()?;
         let h = Header {
             pos: d.r.u64().ok_or_else(malformed)?,
@@ -262,11 +281,32 @@ impl<'a> Decoder<'a> {
         })
     }
 
+    /// Reads the count of destination settings (none before version 2).
+    pub fn destinations(&mut self) -> Result<u32, DecodeError> {
+        if self.version < 2 {
+            return Ok(0);
+        }
+        self.u32()
+    }
+
+    /// Reads one destination's settings: (key index, settings).
+    pub fn destination(&mut self) -> Result<(u32, DestSettings), DecodeError> {
+        let k = self.u32()?;
+        Ok((k, DestSettings::decode(&mut self.r).ok_or_else(malformed)?))
+    }
+
     /// Reads a recipient entry.
     #[inline]
     pub fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
+        let b = self.r.u8().ok_or_else(malformed)?;
+        let warned = self.version >= 2 && b & WARNED_BIT != 0;
         Ok(RcptEntry {
-            state: self.r.u8().ok_or_else(malformed)?,
+            state: if self.version >= 2 {
+                b & !WARNED_BIT
+            } else {
+                b
+            },
+            warned,
             attempts: self.r.u16().ok_or_else(malformed)?,
             next: self.u32()?,
             bucket: self.u32()?,
@@ -313,6 +353,7 @@ mod tests {
         };
         let r = RcptEntry {
             state: 2,
+            warned: true,
             attempts: 3,
             next: 4,
             bucket: 0,
@@ -321,6 +362,15 @@ mod tests {
         let mut w = Writer::new(&*f, &h);
         w.count(1);
         w.text("example.com");
+        let ds = DestSettings {
+            suspended: true,
+            resume_at: 9,
+            suspend_secs: 8,
+            limit: 3,
+            rate: [0, 6, 0, 1000],
+        };
+        w.count(1);
+        w.destination(0, &ds);
         w.count(1);
         w.text("451 try later");
         w.count(1);
@@ -333,6 +383,8 @@ mod tests {
         assert_eq!(h2, h);
         assert_eq!(d.count().unwrap(), 1);
         assert_eq!(d.text().unwrap(), "example.com");
+        assert_eq!(d.destinations().unwrap(), 1);
+        assert_eq!(d.destination().unwrap(), (0, ds));
         assert_eq!(d.count().unwrap(), 1);
         assert_eq!(d.text().unwrap(), "451 try later");
         assert_eq!(d.count().unwrap(), 1);

@@ -45,6 +45,8 @@ pub enum Kind {
     RcptUpdate = 3,
     /// A live message copied forward by compaction.
     MessageCopy = 4,
+    /// The operator settings of one destination (format version 2).
+    Destination = 5,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             2 => Kind::Message,
             3 => Kind::RcptUpdate,
             4 => Kind::MessageCopy,
+            5 => Kind::Destination,
             _ => return None,
         })
     }
@@ -298,8 +301,17 @@ impl Put for Vec<u8> {
 
 /// Magic at the start of a segment header payload.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
-/// On-disk format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format version written by this build: 2 added `Destination`
+/// records and the update record's flags byte.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads (version 1 segments never hold
+/// what version 2 added, and their flags byte is zero).
+pub const MIN_FORMAT_VERSION: u32 = 1;
+
+/// Whether this build reads segments of format `v`.
+pub fn format_supported(v: u32) -> bool {
+    (MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&v)
+}
 
 /// Payload of the segment header record.
 pub fn segment_header(segment: u32, salt: u32) -> Vec<u8> {
@@ -406,6 +418,9 @@ pub struct UpdateRecord<'a> {
     pub idx: u32,
     /// New persisted state.
     pub state: u8,
+    /// Flags kept with the recipient ([`UPDATE_WARNED`]); absolute, like the
+    /// other fields (format version 1 wrote zero here, which reads as none).
+    pub flags: u8,
     /// Attempts so far.
     pub attempts: u16,
     /// Next attempt (unix seconds), for deferred recipients.
@@ -416,12 +431,105 @@ pub struct UpdateRecord<'a> {
     pub route: &'a str,
 }
 
+/// [`UpdateRecord::flags`]: the recipient's delay warning was acknowledged.
+pub const UPDATE_WARNED: u8 = 1;
+
+/// The operator's settings of one destination, as the log (`Destination`
+/// records, absolute values) and the checkpoint keep them. Encoded as tagged
+/// values, so a later setting is a new tag; unknown tags are skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestSettings {
+    /// Suspended by the operator.
+    pub suspended: bool,
+    /// End of a timed suspension (unix seconds of the queue's clock); 0 for
+    /// one that lasts until resumed.
+    pub resume_at: u32,
+    /// Length of a timed suspension, seconds.
+    pub suspend_secs: u32,
+    /// Concurrency limit set by the operator; 0 for the queue's default.
+    pub limit: u16,
+    /// Message-rate limits per second, minute, hour and day (0: none).
+    pub rate: [u32; 4],
+}
+
+/// Tags of [`DestSettings`] values.
+const TAG_SUSPENDED: u8 = 1;
+const TAG_RESUME_AT: u8 = 2;
+const TAG_SUSPEND_SECS: u8 = 3;
+const TAG_LIMIT: u8 = 4;
+const TAG_RATE: u8 = 5; // 5..=8: per second, minute, hour, day
+
+impl DestSettings {
+    /// True when nothing differs from the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == DestSettings::default()
+    }
+
+    /// Appends the tagged encoding: a count, then (tag u8, value u64) pairs.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut pairs: Vec<(u8, u64)> = Vec::with_capacity(8);
+        if self.suspended {
+            pairs.push((TAG_SUSPENDED, 1));
+            pairs.push((TAG_RESUME_AT, self.resume_at as u64));
+            pairs.push((TAG_SUSPEND_SECS, self.suspend_secs as u64));
+        }
+        if self.limit != 0 {
+            pairs.push((TAG_LIMIT, self.limit as u64));
+        }
+        for (i, &r) in self.rate.iter().enumerate() {
+            if r != 0 {
+                pairs.push((TAG_RATE + i as u8, r as u64));
+            }
+        }
+        out.push(pairs.len() as u8);
+        for (t, v) in pairs {
+            out.push(t);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Reads the tagged encoding; values out of their field's range are
+    /// malformed (`None`).
+    pub fn decode(r: &mut Reader<'_>) -> Option<DestSettings> {
+        let mut d = DestSettings::default();
+        for _ in 0..r.u8()? {
+            let (t, v) = (r.u8()?, r.u64()?);
+            let v32 = u32::try_from(v).ok();
+            match t {
+                TAG_SUSPENDED => d.suspended = v != 0,
+                TAG_RESUME_AT => d.resume_at = v32?,
+                TAG_SUSPEND_SECS => d.suspend_secs = v32?,
+                TAG_LIMIT => d.limit = u16::try_from(v).ok()?,
+                t if (TAG_RATE..TAG_RATE + 4).contains(&t) => {
+                    d.rate[(t - TAG_RATE) as usize] = v32?
+                }
+                _ => {}
+            }
+        }
+        Some(d)
+    }
+}
+
+/// Encodes a `Destination` payload: the routing key, then its settings.
+pub fn encode_destination(out: &mut Vec<u8>, key: &str, d: &DestSettings) {
+    out.put_short(key.as_bytes());
+    d.encode(out);
+}
+
+/// Decodes a `Destination` payload.
+pub fn decode_destination(p: &[u8]) -> Option<(&str, DestSettings)> {
+    let mut r = Reader::new(p);
+    let key = r.short_str()?;
+    let d = DestSettings::decode(&mut r)?;
+    (r.remaining() == 0).then_some((key, d))
+}
+
 /// Encodes an update payload.
 pub fn encode_update(out: &mut Vec<u8>, u: &UpdateRecord<'_>) {
     out.extend_from_slice(&u.id.to_le_bytes());
     out.extend_from_slice(&u.idx.to_le_bytes());
     out.push(u.state);
-    out.push(0);
+    out.push(u.flags);
     out.extend_from_slice(&u.attempts.to_le_bytes());
     out.extend_from_slice(&u.next.to_le_bytes());
     out.put_short(u.reason.as_bytes());
@@ -435,10 +543,8 @@ pub fn decode_update(p: &[u8]) -> Option<UpdateRecord<'_>> {
         id: r.u64()?,
         idx: r.u32()?,
         state: r.u8()?,
-        attempts: {
-            r.u8()?;
-            r.u16()?
-        },
+        flags: r.u8()?,
+        attempts: r.u16()?,
         next: r.u32()?,
         reason: r.short_str()?,
         route: r.short_str()?,

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 #include <poll.h>
@@ -625,6 +626,61 @@ static void test_backpressure(void) {
     rmrf(d);
 }
 
+static int delayed_seen;
+static uint64_t delayed_id;
+static void delayed_cb(void *u, const mailq_bounce *b) {
+    (void)u;
+    delayed_seen++;
+    delayed_id = b->id;
+    CHECK(b->delayed == 1 && b->expired == 0);
+    CHECK(strcmp(b->recipient, "w@slow.example") == 0);
+}
+static int slow_suspended, slow_limit;
+static int slow_cb(void *u, const mailq_bucket_stats *b) {
+    (void)u;
+    if (strcmp(b->key, "slow.example") == 0) {
+        slow_suspended = (int)b->suspended;
+        slow_limit = (int)b->limit;
+    }
+    return 1;
+}
+
+/* A delay warning comes through mailq_take_bounces with `delayed` set and is
+ * acknowledged once; suspensions and limits survive a reopen. */
+static void test_warnings_and_settings(void) {
+    char d[sizeof dir + 8];
+    snprintf(d, sizeof d, "%s/dw", dir);
+    mailq_options o;
+    EXPECT(mailq_options_init(&o, sizeof o), MAILQ_OK);
+    CHECK(o.delay_warning_secs == 0);
+    o.delay_warning_secs = 1;
+    mailq *q = NULL;
+    EXPECT(mailq_open(d, &o, &q), MAILQ_OK);
+    EXPECT(mailq_suspend(q, "slow.example"), MAILQ_OK);
+    EXPECT(mailq_set_concurrency_limit(q, "slow.example", 3), MAILQ_OK);
+    uint64_t id = enqueue1(q, "w@slow.example", "late");
+    struct timespec ts = {1, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    int ready = 0;
+    EXPECT(mailq_tick(q, &ready), MAILQ_OK);
+    size_t count = 0;
+    EXPECT(mailq_take_bounces(q, 10, delayed_cb, NULL, &count), MAILQ_OK);
+    CHECK(count == 1 && delayed_seen == 1 && delayed_id == id);
+    EXPECT(mailq_ack_bounce(q, id, 0), MAILQ_OK);
+    EXPECT(mailq_ack_bounce(q, id, 0), MAILQ_ERR_NOT_FOUND);
+    EXPECT(mailq_close(q), MAILQ_OK);
+    EXPECT(mailq_open(d, &o, &q), MAILQ_OK);
+    EXPECT(mailq_walk_buckets(q, slow_cb, NULL), MAILQ_OK);
+    CHECK(slow_suspended == 1 && slow_limit == 3);
+    EXPECT(mailq_tick(q, &ready), MAILQ_OK);
+    EXPECT(mailq_take_bounces(q, 10, delayed_cb, NULL, &count), MAILQ_OK);
+    CHECK(count == 0 && delayed_seen == 1); /* warned once */
+    EXPECT(mailq_close(q), MAILQ_OK);
+    o.delay_warning_secs = o.lifetime_secs; /* not below the lifetime */
+    EXPECT(mailq_open(d, &o, &q), MAILQ_ERR_INVALID_ARGUMENT);
+    rmrf(d);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/mailq-ctest-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -634,6 +690,7 @@ int main(void) {
     test_library();
     test_open_errors();
     test_backpressure();
+    test_warnings_and_settings();
     mailq *q = open_queue();
     test_enqueue_errors(q);
     test_streaming(q);
