@@ -146,6 +146,20 @@ typedef enum mailq_outcome {
 } mailq_outcome;
 
 /**
+ * What a reply rule does (passed as an `int` to `mailq_add_reply_rule`).
+ */
+typedef enum mailq_rule_action {
+  /**
+   * Suspend the destination for the rule's `seconds`.
+   */
+  MAILQ_RULE_SUSPEND = 1,
+  /**
+   * Take a temporary failure as permanent.
+   */
+  MAILQ_RULE_PERMANENT = 2,
+} mailq_rule_action;
+
+/**
  * An open queue. Thread-safe: may be used from several threads at once.
  */
 typedef struct mailq mailq;
@@ -864,6 +878,22 @@ enum mailq_status mailq_set_concurrency_limit(struct mailq *q, const char *key, 
  * reports. In memory: set them again after reopening.
  */
 enum mailq_status mailq_set_rate_limit(struct mailq *q, const char *key, uint32_t per_second, uint32_t per_minute, uint32_t per_hour, uint32_t per_day);
+
+/**
+ * Appends a reply-driven rule: `pattern` is a case-insensitive regular
+ * expression (regex crate syntax) matched anywhere in a failed attempt's
+ * reply (e.g. `\\[TSS04\\]`); `action` is `MAILQ_RULE_SUSPEND` (suspend the
+ * destination for `seconds`, 1 s to 68 years) or `MAILQ_RULE_PERMANENT`
+ * (`seconds` ignored). Rules are tried in order, the first match acts. A bad
+ * pattern or action is `MAILQ_ERR_INVALID_ARGUMENT` and changes nothing.
+ * Rules are configuration: add them again after opening.
+ */
+enum mailq_status mailq_add_reply_rule(struct mailq *q, const char *pattern, int action, uint64_t seconds);
+
+/**
+ * Removes every reply-driven rule (the suspensions they caused stay).
+ */
+enum mailq_status mailq_clear_reply_rules(struct mailq *q);
 
 /**
  * Re-routes every waiting recipient of routing key `from` to `to` (persisted).

@@ -60,7 +60,7 @@ pub use stats::{
 pub use storage::vfs::{OsFs, VFile, Vfs};
 pub use types::{
     Bounce, Clock, Concurrency, DeliveryData, ManualClock, MessageId, NewMessage, Options, Outcome,
-    RateLimit, RcptState, Recipient, SystemClock,
+    RateLimit, RcptState, Recipient, ReplyRule, RuleAction, SystemClock,
 };
 
 /// Test support for crash and fault simulation: a simulated filesystem and the

@@ -194,6 +194,19 @@ impl Queue {
         self.engine.set_rate_limit(key, limit)
     }
 
+    /// Replaces the reply-driven rules (see [`ReplyRule`]); a bad pattern is an
+    /// error and changes nothing. Rules are configuration: set them again
+    /// after opening (or pass them in [`Options::reply_rules`]); the
+    /// suspensions they caused are persisted.
+    pub fn set_reply_rules(&self, rules: &[ReplyRule]) -> Result<()> {
+        self.engine.set_reply_rules(rules)
+    }
+
+    /// The reply-driven rules in force, in order.
+    pub fn reply_rules(&self) -> Vec<ReplyRule> {
+        self.engine.reply_rules()
+    }
+
     /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).
     /// Recipients in flight keep their session. Returns how many moved.
     pub fn reroute(&self, from: &str, to: &str) -> Result<usize> {

@@ -43,6 +43,8 @@ pub struct BucketStats {
     pub suspended: bool,
     /// When that suspension ends by itself (unix seconds; 0: until resumed).
     pub suspended_until: u64,
+    /// The reply rule (its pattern) that suspended it, if a rule did.
+    pub suspended_by: Option<String>,
     /// Marked dead until this unix time (0: alive).
     pub dead_until: u64,
     /// Recipients delivered through this bucket since open.

@@ -330,6 +330,33 @@ impl RateLimit {
     }
 }
 
+/// What a [`ReplyRule`] does when a reply matches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuleAction {
+    /// Suspend the destination for this long (1 s to 68 years): a timed
+    /// suspension that is persisted, ends by itself, and shows in `explain`
+    /// and the destination's stats with the rule. A longer suspension in
+    /// force is not shortened.
+    Suspend(Duration),
+    /// Take a temporary failure as permanent: the recipient fails now and
+    /// its bounce is handed out (a 4xx the receiver means as final).
+    Permanent,
+}
+
+/// A reply-driven rule (KumoMTA's traffic-shaping automation): a regular
+/// expression (case-insensitive, `regex` crate syntax, matched anywhere in
+/// the reply, e.g. `\[TSS04\]` or `^421 4\.7\.0`) over the reply of a
+/// failed attempt or a site failure, and what a match does. Rules are tried
+/// in order; the first match acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRule {
+    /// The regular expression.
+    pub pattern: String,
+    /// What a match does.
+    pub action: RuleAction,
+}
+
 /// Options for [`crate::Queue::open`].
 #[derive(Clone)]
 pub struct Options {
@@ -359,6 +386,10 @@ pub struct Options {
     /// with `Action: delayed` (Postfix `delay_warning_time`); zero (the
     /// default) sends none. Must be shorter than `lifetime`.
     pub delay_warning: Duration,
+    /// Reply-driven rules, tried in order on every failed attempt's reply
+    /// (see [`ReplyRule`]; [`crate::Queue::set_reply_rules`] replaces them
+    /// while the queue runs). Needs feature `rules` (in the default `admin`).
+    pub reply_rules: Vec<ReplyRule>,
     /// Session lease; a session silent for longer has its slot reclaimed (default 10 min).
     pub lease_ttl: Duration,
     /// Default concurrency policy for every bucket.
@@ -405,6 +436,7 @@ impl Default for Options {
             max_backoff: Duration::from_secs(4000),
             lifetime: Duration::from_secs(5 * 86400),
             delay_warning: Duration::ZERO,
+            reply_rules: Vec::new(),
             lease_ttl: Duration::from_secs(600),
             concurrency: Concurrency::default(),
             outcome_sync_interval: Duration::from_millis(100),

@@ -173,3 +173,158 @@ fn sessions_carry_increasing_fencing_tokens_and_a_reclaimed_one_is_refused() {
     let s = q.next_session().unwrap().unwrap();
     assert!(s.fence() > last, "{} after {last}", s.fence());
 }
+
+const TSS04: &str =
+    "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume 5b1f0bcb4fasm2218311a12 - gsmtp";
+
+fn tss04_rule(secs: u64) -> ReplyRule {
+    ReplyRule {
+        pattern: r"\[TSS04\]".into(),
+        action: RuleAction::Suspend(std::time::Duration::from_secs(secs)),
+    }
+}
+
+fn dest(q: &Queue, key: &str) -> BucketStats {
+    q.stats()
+        .buckets
+        .into_iter()
+        .find(|b| b.key == key)
+        .unwrap()
+}
+
+#[test]
+fn a_reply_rule_suspends_its_destination_for_a_while_and_it_is_persisted() {
+    let dir = TempDir::new("shape-rule-suspend");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        reply_rules: vec![tss04_rule(600)],
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o).unwrap();
+    fill(&q, "gmail.com", 3);
+    fill(&q, "yahoo.com", 1);
+    // The first reply with the unique id still matches; the other
+    // destination is not touched.
+    let mut s = q.session_for("gmail.com").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    let id = d.id();
+    d.complete(&[Outcome::temp(TSS04)]).unwrap();
+    s.finish().unwrap();
+    let g = dest(&q, "gmail.com");
+    assert!(g.suspended);
+    assert_eq!(g.suspended_until, T0 + 600);
+    assert_eq!(g.suspended_by.as_deref(), Some(r"\[TSS04\]"));
+    assert!(!dest(&q, "yahoo.com").suspended);
+    assert!(q.session_for("gmail.com").unwrap().is_none());
+    let other = q
+        .select(
+            &Selector {
+                route: Some("gmail.com".into()),
+                ..Selector::default()
+            },
+            10,
+        )
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id != id)
+        .unwrap();
+    let why = q.explain(other.id, 0).unwrap().why;
+    assert!(
+        why.contains(r"suspended by reply rule /\[TSS04\]/ until"),
+        "{why}"
+    );
+    assert_eq!(deliver_now(&q), vec!["yahoo.com".to_string()]);
+    q.sync().unwrap();
+    assert_eq!(
+        q.next_wakeup(),
+        Some(T0 + 300),
+        "the retry of the deferred one"
+    );
+    drop(q);
+    // Reopened without the rule: the suspension it caused is still there.
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    assert!(dest(&q, "gmail.com").suspended);
+    clock.advance(600);
+    q.tick();
+    assert!(!dest(&q, "gmail.com").suspended, "ended by itself");
+    assert_eq!(deliver_now(&q).len(), 3);
+}
+
+#[test]
+fn a_rule_never_shortens_a_longer_suspension_and_matches_site_failures() {
+    let dir = TempDir::new("shape-rule-keep");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    q.set_reply_rules(&[tss04_rule(600)]).unwrap();
+    fill(&q, "gmail.com", 2);
+    // The operator suspends while a delivery is in flight; its TSS04 reply
+    // must not turn "until resumed" into ten minutes.
+    let mut s = q.session_for("gmail.com").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    q.suspend("gmail.com").unwrap();
+    d.complete(&[Outcome::temp(TSS04)]).unwrap();
+    s.finish().unwrap();
+    let g = dest(&q, "gmail.com");
+    assert!(g.suspended && g.suspended_until == 0 && g.suspended_by.is_none());
+    q.resume("gmail.com").unwrap();
+    // A TSS04 greeting is a site failure of the whole session.
+    let s = q.session_for("gmail.com").unwrap().unwrap();
+    s.site_failure(TSS04).unwrap();
+    let g = dest(&q, "gmail.com");
+    assert_eq!((g.suspended, g.suspended_until), (true, T0 + 600));
+    assert_eq!(q.debug_check(), Ok(()));
+}
+
+#[test]
+fn a_rule_takes_a_4xx_as_permanent_and_bad_rules_change_nothing() {
+    let dir = TempDir::new("shape-rule-perm");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    let quota = ReplyRule {
+        pattern: r"^452 4\.2\.2 .*over quota".into(),
+        action: RuleAction::Permanent,
+    };
+    q.set_reply_rules(std::slice::from_ref(&quota)).unwrap();
+    fill(&q, "full.example", 2);
+    let mut s = q.session_for("full.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    d.complete(&[Outcome::temp(
+        "452 4.2.2 The email account that you tried to reach is over quota",
+    )])
+    .unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    d.complete(&[Outcome::temp("451 4.3.0 try again")]).unwrap();
+    s.finish().unwrap();
+    let b = q.take_bounces(10).unwrap();
+    assert_eq!(b.len(), 1, "only the over-quota reply is final");
+    assert!(!b[0].expired && b[0].reason.contains("over quota"));
+    assert_eq!(q.stats().count("deferred"), 1);
+    // A bad pattern, or a suspension of zero, is refused and changes nothing.
+    for bad in [
+        ReplyRule {
+            pattern: "([unclosed".into(),
+            action: RuleAction::Permanent,
+        },
+        tss04_rule(0),
+    ] {
+        let e = q.set_reply_rules(std::slice::from_ref(&bad)).unwrap_err();
+        assert!(matches!(e, Error::InvalidOption(_)), "{e}");
+        let o = Options {
+            reply_rules: vec![bad],
+            ..opts(&clock)
+        };
+        assert!(Queue::open(TempDir::new("shape-rule-bad").path(), o).is_err());
+    }
+    fill(&q, "full.example", 1);
+    let mut s = q.session_for("full.example").unwrap().unwrap();
+    while let Some(d) = s.next_delivery().unwrap() {
+        d.complete(&[Outcome::temp("452 4.2.2 mailbox over quota")])
+            .unwrap();
+    }
+    s.finish().unwrap();
+    assert_eq!(
+        q.take_bounces(10).unwrap().len(),
+        1,
+        "the rule is still in force"
+    );
+}

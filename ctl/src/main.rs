@@ -566,9 +566,13 @@ fn destinations(v: &Value) -> String {
 pub fn dest_state(d: &Value, now: u64) -> String {
     let until = |k: &str| d[k].as_u64().unwrap_or(0);
     if d["suspended"].as_bool() == Some(true) {
-        return match until("suspended_until") {
+        let state = match until("suspended_until") {
             0 => "suspended".into(),
             t => format!("suspended {}", age(t.saturating_sub(now))),
+        };
+        return match d["suspended_by"].as_str() {
+            Some(rule) => format!("{state} by rule /{rule}/"),
+            None => state,
         };
     }
     if until("dead_until") > now {

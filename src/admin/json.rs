@@ -210,6 +210,7 @@ pub fn bucket(b: &BucketStats) -> Value {
         "limit": b.limit,
         "suspended": b.suspended,
         "suspended_until": b.suspended_until,
+        "suspended_by": b.suspended_by,
         "dead_until": b.dead_until,
         "delivered": b.delivered,
         "deferrals": b.deferrals,

@@ -6,6 +6,7 @@
 
 use super::change::{push_update, resolve_intent, Change};
 use super::leases::Lease;
+use super::rules::Rules;
 use super::{bump, policy, Engine};
 use crate::error::{Error, Result};
 use crate::index::*;
@@ -367,7 +368,13 @@ impl DeliveryCore {
 
     /// The changes the outcomes make, for recipients still leased here (the
     /// operator may have deleted or changed others while in flight).
-    fn plan(&self, ms: &MsgShard, outcomes: &[Outcome], now: u32) -> Vec<(u32, Change)> {
+    fn plan(
+        &self,
+        ms: &MsgShard,
+        outcomes: &[Outcome],
+        rules: &Rules,
+        now: u32,
+    ) -> Vec<(u32, Change)> {
         let local = local_of(self.id.slot());
         let Some(m) = ms.get(local, self.id.gen()).copied() else {
             return Vec::new();
@@ -379,6 +386,12 @@ impl DeliveryCore {
                 continue;
             }
             let mut ch = policy::outcome_change(&outcomes[k], &r, m.received, now, &self.q.opts);
+            if let Outcome::TempFail { reason, .. } = &outcomes[k] {
+                if !rules.is_empty() && rules.permanent(reason) {
+                    // A reply rule takes this 4xx as final.
+                    ch = Change::outcome(&r, RcptState::Failed, 0, Some(policy::clip(reason)));
+                }
+            }
             if let Some(it) = ms.intents.get(&rid) {
                 // The record must say what the operator's decision makes of it.
                 resolve_intent(&mut ch, it, r.bucket());
@@ -393,6 +406,7 @@ impl DeliveryCore {
         let q = self.q.clone();
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        let rules = q.rules.read().clone();
         let _g = q.gate.read();
         let mut ss = q.sched[s].lock();
         let Some(si) = slot_index(&ss, bl, &self.data.key, self.token) else {
@@ -400,7 +414,7 @@ impl DeliveryCore {
         };
         ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(policy::lease_ttl(&q.opts));
         let mut ms = q.msgs[self.mshard].lock();
-        let plan = self.plan(&ms, outcomes, now);
+        let plan = self.plan(&ms, outcomes, &rules, now);
         let mut batch = Batch::new();
         for (rid, ch) in &plan {
             push_update(&mut batch, &ms, self.mshard, *rid, ch, "");
@@ -428,11 +442,24 @@ impl DeliveryCore {
             b.success();
             rang |= ss.maybe_ring(bl, now);
         }
+        // The first failure reply a rule suspends the destination for.
+        let mut ruled = Ok(());
+        if !rules.is_empty() {
+            if let Some(reply) = outcomes.iter().find_map(|o| match o {
+                Outcome::TempFail { reason, .. } | Outcome::PermFail { reason } => {
+                    rules.suspension(reason).map(|_| reason)
+                }
+                Outcome::Delivered => None,
+            }) {
+                ruled = q.suspend_by_rule(&mut ss, bl, reply, &rules, now);
+            }
+        }
         drop(ss);
         tally.add_to(&q.counters);
         drop(_g);
         q.apply_moves();
         q.wake_if(rang);
+        ruled?;
         q.sync_if_due()
     }
 }

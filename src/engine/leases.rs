@@ -385,6 +385,7 @@ impl Lease {
         // The slot goes first: the bucket may take another session at once.
         let slot = ss.buckets[bl as usize].slots.swap_remove(i);
         let mut rang = q.return_leased(&mut ss, &slot.leased, slot.leased_msg, now);
+        let mut ruled = Ok(());
         if let Some(reason) = site {
             bump(&q.counters.site_failures, 1);
             let (min, max) = policy::backoff_bounds(&q.opts);
@@ -394,11 +395,17 @@ impl Lease {
                 let t = b.dead_until;
                 ss.wakeups.push(Reverse((t, bl)));
             }
+            // A greeting like "421 4.7.0 [TSS04] …" may match a rule too.
+            let rules = q.rules.read().clone();
+            if !rules.is_empty() {
+                ruled = q.suspend_by_rule(&mut ss, bl, reason, &rules, now);
+            }
         }
         rang |= ss.maybe_ring(bl, now);
         drop(ss);
         q.apply_moves();
         q.wake_if(rang);
+        ruled?;
         q.after_write()
     }
 }

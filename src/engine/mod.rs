@@ -23,6 +23,7 @@ mod maint;
 mod observe;
 mod operator;
 mod policy;
+mod rules;
 mod search;
 mod select;
 mod signal;
@@ -104,6 +105,8 @@ pub(crate) struct Engine {
     disk: admit::DiskWatch,
     /// When expiry and delay warnings are next due.
     sweeps: expiry::Sweeps,
+    /// Reply-driven rules (replaced whole; read once per attempt that failed).
+    rules: RwLock<Arc<rules::Rules>>,
     /// CRC salt of this queue's records.
     salt: u32,
     _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -122,6 +125,7 @@ impl Engine {
     pub(crate) fn open(dir: &Path, opts: Options) -> Result<Arc<Engine>> {
         let t0 = std::time::Instant::now();
         crate::validate::options(&opts)?;
+        let rules = rules::Rules::compile(&opts.reply_rules)?;
         let mut r = recovery::open(dir, &opts, now32(&opts))?;
         let salt = r.log.salt;
         let log = Log::open(
@@ -167,6 +171,7 @@ impl Engine {
             load,
             disk: admit::DiskWatch::new(),
             sweeps: expiry::Sweeps::new(queued),
+            rules: RwLock::new(Arc::new(rules)),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             salt,
             report: Mutex::new(r.report),

@@ -275,6 +275,7 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
         limit: b.policy.limit as u64,
         suspended: b.suspended,
         suspended_until: b.resume_at as u64,
+        suspended_by: b.suspended_by.as_deref().map(str::to_string),
         dead_until: b.dead_until as u64,
         delivered: b.delivered,
         deferrals: b.deferrals,

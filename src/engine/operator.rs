@@ -258,17 +258,61 @@ impl Engine {
             let now = self.now();
             let mut ss = self.sched[shard_of(b)].lock();
             let rang = f(&mut ss, local_of(b), now);
-            let bucket = &ss.buckets[local_of(b) as usize];
-            let d = ss.settings(local_of(b), self.opts.concurrency);
-            let mut batch = Batch::new();
-            batch.push(record::Kind::Destination, |p| {
-                record::encode_destination(p, &bucket.key, &d)
-            });
-            self.log.append(batch)?;
+            ss.buckets[local_of(b) as usize].suspended_by = None;
+            self.persist_settings(&ss, local_of(b))?;
             rang
         };
         self.wake_if(rang);
         self.log.sync_all()
+    }
+
+    /// Appends (without waiting for durability) a `Destination` record with
+    /// the settings of local bucket `bl`; the caller holds its shard lock.
+    fn persist_settings(&self, ss: &SchedShard, bl: u32) -> Result<()> {
+        let d = ss.settings(bl, self.opts.concurrency);
+        let mut batch = Batch::new();
+        batch.push(record::Kind::Destination, |p| {
+            record::encode_destination(p, &ss.buckets[bl as usize].key, &d)
+        });
+        self.log.append(batch).map(drop)
+    }
+
+    /// A reply matched a rule that suspends its destination: a timed
+    /// suspension of local bucket `bl` (a longer one in force is kept),
+    /// marked with the rule, persisted with the attempt's records (synced with
+    /// them). The caller holds the shard lock.
+    pub(super) fn suspend_by_rule(
+        &self,
+        ss: &mut SchedShard,
+        bl: u32,
+        reply: &str,
+        rules: &super::rules::Rules,
+        now: u32,
+    ) -> Result<()> {
+        let Some((secs, pattern)) = rules.suspension(reply) else {
+            return Ok(());
+        };
+        let until = now.saturating_add(secs).max(1);
+        let b = &mut ss.buckets[bl as usize];
+        if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
+            return Ok(());
+        }
+        (b.suspended, b.resume_at, b.suspend_secs) = (true, until, secs);
+        b.suspended_by = Some(pattern.into());
+        ss.wakeups.push(std::cmp::Reverse((until, bl)));
+        self.persist_settings(ss, bl)
+    }
+
+    /// The reply-driven rules in force.
+    pub(crate) fn reply_rules(&self) -> Vec<ReplyRule> {
+        self.rules.read().specs().to_vec()
+    }
+
+    /// Replaces the reply-driven rules (checked first: a bad one changes nothing).
+    pub(crate) fn set_reply_rules(&self, rules: &[ReplyRule]) -> Result<()> {
+        let compiled = super::rules::Rules::compile(rules)?;
+        *self.rules.write() = std::sync::Arc::new(compiled);
+        Ok(())
     }
 
     /// Re-routes every waiting recipient of `from` to `to`; durable on return.

@@ -9,6 +9,7 @@
 //! paging by offset is stable while the matches are.
 //! Depends on `error`, `index`, `select`, `storage`, `types`, the rest of `engine`.
 
+use super::rules::{self, Pattern};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::index::*;
@@ -163,44 +164,12 @@ struct Located {
     gen: u32,
 }
 
-/// A selector's compiled `error_regex` (the regex engine comes with the
-/// `admin` feature).
-#[cfg(feature = "admin")]
-type ErrorRegex = Option<regex::Regex>;
-#[cfg(not(feature = "admin"))]
-type ErrorRegex = Option<std::convert::Infallible>;
-
-/// Compiles `sel.error_regex`: case-insensitive, bounded in size.
-#[cfg(feature = "admin")]
-fn error_regex(sel: &Selector) -> Result<ErrorRegex> {
+/// Compiles `sel.error_regex` (case-insensitive, bounded in size).
+fn error_regex(sel: &Selector) -> Result<Option<Pattern>> {
     sel.error_regex
         .as_deref()
-        .map(|p| {
-            regex::RegexBuilder::new(p)
-                .case_insensitive(true)
-                .size_limit(1 << 20)
-                .dfa_size_limit(1 << 20)
-                .build()
-                .map_err(|e| {
-                    let e = e
-                        .to_string()
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    Error::InvalidOption(format!("error_regex {p:?}: {e}"))
-                })
-        })
+        .map(|p| rules::compile(p, "error_regex"))
         .transpose()
-}
-
-#[cfg(not(feature = "admin"))]
-fn error_regex(sel: &Selector) -> Result<ErrorRegex> {
-    match sel.error_regex {
-        None => Ok(None),
-        Some(_) => Err(Error::InvalidOption(
-            "error_regex needs mailq built with the `admin` feature (it brings the regex engine); use error (a substring) instead".into(),
-        )),
-    }
 }
 
 /// The index criteria of a selection, resolved once.
@@ -209,7 +178,7 @@ struct IndexFilter<'a> {
     now: u32,
     route: Option<u32>,
     ids: HashSet<MessageId>,
-    error_regex: ErrorRegex,
+    error_regex: Option<Pattern>,
 }
 
 impl IndexFilter<'_> {
@@ -237,13 +206,10 @@ impl IndexFilter<'_> {
 
     /// The last-error criteria: substring and regular expression.
     fn error_ok(&self, last_error: &str) -> bool {
-        #[cfg(feature = "admin")]
         let regex_ok = self
             .error_regex
             .as_ref()
-            .is_none_or(|re| re.is_match(last_error));
-        #[cfg(not(feature = "admin"))]
-        let regex_ok = self.error_regex.is_none();
+            .is_none_or(|re| rules::matches(re, last_error));
         regex_ok && self.sel.error_matches(last_error)
     }
 

@@ -176,7 +176,8 @@ fn why(
         ),
         RcptState::Deferred | RcptState::Ready => match dest {
             Some(d) if d.suspended && d.suspended_until > now => format!(
-                "destination {key} is suspended by the operator until {} (in {} s){last}",
+                "destination {key} is suspended by {} until {} (in {} s){last}",
+                d.suspended_by.as_ref().map_or("the operator".to_string(), |p| format!("reply rule /{p}/")),
                 d.suspended_until,
                 d.suspended_until - now
             ),

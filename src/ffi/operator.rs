@@ -8,7 +8,7 @@ use super::ptr::{text, write_opt};
 use super::status::{fail, mailq_status, mailq_status::*, Fail};
 use crate::types::MessageId;
 use crate::Queue;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 
 /// Runs `action` on message `id`; `*changed` (when not NULL) gets its count.
 ///
@@ -181,6 +181,62 @@ pub unsafe extern "C" fn mailq_set_rate_limit(
     };
     // SAFETY: `key` is a NUL-terminated string (header contract).
     unsafe { with_key(q, key, |qq, key| Ok(qq.set_rate_limit(key, limit)?)) }
+}
+
+/// What a reply rule does (passed as an `int` to `mailq_add_reply_rule`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mailq_rule_action {
+    /// Suspend the destination for the rule's `seconds`.
+    MAILQ_RULE_SUSPEND = 1,
+    /// Take a temporary failure as permanent.
+    MAILQ_RULE_PERMANENT = 2,
+}
+
+/// Appends a reply-driven rule: `pattern` is a case-insensitive regular
+/// expression (regex crate syntax) matched anywhere in a failed attempt's
+/// reply (e.g. `\\[TSS04\\]`); `action` is `MAILQ_RULE_SUSPEND` (suspend the
+/// destination for `seconds`, 1 s to 68 years) or `MAILQ_RULE_PERMANENT`
+/// (`seconds` ignored). Rules are tried in order, the first match acts. A bad
+/// pattern or action is `MAILQ_ERR_INVALID_ARGUMENT` and changes nothing.
+/// Rules are configuration: add them again after opening.
+#[no_mangle]
+pub unsafe extern "C" fn mailq_add_reply_rule(
+    q: *mut mailq,
+    pattern: *const c_char,
+    action: c_int,
+    seconds: u64,
+) -> mailq_status {
+    with_queue(q, |qq| {
+        // SAFETY: `pattern` is a NUL-terminated string (header contract).
+        let pattern = unsafe { text(pattern, "pattern")? };
+        let action = match action {
+            x if x == mailq_rule_action::MAILQ_RULE_SUSPEND as c_int => {
+                crate::types::RuleAction::Suspend(std::time::Duration::from_secs(seconds))
+            }
+            x if x == mailq_rule_action::MAILQ_RULE_PERMANENT as c_int => {
+                crate::types::RuleAction::Permanent
+            }
+            _ => {
+                return fail(
+                    MAILQ_ERR_INVALID_ARGUMENT,
+                    "action must be MAILQ_RULE_SUSPEND or MAILQ_RULE_PERMANENT",
+                )
+            }
+        };
+        let mut rules = qq.reply_rules();
+        rules.push(crate::types::ReplyRule {
+            pattern: pattern.to_string(),
+            action,
+        });
+        Ok(qq.set_reply_rules(&rules)?)
+    })
+}
+
+/// Removes every reply-driven rule (the suspensions they caused stay).
+#[no_mangle]
+pub extern "C" fn mailq_clear_reply_rules(q: *mut mailq) -> mailq_status {
+    with_queue(q, |qq| Ok(qq.set_reply_rules(&[])?))
 }
 
 /// Re-routes every waiting recipient of routing key `from` to `to` (persisted).

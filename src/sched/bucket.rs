@@ -40,6 +40,9 @@ pub struct Bucket {
     pub resume_at: u32,
     /// Length of that suspension, seconds (bounds it if the clock steps back).
     pub suspend_secs: u32,
+    /// The reply rule (its pattern) that suspended it, if a rule did (not
+    /// persisted: after a restart the suspension shows as the operator's).
+    pub suspended_by: Option<Box<str>>,
     /// Current concurrency window.
     pub window: u16,
     /// Policy.
@@ -83,6 +86,7 @@ impl Bucket {
             suspended: false,
             resume_at: 0,
             suspend_secs: 0,
+            suspended_by: None,
             window: policy.initial.clamp(1, policy.limit.max(1)),
             policy,
             site_failures: 0,
@@ -152,6 +156,7 @@ impl Bucket {
         let due = self.suspended && self.resume_at != 0 && now >= self.resume_at;
         if due {
             (self.suspended, self.resume_at, self.suspend_secs) = (false, 0, 0);
+            self.suspended_by = None;
         }
         due
     }

@@ -467,6 +467,14 @@ static void test_operator(mailq *q) {
     EXPECT(mailq_set_rate_limit(q, "ops.example", 0, 600, 0, 0), MAILQ_OK);
     EXPECT(mailq_set_rate_limit(q, "ops.example", 0, 0, 0, 0), MAILQ_OK); /* removed */
     EXPECT(mailq_set_rate_limit(q, NULL, 1, 0, 0, 0), MAILQ_ERR_NULL);
+    EXPECT(mailq_add_reply_rule(q, "\\[TSS04\\]", MAILQ_RULE_SUSPEND, 600), MAILQ_OK);
+    EXPECT(mailq_add_reply_rule(q, "^452 4\\.2\\.2", MAILQ_RULE_PERMANENT, 0), MAILQ_OK);
+    EXPECT(mailq_add_reply_rule(q, "([unclosed", MAILQ_RULE_PERMANENT, 0), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_add_reply_rule(q, "x", MAILQ_RULE_SUSPEND, 0), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_add_reply_rule(q, "x", 9, 1), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_add_reply_rule(q, NULL, MAILQ_RULE_PERMANENT, 0), MAILQ_ERR_NULL);
+    EXPECT(mailq_clear_reply_rules(q), MAILQ_OK);
+    EXPECT(mailq_clear_reply_rules(NULL), MAILQ_ERR_INVALID_HANDLE);
     EXPECT(mailq_set_rate_limit(q, "bad key\001", 1, 0, 0, 0), MAILQ_ERR_INVALID_ROUTE);
     EXPECT(mailq_reroute(q, "ops.example", "[192.0.2.7]", &changed), MAILQ_OK);
     CHECK(changed == 2);

@@ -1,0 +1,123 @@
+//! Reply-driven rules (KumoMTA's traffic-shaping automation): the MTA
+//! configures regular expressions over replies (`421 4.7.0 [TSS04] …`) and
+//! what a match does — suspend the destination for a while, or take a
+//! temporary failure as permanent. Matched when an attempt ends (outcome or
+//! site failure) under the bucket's lock; a suspension is the ordinary timed
+//! suspension (persisted, ends by itself, in `next_wakeup`), marked with the
+//! rule for `explain` and stats. Also the one place patterns are compiled
+//! (the operator's `error_regex` too). The regex engine comes with feature
+//! `rules` (in `admin`, the default).
+//! Depends on `error`, `types`.
+
+use crate::error::{Error, Result};
+use crate::types::{ReplyRule, RuleAction};
+
+/// A compiled pattern: case-insensitive, linear-time, bounded in size.
+#[cfg(feature = "rules")]
+pub(crate) type Pattern = regex::Regex;
+/// Without the regex engine no pattern can be compiled.
+#[cfg(not(feature = "rules"))]
+pub(crate) type Pattern = std::convert::Infallible;
+
+/// Compiles `p` (`what` names it in the error).
+#[cfg(feature = "rules")]
+pub(crate) fn compile(p: &str, what: &str) -> Result<Pattern> {
+    regex::RegexBuilder::new(p)
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let e = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            Error::InvalidOption(format!("{what} {p:?}: {e}"))
+        })
+}
+
+/// Without the regex engine: a clear error.
+#[cfg(not(feature = "rules"))]
+pub(crate) fn compile(_p: &str, what: &str) -> Result<Pattern> {
+    Err(Error::InvalidOption(format!(
+        "{what} needs mailq built with the `rules` feature (the regex engine)"
+    )))
+}
+
+/// Whether `p` matches anywhere in `text`.
+#[cfg(feature = "rules")]
+pub(crate) fn matches(p: &Pattern, text: &str) -> bool {
+    p.is_match(text)
+}
+
+/// Without the regex engine there is no pattern to match.
+#[cfg(not(feature = "rules"))]
+pub(crate) fn matches(p: &Pattern, _text: &str) -> bool {
+    match *p {}
+}
+
+/// The rules in force, compiled, in order (the first match wins).
+#[derive(Default)]
+pub(crate) struct Rules {
+    list: Vec<(Pattern, RuleAction, Box<str>)>,
+    specs: Vec<ReplyRule>,
+}
+
+impl Rules {
+    /// Compiles and checks rules: a bad pattern or a suspension outside 1 s
+    /// to 68 years is an error and changes nothing.
+    pub(crate) fn compile(rules: &[ReplyRule]) -> Result<Rules> {
+        let mut list = Vec::with_capacity(rules.len());
+        for r in rules {
+            if let RuleAction::Suspend(d) = r.action {
+                if d.as_secs() == 0 || d.as_secs() > u32::MAX as u64 / 2 {
+                    return Err(Error::InvalidOption(format!(
+                        "reply rule {:?}: suspend for 1 s to 68 years",
+                        r.pattern
+                    )));
+                }
+            }
+            list.push((
+                compile(&r.pattern, "reply rule")?,
+                r.action.clone(),
+                r.pattern.as_str().into(),
+            ));
+        }
+        Ok(Rules {
+            list,
+            specs: rules.to_vec(),
+        })
+    }
+
+    /// The rules as configured.
+    pub(crate) fn specs(&self) -> &[ReplyRule] {
+        &self.specs
+    }
+
+    /// No rule configured (the hot path checks this first).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The first rule matching `reply`: (action, pattern).
+    pub(crate) fn first_match(&self, reply: &str) -> Option<(&RuleAction, &str)> {
+        self.list
+            .iter()
+            .find(|(p, _, _)| matches(p, reply))
+            .map(|(_, a, s)| (a, &**s))
+    }
+
+    /// Only the suspension a matching rule asks for, in seconds, with its pattern.
+    pub(crate) fn suspension(&self, reply: &str) -> Option<(u32, &str)> {
+        match self.first_match(reply)? {
+            (RuleAction::Suspend(d), p) => Some((d.as_secs() as u32, p)),
+            _ => None,
+        }
+    }
+
+    /// Whether a matching rule makes a temporary failure permanent.
+    pub(crate) fn permanent(&self, reply: &str) -> bool {
+        matches!(self.first_match(reply), Some((RuleAction::Permanent, _)))
+    }
+}
