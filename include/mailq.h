@@ -308,7 +308,8 @@ typedef struct mailq_bounce {
   const char *reason;
   /**
    * Non-zero for a delay warning (`delay_warning_secs`): the recipient is
-   * still queued; send a DSN with `Action: delayed`, then acknowledge it.
+   * still queued; send a DSN with `Action: delayed`, then acknowledge it
+   * with `mailq_ack_delay_warning`.
    */
   uint32_t delayed;
 } mailq_bounce;
@@ -809,10 +810,17 @@ void mailq_delivery_free(struct mailq_delivery *d);
 enum mailq_status mailq_take_bounces(struct mailq *q, size_t max, mailq_bounce_fn cb, void *userdata, size_t *count);
 
 /**
- * Acknowledges a bounce: the recipient is final (for a delay warning: the
- * warning is recorded as sent and not offered again).
+ * Acknowledges a bounce (not a delay warning): the recipient is final.
  */
 enum mailq_status mailq_ack_bounce(struct mailq *q, uint64_t id, uint32_t index);
+
+/**
+ * Acknowledges a delay warning (`delayed` set) once its DSN is queued: it is
+ * recorded as sent, durably on return, and not offered again; the recipient
+ * stays queued. `MAILQ_ERR_NOT_FOUND` when there is no such warning (also
+ * when the recipient failed or expired meanwhile: its bounce comes next).
+ */
+enum mailq_status mailq_ack_delay_warning(struct mailq *q, uint64_t id, uint32_t index);
 
 /**
  * Holds every waiting recipient of a message; `*changed` (may be NULL) gets the count.

@@ -237,11 +237,19 @@ impl Queue {
         self.engine.take_bounces(max)
     }
 
-    /// Acknowledges a bounce: the recipient is final and its message may be
-    /// removed. For a delay warning: the warning is recorded as sent (durably,
-    /// so a restart does not send it again) and the recipient stays queued.
+    /// Acknowledges a bounce (not a delay warning): the recipient is final and
+    /// its message may be removed.
     pub fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
         self.engine.ack_bounce(id, index)
+    }
+
+    /// Acknowledges a delay warning (a [`Bounce`] with `delayed` set) once its
+    /// DSN is queued: recorded as sent, durably on return, so a restart does
+    /// not warn again; the recipient stays queued. Returns false when there
+    /// is no such warning — also when the recipient failed or expired
+    /// meanwhile: its bounce comes next and must not be lost to this ack.
+    pub fn ack_delay_warning(&self, id: MessageId, index: u32) -> Result<bool> {
+        self.engine.ack_delay_warning(id, index)
     }
 
     /// Opens a session for the next destination with ready work and a free

@@ -486,8 +486,7 @@ pub struct Bounce {
     /// True when the lifetime expired, false for a permanent failure.
     pub expired: bool,
     /// True for a delay warning (see [`Options::delay_warning`]): the recipient
-    /// is still queued; acknowledging it only records that the warning was
-    /// sent.
+    /// is still queued; acknowledge it with [`crate::Queue::ack_delay_warning`].
     pub delayed: bool,
 }
 

@@ -198,9 +198,10 @@ fn a_delay_warning_is_handed_out_once_and_survives_a_restart() {
     q.tick();
     let b = q.take_bounces(10).unwrap();
     assert_eq!(b.len(), 1);
-    assert!(q.ack_bounce(b[0].id, b[0].index).unwrap());
+    assert!(!q.ack_bounce(b[0].id, b[0].index).unwrap(), "not a bounce");
+    assert!(q.ack_delay_warning(b[0].id, b[0].index).unwrap());
     assert!(
-        !q.ack_bounce(b[0].id, b[0].index).unwrap(),
+        !q.ack_delay_warning(b[0].id, b[0].index).unwrap(),
         "acknowledged once"
     );
     assert!(
@@ -219,6 +220,16 @@ fn a_delay_warning_is_handed_out_once_and_survives_a_restart() {
             q.close().unwrap(); // and in the checkpoint
         }
     }
+    // From the checkpoint alone (the close above wrote one): warned already.
+    let q = Queue::open(dir.path(), opts2(&clock, warn)).unwrap();
+    assert!(q.recovery_report().checkpoint_used);
+    clock.advance(120);
+    q.tick();
+    assert!(
+        q.take_bounces(10).unwrap().is_empty(),
+        "the checkpoint keeps it"
+    );
+    drop(q);
     // At the lifetime it expires, and that is a bounce.
     let q = Queue::open(dir.path(), opts2(&clock, warn)).unwrap();
     clock.set(T0 + LIFE + 60);
@@ -245,7 +256,7 @@ fn a_warning_acknowledged_in_flight_is_kept() {
     let mut s = q.session_for("x.example").unwrap().unwrap();
     let d = s.next_delivery().unwrap().unwrap();
     // The MTA acknowledges the warning while the recipient is in flight.
-    assert!(q.ack_bounce(id, 0).unwrap());
+    assert!(q.ack_delay_warning(id, 0).unwrap());
     d.complete(&[Outcome::temp("451 busy")]).unwrap();
     s.finish().unwrap();
     q.sync().unwrap();
@@ -338,4 +349,92 @@ fn suspensions_limits_and_rates_survive_a_restart() {
         t.suspended_until
     );
     assert!(bucket(&q, "forever.example").suspended);
+}
+
+#[test]
+fn a_warning_acked_after_its_recipient_failed_does_not_swallow_the_bounce() {
+    let dir = TempDir::new("delay-warning-then-fail");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts2(&clock, 600)).unwrap();
+    let id = q
+        .enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
+        .unwrap();
+    q.suspend("x.example").unwrap();
+    clock.advance(600);
+    q.tick();
+    let w = q.take_bounces(10).unwrap();
+    assert!(w.len() == 1 && w[0].delayed);
+    // While the MTA queues the delay DSN, the recipient fails for good.
+    q.resume("x.example").unwrap();
+    deliver_key(&q, "x.example", Outcome::perm("550 5.1.1 no such user"));
+    assert!(
+        !q.ack_delay_warning(id, 0).unwrap(),
+        "no warning to ack now"
+    );
+    let b = q.take_bounces(10).unwrap();
+    assert!(b.len() == 1 && !b[0].delayed && !b[0].expired, "{b:?}");
+    assert!(q.ack_bounce(id, 0).unwrap());
+}
+
+fn poll_readable(fd: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
+#[test]
+fn mail_for_a_suspended_destination_wakes_the_loop_to_reschedule_its_expiry() {
+    let dir = TempDir::new("expiry-wakes");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts2(&clock, 0)).unwrap();
+    q.suspend("x.example").unwrap();
+    q.sync().unwrap();
+    q.ack_poll();
+    assert!(!poll_readable(q.poll_fd()));
+    assert_eq!(q.next_wakeup(), None, "an idle, empty queue sleeps");
+    q.enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
+        .unwrap();
+    // Nothing became ready, but the loop must learn its new timeout.
+    assert!(poll_readable(q.poll_fd()), "the loop is woken");
+    assert_eq!(q.next_wakeup(), Some(T0 + LIFE));
+    q.ack_poll();
+    clock.advance(60);
+    q.enqueue(&msg("s@x.example", &["b@x.example"], b"2"))
+        .unwrap();
+    assert!(
+        !poll_readable(q.poll_fd()),
+        "a later expiry changes nothing"
+    );
+}
+
+#[test]
+fn a_recipient_back_from_flight_expires_when_the_clock_stepped_back_behind_the_last_sweep() {
+    let dir = TempDir::new("expiry-clock-back");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        lease_ttl: Duration::from_secs(3 * LIFE),
+        ..opts2(&clock, 0)
+    };
+    let q = Queue::open(dir.path(), o).unwrap();
+    let id = q
+        .enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
+        .unwrap();
+    // In flight while the sweep runs at its lifetime: left to its attempt.
+    let mut s = q.session_for("x.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    clock.set(T0 + LIFE + 30);
+    q.tick();
+    assert_eq!(state(&q, id, 0), RcptState::Leased);
+    // The attempt ends without an outcome, and the clock steps back 20 s:
+    // the next tick sweeps at once, not a minute after the last sweep.
+    drop(d);
+    s.finish().unwrap();
+    clock.set(T0 + LIFE + 10);
+    assert!(q.next_wakeup().is_some_and(|t| t <= T0 + LIFE + 10));
+    q.tick();
+    assert_eq!(state(&q, id, 0), RcptState::Expired);
 }

@@ -81,10 +81,16 @@ async fn notify(shared: &Shared, id: MessageId, group: &[Bounce]) {
         }
     }
     let q = shared.q.queue().clone();
-    let acks: Vec<(MessageId, u32)> = group.iter().map(|b| (b.id, b.index)).collect();
+    let acks: Vec<(MessageId, u32, bool)> =
+        group.iter().map(|b| (b.id, b.index, b.delayed)).collect();
     let acked = tokio::task::spawn_blocking(move || {
-        acks.iter()
-            .try_for_each(|&(id, i)| q.ack_bounce(id, i).map(drop))
+        acks.iter().try_for_each(|&(id, i, delayed)| {
+            if delayed {
+                q.ack_delay_warning(id, i).map(drop)
+            } else {
+                q.ack_bounce(id, i).map(drop)
+            }
+        })
     });
     if let Ok(Err(e)) = acked.await {
         tracing::error!(queue_id = %id, "acknowledging bounces: {e}");

@@ -57,10 +57,10 @@ impl Engine {
             .insert(local, id.gen(), loc, now, &buckets);
         let rang = self.publish(mshard, local, &buckets, now);
         drop(gate);
-        self.sweep_note(now);
+        let earlier = self.sweep_note(now);
         bump(&self.counters.accepted_msgs, 1);
         bump(&self.counters.accepted_rcpts, buckets.len() as u64);
-        self.wake_if(rang);
+        self.wake_if(rang || earlier);
         if self.opts.auto_maintenance {
             // The message is durable and queued: a maintenance failure must not turn
             // this into an error (the MTA would reject mail it has accepted).

@@ -79,16 +79,18 @@ fn plan_expiry(r: &Rcpt) -> Option<Change> {
 impl Engine {
     /// Notes a message accepted at `received`, once it is in the index (a
     /// sweep that started earlier does not see it, and does not raise this).
-    pub(super) fn sweep_note(&self, received: u32) {
+    /// Returns true when this made the next sweep earlier: the event loop's
+    /// timeout must be recomputed (its destination may be suspended, so no
+    /// ready work wakes it).
+    pub(super) fn sweep_note(&self, received: u32) -> bool {
         let warn = self.opts.delay_warning.as_secs();
         let first = if warn != 0 {
             warn
         } else {
             self.opts.lifetime.as_secs()
         };
-        self.sweeps
-            .due
-            .fetch_min(received as u64 + first, Ordering::AcqRel);
+        let t = received as u64 + first;
+        self.sweeps.due.fetch_min(t, Ordering::AcqRel) > t
     }
 
     /// When the next sweep is due (unix seconds), if anything is to expire or
@@ -199,6 +201,9 @@ impl Engine {
                         }
                         if now >= expire_at {
                             f.expire.push((id, i));
+                            // Kept due: if it is leased before the expiry
+                            // below reaches it, a later sweep looks again.
+                            f.next = f.next.min(expire_at);
                             continue;
                         }
                         f.next = f.next.min(expire_at);

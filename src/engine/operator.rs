@@ -257,9 +257,16 @@ impl Engine {
             let b = self.bucket_id(&crate::validate::normalize_key(key)?)?;
             let now = self.now();
             let mut ss = self.sched[shard_of(b)].lock();
-            let rang = f(&mut ss, local_of(b), now);
-            ss.buckets[local_of(b) as usize].suspended_by = None;
-            self.persist_settings(&ss, local_of(b))?;
+            let bl = local_of(b);
+            let before = Saved::of(&ss.buckets[bl as usize]);
+            let rang = f(&mut ss, bl, now);
+            ss.buckets[bl as usize].suspended_by = None;
+            if let Err(e) = self.persist_settings(&ss, bl) {
+                // Not recorded: not in force either (wake-ups it added are
+                // dropped as stale when they fire).
+                before.restore(&mut ss.buckets[bl as usize]);
+                return Err(e);
+            }
             rang
         };
         self.wake_if(rang);
@@ -727,8 +734,7 @@ impl Engine {
         Ok((m.sender.to_string(), recipient))
     }
 
-    /// Acknowledges a bounce: the recipient becomes final. For a delay
-    /// warning, records that it was sent (it is not offered again).
+    /// Acknowledges a bounce: the recipient becomes final.
     pub(crate) fn ack_bounce(&self, id: MessageId, index: u32) -> Result<bool> {
         let changed = self.change_rcpt(id, index, &|r| {
             matches!(r.state(), RcptState::Failed | RcptState::Expired)
@@ -736,19 +742,26 @@ impl Engine {
         })?;
         if changed {
             bump(&self.counters.bounced, 1);
-        } else if self.ack_warning(id, index)? {
-            bump(&self.counters.delay_warnings, 1);
-            self.sync_if_due()?;
-            return Ok(true);
         }
         self.sync_if_due()?;
         Ok(changed)
     }
 
+    /// Acknowledges a delay warning; durable on return (a restart does not
+    /// warn again). A recipient that failed or expired meanwhile is left to
+    /// its bounce (false).
+    pub(crate) fn ack_delay_warning(&self, id: MessageId, index: u32) -> Result<bool> {
+        let acked = self.ack_warning(id, index)?;
+        if acked {
+            bump(&self.counters.delay_warnings, 1);
+            self.log.sync_all()?;
+        }
+        Ok(acked)
+    }
+
     /// Marks the delay warning of a recipient still queued as sent: an update
     /// record with the same state (in flight: the state a crash should find,
-    /// as the operator decided) carries the flag, so a restart does not warn
-    /// again.
+    /// as the operator decided) carries the flag.
     fn ack_warning(&self, id: MessageId, index: u32) -> Result<bool> {
         let _g = self.gate.read_recursive();
         let (rid, _) = self.find_rcpt(id, index)?;
@@ -783,6 +796,42 @@ fn waits(st: RcptState) -> bool {
 /// still waiting.
 fn warning_due(r: &Rcpt) -> bool {
     r.flags() & F_WARN_QUEUED != 0 && r.flags() & F_WARNED == 0 && waits(r.state())
+}
+
+/// The operator settings of a bucket, to restore when their record could not
+/// be written.
+struct Saved {
+    suspended: bool,
+    resume_at: u32,
+    suspend_secs: u32,
+    suspended_by: Option<Box<str>>,
+    policy: Concurrency,
+    window: u16,
+    rate: Option<Box<crate::sched::Rate>>,
+}
+
+impl Saved {
+    fn of(b: &Bucket) -> Saved {
+        Saved {
+            suspended: b.suspended,
+            resume_at: b.resume_at,
+            suspend_secs: b.suspend_secs,
+            suspended_by: b.suspended_by.clone(),
+            policy: b.policy,
+            window: b.window,
+            rate: b.rate.clone(),
+        }
+    }
+
+    fn restore(self, b: &mut Bucket) {
+        b.suspended = self.suspended;
+        b.resume_at = self.resume_at;
+        b.suspend_secs = self.suspend_secs;
+        b.suspended_by = self.suspended_by;
+        b.policy = self.policy;
+        b.window = self.window;
+        b.rate = self.rate;
+    }
 }
 
 /// A bounce taken from the index, before its envelope is read.

@@ -26,7 +26,8 @@ pub struct mailq_bounce {
     /// Last error.
     pub reason: *const c_char,
     /// Non-zero for a delay warning (`delay_warning_secs`): the recipient is
-    /// still queued; send a DSN with `Action: delayed`, then acknowledge it.
+    /// still queued; send a DSN with `Action: delayed`, then acknowledge it
+    /// with `mailq_ack_delay_warning`.
     pub delayed: u32,
 }
 
@@ -72,16 +73,26 @@ pub unsafe extern "C" fn mailq_take_bounces(
     })
 }
 
-/// Acknowledges a bounce: the recipient is final (for a delay warning: the
-/// warning is recorded as sent and not offered again).
+/// Acknowledges a bounce (not a delay warning): the recipient is final.
 #[no_mangle]
 pub extern "C" fn mailq_ack_bounce(q: *mut mailq, id: u64, index: u32) -> mailq_status {
     with_queue(q, |qq| {
         if !qq.ack_bounce(MessageId(id), index)? {
-            return fail(
-                MAILQ_ERR_NOT_FOUND,
-                "no failed or expired recipient, nor a delay warning, there",
-            );
+            return fail(MAILQ_ERR_NOT_FOUND, "no failed or expired recipient there");
+        }
+        Ok(())
+    })
+}
+
+/// Acknowledges a delay warning (`delayed` set) once its DSN is queued: it is
+/// recorded as sent, durably on return, and not offered again; the recipient
+/// stays queued. `MAILQ_ERR_NOT_FOUND` when there is no such warning (also
+/// when the recipient failed or expired meanwhile: its bounce comes next).
+#[no_mangle]
+pub extern "C" fn mailq_ack_delay_warning(q: *mut mailq, id: u64, index: u32) -> mailq_status {
+    with_queue(q, |qq| {
+        if !qq.ack_delay_warning(MessageId(id), index)? {
+            return fail(MAILQ_ERR_NOT_FOUND, "no delay warning handed out there");
         }
         Ok(())
     })

@@ -179,12 +179,20 @@ fn replay_log(
             });
         }
         if is_last {
+            let old_format = segment_version(&data).is_some_and(|v| v < record::FORMAT_VERSION);
             if end < data.len() {
                 drop(data);
                 truncate(vfs, &path, end as u64)?;
             }
             active = seg;
             active_len = end as u64;
+            if old_format && end > 0 {
+                // Records of this format go to a segment whose header says so,
+                // so that an older build refuses the directory (Error::Version)
+                // instead of taking them for damage.
+                active = seg.saturating_add(1);
+                active_len = 0;
+            }
         }
     }
     if active_len == 0 && replay.last() == Some(&active) {
@@ -199,6 +207,15 @@ fn replay_log(
         next_seq: 0,
         salt: 0,
     })
+}
+
+/// The format version in a segment's header record, if it has a valid one.
+fn segment_version(data: &[u8]) -> Option<u32> {
+    let f = record::parse(data, 0).ok()?;
+    if f.kind != record::Kind::SegmentHeader {
+        return None;
+    }
+    record::parse_segment_header(f.payload).map(|h| h.0)
 }
 
 /// The filesystem lost data the checkpoint says was durable.

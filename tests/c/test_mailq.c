@@ -674,8 +674,10 @@ static void test_warnings_and_settings(void) {
     size_t count = 0;
     EXPECT(mailq_take_bounces(q, 10, delayed_cb, NULL, &count), MAILQ_OK);
     CHECK(count == 1 && delayed_seen == 1 && delayed_id == id);
-    EXPECT(mailq_ack_bounce(q, id, 0), MAILQ_OK);
-    EXPECT(mailq_ack_bounce(q, id, 0), MAILQ_ERR_NOT_FOUND);
+    EXPECT(mailq_ack_bounce(q, id, 0), MAILQ_ERR_NOT_FOUND); /* not a bounce */
+    EXPECT(mailq_ack_delay_warning(q, id, 0), MAILQ_OK);
+    EXPECT(mailq_ack_delay_warning(q, id, 0), MAILQ_ERR_NOT_FOUND);
+    EXPECT(mailq_ack_delay_warning(NULL, id, 0), MAILQ_ERR_INVALID_HANDLE);
     EXPECT(mailq_close(q), MAILQ_OK);
     EXPECT(mailq_open(d, &o, &q), MAILQ_OK);
     EXPECT(mailq_walk_buckets(q, slow_cb, NULL), MAILQ_OK);
