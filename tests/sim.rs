@@ -82,6 +82,8 @@ const DOMAINS: [&str; 6] = [
 /// Routing keys that are no domain of any address (explicit routes, re-route targets).
 const MX: [&str; 2] = ["mx-a.example", "mx-b.example"];
 const LIFETIME: u64 = 2 * 3600;
+/// Delay warnings after 40 minutes.
+const WARN: u64 = 40 * 60;
 const LEASE_TTL: u64 = 120;
 const SYNC_MS: u64 = 100;
 const LIMIT: u16 = 3;
@@ -210,6 +212,8 @@ struct Rm {
     /// An operator decision taken while in flight may have been caught by a
     /// checkpoint (see [`KNOWN`]).
     ckpt_risk: bool,
+    /// Its delay warning was acknowledged (durably): never handed out again.
+    warned: bool,
 }
 
 impl Rm {
@@ -411,6 +415,8 @@ struct Totals {
     checks: u64,
     /// Recipients expired by a sweep (not by a failed attempt).
     swept: u64,
+    /// Delay warnings acknowledged.
+    warned: u64,
 }
 
 impl std::ops::AddAssign for Totals {
@@ -428,6 +434,7 @@ impl std::ops::AddAssign for Totals {
         self.nested += o.nested;
         self.checks += o.checks;
         self.swept += o.swept;
+        self.warned += o.warned;
     }
 }
 
@@ -542,6 +549,7 @@ impl Ctx {
             min_backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(600),
             lifetime: Duration::from_secs(LIFETIME),
+            delay_warning: Duration::from_secs(WARN),
             lease_ttl: Duration::from_secs(LEASE_TTL),
             concurrency: Concurrency {
                 initial: 2,
@@ -982,6 +990,7 @@ fn enqueue(ctx: &Ctx, depth: u32) {
                     durable: (Cls::Queued, route),
                     pending: Vec::new(),
                     ckpt_risk: false,
+                    warned: false,
                 })
                 .collect();
             m.msgs.insert(
@@ -1802,11 +1811,42 @@ fn bounces(ctx: &Rc<Ctx>, depth: u32) {
     );
     let crashing = ctx.crashing.get();
     let mut ack = Vec::new();
+    let mut warn_ack = Vec::new();
     {
         let mut m = ctx.m.borrow_mut();
         for b in &got {
             let k = (b.id, b.index as usize);
             if m.damaged.contains(&b.id) {
+                continue;
+            }
+            if b.delayed {
+                // A delay warning: for a recipient still waiting, old enough,
+                // and never acknowledged before (also across crashes).
+                let Some(mm) = m.msgs.get(&b.id) else {
+                    fail!(
+                        "delay warning for {}#{}, a message the model does not have",
+                        b.id,
+                        b.index
+                    );
+                };
+                let rm = &mm.rcpts[b.index as usize];
+                if b.expired
+                    || rm.warned
+                    || b.recipient != rm.addr
+                    || mm.received + WARN > ctx.max_now.get()
+                    || !matches!(rm.st, St::Queued | St::Held | St::InFlight { .. })
+                {
+                    fail!(
+                        "delay warning for {}#{} ({:?}, warned {}, age {} s, expired flag {}): not due",
+                        b.id,
+                        b.index,
+                        rm.st,
+                        rm.warned,
+                        ctx.max_now.get().saturating_sub(mm.received),
+                        b.expired
+                    );
+                }
+                warn_ack.push(k);
                 continue;
             }
             if !before.contains(&k) && !crashing {
@@ -1854,7 +1894,8 @@ fn bounces(ctx: &Rc<Ctx>, depth: u32) {
                 ack.push((b.id, b.index));
             }
         }
-        if !crashing && ctx.in_tb.get() == 0 && max > before.len() {
+        // Fewer than asked for: every pending bounce was handed out.
+        if !crashing && ctx.in_tb.get() == 0 && got.len() < max {
             let handed: BTreeSet<(MessageId, usize)> =
                 got.iter().map(|b| (b.id, b.index as usize)).collect();
             for k in &before {
@@ -1871,6 +1912,24 @@ fn bounces(ctx: &Rc<Ctx>, depth: u32) {
                     );
                 }
             }
+        }
+    }
+    for (id, i) in warn_ack {
+        if !ctx.chance(75) {
+            continue;
+        }
+        let r = q.ack_delay_warning(id, i as u32);
+        ctx.log(depth, format!("ack_delay_warning {id}#{i}: {r:?}"));
+        match r {
+            Ok(true) => {
+                if let Some(mm) = ctx.m.borrow_mut().msgs.get_mut(&id) {
+                    mm.rcpts[i].warned = true;
+                }
+                ctx.tot(|t| t.warned += 1);
+            }
+            Ok(false) if !crashing => fail!("ack_delay_warning {id}#{i} found no warning"),
+            Ok(false) => {}
+            Err(e) => ctx.expect_err(&e, "ack_delay_warning"),
         }
     }
     for (id, i) in ack {
@@ -2307,6 +2366,9 @@ fn reconcile_open(ctx: &Ctx, why: &str) {
                     reason: (!ri.last_error.is_empty()).then(|| ri.last_error.clone()),
                     pending: Vec::new(),
                     ckpt_risk: false,
+                    // A message the model did not know: whether it was warned
+                    // about is unknown, so a second warning is not a violation.
+                    warned: false,
                 }
             })
             .collect();
@@ -2772,7 +2834,7 @@ fn simulation() {
     }
     std::panic::set_hook(prev);
     println!(
-        "simulation: {} seeds x {steps} steps in {:.1?}: {} steps, {} crashes, {} reopens, {} bit flips, {} hooks fired of {} armed, {} deliveries, {} nested steps, {} lease reclaims, {} leaked deliveries, {} model checks, {} recipients expired by a sweep",
+        "simulation: {} seeds x {steps} steps in {:.1?}: {} steps, {} crashes, {} reopens, {} bit flips, {} hooks fired of {} armed, {} deliveries, {} nested steps, {} lease reclaims, {} leaked deliveries, {} model checks, {} recipients expired by a sweep, {} delay warnings acknowledged",
         seeds.len(),
         started.elapsed(),
         totals.steps,
@@ -2787,6 +2849,7 @@ fn simulation() {
         totals.forgets,
         totals.checks,
         totals.swept,
+        totals.warned,
     );
     KNOWN_SEEN.with(|k| {
         for (i, &(n, seeds, first)) in k.borrow().iter().enumerate() {
