@@ -202,6 +202,12 @@ impl Queue {
         self.engine.set_reply_rules(rules)
     }
 
+    /// Appends one reply-driven rule after those in force (atomically: two
+    /// callers adding at once both get theirs in).
+    pub fn add_reply_rule(&self, rule: ReplyRule) -> Result<()> {
+        self.engine.add_reply_rule(rule)
+    }
+
     /// The reply-driven rules in force, in order.
     pub fn reply_rules(&self) -> Vec<ReplyRule> {
         self.engine.reply_rules()

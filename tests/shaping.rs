@@ -209,6 +209,8 @@ fn a_reply_rule_suspends_its_destination_for_a_while_and_it_is_persisted() {
     let d = s.next_delivery().unwrap().unwrap();
     let id = d.id();
     d.complete(&[Outcome::temp(TSS04)]).unwrap();
+    // The session that got the reply sends nothing more either.
+    assert!(s.next_delivery().unwrap().is_none(), "suspended: no more");
     s.finish().unwrap();
     let g = dest(&q, "gmail.com");
     assert!(g.suspended);
@@ -216,6 +218,12 @@ fn a_reply_rule_suspends_its_destination_for_a_while_and_it_is_persisted() {
     assert_eq!(g.suspended_by.as_deref(), Some(r"\[TSS04\]"));
     assert!(!dest(&q, "yahoo.com").suspended);
     assert!(q.session_for("gmail.com").unwrap().is_none());
+    // Changing another setting keeps the rule's mark.
+    q.set_concurrency_limit("gmail.com", 4).unwrap();
+    assert_eq!(
+        dest(&q, "gmail.com").suspended_by.as_deref(),
+        Some(r"\[TSS04\]")
+    );
     let other = q
         .select(
             &Selector {
@@ -299,6 +307,33 @@ fn a_rule_takes_a_4xx_as_permanent_and_bad_rules_change_nothing() {
     assert_eq!(b.len(), 1, "only the over-quota reply is final");
     assert!(!b[0].expired && b[0].reason.contains("over quota"));
     assert_eq!(q.stats().count("deferred"), 1);
+    // A site failure is the destination's, never a recipient's: the same
+    // reply as a greeting defers, it does not bounce.
+    fill(&q, "full.example", 1);
+    let mut s = q.session_for("full.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    let sid = d.id();
+    d.site_failure("452 4.2.2 over quota (greeting)").unwrap();
+    drop(s);
+    assert_eq!(
+        q.inspect(sid).unwrap().recipients[0].state,
+        RcptState::Deferred
+    );
+    assert!(q.take_bounces(10).unwrap().is_empty());
+    // Past the lifetime a rule's "permanent" is still an expiry.
+    clock.advance(5 * 86400);
+    q.flush().unwrap();
+    let mut s = q.session_for("full.example").unwrap().unwrap();
+    while let Some(d) = s.next_delivery().unwrap() {
+        d.complete(&[Outcome::temp("452 4.2.2 mailbox over quota")])
+            .unwrap();
+    }
+    s.finish().unwrap();
+    let b = q.take_bounces(10).unwrap();
+    assert!(!b.is_empty() && b.iter().all(|b| b.expired), "{b:?}");
+    for b in &b {
+        q.ack_bounce(b.id, b.index).unwrap();
+    }
     // A bad pattern, or a suspension of zero, is refused and changes nothing.
     for bad in [
         ReplyRule {

@@ -6,7 +6,7 @@
 
 use super::change::{push_update, resolve_intent, Change};
 use super::leases::Lease;
-use super::rules::Rules;
+use super::rules::Verdict;
 use super::{bump, policy, Engine};
 use crate::error::{Error, Result};
 use crate::index::*;
@@ -117,9 +117,11 @@ impl Lease {
                 q.apply_moves();
                 continue;
             }
-            // Out of rate: no delivery now; the session ends and the bucket
-            // wakes up when the limits allow the next message.
-            if ss.buckets[bl as usize].rate_wait(now).is_some() {
+            // Suspended (by the operator or a reply rule) or out of rate: no
+            // delivery now; the session ends, and the bucket wakes up when the
+            // suspension ends or the limits allow the next message.
+            let b = &ss.buckets[bl as usize];
+            if b.suspended || b.rate_wait(now).is_some() {
                 return Ok(None);
             }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
@@ -372,7 +374,7 @@ impl DeliveryCore {
         &self,
         ms: &MsgShard,
         outcomes: &[Outcome],
-        rules: &Rules,
+        verdict: &Verdict,
         now: u32,
     ) -> Vec<(u32, Change)> {
         let local = local_of(self.id.slot());
@@ -386,11 +388,11 @@ impl DeliveryCore {
                 continue;
             }
             let mut ch = policy::outcome_change(&outcomes[k], &r, m.received, now, &self.q.opts);
-            if let Outcome::TempFail { reason, .. } = &outcomes[k] {
-                if !rules.is_empty() && rules.permanent(reason) {
-                    // A reply rule takes this 4xx as final.
-                    ch = Change::outcome(&r, RcptState::Failed, 0, Some(policy::clip(reason)));
-                }
+            if verdict.permanent[k] && ch.state == RcptState::Deferred {
+                // A reply rule takes this 4xx as final (past the lifetime it
+                // expires all the same).
+                ch.state = RcptState::Failed;
+                ch.next = 0;
             }
             if let Some(it) = ms.intents.get(&rid) {
                 // The record must say what the operator's decision makes of it.
@@ -406,7 +408,11 @@ impl DeliveryCore {
         let q = self.q.clone();
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
-        let rules = q.rules.read().clone();
+        let verdict = if outcomes.iter().all(|o| matches!(o, Outcome::Delivered)) {
+            Verdict::none(outcomes.len())
+        } else {
+            q.rules.read().clone().judge(outcomes, site)
+        };
         let _g = q.gate.read();
         let mut ss = q.sched[s].lock();
         let Some(si) = slot_index(&ss, bl, &self.data.key, self.token) else {
@@ -414,7 +420,7 @@ impl DeliveryCore {
         };
         ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(policy::lease_ttl(&q.opts));
         let mut ms = q.msgs[self.mshard].lock();
-        let plan = self.plan(&ms, outcomes, &rules, now);
+        let plan = self.plan(&ms, outcomes, &verdict, now);
         let mut batch = Batch::new();
         for (rid, ch) in &plan {
             push_update(&mut batch, &ms, self.mshard, *rid, ch, "");
@@ -443,17 +449,10 @@ impl DeliveryCore {
             rang |= ss.maybe_ring(bl, now);
         }
         // The first failure reply a rule suspends the destination for.
-        let mut ruled = Ok(());
-        if !rules.is_empty() {
-            if let Some(reply) = outcomes.iter().find_map(|o| match o {
-                Outcome::TempFail { reason, .. } | Outcome::PermFail { reason } => {
-                    rules.suspension(reason).map(|_| reason)
-                }
-                Outcome::Delivered => None,
-            }) {
-                ruled = q.suspend_by_rule(&mut ss, bl, reply, &rules, now);
-            }
-        }
+        let ruled = match &verdict.suspend {
+            Some(rule) => q.suspend_by_rule(&mut ss, bl, rule, now),
+            None => Ok(()),
+        };
         drop(ss);
         tally.add_to(&q.counters);
         drop(_g);

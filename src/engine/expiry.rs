@@ -126,10 +126,14 @@ impl Engine {
         let found = self.scan_due(now);
         let mut expired = 0;
         let mut result = Ok(());
+        let mut missed = false;
         for &(id, i) in &found.expire {
             match self.change_rcpt(id, i, &plan_expiry) {
                 Ok(true) => expired += 1,
-                Ok(false) | Err(Error::NoSuchMessage(_)) => {}
+                // Leased since the scan: a later sweep looks again (its attempt
+                // may end without an outcome).
+                Ok(false) => missed = true,
+                Err(Error::NoSuchMessage(_)) => {}
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -141,7 +145,7 @@ impl Engine {
             result = self.log.sync_all();
         }
         // What failed is tried again at the next sweep.
-        let next = if result.is_ok() {
+        let next = if result.is_ok() && !missed {
             found.next
         } else {
             now as u64
@@ -201,9 +205,6 @@ impl Engine {
                         }
                         if now >= expire_at {
                             f.expire.push((id, i));
-                            // Kept due: if it is leased before the expiry
-                            // below reaches it, a later sweep looks again.
-                            f.next = f.next.min(expire_at);
                             continue;
                         }
                         f.next = f.next.min(expire_at);

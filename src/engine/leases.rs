@@ -378,6 +378,9 @@ impl Lease {
         let q = &self.q;
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
+        // A greeting like "421 4.7.0 [TSS04] …" may match a rule (decided
+        // before the lock is taken).
+        let rule = site.and_then(|reason| q.rules.read().clone().suspension(reason));
         let mut ss = q.sched[s].lock();
         let Some(i) = ss.buckets[bl as usize].slot(self.token) else {
             return Ok(()); // reclaimed by the lease deadline already
@@ -395,10 +398,8 @@ impl Lease {
                 let t = b.dead_until;
                 ss.wakeups.push(Reverse((t, bl)));
             }
-            // A greeting like "421 4.7.0 [TSS04] …" may match a rule too.
-            let rules = q.rules.read().clone();
-            if !rules.is_empty() {
-                ruled = q.suspend_by_rule(&mut ss, bl, reason, &rules, now);
+            if let Some(rule) = &rule {
+                ruled = q.suspend_by_rule(&mut ss, bl, rule, now);
             }
         }
         rang |= ss.maybe_ring(bl, now);

@@ -194,6 +194,7 @@ impl Engine {
         self.with_bucket(key, |ss, bl, now| {
             let b = &mut ss.buckets[bl as usize];
             b.suspended = suspended;
+            b.suspended_by = None; // the operator's now
             (b.resume_at, b.suspend_secs) = if suspended && secs != 0 {
                 (now.saturating_add(secs).max(1), secs)
             } else {
@@ -260,7 +261,6 @@ impl Engine {
             let bl = local_of(b);
             let before = Saved::of(&ss.buckets[bl as usize]);
             let rang = f(&mut ss, bl, now);
-            ss.buckets[bl as usize].suspended_by = None;
             if let Err(e) = self.persist_settings(&ss, bl) {
                 // Not recorded: not in force either (wake-ups it added are
                 // dropped as stale when they fire).
@@ -292,22 +292,23 @@ impl Engine {
         &self,
         ss: &mut SchedShard,
         bl: u32,
-        reply: &str,
-        rules: &super::rules::Rules,
+        rule: &super::rules::Suspension,
         now: u32,
     ) -> Result<()> {
-        let Some((secs, pattern)) = rules.suspension(reply) else {
-            return Ok(());
-        };
-        let until = now.saturating_add(secs).max(1);
+        let until = now.saturating_add(rule.secs).max(1);
         let b = &mut ss.buckets[bl as usize];
         if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
             return Ok(());
         }
-        (b.suspended, b.resume_at, b.suspend_secs) = (true, until, secs);
-        b.suspended_by = Some(pattern.into());
+        let before = Saved::of(b);
+        (b.suspended, b.resume_at, b.suspend_secs) = (true, until, rule.secs);
+        b.suspended_by = Some(rule.pattern.clone());
+        if let Err(e) = self.persist_settings(ss, bl) {
+            before.restore(&mut ss.buckets[bl as usize]);
+            return Err(e);
+        }
         ss.wakeups.push(std::cmp::Reverse((until, bl)));
-        self.persist_settings(ss, bl)
+        Ok(())
     }
 
     /// The reply-driven rules in force.
@@ -319,6 +320,16 @@ impl Engine {
     pub(crate) fn set_reply_rules(&self, rules: &[ReplyRule]) -> Result<()> {
         let compiled = super::rules::Rules::compile(rules)?;
         *self.rules.write() = std::sync::Arc::new(compiled);
+        Ok(())
+    }
+
+    /// Appends one rule (read, compile and replace under the write lock, so
+    /// two callers adding at once both get theirs in).
+    pub(crate) fn add_reply_rule(&self, rule: ReplyRule) -> Result<()> {
+        let mut w = self.rules.write();
+        let mut specs = w.specs().to_vec();
+        specs.push(rule);
+        *w = std::sync::Arc::new(super::rules::Rules::compile(&specs)?);
         Ok(())
     }
 

@@ -10,7 +10,10 @@
 //! Depends on `error`, `types`.
 
 use crate::error::{Error, Result};
-use crate::types::{ReplyRule, RuleAction};
+use crate::types::{prefix, Outcome, ReplyRule, RuleAction};
+
+/// The longest reply text rules are matched against (what is kept of it).
+const MAX_MATCHED: usize = super::policy::MAX_REASON;
 
 /// A compiled pattern: case-insensitive, linear-time, bounded in size.
 #[cfg(feature = "rules")]
@@ -100,24 +103,88 @@ impl Rules {
         self.list.is_empty()
     }
 
-    /// The first rule matching `reply`: (action, pattern).
+    /// The first rule matching `reply` (as much of it as is kept): (action,
+    /// pattern).
     pub(crate) fn first_match(&self, reply: &str) -> Option<(&RuleAction, &str)> {
+        let reply = prefix(reply, MAX_MATCHED);
         self.list
             .iter()
             .find(|(p, _, _)| matches(p, reply))
             .map(|(_, a, s)| (a, &**s))
     }
 
-    /// Only the suspension a matching rule asks for, in seconds, with its pattern.
-    pub(crate) fn suspension(&self, reply: &str) -> Option<(u32, &str)> {
+    /// The suspension a matching rule asks for: (seconds, pattern).
+    pub(crate) fn suspension(&self, reply: &str) -> Option<Suspension> {
         match self.first_match(reply)? {
-            (RuleAction::Suspend(d), p) => Some((d.as_secs() as u32, p)),
+            (RuleAction::Suspend(d), p) => Some(Suspension {
+                secs: d.as_secs() as u32,
+                pattern: p.into(),
+            }),
             _ => None,
         }
     }
 
-    /// Whether a matching rule makes a temporary failure permanent.
-    pub(crate) fn permanent(&self, reply: &str) -> bool {
-        matches!(self.first_match(reply), Some((RuleAction::Permanent, _)))
+    /// What the rules make of one delivery's outcomes, decided before any
+    /// lock is taken; each distinct reply is matched once. A site failure
+    /// (`site`) never makes a recipient permanent, and its suspension is the
+    /// session's to apply when it ends.
+    pub(crate) fn judge(&self, outcomes: &[Outcome], site: bool) -> Verdict {
+        let mut v = Verdict {
+            permanent: vec![false; outcomes.len()],
+            suspend: None,
+        };
+        if self.is_empty() {
+            return v;
+        }
+        let mut last: Option<(&str, Option<(&RuleAction, &str)>)> = None;
+        for (k, o) in outcomes.iter().enumerate() {
+            let (reason, temp) = match o {
+                Outcome::Delivered => continue,
+                Outcome::TempFail { reason, .. } => (reason.as_str(), true),
+                Outcome::PermFail { reason } => (reason.as_str(), false),
+            };
+            let m = match last {
+                Some((r, m)) if r == reason => m,
+                _ => self.first_match(reason),
+            };
+            last = Some((reason, m));
+            match m {
+                Some((RuleAction::Permanent, _)) => v.permanent[k] = temp && !site,
+                Some((RuleAction::Suspend(d), p)) if !site && v.suspend.is_none() => {
+                    v.suspend = Some(Suspension {
+                        secs: d.as_secs() as u32,
+                        pattern: p.into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+/// A suspension a rule asks for.
+pub(crate) struct Suspension {
+    /// How long, seconds.
+    pub secs: u32,
+    /// The rule's pattern.
+    pub pattern: Box<str>,
+}
+
+/// What the rules decided for one delivery.
+pub(crate) struct Verdict {
+    /// Per outcome: a temporary failure to take as permanent.
+    pub permanent: Vec<bool>,
+    /// The first suspension asked for.
+    pub suspend: Option<Suspension>,
+}
+
+impl Verdict {
+    /// Nothing decided (every outcome delivered).
+    pub(crate) fn none(n: usize) -> Verdict {
+        Verdict {
+            permanent: vec![false; n],
+            suspend: None,
+        }
     }
 }

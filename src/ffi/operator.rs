@@ -224,12 +224,10 @@ pub unsafe extern "C" fn mailq_add_reply_rule(
                 )
             }
         };
-        let mut rules = qq.reply_rules();
-        rules.push(crate::types::ReplyRule {
+        Ok(qq.add_reply_rule(crate::types::ReplyRule {
             pattern: pattern.to_string(),
             action,
-        });
-        Ok(qq.set_reply_rules(&rules)?)
+        })?)
     })
 }
 
