@@ -899,6 +899,16 @@ enum mailq_status mailq_set_rate_limit(struct mailq *q, const char *key, uint32_
 enum mailq_status mailq_add_reply_rule(struct mailq *q, const char *pattern, int action, uint64_t seconds);
 
 /**
+ * Appends a reply-driven rule that throttles: for `seconds` after a reply
+ * matching `pattern`, the destination's concurrency limit is at most
+ * `window` (0: unchanged) and its message rate at most the given counts per
+ * second, minute, hour and day (0: unchanged for that period); its own
+ * limits come back when it ends. Errors as for `mailq_add_reply_rule` (also
+ * when neither a window nor a rate is given).
+ */
+enum mailq_status mailq_add_reply_throttle(struct mailq *q, const char *pattern, uint64_t seconds, uint16_t window, uint32_t per_second, uint32_t per_minute, uint32_t per_hour, uint32_t per_day);
+
+/**
  * Removes every reply-driven rule (the suspensions they caused stay).
  */
 enum mailq_status mailq_clear_reply_rules(struct mailq *q);

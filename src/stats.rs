@@ -45,6 +45,11 @@ pub struct BucketStats {
     pub suspended_until: u64,
     /// The reply rule (its pattern) that suspended it, if a rule did.
     pub suspended_by: Option<String>,
+    /// A reply rule lowers its limits (`limit`, `rate_limit` are the lowered
+    /// ones) until this time (0: not throttled) …
+    pub throttled_until: u64,
+    /// … the rule's pattern ("" when the throttle was restored from disk).
+    pub throttled_by: Option<String>,
     /// Marked dead until this unix time (0: alive).
     pub dead_until: u64,
     /// Recipients delivered through this bucket since open.

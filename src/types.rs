@@ -339,6 +339,18 @@ pub enum RuleAction {
     /// and the destination's stats with the rule. A longer suspension in
     /// force is not shortened.
     Suspend(Duration),
+    /// Lower the destination's limits for this long: its concurrency limit to
+    /// at most `window` (0: unchanged) and its message rate to at most `rate`
+    /// per period (periods left at 0 unchanged); the destination's own limits
+    /// come back when it ends. Persisted, ends by itself, shown with the rule.
+    Throttle {
+        /// Concurrency limit while it lasts (0: unchanged).
+        window: u16,
+        /// Message-rate limits while it lasts (0 for a period: unchanged).
+        rate: RateLimit,
+        /// How long (1 s to 68 years).
+        duration: Duration,
+    },
     /// Take a temporary failure as permanent: the recipient fails now and
     /// its bounce is handed out (a 4xx the receiver means as final).
     Permanent,

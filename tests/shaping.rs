@@ -363,3 +363,90 @@ fn a_rule_takes_a_4xx_as_permanent_and_bad_rules_change_nothing() {
         "the rule is still in force"
     );
 }
+
+#[test]
+fn a_throttle_rule_lowers_window_and_rate_for_a_while_then_gives_them_back() {
+    let dir = TempDir::new("shape-rule-throttle");
+    let clock = ManualClock::new(T0);
+    let two_a_minute = RateLimit {
+        per_minute: 2,
+        ..RateLimit::default()
+    };
+    let o = Options {
+        reply_rules: vec![ReplyRule {
+            pattern: r"^421 4\.7\.0 .*rate limited".into(),
+            action: RuleAction::Throttle {
+                window: 1,
+                rate: two_a_minute,
+                duration: std::time::Duration::from_secs(600),
+            },
+        }],
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o.clone()).unwrap();
+    q.set_rate_limit(
+        "outlook.com",
+        RateLimit {
+            per_day: 10_000,
+            ..RateLimit::default()
+        },
+    )
+    .unwrap();
+    fill(&q, "outlook.com", 20);
+    let mut s = q.session_for("outlook.com").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    d.complete(&[Outcome::temp("421 4.7.0 You are being rate limited")])
+        .unwrap();
+    s.finish().unwrap();
+    let b = dest(&q, "outlook.com");
+    assert_eq!(b.limit, 1);
+    let both = RateLimit {
+        per_minute: 2,
+        per_day: 10_000,
+        ..RateLimit::default()
+    };
+    assert_eq!(b.rate_limit, Some(both), "the stricter per period");
+    assert_eq!(b.throttled_until, T0 + 600);
+    // Two a minute, one session at a time: what goes now is at most 2.
+    let sent = deliver_now(&q).len();
+    assert!(sent <= 2, "{sent} sent under a 2/min throttle");
+    let why = q
+        .explain_all(
+            q.select(
+                &Selector {
+                    route: Some("outlook.com".into()),
+                    states: vec![RcptState::Ready],
+                    ..Selector::default()
+                },
+                1,
+            )
+            .unwrap()[0]
+                .id,
+        )
+        .unwrap()[0]
+        .why
+        .clone();
+    assert!(why.contains("lowered by reply rule"), "{why}");
+    // The operator raises the destination's own limit meanwhile: the
+    // throttle keeps lowering it until it ends, then the new one is there.
+    q.set_concurrency_limit("outlook.com", 30).unwrap();
+    assert_eq!(dest(&q, "outlook.com").limit, 1);
+    drop(q);
+    // Persisted: a restart keeps the throttle and its end.
+    let q = Queue::open(dir.path(), o).unwrap();
+    let b = dest(&q, "outlook.com");
+    assert_eq!((b.limit, b.throttled_until), (1, T0 + 600));
+    clock.advance(600);
+    q.tick();
+    let b = dest(&q, "outlook.com");
+    assert_eq!(b.limit, 30, "the operator's limit, not the old default");
+    assert_eq!(
+        b.rate_limit,
+        Some(RateLimit {
+            per_day: 10_000,
+            ..RateLimit::default()
+        })
+    );
+    assert_eq!(b.throttled_until, 0);
+    assert_eq!(q.debug_check(), Ok(()));
+}

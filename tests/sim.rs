@@ -29,7 +29,7 @@ use mailq::sim::record::{self, Kind};
 use mailq::sim::{CrashMode, SimFs};
 use mailq::{
     Concurrency, Error, ManualClock, MessageId, NewMessage, Op, Options, Outcome, Queue, RateLimit,
-    RcptState, Recipient, Selector,
+    RcptState, Recipient, ReplyRule, RuleAction, Selector,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -446,6 +446,8 @@ struct Ctx {
     auto_maint: bool,
     /// Backpressure limit on queued recipients (0: none; some seeds).
     rcpt_limit: u64,
+    /// Reply rules (every fourth seed): TSS04 suspends, "Server busy" throttles.
+    rules: bool,
     q: RefCell<Option<Queue>>,
     m: RefCell<Model>,
     trace: RefCell<VecDeque<String>>,
@@ -559,6 +561,27 @@ impl Ctx {
             batch_recipients: 2,
             deliveries_per_session: PER_SESSION,
             max_queued_recipients: self.rcpt_limit,
+            reply_rules: if self.rules {
+                vec![
+                    ReplyRule {
+                        pattern: r"\[TSS04\]".into(),
+                        action: RuleAction::Suspend(Duration::from_secs(90)),
+                    },
+                    ReplyRule {
+                        pattern: r"^451 4\.7\.500 Server busy".into(),
+                        action: RuleAction::Throttle {
+                            window: 1,
+                            rate: RateLimit {
+                                per_minute: 3,
+                                ..RateLimit::default()
+                            },
+                            duration: Duration::from_secs(300),
+                        },
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
             ..Options::default()
         }
     }
@@ -2710,6 +2733,7 @@ fn run_seed(
         clock: ManualClock::new(T0),
         auto_maint: seed.is_multiple_of(2),
         rcpt_limit: if seed % 3 == 2 { 12 } else { 0 },
+        rules: seed % 4 == 1,
         q: RefCell::new(None),
         m: RefCell::new(Model::default()),
         trace: RefCell::new(VecDeque::new()),

@@ -582,6 +582,9 @@ pub fn dest_state(d: &Value, now: u64) -> String {
     if until("rate_next") > now {
         return format!("rate {}", age(until("rate_next") - now));
     }
+    if until("throttled_until") > now {
+        return format!("throttled {}", age(until("throttled_until") - now));
+    }
     "ok".into()
 }
 

@@ -211,6 +211,8 @@ pub fn bucket(b: &BucketStats) -> Value {
         "suspended": b.suspended,
         "suspended_until": b.suspended_until,
         "suspended_by": b.suspended_by,
+        "throttled_until": b.throttled_until,
+        "throttled_by": b.throttled_by,
         "dead_until": b.dead_until,
         "delivered": b.delivered,
         "deferrals": b.deferrals,

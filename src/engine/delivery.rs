@@ -120,8 +120,10 @@ impl Lease {
             // Suspended (by the operator or a reply rule) or out of rate: no
             // delivery now; the session ends, and the bucket wakes up when the
             // suspension ends or the limits allow the next message.
+            // Over a window a reply rule lowered: this session ends.
             let b = &ss.buckets[bl as usize];
-            if b.suspended || b.rate_wait(now).is_some() {
+            let over = b.throttle.is_some() && b.slots.len() > b.window as usize;
+            if b.suspended || over || b.rate_wait(now).is_some() {
                 return Ok(None);
             }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
@@ -449,8 +451,8 @@ impl DeliveryCore {
             rang |= ss.maybe_ring(bl, now);
         }
         // The first failure reply a rule suspends the destination for.
-        let ruled = match &verdict.suspend {
-            Some(rule) => q.suspend_by_rule(&mut ss, bl, rule, now),
+        let ruled = match &verdict.act {
+            Some(rule) => q.act_by_rule(&mut ss, bl, rule, now),
             None => Ok(()),
         };
         drop(ss);

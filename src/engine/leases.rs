@@ -154,6 +154,9 @@ impl Engine {
             ss.wakeups.pop();
             if let Some(b) = ss.buckets.get_mut(bl as usize) {
                 b.end_suspension_if_due(now);
+                if b.end_throttle_if_due(now) {
+                    b.wake_at = 0; // the own rate may allow more at once
+                }
             }
             rang |= ss.maybe_ring(bl, now);
         }
@@ -322,7 +325,10 @@ fn next_live_lease(ss: &mut SchedShard) -> Option<u32> {
 fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
     while let Some(&Reverse((t, bl))) = ss.wakeups.peek() {
         if let Some(b) = ss.buckets.get_mut(bl as usize) {
-            if b.dead_until == t || (b.suspended && b.resume_at == t) {
+            if b.dead_until == t
+                || (b.suspended && b.resume_at == t)
+                || b.throttle.as_ref().is_some_and(|x| x.until == t)
+            {
                 return Some(t);
             }
             if b.rate.is_some() && b.wake_at == t {
@@ -380,7 +386,7 @@ impl Lease {
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         // A greeting like "421 4.7.0 [TSS04] …" may match a rule (decided
         // before the lock is taken).
-        let rule = site.and_then(|reason| q.rules.read().clone().suspension(reason));
+        let rule = site.and_then(|reason| q.rules.read().clone().destination_act(reason));
         let mut ss = q.sched[s].lock();
         let Some(i) = ss.buckets[bl as usize].slot(self.token) else {
             return Ok(()); // reclaimed by the lease deadline already
@@ -399,7 +405,7 @@ impl Lease {
                 ss.wakeups.push(Reverse((t, bl)));
             }
             if let Some(rule) = &rule {
-                ruled = q.suspend_by_rule(&mut ss, bl, rule, now);
+                ruled = q.act_by_rule(&mut ss, bl, rule, now);
             }
         }
         rang |= ss.maybe_ring(bl, now);

@@ -276,6 +276,8 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
         suspended: b.suspended,
         suspended_until: b.resume_at as u64,
         suspended_by: b.suspended_by.as_deref().map(str::to_string),
+        throttled_until: b.throttle.as_ref().map_or(0, |t| t.until as u64),
+        throttled_by: b.throttle.as_ref().map(|t| t.pattern.to_string()),
         dead_until: b.dead_until as u64,
         delivered: b.delivered,
         deferrals: b.deferrals,

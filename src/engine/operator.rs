@@ -216,9 +216,7 @@ impl Engine {
             ));
         }
         self.with_bucket(key, |ss, bl, _| {
-            let b = &mut ss.buckets[bl as usize];
-            b.policy.limit = limit;
-            b.window = b.window.min(limit);
+            ss.buckets[bl as usize].set_own_limit(limit);
             false
         })
     }
@@ -229,16 +227,7 @@ impl Engine {
     pub(crate) fn set_rate_limit(&self, key: &str, limit: RateLimit) -> Result<()> {
         self.with_bucket(key, |ss, bl, now| {
             let b = &mut ss.buckets[bl as usize];
-            match (&mut b.rate, crate::sched::Rate::new(limit)) {
-                // Same limits: keep the state (what was already sent counts).
-                (Some(old), Some(_)) if old.limit() == limit => {}
-                // Changed: what was sent still counts in the periods both limit.
-                (Some(old), Some(mut new)) => {
-                    new.carry(old);
-                    **old = new;
-                }
-                (r, new) => *r = new.map(Box::new),
-            }
+            b.set_own_rate(limit);
             b.wake_at = 0;
             ss.maybe_ring(bl, now)
         })
@@ -284,30 +273,46 @@ impl Engine {
         self.log.append(batch).map(drop)
     }
 
-    /// A reply matched a rule that suspends its destination: a timed
-    /// suspension of local bucket `bl` (a longer one in force is kept),
-    /// marked with the rule, persisted with the attempt's records (synced with
-    /// them). The caller holds the shard lock.
-    pub(super) fn suspend_by_rule(
+    /// A reply matched a rule that suspends or throttles its destination:
+    /// a timed suspension of local bucket `bl` (a longer one in force is
+    /// kept), or lowered limits until a time; marked with the rule, persisted
+    /// with the attempt's records (synced with them). The caller holds the
+    /// shard lock.
+    pub(super) fn act_by_rule(
         &self,
         ss: &mut SchedShard,
         bl: u32,
-        rule: &super::rules::Suspension,
+        rule: &super::rules::Act,
         now: u32,
     ) -> Result<()> {
         let until = now.saturating_add(rule.secs).max(1);
         let b = &mut ss.buckets[bl as usize];
-        if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
-            return Ok(());
-        }
         let before = Saved::of(b);
-        (b.suspended, b.resume_at, b.suspend_secs) = (true, until, rule.secs);
-        b.suspended_by = Some(rule.pattern.clone());
+        let wake = match rule.throttle {
+            None => {
+                if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
+                    return Ok(());
+                }
+                (b.suspended, b.resume_at, b.suspend_secs) = (true, until, rule.secs);
+                b.suspended_by = Some(rule.pattern.clone());
+                until
+            }
+            Some((window, rate)) => {
+                let same = b
+                    .throttle
+                    .as_ref()
+                    .is_some_and(|t| t.until >= until && t.window == window && t.rate == rate);
+                if same {
+                    return Ok(());
+                }
+                b.throttle_by(window, rate, rule.secs, &rule.pattern, now)
+            }
+        };
         if let Err(e) = self.persist_settings(ss, bl) {
             before.restore(&mut ss.buckets[bl as usize]);
             return Err(e);
         }
-        ss.wakeups.push(std::cmp::Reverse((until, bl)));
+        ss.wakeups.push(std::cmp::Reverse((wake, bl)));
         Ok(())
     }
 
@@ -819,6 +824,7 @@ struct Saved {
     policy: Concurrency,
     window: u16,
     rate: Option<Box<crate::sched::Rate>>,
+    throttle: Option<Box<crate::sched::Throttle>>,
 }
 
 impl Saved {
@@ -831,6 +837,7 @@ impl Saved {
             policy: b.policy,
             window: b.window,
             rate: b.rate.clone(),
+            throttle: b.throttle.clone(),
         }
     }
 
@@ -842,6 +849,7 @@ impl Saved {
         b.policy = self.policy;
         b.window = self.window;
         b.rate = self.rate;
+        b.throttle = self.throttle;
     }
 }
 

@@ -73,13 +73,28 @@ impl Rules {
     pub(crate) fn compile(rules: &[ReplyRule]) -> Result<Rules> {
         let mut list = Vec::with_capacity(rules.len());
         for r in rules {
-            if let RuleAction::Suspend(d) = r.action {
-                if d.as_secs() == 0 || d.as_secs() > u32::MAX as u64 / 2 {
-                    return Err(Error::InvalidOption(format!(
-                        "reply rule {:?}: suspend for 1 s to 68 years",
-                        r.pattern
-                    )));
+            let d = match &r.action {
+                RuleAction::Suspend(d) => Some(*d),
+                RuleAction::Throttle {
+                    window,
+                    rate,
+                    duration,
+                } => {
+                    if *window == 0 && rate.is_none() {
+                        return Err(Error::InvalidOption(format!(
+                            "reply rule {:?}: a throttle lowers a window or a rate; give one",
+                            r.pattern
+                        )));
+                    }
+                    Some(*duration)
                 }
+                RuleAction::Permanent => None,
+            };
+            if d.is_some_and(|d| d.as_secs() == 0 || d.as_secs() > u32::MAX as u64 / 2) {
+                return Err(Error::InvalidOption(format!(
+                    "reply rule {:?}: a duration of 1 s to 68 years",
+                    r.pattern
+                )));
             }
             list.push((
                 compile(&r.pattern, "reply rule")?,
@@ -113,15 +128,10 @@ impl Rules {
             .map(|(_, a, s)| (a, &**s))
     }
 
-    /// The suspension a matching rule asks for: (seconds, pattern).
-    pub(crate) fn suspension(&self, reply: &str) -> Option<Suspension> {
-        match self.first_match(reply)? {
-            (RuleAction::Suspend(d), p) => Some(Suspension {
-                secs: d.as_secs() as u32,
-                pattern: p.into(),
-            }),
-            _ => None,
-        }
+    /// What a matching rule asks its destination to do (suspend, throttle).
+    pub(crate) fn destination_act(&self, reply: &str) -> Option<Act> {
+        let (a, p) = self.first_match(reply)?;
+        Act::of(a, p)
     }
 
     /// What the rules make of one delivery's outcomes, decided before any
@@ -129,10 +139,7 @@ impl Rules {
     /// (`site`) never makes a recipient permanent, and its suspension is the
     /// session's to apply when it ends.
     pub(crate) fn judge(&self, outcomes: &[Outcome], site: bool) -> Verdict {
-        let mut v = Verdict {
-            permanent: vec![false; outcomes.len()],
-            suspend: None,
-        };
+        let mut v = Verdict::none(outcomes.len());
         if self.is_empty() {
             return v;
         }
@@ -150,12 +157,7 @@ impl Rules {
             last = Some((reason, m));
             match m {
                 Some((RuleAction::Permanent, _)) => v.permanent[k] = temp && !site,
-                Some((RuleAction::Suspend(d), p)) if !site && v.suspend.is_none() => {
-                    v.suspend = Some(Suspension {
-                        secs: d.as_secs() as u32,
-                        pattern: p.into(),
-                    })
-                }
+                Some((a, p)) if !site && v.act.is_none() => v.act = Act::of(a, p),
                 _ => {}
             }
         }
@@ -163,20 +165,41 @@ impl Rules {
     }
 }
 
-/// A suspension a rule asks for.
-pub(crate) struct Suspension {
+/// What a rule asks a destination to do, for how long.
+pub(crate) struct Act {
+    /// Suspend (no limits) or lower the limits.
+    pub throttle: Option<(u16, crate::types::RateLimit)>,
     /// How long, seconds.
     pub secs: u32,
     /// The rule's pattern.
     pub pattern: Box<str>,
 }
 
+impl Act {
+    fn of(a: &RuleAction, pattern: &str) -> Option<Act> {
+        let (throttle, d) = match a {
+            RuleAction::Suspend(d) => (None, d),
+            RuleAction::Throttle {
+                window,
+                rate,
+                duration,
+            } => (Some((*window, *rate)), duration),
+            RuleAction::Permanent => return None,
+        };
+        Some(Act {
+            throttle,
+            secs: d.as_secs() as u32,
+            pattern: pattern.into(),
+        })
+    }
+}
+
 /// What the rules decided for one delivery.
 pub(crate) struct Verdict {
     /// Per outcome: a temporary failure to take as permanent.
     pub permanent: Vec<bool>,
-    /// The first suspension asked for.
-    pub suspend: Option<Suspension>,
+    /// The first suspension or throttle asked for.
+    pub act: Option<Act>,
 }
 
 impl Verdict {
@@ -184,7 +207,7 @@ impl Verdict {
     pub(crate) fn none(n: usize) -> Verdict {
         Verdict {
             permanent: vec![false; n],
-            suspend: None,
+            act: None,
         }
     }
 }

@@ -189,14 +189,15 @@ fn why(
                 d.dead_until - now
             ),
             Some(d) if d.rate_next > now => format!(
-                "message rate of {key} used up ({}): the next message goes at {} (in {} s){last}",
+                "message rate of {key} used up ({}{}): the next message goes at {} (in {} s){last}",
                 rate_text(d.rate_limit.unwrap_or_default()),
+                throttled(d),
                 d.rate_next,
                 d.rate_next - now
             ),
             Some(d) if d.sessions >= d.window => format!(
-                "concurrency window of {key} is full ({} of {} sessions open, limit {}); it goes with the next free slot",
-                d.sessions, d.window, d.limit
+                "concurrency window of {key} is full ({} of {} sessions open, limit {}{}); it goes with the next free slot",
+                d.sessions, d.window, d.limit, throttled(d)
             ),
             _ => format!("ready: the next session for {key} takes it{last}"),
         },
@@ -209,6 +210,15 @@ fn why(
 }
 
 /// "6/min, 10/s": the limits set.
+/// ", lowered by reply rule /P/ until T" for a throttled destination.
+fn throttled(d: &BucketStats) -> String {
+    match d.throttled_by.as_deref() {
+        None => String::new(),
+        Some("") => format!(", lowered by a reply rule until {}", d.throttled_until),
+        Some(p) => format!(", lowered by reply rule /{p}/ until {}", d.throttled_until),
+    }
+}
+
 fn rate_text(r: RateLimit) -> String {
     let parts: Vec<String> = r
         .counts()

@@ -231,6 +231,43 @@ pub unsafe extern "C" fn mailq_add_reply_rule(
     })
 }
 
+/// Appends a reply-driven rule that throttles: for `seconds` after a reply
+/// matching `pattern`, the destination's concurrency limit is at most
+/// `window` (0: unchanged) and its message rate at most the given counts per
+/// second, minute, hour and day (0: unchanged for that period); its own
+/// limits come back when it ends. Errors as for `mailq_add_reply_rule` (also
+/// when neither a window nor a rate is given).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn mailq_add_reply_throttle(
+    q: *mut mailq,
+    pattern: *const c_char,
+    seconds: u64,
+    window: u16,
+    per_second: u32,
+    per_minute: u32,
+    per_hour: u32,
+    per_day: u32,
+) -> mailq_status {
+    with_queue(q, |qq| {
+        // SAFETY: `pattern` is a NUL-terminated string (header contract).
+        let pattern = unsafe { text(pattern, "pattern")? };
+        Ok(qq.add_reply_rule(crate::types::ReplyRule {
+            pattern: pattern.to_string(),
+            action: crate::types::RuleAction::Throttle {
+                window,
+                rate: crate::types::RateLimit {
+                    per_second,
+                    per_minute,
+                    per_hour,
+                    per_day,
+                },
+                duration: std::time::Duration::from_secs(seconds),
+            },
+        })?)
+    })
+}
+
 /// Removes every reply-driven rule (the suspensions they caused stay).
 #[no_mangle]
 pub extern "C" fn mailq_clear_reply_rules(q: *mut mailq) -> mailq_status {

@@ -4,7 +4,7 @@
 
 use super::rate::Rate;
 use crate::index::RcptRef;
-use crate::types::{Concurrency, MessageId, RcptState};
+use crate::types::{Concurrency, MessageId, RateLimit, RcptState};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -73,6 +73,44 @@ pub struct Bucket {
     pub handles: u32,
     /// Message-rate limits, if any (boxed: most destinations have none).
     pub rate: Option<Box<Rate>>,
+    /// A reply rule's lowering of the limits, while it lasts.
+    pub throttle: Option<Box<Throttle>>,
+}
+
+/// A reply rule's temporary lowering of a destination's limits: `policy.limit`
+/// and `rate` hold the lowered values while it lasts; the destination's own
+/// are kept here and come back when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttle {
+    /// When it ends (unix seconds).
+    pub until: u32,
+    /// Its length, seconds (bounds it if the clock steps back).
+    pub secs: u32,
+    /// The rule's pattern ("" when restored from disk: it is not kept).
+    pub pattern: Box<str>,
+    /// The rule's concurrency limit (0: none) and rates.
+    pub window: u16,
+    /// The rule's message-rate limits.
+    pub rate: RateLimit,
+    /// The destination's own concurrency limit …
+    pub own_limit: u16,
+    /// … and its own message-rate limits.
+    pub own_rate: RateLimit,
+}
+
+/// Per period, the stricter of two rate limits (0: no limit for that period).
+fn stricter(a: RateLimit, b: RateLimit) -> RateLimit {
+    let m = |x: u32, y: u32| match (x, y) {
+        (0, y) => y,
+        (x, 0) => x,
+        (x, y) => x.min(y),
+    };
+    RateLimit {
+        per_second: m(a.per_second, b.per_second),
+        per_minute: m(a.per_minute, b.per_minute),
+        per_hour: m(a.per_hour, b.per_hour),
+        per_day: m(a.per_day, b.per_day),
+    }
 }
 
 impl Bucket {
@@ -102,7 +140,121 @@ impl Bucket {
             wake_at: 0,
             handles: 0,
             rate: None,
+            throttle: None,
         }
+    }
+
+    /// The rate limits in force (none: all zero).
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate.as_ref().map(|r| r.limit()).unwrap_or_default()
+    }
+
+    /// Puts `limit` in force; what was already sent still counts in the
+    /// periods both limit (no fresh burst).
+    fn put_rate(&mut self, limit: RateLimit) {
+        match (&mut self.rate, Rate::new(limit)) {
+            (Some(old), Some(_)) if old.limit() == limit => {}
+            (Some(old), Some(mut new)) => {
+                new.carry(old);
+                **old = new;
+            }
+            (r, new) => *r = new.map(Box::new),
+        }
+    }
+
+    /// Puts concurrency limit `limit` in force (the window is clamped to it).
+    fn put_limit(&mut self, limit: u16) {
+        self.policy.limit = limit.max(1);
+        self.window = self.window.min(self.policy.limit);
+    }
+
+    /// The destination's own concurrency limit (the operator's); a throttle
+    /// in force keeps lowering it until it ends.
+    pub fn set_own_limit(&mut self, limit: u16) {
+        match self.throttle.as_mut() {
+            Some(t) => {
+                t.own_limit = limit;
+                self.apply_throttle();
+            }
+            None => self.put_limit(limit),
+        }
+    }
+
+    /// The destination's own message-rate limits (the operator's); a throttle
+    /// in force keeps lowering them until it ends.
+    pub fn set_own_rate(&mut self, limit: RateLimit) {
+        match self.throttle.as_mut() {
+            Some(t) => {
+                t.own_rate = limit;
+                self.apply_throttle();
+            }
+            None => self.put_rate(limit),
+        }
+    }
+
+    /// A reply rule lowers the limits to `window` (0: unchanged) and `rate`
+    /// until `now + secs` (a later end in force is kept). Returns the end.
+    pub fn throttle_by(
+        &mut self,
+        window: u16,
+        rate: RateLimit,
+        secs: u32,
+        pattern: &str,
+        now: u32,
+    ) -> u32 {
+        let until = now.saturating_add(secs).max(1);
+        let (own_limit, own_rate, until) = match self.throttle.take() {
+            Some(t) => (t.own_limit, t.own_rate, t.until.max(until)),
+            None => (self.policy.limit, self.rate_limit(), until),
+        };
+        self.throttle = Some(Box::new(Throttle {
+            until,
+            secs,
+            pattern: pattern.into(),
+            window,
+            rate,
+            own_limit,
+            own_rate,
+        }));
+        self.apply_throttle();
+        until
+    }
+
+    /// Puts the lowered limits of the throttle in force.
+    fn apply_throttle(&mut self) {
+        let Some(t) = self.throttle.as_ref() else {
+            return;
+        };
+        let limit = match t.window {
+            0 => t.own_limit,
+            w => t.own_limit.min(w),
+        };
+        let rate = stricter(t.own_rate, t.rate);
+        self.put_limit(limit);
+        self.put_rate(rate);
+    }
+
+    /// Ends a throttle whose time came: the destination's own limits are
+    /// back. Returns true when it ended.
+    pub fn end_throttle_if_due(&mut self, now: u32) -> bool {
+        let Some(t) = self.throttle.take_if(|t| now >= t.until) else {
+            return false;
+        };
+        self.put_limit(t.own_limit);
+        self.put_rate(t.own_rate);
+        true
+    }
+
+    /// A throttle whose end is further away than its own length (the clock
+    /// stepped back) is re-based to last that length from now. Returns the
+    /// new end, to wake up for.
+    pub fn rebase_throttle(&mut self, now: u32) -> Option<u32> {
+        let t = self.throttle.as_mut()?;
+        if t.until > now && t.until - now > t.secs {
+            t.until = now.saturating_add(t.secs).max(1);
+            return Some(t.until);
+        }
+        None
     }
 
     /// Appends to the ready FIFO, growing it by an eighth (not by doubling) when
@@ -220,6 +372,7 @@ impl Bucket {
             && self.dead_until == 0
             && self.policy == default
             && self.rate.is_none()
+            && self.throttle.is_none()
     }
 
     /// The index of the open slot `token`, if it is still open.

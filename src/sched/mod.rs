@@ -10,7 +10,7 @@ mod rate;
 mod settings;
 mod wheel;
 
-pub use bucket::{Bucket, Slot};
+pub use bucket::{Bucket, Slot, Throttle};
 pub use keys::Keys;
 pub use rate::Rate;
 pub use wheel::Wheel;
@@ -66,6 +66,9 @@ impl SchedShard {
         let mut rang = false;
         for bl in 0..self.buckets.len() as u32 {
             if let Some(t) = self.buckets[bl as usize].rebase_suspension(now) {
+                self.wakeups.push(Reverse((t, bl)));
+            }
+            if let Some(t) = self.buckets[bl as usize].rebase_throttle(now) {
                 self.wakeups.push(Reverse((t, bl)));
             }
             if let Some(r) = self.buckets[bl as usize].rate.as_mut() {

@@ -3,26 +3,40 @@
 //! applied to one at recovery. Depends on `storage::record` (the plain
 //! [`DestSettings`] value only) and `types`.
 
-use super::{Rate, SchedShard};
+use super::{Rate, SchedShard, Throttle};
 use crate::storage::record::DestSettings;
 use crate::types::{Concurrency, RateLimit};
 use std::cmp::Reverse;
+
+/// A rate limit from its counts (per second, minute, hour, day).
+fn rate_of(c: [u32; 4]) -> RateLimit {
+    RateLimit {
+        per_second: c[0],
+        per_minute: c[1],
+        per_hour: c[2],
+        per_day: c[3],
+    }
+}
 
 impl SchedShard {
     /// The operator settings of local bucket `bl` (`default`: the queue's
     /// concurrency policy, so that a limit equal to it is not a setting).
     pub fn settings(&self, bl: u32, default: Concurrency) -> DestSettings {
         let b = &self.buckets[bl as usize];
+        let custom = |l: u16| if l != default.limit { l } else { 0 };
+        let t = b.throttle.as_deref();
         DestSettings {
             suspended: b.suspended,
             resume_at: if b.suspended { b.resume_at } else { 0 },
             suspend_secs: if b.suspended { b.suspend_secs } else { 0 },
-            limit: if b.policy.limit != default.limit {
-                b.policy.limit
-            } else {
-                0
-            },
-            rate: b.rate.as_ref().map_or([0; 4], |r| r.limit().counts()),
+            limit: custom(b.policy.limit),
+            rate: b.rate_limit().counts(),
+            throttle_until: t.map_or(0, |t| t.until),
+            throttle_secs: t.map_or(0, |t| t.secs),
+            throttle_window: t.map_or(0, |t| t.window),
+            throttle_rate: t.map_or([0; 4], |t| t.rate.counts()),
+            own_limit: t.map_or(0, |t| custom(t.own_limit)),
+            own_rate: t.map_or([0; 4], |t| t.own_rate.counts()),
         }
     }
 
@@ -41,15 +55,32 @@ impl SchedShard {
         };
         b.policy.limit = if d.limit != 0 { d.limit } else { default.limit };
         b.window = b.window.min(b.policy.limit.max(1));
-        let limit = RateLimit {
-            per_second: d.rate[0],
-            per_minute: d.rate[1],
-            per_hour: d.rate[2],
-            per_day: d.rate[3],
-        };
+        let limit = rate_of(d.rate);
         if b.rate.as_ref().map(|r| r.limit()) != Some(limit) {
             b.rate = Rate::new(limit).map(Box::new);
         }
+        b.throttle = (d.throttle_until != 0).then(|| {
+            Box::new(Throttle {
+                until: d.throttle_until,
+                secs: d.throttle_secs,
+                pattern: "".into(),
+                window: d.throttle_window,
+                rate: rate_of(d.throttle_rate),
+                own_limit: if d.own_limit != 0 {
+                    d.own_limit
+                } else {
+                    default.limit
+                },
+                own_rate: rate_of(d.own_rate),
+            })
+        });
+        if let Some(t) = b
+            .rebase_throttle(now)
+            .or(b.throttle.as_ref().map(|t| t.until))
+        {
+            self.wakeups.push(Reverse((t, bl)));
+        }
+        let b = &mut self.buckets[bl as usize];
         b.rebase_suspension(now);
         if b.resume_at != 0 {
             let t = b.resume_at;

@@ -368,6 +368,12 @@ mod tests {
             suspend_secs: 8,
             limit: 3,
             rate: [0, 6, 0, 1000],
+            throttle_until: 77,
+            throttle_secs: 60,
+            throttle_window: 1,
+            throttle_rate: [0, 6, 0, 0],
+            own_limit: 0,
+            own_rate: [0, 0, 0, 1000],
         };
         w.count(1);
         w.destination(0, &ds);

@@ -450,6 +450,19 @@ pub struct DestSettings {
     pub limit: u16,
     /// Message-rate limits per second, minute, hour and day (0: none).
     pub rate: [u32; 4],
+    /// A reply rule's throttle in force: when it ends (0: none) …
+    pub throttle_until: u32,
+    /// … its length (s) …
+    pub throttle_secs: u32,
+    /// … the rule's concurrency limit (0: none) …
+    pub throttle_window: u16,
+    /// … and rates (per second, minute, hour, day); …
+    pub throttle_rate: [u32; 4],
+    /// … the destination's own limit (0: the default) and rates come back
+    /// when it ends (`limit` and `rate` hold the lowered ones).
+    pub own_limit: u16,
+    /// The destination's own rates.
+    pub own_rate: [u32; 4],
 }
 
 /// Tags of [`DestSettings`] values.
@@ -458,6 +471,12 @@ const TAG_RESUME_AT: u8 = 2;
 const TAG_SUSPEND_SECS: u8 = 3;
 const TAG_LIMIT: u8 = 4;
 const TAG_RATE: u8 = 5; // 5..=8: per second, minute, hour, day
+const TAG_THROTTLE_UNTIL: u8 = 9;
+const TAG_THROTTLE_SECS: u8 = 10;
+const TAG_THROTTLE_WINDOW: u8 = 11;
+const TAG_THROTTLE_RATE: u8 = 12; // 12..=15
+const TAG_OWN_LIMIT: u8 = 16;
+const TAG_OWN_RATE: u8 = 17; // 17..=20
 
 impl DestSettings {
     /// True when nothing differs from the defaults.
@@ -476,10 +495,21 @@ impl DestSettings {
         if self.limit != 0 {
             pairs.push((TAG_LIMIT, self.limit as u64));
         }
-        for (i, &r) in self.rate.iter().enumerate() {
-            if r != 0 {
-                pairs.push((TAG_RATE + i as u8, r as u64));
+        let rates = |pairs: &mut Vec<(u8, u64)>, tag: u8, rate: &[u32; 4]| {
+            for (i, &r) in rate.iter().enumerate() {
+                if r != 0 {
+                    pairs.push((tag + i as u8, r as u64));
+                }
             }
+        };
+        rates(&mut pairs, TAG_RATE, &self.rate);
+        if self.throttle_until != 0 {
+            pairs.push((TAG_THROTTLE_UNTIL, self.throttle_until as u64));
+            pairs.push((TAG_THROTTLE_SECS, self.throttle_secs as u64));
+            pairs.push((TAG_THROTTLE_WINDOW, self.throttle_window as u64));
+            rates(&mut pairs, TAG_THROTTLE_RATE, &self.throttle_rate);
+            pairs.push((TAG_OWN_LIMIT, self.own_limit as u64));
+            rates(&mut pairs, TAG_OWN_RATE, &self.own_rate);
         }
         out.push(pairs.len() as u8);
         for (t, v) in pairs {
@@ -502,6 +532,16 @@ impl DestSettings {
                 TAG_LIMIT => d.limit = u16::try_from(v).ok()?,
                 t if (TAG_RATE..TAG_RATE + 4).contains(&t) => {
                     d.rate[(t - TAG_RATE) as usize] = v32?
+                }
+                TAG_THROTTLE_UNTIL => d.throttle_until = v32?,
+                TAG_THROTTLE_SECS => d.throttle_secs = v32?,
+                TAG_THROTTLE_WINDOW => d.throttle_window = u16::try_from(v).ok()?,
+                t if (TAG_THROTTLE_RATE..TAG_THROTTLE_RATE + 4).contains(&t) => {
+                    d.throttle_rate[(t - TAG_THROTTLE_RATE) as usize] = v32?
+                }
+                TAG_OWN_LIMIT => d.own_limit = u16::try_from(v).ok()?,
+                t if (TAG_OWN_RATE..TAG_OWN_RATE + 4).contains(&t) => {
+                    d.own_rate[(t - TAG_OWN_RATE) as usize] = v32?
                 }
                 _ => {}
             }

@@ -472,6 +472,9 @@ static void test_operator(mailq *q) {
     EXPECT(mailq_add_reply_rule(q, "([unclosed", MAILQ_RULE_PERMANENT, 0), MAILQ_ERR_INVALID_ARGUMENT);
     EXPECT(mailq_add_reply_rule(q, "x", MAILQ_RULE_SUSPEND, 0), MAILQ_ERR_INVALID_ARGUMENT);
     EXPECT(mailq_add_reply_rule(q, "x", 9, 1), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_add_reply_throttle(q, "Server busy", 300, 1, 0, 3, 0, 0), MAILQ_OK);
+    EXPECT(mailq_add_reply_throttle(q, "x", 300, 0, 0, 0, 0, 0), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_add_reply_throttle(q, NULL, 300, 1, 0, 0, 0, 0), MAILQ_ERR_NULL);
     EXPECT(mailq_add_reply_rule(q, NULL, MAILQ_RULE_PERMANENT, 0), MAILQ_ERR_NULL);
     EXPECT(mailq_clear_reply_rules(q), MAILQ_OK);
     EXPECT(mailq_clear_reply_rules(NULL), MAILQ_ERR_INVALID_HANDLE);
