@@ -22,6 +22,7 @@ mod admin;
 mod aio;
 mod engine;
 mod error;
+mod fleet;
 mod index;
 mod inspect;
 mod message;
@@ -49,6 +50,7 @@ pub use admin::{encode_component, Access, Admin, AdminOptions, AdminResponse, Ad
 #[cfg(feature = "tokio")]
 pub use aio::AsyncQueue;
 pub use error::{Error, Result};
+pub use fleet::{FleetLimit, FleetLimiter, LocalFleet, Permit};
 pub use message::MessageBuilder;
 pub use queue::Queue;
 pub use recovery::{Damage, RecoveryReport};

@@ -429,6 +429,10 @@ pub struct Options {
     /// (default 128 MiB; 0: no check). Looked up at most every 100 ms and
     /// estimated in between.
     pub min_free_disk: u64,
+    /// Limits shared with other queues (a fleet of MTA nodes), asked before
+    /// each session and each message (default none; see
+    /// [`crate::FleetLimiter`]).
+    pub fleet: Option<Arc<dyn crate::fleet::FleetLimiter>>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Filesystem (the storage seam).
@@ -459,6 +463,7 @@ impl Default for Options {
             max_queued_recipients: 0,
             max_queued_bytes: 0,
             min_free_disk: 128 << 20,
+            fleet: None,
             clock: Arc::new(SystemClock),
             vfs: Arc::new(crate::storage::vfs::OsFs),
         }

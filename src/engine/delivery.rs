@@ -123,8 +123,24 @@ impl Lease {
             // Over a window a reply rule lowered: this session ends.
             let b = &ss.buckets[bl as usize];
             let over = b.throttle.is_some() && b.slots.len() > b.window as usize;
-            if b.suspended || over || b.rate_wait(now).is_some() {
+            if b.suspended || over || b.rate_wait(now).is_some() || now < b.fleet_until {
                 return Ok(None);
+            }
+            // The fleet's permit for one more message, asked with no lock held
+            // (only when there is something to send).
+            if let Some(f) = q.opts.fleet.as_ref().filter(|_| !self.permit) {
+                if b.count(RcptState::Ready) == 0 {
+                    return Ok(None);
+                }
+                drop(ss);
+                match f.message(&self.key, self.fence) {
+                    crate::fleet::Permit::Granted => self.permit = true,
+                    crate::fleet::Permit::WaitUntil(ms) => {
+                        q.fleet_wait(self.bucket, ms);
+                        return Ok(None);
+                    }
+                }
+                continue;
             }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
                 // Drained: give back what a burst made the FIFO grow to.
@@ -137,6 +153,7 @@ impl Lease {
             if let Some(r) = ss.buckets[bl as usize].rate.as_mut() {
                 r.take(now as u64 * 1000);
             }
+            self.permit = false;
             let slot = &mut ss.buckets[bl as usize].slots[si];
             slot.leased = t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)).collect();
             slot.leased_msg = t.id();

@@ -25,6 +25,10 @@ pub(crate) struct Lease {
     pub(super) key: Arc<str>,
     pub(super) deliveries: usize,
     pub(super) closed: bool,
+    /// The fleet limiter granted this session a connection lease …
+    pub(super) fleet: bool,
+    /// … and a message not yet taken.
+    pub(super) permit: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -38,8 +42,23 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Engine {
-    /// Opens a lease on the next destination with ready work and a free slot.
+    /// Opens a lease on the next destination with ready work, a free slot and
+    /// (with a fleet limiter) a fleet-wide connection.
     pub(crate) fn next_lease(self: &Arc<Self>) -> Result<Option<Lease>> {
+        // Each refusal by the fleet takes its destination out of the ring.
+        for _ in 0..4 * SHARDS {
+            let Some(lease) = self.next_local_lease()? else {
+                return Ok(None);
+            };
+            if let Some(lease) = self.fleet_admit(lease) {
+                return Ok(Some(lease));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a lease on the next destination with ready work and a free slot.
+    fn next_local_lease(self: &Arc<Self>) -> Result<Option<Lease>> {
         self.check_poison()?;
         let now = self.now();
         self.apply_moves();
@@ -89,7 +108,8 @@ impl Engine {
         drop(ss);
         self.apply_moves();
         self.wake_if(rang);
-        Ok(lease)
+        drop(_g);
+        Ok(lease.and_then(|l| self.fleet_admit(l)))
     }
 
     fn open_slot(self: &Arc<Self>, ss: &mut SchedShard, shard: usize, bl: u32, now: u32) -> Lease {
@@ -116,7 +136,38 @@ impl Engine {
             key,
             deliveries: 0,
             closed: false,
+            fleet: false,
+            permit: false,
         }
+    }
+
+    /// Asks the fleet limiter (if any) for a new lease's connection; on a
+    /// wait the destination waits too and the lease ends.
+    fn fleet_admit(&self, mut lease: Lease) -> Option<Lease> {
+        let Some(f) = &self.opts.fleet else {
+            return Some(lease);
+        };
+        match f.open(&lease.key, lease.fence) {
+            crate::fleet::Permit::Granted => {
+                lease.fleet = true;
+                Some(lease)
+            }
+            crate::fleet::Permit::WaitUntil(ms) => {
+                self.fleet_wait(lease.bucket, ms);
+                drop(lease);
+                None
+            }
+        }
+    }
+
+    /// The fleet said to wait until `ms`: the destination leaves the
+    /// round-robin and gets a wake-up then.
+    pub(super) fn fleet_wait(&self, bucket: u32, ms: u64) {
+        let now = self.now();
+        let mut ss = self.sched[shard_of(bucket)].lock();
+        let b = &mut ss.buckets[local_of(bucket) as usize];
+        b.fleet_until = ms.div_ceil(1000).clamp(now as u64 + 1, u32::MAX as u64) as u32;
+        ss.maybe_ring(local_of(bucket), now);
     }
 
     /// Fires due timers, probes and lease reclaims in every shard (see
@@ -154,8 +205,12 @@ impl Engine {
             ss.wakeups.pop();
             if let Some(b) = ss.buckets.get_mut(bl as usize) {
                 b.end_suspension_if_due(now);
-                if b.end_throttle_if_due(now) {
-                    b.wake_at = 0; // the own rate may allow more at once
+                // The wake-up for `wake_at` is used up (or the own rate, back
+                // from a throttle, may allow more at once): a later wait must
+                // schedule its own, also one for this same time after the
+                // clock stepped back.
+                if b.end_throttle_if_due(now) || b.wake_at == t {
+                    b.wake_at = 0;
                 }
             }
             rang |= ss.maybe_ring(bl, now);
@@ -331,7 +386,7 @@ fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
             {
                 return Some(t);
             }
-            if b.rate.is_some() && b.wake_at == t {
+            if (b.rate.is_some() || b.fleet_until == t) && b.wake_at == t {
                 // Out of rate with nothing ready (it expired, was held or
                 // delivered elsewhere): no reason to wake; the next message
                 // that becomes ready schedules its own wake-up.
@@ -382,6 +437,11 @@ impl Lease {
         }
         self.closed = true;
         let q = &self.q;
+        if std::mem::take(&mut self.fleet) {
+            if let Some(f) = &q.opts.fleet {
+                f.close(&self.key, self.fence);
+            }
+        }
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         // A greeting like "421 4.7.0 [TSS04] …" may match a rule (decided

@@ -75,6 +75,9 @@ pub struct Bucket {
     pub rate: Option<Box<Rate>>,
     /// A reply rule's lowering of the limits, while it lasts.
     pub throttle: Option<Box<Throttle>>,
+    /// The fleet limiter said to wait until this time (unix seconds; 0: no
+    /// wait). In memory only: the fleet is asked again after a restart.
+    pub fleet_until: u32,
 }
 
 /// A reply rule's temporary lowering of a destination's limits: `policy.limit`
@@ -141,6 +144,7 @@ impl Bucket {
             handles: 0,
             rate: None,
             throttle: None,
+            fleet_until: 0,
         }
     }
 
@@ -285,7 +289,11 @@ impl Bucket {
 
     /// Whether a new session may be opened now.
     pub fn can_open(&self, now: u32) -> bool {
-        if self.suspended || self.count(RcptState::Ready) == 0 || self.rate_wait(now).is_some() {
+        if self.suspended
+            || self.count(RcptState::Ready) == 0
+            || self.rate_wait(now).is_some()
+            || now < self.fleet_until
+        {
             return false;
         }
         if self.dead_until != 0 {

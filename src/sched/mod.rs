@@ -74,8 +74,10 @@ impl SchedShard {
             if let Some(r) = self.buckets[bl as usize].rate.as_mut() {
                 r.rebase(now as u64 * 1000);
             }
+            // A fleet wait is asked again rather than waited out.
+            let fleet = std::mem::take(&mut self.buckets[bl as usize].fleet_until) != 0;
             let b = &self.buckets[bl as usize];
-            if b.dead_until != 0 || b.rate.is_some() {
+            if b.dead_until != 0 || b.rate.is_some() || fleet {
                 self.buckets[bl as usize].wake_at = 0;
                 rang |= self.maybe_ring(bl, now);
             }
@@ -91,9 +93,11 @@ impl SchedShard {
             self.ring.push_back(local);
             return true;
         }
-        // Out of rate: a wake-up when the limits allow the next message (one
-        // per such time), so neither a busy loop nor a scan finds it again.
-        if let Some(t) = b.rate_wait(now) {
+        // Out of rate (here or in the fleet): a wake-up when the limits allow
+        // the next message (one per such time), so neither a busy loop nor a
+        // scan finds it again.
+        let fleet = (b.fleet_until > now).then_some(b.fleet_until);
+        if let Some(t) = b.rate_wait(now).max(fleet) {
             if !b.suspended && b.count(RcptState::Ready) > 0 && b.wake_at != t {
                 b.wake_at = t;
                 self.wakeups.push(Reverse((t, local)));
