@@ -50,6 +50,8 @@ pub use admin::{encode_component, Access, Admin, AdminOptions, AdminResponse, Ad
 #[cfg(feature = "tokio")]
 pub use aio::AsyncQueue;
 pub use error::{Error, Result};
+#[cfg(feature = "redis")]
+pub use fleet::{FleetFailure, RedisFleet, RedisFleetOptions};
 pub use fleet::{FleetLimit, FleetLimiter, LocalFleet, Permit};
 pub use message::MessageBuilder;
 pub use queue::Queue;

@@ -139,6 +139,7 @@ impl Lease {
                         q.fleet_wait(self.bucket, ms);
                         return Ok(None);
                     }
+                    crate::fleet::Permit::LeaseLost => return Ok(None),
                 }
                 continue;
             }

@@ -157,6 +157,7 @@ impl Engine {
                 drop(lease);
                 None
             }
+            crate::fleet::Permit::LeaseLost => None,
         }
     }
 

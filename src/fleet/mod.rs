@@ -8,8 +8,8 @@
 //! policy), so the queue only ever sees a grant or a wait.
 //!
 //! [`LocalFleet`] is the in-process implementation: queues of one process (or
-//! tests) that share limits. A Redis implementation shares them between
-//! processes and machines.
+//! tests) that share limits. [`RedisFleet`] (feature `redis`) shares them
+//! between processes and machines.
 //! Depends on `sched` (the rate limiter), `types`.
 
 use crate::sched::Rate;
@@ -17,6 +17,11 @@ use crate::types::{Clock, RateLimit};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+#[cfg(feature = "redis")]
+mod redis_fleet;
+#[cfg(feature = "redis")]
+pub use redis_fleet::{FleetFailure, RedisFleet, RedisFleetOptions};
 
 /// A [`FleetLimiter`]'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +31,10 @@ pub enum Permit {
     /// Not now; ask again at this time (unix milliseconds of the queue's
     /// clock).
     WaitUntil(u64),
+    /// (From `message`.) This session's connection lease is gone (it expired
+    /// in a shared store, or the store lost its keys): the session ends; the
+    /// destination does not wait.
+    LeaseLost,
 }
 
 /// Limits shared by a fleet of queues, per routing key (see the module
@@ -37,8 +46,8 @@ pub trait FleetLimiter: Send + Sync {
     /// queue's restarts).
     fn open(&self, key: &str, fence: u64) -> Permit;
     /// Before each message of session `fence` on `key`. A lease the limiter
-    /// no longer holds (it expired in a shared store) should answer a wait:
-    /// the session then ends.
+    /// no longer holds (it expired in a shared store) answers
+    /// [`Permit::LeaseLost`]: the session then ends.
     fn message(&self, key: &str, fence: u64) -> Permit;
     /// The session ended: its connection lease is released (only called
     /// after `open` granted it).
@@ -122,7 +131,7 @@ impl FleetLimiter for LocalFleet {
             return Permit::Granted;
         };
         if k.limit.connections != 0 && !k.leases.contains(&fence) {
-            return Permit::WaitUntil(self.clock.now_millis() + 1000);
+            return Permit::LeaseLost;
         }
         let now = self.clock.now_millis();
         match k.rate.as_mut() {

@@ -1,0 +1,283 @@
+//! Fleet limits in a real Redis (feature `redis`): the harness starts
+//! Debian's `redis-server` on a free loopback port in a temporary directory
+//! and stops it (by its PID) at the end. Three nodes, each with its own queue
+//! and its own connection to Redis, share one destination's limits; a node
+//! that dies loses its leases by their TTL; Redis down or flushed is handled
+//! by the failure policy. Real time (Redis's clock), a few seconds each.
+#![cfg(feature = "redis")]
+
+mod common;
+use common::*;
+use mailq::*;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A redis-server this test started; killed (its PID only) when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = TempDir::new("redis");
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server (Debian package redis-server) must be installed; .ci/run installs it",
+            );
+        let s = Server {
+            child,
+            port,
+            _dir: dir,
+        };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) {
+        let ok = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "redis-cli {args:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn limiter(url: &str, ttl: Duration, on_failure: FleetFailure) -> Arc<RedisFleet> {
+    RedisFleet::new(
+        RedisFleetOptions {
+            url: url.into(),
+            lease_ttl: ttl,
+            on_failure,
+            ..RedisFleetOptions::default()
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
+const CLOSED: FleetFailure = FleetFailure::FailClosed {
+    retry: Duration::from_secs(1),
+};
+
+fn node(dir: &TempDir, fleet: &Arc<RedisFleet>) -> Queue {
+    let o = Options {
+        fleet: Some(fleet.clone() as Arc<dyn FleetLimiter>),
+        ..Options::default()
+    };
+    Queue::open(dir.path(), o).unwrap()
+}
+
+fn fill(q: &Queue, dom: &str, n: usize) {
+    for i in 0..n {
+        q.enqueue(&msg("s@x.example", &[&format!("r{i}@{dom}")], b"x"))
+            .unwrap();
+    }
+}
+
+#[test]
+fn three_nodes_share_connections_and_rate_in_redis() {
+    let server = Server::start();
+    let limit = FleetLimit {
+        connections: 2,
+        rate: RateLimit {
+            per_second: 4,
+            ..RateLimit::default()
+        },
+    };
+    let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("rf-{i}"))).collect();
+    let fleets: Vec<Arc<RedisFleet>> = (0..3)
+        .map(|_| limiter(&server.url(), Duration::from_secs(30), CLOSED))
+        .collect();
+    for f in &fleets {
+        f.set_limit("gmail.com", limit);
+    }
+    let nodes: Vec<Queue> = dirs.iter().zip(&fleets).map(|(d, f)| node(d, f)).collect();
+    for q in &nodes {
+        fill(q, "gmail.com", 40);
+    }
+    // Held at once across the fleet: two.
+    let mut held = Vec::new();
+    for q in &nodes {
+        while let Some(s) = q.session_for("gmail.com").unwrap() {
+            held.push(s);
+        }
+    }
+    assert_eq!(held.len(), 2);
+    assert_eq!(fleets[0].leases("gmail.com").unwrap(), 2);
+    drop(held);
+    assert_eq!(
+        fleets[0].leases("gmail.com").unwrap(),
+        0,
+        "released in Redis"
+    );
+    // Three seconds of deliveries: never more than 4 in a second. Redis
+    // decides in its whole seconds (the same machine's clock): a delivery
+    // whose decision surely fell in one second counts there.
+    let t0 = Instant::now();
+    let mut per_second: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut total = 0;
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while t0.elapsed() < Duration::from_secs(3) {
+        for q in &nodes {
+            q.tick();
+            while let Some(mut s) = q.next_session().unwrap() {
+                loop {
+                    let before = unix();
+                    let Some(d) = s.next_delivery().unwrap() else {
+                        break;
+                    };
+                    if unix() == before {
+                        *per_second.entry(before).or_default() += 1;
+                    }
+                    total += 1;
+                    d.complete(&[Outcome::Delivered]).unwrap();
+                }
+                s.finish().unwrap();
+            }
+        }
+        assert!(fleets[0].leases("gmail.com").unwrap() <= 2);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (sec, n) in &per_second {
+        assert!(*n <= 4, "{n} messages decided in second {sec}");
+    }
+    // The whole rate is used, not one message a second.
+    assert!(total >= 8, "the fleet delivers its rate: {total} in 3 s");
+    assert!(fleets.iter().all(|f| f.errors() == 0));
+}
+
+#[test]
+fn a_dead_node_loses_its_leases_within_the_ttl() {
+    let server = Server::start();
+    let ttl = Duration::from_millis(1500);
+    let (da, db) = (TempDir::new("rf-dead-a"), TempDir::new("rf-dead-b"));
+    let (fa, fb) = (
+        limiter(&server.url(), ttl, CLOSED),
+        limiter(&server.url(), ttl, CLOSED),
+    );
+    let limit = FleetLimit {
+        connections: 1,
+        rate: RateLimit::default(),
+    };
+    fa.set_limit("x.example", limit);
+    fb.set_limit("x.example", limit);
+    let (a, b) = (node(&da, &fa), node(&db, &fb));
+    fill(&a, "x.example", 2);
+    fill(&b, "x.example", 2);
+    // Node a takes the fleet's only connection, then dies without a word.
+    let s = a.session_for("x.example").unwrap().unwrap();
+    std::mem::forget(s);
+    assert!(b.session_for("x.example").unwrap().is_none(), "held by a");
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        b.tick();
+        if let Some(s) = b.session_for("x.example").unwrap() {
+            drop(s);
+            break;
+        }
+        assert!(
+            t0.elapsed() < ttl + Duration::from_secs(2),
+            "not back after the TTL"
+        );
+    }
+    assert!(
+        t0.elapsed() + Duration::from_millis(200) >= ttl,
+        "not before the TTL"
+    );
+    std::mem::forget(a);
+}
+
+#[test]
+fn a_flushed_redis_ends_sessions_and_a_down_one_follows_the_policy() {
+    let server = Server::start();
+    let limit = FleetLimit {
+        connections: 2,
+        rate: RateLimit {
+            per_minute: 600,
+            ..RateLimit::default()
+        },
+    };
+    let d = TempDir::new("rf-flush");
+    let f = limiter(&server.url(), Duration::from_secs(30), CLOSED);
+    f.set_limit("x.example", limit);
+    let q = node(&d, &f);
+    fill(&q, "x.example", 5);
+    let mut s = q.session_for("x.example").unwrap().unwrap();
+    let dl = s.next_delivery().unwrap().unwrap();
+    dl.complete(&[Outcome::Delivered]).unwrap();
+    // Keys flushed (a restart without persistence): the session's lease is
+    // gone, so it sends nothing more; a new session asks for a new one.
+    server.cli(&["FLUSHALL"]);
+    assert!(
+        s.next_delivery().unwrap().is_none(),
+        "lease lost: the session ends"
+    );
+    drop(s);
+    std::thread::sleep(Duration::from_millis(1100));
+    q.tick();
+    let mut s = q.session_for("x.example").unwrap().unwrap();
+    assert!(s.next_delivery().unwrap().is_some());
+    drop(s);
+    drop(server);
+    // Redis down, fail closed: nothing limited goes, errors are counted.
+    std::thread::sleep(Duration::from_millis(1100));
+    q.tick();
+    assert!(q.session_for("x.example").unwrap().is_none());
+    assert!(f.errors() > 0);
+    // Down, with a local share of 2 nodes: this node may use half the limit.
+    let shared = limiter(
+        "redis://127.0.0.1:1/",
+        Duration::from_secs(30),
+        FleetFailure::LocalShare { nodes: 2 },
+    );
+    shared.set_limit("x.example", limit);
+    let d2 = TempDir::new("rf-share");
+    let q2 = node(&d2, &shared);
+    fill(&q2, "x.example", 3);
+    let s1 = q2.session_for("x.example").unwrap();
+    assert!(s1.is_some(), "its share of the connections: 1");
+    assert!(q2.session_for("x.example").unwrap().is_none(), "not 2");
+    assert!(shared.errors() > 0);
+}
