@@ -281,3 +281,189 @@ fn a_flushed_redis_ends_sessions_and_a_down_one_follows_the_policy() {
     assert!(q2.session_for("x.example").unwrap().is_none(), "not 2");
     assert!(shared.errors() > 0);
 }
+
+/// The proof: three nodes (threads, each with its own queue and its
+/// own connection to Redis) deliver to a loopback sink under a fleet limit
+/// of 10 connections and 600 messages a minute. A sampler reads the leases
+/// held in Redis every 50 ms; the sink counts messages per second. Then one
+/// node dies holding every connection: the others get them back within the
+/// lease TTL.
+#[test]
+fn proof_three_nodes_ten_connections_600_a_minute_and_a_node_dies() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let server = Server::start();
+    let limit = FleetLimit {
+        connections: 10,
+        rate: RateLimit {
+            per_minute: 600,
+            ..RateLimit::default()
+        },
+    };
+    let ttl = Duration::from_secs(2);
+    // The sink: one connection per session, one line per message.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let received = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            for conn in sink.incoming() {
+                let Ok(mut c) = conn else { break };
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs();
+                        let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                        received.lock().extend(std::iter::repeat_n(now, lines));
+                    }
+                });
+            }
+        });
+    }
+    let sampler_fleet = limiter(&server.url(), ttl, CLOSED);
+    let max_leases = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, max_leases) = (stop.clone(), max_leases.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sampler_fleet.leases("gmail.com").unwrap() as usize;
+                max_leases.fetch_max(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let run = |i: usize, secs: u64| {
+        let url = server.url();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let f = limiter(&url, ttl, CLOSED);
+            f.set_limit("gmail.com", limit);
+            let dir = TempDir::new(&format!("rf-proof-{i}"));
+            let q = node(&dir, &f);
+            fill(&q, "gmail.com", 200);
+            let t0 = Instant::now();
+            let mut sent = 0;
+            while t0.elapsed() < Duration::from_secs(secs) && !stop.load(Ordering::Relaxed) {
+                q.tick();
+                while let Some(mut s) = q.next_session().unwrap() {
+                    let mut c = std::net::TcpStream::connect(sink_addr).unwrap();
+                    while let Some(d) = s.next_delivery().unwrap() {
+                        c.write_all(b"message\n").unwrap();
+                        d.complete(&[Outcome::Delivered]).unwrap();
+                        sent += 1;
+                    }
+                    s.finish().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            sent
+        })
+    };
+    let nodes: Vec<_> = (0..3).map(|i| run(i, 4)).collect();
+    let sent: usize = nodes.into_iter().map(|h| h.join().unwrap()).sum();
+    std::thread::sleep(Duration::from_millis(200)); // the sink reads the last lines
+    let per_second = {
+        let r = received.lock();
+        let mut m = std::collections::BTreeMap::<u64, usize>::new();
+        for &t in r.iter() {
+            *m.entry(t).or_default() += 1;
+        }
+        m
+    };
+    assert!(
+        max_leases.load(Ordering::Relaxed) <= 10,
+        "leases held at once"
+    );
+    // Decided per second of Redis's clock and written just after: a
+    // message decided at the end of one second may arrive in the next.
+    let mut prev = 0;
+    for (sec, &n) in &per_second {
+        assert!(
+            n <= 10 + prev.min(1),
+            "{n} messages arrived in second {sec}"
+        );
+        prev = n;
+    }
+    assert_eq!(per_second.values().sum::<usize>(), sent);
+    assert!(sent >= 25, "the fleet uses its rate: {sent} in 4 s");
+    // A node takes every connection and dies without releasing them.
+    let url = server.url();
+    let dead = std::thread::spawn(move || {
+        let f = limiter(&url, ttl, CLOSED);
+        f.set_limit("gmail.com", limit);
+        let dir = TempDir::new("rf-proof-dead");
+        let o = Options {
+            fleet: Some(f.clone() as Arc<dyn FleetLimiter>),
+            concurrency: Concurrency {
+                initial: 20,
+                ..Concurrency::default()
+            },
+            ..Options::default()
+        };
+        let q = Queue::open(dir.path(), o).unwrap();
+        fill(&q, "gmail.com", 20);
+        let mut n = 0;
+        while let Some(s) = q.session_for("gmail.com").unwrap() {
+            std::mem::forget(s);
+            n += 1;
+        }
+        std::mem::forget(q);
+        std::mem::forget(dir);
+        n
+    });
+    assert_eq!(dead.join().unwrap(), 10);
+    let died = Instant::now();
+    let f = limiter(&server.url(), ttl, CLOSED);
+    f.set_limit("gmail.com", limit);
+    let dir = TempDir::new("rf-proof-after");
+    let q = node(&dir, &f);
+    fill(&q, "gmail.com", 5);
+    assert!(
+        q.session_for("gmail.com").unwrap().is_none(),
+        "all held by the dead node"
+    );
+    // In Redis, its leases are gone within the TTL …
+    let gone = loop {
+        if f.leases("gmail.com").unwrap() == 0 {
+            break died.elapsed();
+        }
+        assert!(
+            died.elapsed() < ttl + Duration::from_secs(1),
+            "leases not expired"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        gone <= ttl + Duration::from_millis(100),
+        "expired after {gone:?}"
+    );
+    // … and a waiting node gets them at its next ask (at most a second, in
+    // whole seconds of its wake-ups).
+    let back = loop {
+        q.tick();
+        if let Some(s) = q.session_for("gmail.com").unwrap() {
+            drop(s);
+            break died.elapsed();
+        }
+        assert!(
+            died.elapsed() < ttl + Duration::from_secs(4),
+            "leases not back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        back <= gone + Duration::from_millis(2100),
+        "back after {back:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+}

@@ -50,17 +50,19 @@ return 1
 
 /// Admits one message: KEYS[1] the lease set, KEYS[2..] one GCRA state per
 /// limited period; ARGV fence, limit (0: no lease needed), TTL ms, then the
-/// emission interval (ms) of each limited period. Returns 0 (go), -1 (the
-/// lease is gone: the session must end) or the milliseconds to wait.
+/// emission interval (µs) of each limited period. Returns 0 (go), -1 (the
+/// lease is gone: the session must end) or the milliseconds to wait. Rate
+/// state is in microseconds (exact in a Lua double until the year 2255).
 /// Decided at whole seconds of the server's clock with a tolerance of just
 /// under a second, like the queue's own limits: each second takes its whole
 /// share at once, and no window of a period, counted in the server's
 /// seconds, holds more than its count.
 const MESSAGE: &str = r"
 local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local sec = now - now % 1000
-local tol = 999
+local now_us = t[1] * 1000000 + t[2]
+local now = math.floor(now_us / 1000)
+local sec = now_us - now_us % 1000000
+local tol = 999999
 if tonumber(ARGV[2]) > 0 then
   local exp = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if not exp or tonumber(exp) <= now then
@@ -74,7 +76,7 @@ for i = 2, #KEYS do
   local at = tonumber(redis.call('GET', KEYS[i]) or '0') - tol
   if at > sec then
     -- Allowed from the second that holds `at` on; ask again then.
-    local w = math.max(at - now, 1)
+    local w = math.max(math.ceil((at - now_us) / 1000), 1)
     if w > wait then
       wait = w
     end
@@ -86,7 +88,7 @@ end
 for i = 2, #KEYS do
   local interval = tonumber(ARGV[i + 2])
   local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), sec) + interval
-  redis.call('SET', KEYS[i], tat, 'PX', tat - now + 1000)
+  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000) + 1000)
 end
 return 0
 ";
@@ -344,7 +346,7 @@ impl FleetLimiter for RedisFleet {
         for ((period, suffix), n) in PERIODS.iter().zip(limit.rate.counts()) {
             if n > 0 {
                 inv.key(format!("{}:rate:{{{key}}}:{suffix}", self.opts.prefix))
-                    .arg(period.div_ceil(n as u64));
+                    .arg((period * 1000).div_ceil(n as u64));
             }
         }
         let r: redis::RedisResult<i64> = self.with_conn(|c| inv.invoke(c));
