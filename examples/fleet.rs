@@ -53,15 +53,19 @@ fn main() {
     fleet.set_limit("bench.example", roomy);
     // Round trips: a lease opened and closed; a message permit.
     let t = Instant::now();
+    let session = |fence| FleetSession { queue: 1, fence };
     for f in 0..trips as u64 {
-        assert_eq!(fleet.open("bench.example", f), Permit::Granted);
-        fleet.close("bench.example", f);
+        assert_eq!(fleet.open("bench.example", session(f)), Permit::Granted);
+        fleet.close("bench.example", session(f));
     }
     let lease_rate = trips as f64 / t.elapsed().as_secs_f64();
-    assert_eq!(fleet.open("bench.example", u64::MAX), Permit::Granted);
+    assert_eq!(
+        fleet.open("bench.example", session(u64::MAX)),
+        Permit::Granted
+    );
     let t = Instant::now();
     for _ in 0..trips {
-        let _ = fleet.message("bench.example", u64::MAX);
+        let _ = fleet.message("bench.example", session(u64::MAX));
     }
     let msg_rate = trips as f64 / t.elapsed().as_secs_f64();
     println!(

@@ -52,7 +52,7 @@ pub use aio::AsyncQueue;
 pub use error::{Error, Result};
 #[cfg(feature = "redis")]
 pub use fleet::{FleetFailure, RedisFleet, RedisFleetOptions};
-pub use fleet::{FleetLimit, FleetLimiter, LocalFleet, Permit};
+pub use fleet::{FleetLimit, FleetLimiter, FleetSession, LocalFleet, Permit};
 pub use message::MessageBuilder;
 pub use queue::Queue;
 pub use recovery::{Damage, RecoveryReport};

@@ -132,3 +132,75 @@ fn a_node_told_to_wait_sleeps_until_then() {
     b.tick();
     assert_eq!(deliver_key(&b, "slow.example", Outcome::Delivered).len(), 1);
 }
+
+#[test]
+fn a_session_reclaimed_by_its_deadline_still_releases_its_fleet_lease() {
+    let clock = ManualClock::new(T0);
+    let fleet = LocalFleet::new(clock.clone());
+    fleet.set_limit(
+        "x.example",
+        FleetLimit {
+            connections: 1,
+            rate: RateLimit::default(),
+        },
+    );
+    let d = TempDir::new("fleet-reclaim");
+    let q = node(&d, &clock, &fleet);
+    q.enqueue(&msg("s@x.example", &["a@x.example", "b@x.example"], b"x"))
+        .unwrap();
+    let mut s = q.session_for("x.example").unwrap().unwrap();
+    assert_eq!(fleet.leases("x.example"), 1);
+    // The worker goes silent past its lease: the queue reclaims the slot.
+    clock.advance(3600);
+    q.tick();
+    assert!(matches!(s.next_delivery(), Err(Error::LeaseExpired)));
+    drop(s);
+    assert_eq!(fleet.leases("x.example"), 0, "released on every path");
+    assert!(q.session_for("x.example").unwrap().is_some());
+}
+
+#[test]
+fn a_refused_open_never_ends_the_nodes_open_sessions_and_queues_never_share_leases() {
+    let clock = ManualClock::new(T0);
+    let fleet = LocalFleet::new(clock.clone());
+    fleet.set_limit(
+        "x.example",
+        FleetLimit {
+            connections: 2,
+            rate: RateLimit::default(),
+        },
+    );
+    // Two queues on one clock: their fencing tokens are the same numbers.
+    let (da, db) = (TempDir::new("fleet-own-a"), TempDir::new("fleet-own-b"));
+    let (a, b) = (node(&da, &clock, &fleet), node(&db, &clock, &fleet));
+    for q in [&a, &b] {
+        for i in 0..6 {
+            q.enqueue(&msg("s@x.example", &[&format!("r{i}@x.example")], b"x"))
+                .unwrap();
+        }
+    }
+    let mut sa = a.session_for("x.example").unwrap().unwrap();
+    let mut sb = b.session_for("x.example").unwrap().unwrap();
+    assert_eq!(sa.fence(), sb.fence(), "same tokens, different queues");
+    assert_eq!(fleet.leases("x.example"), 2, "two leases, not one");
+    assert!(
+        b.session_for("x.example").unwrap().is_none(),
+        "the fleet is full"
+    );
+    assert!(a.session_for("x.example").unwrap().is_none());
+    // The refusals keep new sessions out; the open ones go on.
+    for s in [&mut sa, &mut sb] {
+        let d = s
+            .next_delivery()
+            .unwrap()
+            .expect("an open session keeps sending");
+        d.complete(&[Outcome::Delivered]).unwrap();
+    }
+    drop(sa);
+    assert_eq!(fleet.leases("x.example"), 1, "b's lease is still b's");
+    let d = sb
+        .next_delivery()
+        .unwrap()
+        .expect("b's lease was not released by a");
+    d.complete(&[Outcome::Delivered]).unwrap();
+}

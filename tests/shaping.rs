@@ -450,3 +450,53 @@ fn a_throttle_rule_lowers_window_and_rate_for_a_while_then_gives_them_back() {
     assert_eq!(b.throttled_until, 0);
     assert_eq!(q.debug_check(), Ok(()));
 }
+
+#[test]
+fn throttles_merge_stricter_and_a_session_open_through_one_is_fine_after() {
+    let dir = TempDir::new("shape-throttle-merge");
+    let clock = ManualClock::new(T0);
+    let rule = |p: &str, window: u16, per_minute: u32, secs: u64| ReplyRule {
+        pattern: p.into(),
+        action: RuleAction::Throttle {
+            window,
+            rate: RateLimit {
+                per_minute,
+                ..RateLimit::default()
+            },
+            duration: std::time::Duration::from_secs(secs),
+        },
+    };
+    let o = Options {
+        reply_rules: vec![rule("^451 one", 1, 0, 3600), rule("^451 rate", 0, 10, 300)],
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o).unwrap();
+    fill(&q, "m.example", 10);
+    // A session opens and stays open (no request) through both throttles.
+    let idle = q.session_for("m.example").unwrap().unwrap();
+    for reply in ["451 rate", "451 one"] {
+        let mut s = q.session_for("m.example").unwrap().unwrap();
+        let d = s.next_delivery().unwrap().unwrap();
+        d.complete(&[Outcome::temp(reply)]).unwrap();
+        drop(s);
+        clock.advance(6); // the 10/min rate allows the next message
+        q.tick();
+    }
+    let b = dest(&q, "m.example");
+    assert_eq!(b.limit, 1, "the second rule's window");
+    assert_eq!(
+        b.rate_limit.map(|r| r.per_minute),
+        Some(10),
+        "the first's rate is kept"
+    );
+    assert_eq!(b.throttled_until, T0 + 6 + 3600, "the later end");
+    clock.advance(3600);
+    q.tick();
+    assert_eq!(dest(&q, "m.example").throttled_until, 0);
+    assert_eq!(
+        q.debug_check(),
+        Ok(()),
+        "the idle session counts in the window again"
+    );
+    drop(idle);
+}

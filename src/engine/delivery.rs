@@ -123,7 +123,9 @@ impl Lease {
             // Over a window a reply rule lowered: this session ends.
             let b = &ss.buckets[bl as usize];
             let over = b.throttle.is_some() && b.slots.len() > b.window as usize;
-            if b.suspended || over || b.rate_wait(now).is_some() || now < b.fleet_until {
+            // (A fleet wait only keeps new sessions from opening: an open one
+            // asks the fleet for each message itself, just below.)
+            if b.suspended || over || b.rate_wait(now).is_some() {
                 return Ok(None);
             }
             // The fleet's permit for one more message, asked with no lock held
@@ -133,7 +135,7 @@ impl Lease {
                     return Ok(None);
                 }
                 drop(ss);
-                match f.message(&self.key, self.fence) {
+                match f.message(&self.key, self.fleet_session()) {
                     crate::fleet::Permit::Granted => self.permit = true,
                     crate::fleet::Permit::WaitUntil(ms) => {
                         q.fleet_wait(self.bucket, ms);
@@ -144,6 +146,9 @@ impl Lease {
                 continue;
             }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
+                // A fleet permit not used now is not kept for later (it would
+                // be spent in another second than the one it was granted in).
+                self.permit = false;
                 // Drained: give back what a burst made the FIFO grow to.
                 let ready = &mut ss.buckets[bl as usize].ready;
                 if ready.capacity() > 64 {

@@ -147,7 +147,7 @@ impl Engine {
         let Some(f) = &self.opts.fleet else {
             return Some(lease);
         };
-        match f.open(&lease.key, lease.fence) {
+        match f.open(&lease.key, lease.fleet_session()) {
             crate::fleet::Permit::Granted => {
                 lease.fleet = true;
                 Some(lease)
@@ -413,6 +413,14 @@ impl Lease {
         self.fence
     }
 
+    /// The session as a fleet limiter knows it.
+    pub(super) fn fleet_session(&self) -> crate::fleet::FleetSession {
+        crate::fleet::FleetSession {
+            queue: self.q.instance,
+            fence: self.fence,
+        }
+    }
+
     /// True once the lease ended.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
@@ -433,16 +441,18 @@ impl Lease {
     /// Ends the lease, returning its slot and leased recipients; `site` reports
     /// that the destination failed as a whole (negative feedback, maybe dead).
     pub(crate) fn close(&mut self, site: Option<&str>) -> Result<()> {
+        // The fleet's connection lease goes on every path, also when the
+        // queue reclaimed the slot first (the session saw `LeaseExpired`).
+        if std::mem::take(&mut self.fleet) {
+            if let Some(f) = &self.q.opts.fleet {
+                f.close(&self.key, self.fleet_session());
+            }
+        }
         if self.closed {
             return Ok(());
         }
         self.closed = true;
         let q = &self.q;
-        if std::mem::take(&mut self.fleet) {
-            if let Some(f) = &q.opts.fleet {
-                f.close(&self.key, self.fence);
-            }
-        }
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         // A greeting like "421 4.7.0 [TSS04] …" may match a rule (decided

@@ -99,6 +99,9 @@ pub(crate) struct Engine {
     search_batch: AtomicUsize,
     /// The next session's fencing token.
     next_fence: AtomicU64,
+    /// This open's random id (a fleet limiter tells queues' sessions apart
+    /// by it: fencing tokens are unique per queue only).
+    instance: u64,
     /// Recipients not yet final and live record bytes, over all shards.
     load: Arc<Load>,
     /// The queue filesystem's free space (backpressure).
@@ -168,6 +171,13 @@ impl Engine {
             // token of an earlier open (unless the clock stepped back across
             // the restart), and a million sessions per millisecond apart.
             next_fence: AtomicU64::new(opts.clock.now_millis().max(1).saturating_mul(1 << 20)),
+            instance: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                h.write_u64(opts.clock.now_millis());
+                h.finish()
+            },
             load,
             disk: admit::DiskWatch::new(),
             sweeps: expiry::Sweeps::new(queued),

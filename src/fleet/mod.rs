@@ -41,17 +41,26 @@ pub enum Permit {
 /// documentation). Calls come from the queue's callers' threads with no lock
 /// of the queue held; they should be quick (a round trip to a local store).
 pub trait FleetLimiter: Send + Sync {
-    /// Before a session opens on `key`: a connection lease, identified by the
-    /// session's fencing token `fence` (unique and increasing across the
-    /// queue's restarts).
-    fn open(&self, key: &str, fence: u64) -> Permit;
-    /// Before each message of session `fence` on `key`. A lease the limiter
+    /// Before a session opens on `key`: a connection lease for session `s`.
+    fn open(&self, key: &str, s: FleetSession) -> Permit;
+    /// Before each message of session `s` on `key`. A lease the limiter
     /// no longer holds (it expired in a shared store) answers
     /// [`Permit::LeaseLost`]: the session then ends.
-    fn message(&self, key: &str, fence: u64) -> Permit;
+    fn message(&self, key: &str, s: FleetSession) -> Permit;
     /// The session ended: its connection lease is released (only called
     /// after `open` granted it).
-    fn close(&self, key: &str, fence: u64);
+    fn close(&self, key: &str, s: FleetSession);
+}
+
+/// A session as a fleet limiter knows it: the queue's instance id (random,
+/// new at every open, so queues of a fleet never share one) and the
+/// session's fencing token (unique and increasing within that queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FleetSession {
+    /// The queue's instance id.
+    pub queue: u64,
+    /// The session's fencing token.
+    pub fence: u64,
 }
 
 /// Fleet limits of one routing key.
@@ -66,7 +75,7 @@ pub struct FleetLimit {
 #[derive(Default)]
 struct KeyState {
     limit: FleetLimit,
-    leases: HashSet<u64>,
+    leases: HashSet<FleetSession>,
     rate: Option<Rate>,
 }
 
@@ -110,7 +119,7 @@ fn normal(key: &str) -> String {
 }
 
 impl FleetLimiter for LocalFleet {
-    fn open(&self, key: &str, fence: u64) -> Permit {
+    fn open(&self, key: &str, s: FleetSession) -> Permit {
         let mut keys = self.keys.lock();
         let Some(k) = keys.get_mut(key) else {
             return Permit::Granted;
@@ -121,16 +130,16 @@ impl FleetLimiter for LocalFleet {
             // again in a second.
             return Permit::WaitUntil(self.clock.now_millis() + 1000);
         }
-        k.leases.insert(fence);
+        k.leases.insert(s);
         Permit::Granted
     }
 
-    fn message(&self, key: &str, fence: u64) -> Permit {
+    fn message(&self, key: &str, s: FleetSession) -> Permit {
         let mut keys = self.keys.lock();
         let Some(k) = keys.get_mut(key) else {
             return Permit::Granted;
         };
-        if k.limit.connections != 0 && !k.leases.contains(&fence) {
+        if k.limit.connections != 0 && !k.leases.contains(&s) {
             return Permit::LeaseLost;
         }
         let now = self.clock.now_millis();
@@ -149,9 +158,9 @@ impl FleetLimiter for LocalFleet {
         }
     }
 
-    fn close(&self, key: &str, fence: u64) {
+    fn close(&self, key: &str, s: FleetSession) {
         if let Some(k) = self.keys.lock().get_mut(key) {
-            k.leases.remove(&fence);
+            k.leases.remove(&s);
         }
     }
 }

@@ -8,19 +8,24 @@
 //!   admitted while fewer than the limit remain, and each message renews its
 //!   lease (a node that dies loses its leases within the TTL);
 //! - message rates: one GCRA per limited period ("theoretical arrival time"
-//!   in milliseconds, no burst tolerance), so no window of a period holds
-//!   more than its count across the fleet.
+//!   in microseconds) decided at the server's whole seconds with just under
+//!   a second of tolerance, so no window of a period, counted in the
+//!   server's seconds, holds more than its count across the fleet.
 //!
 //! When Redis cannot be reached within the timeout, the configured
 //! [`FleetFailure`] policy answers: wait (fail closed), or this node's share
-//! of each limit (limit ÷ nodes, at least 1) through a [`LocalFleet`]. The
-//! `redis` crate (redis-rs) speaks the protocol; no protocol is hand-written.
+//! of each limit (limit ÷ nodes, at least 1) through a [`LocalFleet`]; for a
+//! second after a failure Redis is not asked at all (so a blackholed server
+//! costs one timeout per second, not one per call). Connections are pooled:
+//! no caller waits behind another's round trip. The `redis` crate (redis-rs)
+//! speaks the protocol; no protocol is hand-written.
 //! Depends on the rest of `fleet` and `types`.
 
-use super::{FleetLimit, FleetLimiter, LocalFleet, Permit};
+use super::{FleetLimit, FleetLimiter, FleetSession, LocalFleet, Permit};
 use crate::types::{Clock, RateLimit};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +37,7 @@ const PERIODS: [(u64, &str); 4] = [
     (86_400_000, "d"),
 ];
 
-/// Admits a session: KEYS[1] the lease set; ARGV fence, limit (0: none),
+/// Admits a session: KEYS[1] the lease set; ARGV member, limit (0: none),
 /// TTL ms. Returns 1 (admitted) or 0 (full).
 const OPEN: &str = r"
 local t = redis.call('TIME')
@@ -49,7 +54,7 @@ return 1
 ";
 
 /// Admits one message: KEYS[1] the lease set, KEYS[2..] one GCRA state per
-/// limited period; ARGV fence, limit (0: no lease needed), TTL ms, then the
+/// limited period; ARGV member, limit (0: no lease needed), TTL ms, then the
 /// emission interval (µs) of each limited period. Returns 0 (go), -1 (the
 /// lease is gone: the session must end) or the milliseconds to wait. Rate
 /// state is in microseconds (exact in a Lua double until the year 2255).
@@ -145,7 +150,8 @@ impl Default for RedisFleetOptions {
 /// Fleet limits in Redis (see the module documentation).
 pub struct RedisFleet {
     client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
+    /// Idle connections; a call takes one (or connects) and puts it back.
+    pool: Mutex<Vec<redis::Connection>>,
     opts: RedisFleetOptions,
     open: redis::Script,
     message: redis::Script,
@@ -153,12 +159,14 @@ pub struct RedisFleet {
     clock: Arc<dyn Clock>,
     /// The local share while Redis is away (`FleetFailure::LocalShare`).
     share: Arc<LocalFleet>,
-    /// Sessions admitted by the local share (released there, not in Redis).
-    shared: Mutex<std::collections::HashSet<u64>>,
-    errors: std::sync::atomic::AtomicU64,
-    /// This node's random id: a lease is `node:fence` in Redis, since
-    /// fencing tokens are unique per queue, not across the fleet.
-    node: u64,
+    /// Sessions admitted by the local share at their start (never in Redis) …
+    local_only: Mutex<HashSet<FleetSession>>,
+    /// … and sessions admitted by Redis that went on under the local share
+    /// (their Redis lease is removed at their end all the same).
+    moved: Mutex<HashSet<FleetSession>>,
+    /// Redis is not asked before this time (ms of `clock`) after a failure.
+    down_until: AtomicU64,
+    errors: AtomicU64,
 }
 
 impl RedisFleet {
@@ -170,21 +178,17 @@ impl RedisFleet {
             .map_err(|e| crate::Error::InvalidOption(format!("redis url {:?}: {e}", opts.url)))?;
         Ok(Arc::new(RedisFleet {
             client,
-            conn: Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
             open: redis::Script::new(OPEN),
             message: redis::Script::new(MESSAGE),
             limits: Mutex::new(HashMap::new()),
             share: LocalFleet::new(clock.clone()),
-            shared: Mutex::new(Default::default()),
+            local_only: Mutex::new(HashSet::new()),
+            moved: Mutex::new(HashSet::new()),
+            down_until: AtomicU64::new(0),
             clock,
             opts,
-            errors: std::sync::atomic::AtomicU64::new(0),
-            node: {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u32(std::process::id());
-                h.finish()
-            },
+            errors: AtomicU64::new(0),
         }))
     }
 
@@ -200,7 +204,7 @@ impl RedisFleet {
     /// Calls that could not reach Redis since creation (they were answered
     /// by the failure policy).
     pub fn errors(&self) -> u64 {
-        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// Connection leases held in Redis on `key` now (for tests and
@@ -222,59 +226,72 @@ impl RedisFleet {
     }
 
     /// A session's member in the lease set.
-    fn member(&self, fence: u64) -> String {
-        format!("{:016x}:{fence}", self.node)
+    fn member(s: FleetSession) -> String {
+        format!("{:016x}:{}", s.queue, s.fence)
     }
 
-    /// Runs `f` on the connection, connecting first if needed; an error
-    /// drops the connection (the next call reconnects).
+    /// Runs `f` on a pooled connection (connecting if none is idle), with no
+    /// lock held during the round trip; an error drops that connection.
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
-        let mut g = self.conn.lock();
-        let c = match g.take() {
-            Some(c) => g.insert(c),
+        let pooled = self.pool.lock().pop();
+        let mut c = match pooled {
+            Some(c) => c,
             None => {
                 let c = self.client.get_connection_with_timeout(self.opts.timeout)?;
                 c.set_read_timeout(Some(self.opts.timeout))?;
                 c.set_write_timeout(Some(self.opts.timeout))?;
-                g.insert(c)
+                c
             }
         };
-        let r = f(c);
-        if r.is_err() {
-            *g = None;
+        let r = f(&mut c);
+        if r.is_ok() {
+            self.pool.lock().push(c);
         }
         r
     }
 
+    /// Runs a call unless Redis failed within the last second; a failure
+    /// starts that second.
+    fn ask<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Option<T> {
+        let now = self.clock.now_millis();
+        if now < self.down_until.load(Ordering::Relaxed) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match self.with_conn(f) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.down_until.store(now + 1000, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     /// The failure policy's answer (Redis could not be reached).
-    fn fallback(&self, key: &str, fence: u64, open: bool) -> Permit {
-        self.errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn fallback(&self, key: &str, s: FleetSession, open: bool) -> Permit {
         match self.opts.on_failure {
             FleetFailure::FailClosed { retry } => {
                 Permit::WaitUntil(self.clock.now_millis() + retry.as_millis() as u64)
             }
             FleetFailure::LocalShare { .. } => {
                 if open {
-                    let p = self.share.open(key, fence);
+                    let p = self.share.open(key, s);
                     if p == Permit::Granted {
-                        self.shared.lock().insert(fence);
+                        self.local_only.lock().insert(s);
                     }
-                    p
-                } else {
-                    // A session admitted by Redis goes on under the local
-                    // share's rate (its connection counted there now too).
-                    if self.shared.lock().insert(fence)
-                        && self.share.open(key, fence) != Permit::Granted
-                    {
-                        self.shared.lock().remove(&fence);
-                        return Permit::WaitUntil(self.clock.now_millis() + 1000);
-                    }
-                    self.share.message(key, fence)
+                    return p;
                 }
+                // A session admitted by Redis goes on under the local share
+                // (its connection counted there from now on).
+                if self.moved.lock().insert(s) && self.share.open(key, s) != Permit::Granted {
+                    self.moved.lock().remove(&s);
+                    return Permit::LeaseLost;
+                }
+                self.share.message(key, s)
             }
         }
     }
@@ -305,7 +322,7 @@ fn server_ms(c: &mut redis::Connection) -> redis::RedisResult<u64> {
 }
 
 impl FleetLimiter for RedisFleet {
-    fn open(&self, key: &str, fence: u64) -> Permit {
+    fn open(&self, key: &str, s: FleetSession) -> Permit {
         let Some(limit) = self.limits.lock().get(key).copied() else {
             return Permit::Granted;
         };
@@ -313,34 +330,34 @@ impl FleetLimiter for RedisFleet {
             return Permit::Granted;
         }
         let ttl = self.opts.lease_ttl.as_millis() as u64;
-        let r: redis::RedisResult<i64> = self.with_conn(|c| {
+        let r: Option<i64> = self.ask(|c| {
             self.open
                 .key(self.lease_key(key))
-                .arg(self.member(fence))
+                .arg(Self::member(s))
                 .arg(limit.connections)
                 .arg(ttl)
                 .invoke(c)
         });
         match r {
-            Ok(1) => Permit::Granted,
+            Some(1) => Permit::Granted,
             // Full: a session ends at the latest after its next message.
-            Ok(_) => self.wait(1000),
-            Err(_) => self.fallback(key, fence, true),
+            Some(_) => self.wait(1000),
+            None => self.fallback(key, s, true),
         }
     }
 
-    fn message(&self, key: &str, fence: u64) -> Permit {
+    fn message(&self, key: &str, s: FleetSession) -> Permit {
         let Some(limit) = self.limits.lock().get(key).copied() else {
             return Permit::Granted;
         };
-        if self.shared.lock().contains(&fence) {
+        if self.local_only.lock().contains(&s) {
             // Admitted by the local share: it stays there for its session.
-            return self.share.message(key, fence);
+            return self.share.message(key, s);
         }
         let ttl = self.opts.lease_ttl.as_millis() as u64;
         let mut inv = self.message.prepare_invoke();
         inv.key(self.lease_key(key))
-            .arg(self.member(fence))
+            .arg(Self::member(s))
             .arg(limit.connections)
             .arg(ttl);
         for ((period, suffix), n) in PERIODS.iter().zip(limit.rate.counts()) {
@@ -349,29 +366,37 @@ impl FleetLimiter for RedisFleet {
                     .arg((period * 1000).div_ceil(n as u64));
             }
         }
-        let r: redis::RedisResult<i64> = self.with_conn(|c| inv.invoke(c));
+        let r: Option<i64> = self.ask(|c| inv.invoke(c));
         match r {
-            Ok(0) => Permit::Granted,
+            Some(0) => {
+                // Redis is back: a session that went on under the share
+                // leaves it.
+                if self.moved.lock().remove(&s) {
+                    self.share.close(key, s);
+                }
+                Permit::Granted
+            }
+            Some(ms) if ms > 0 => self.wait(ms as u64),
             // The lease expired in Redis (or the keys were flushed): this
             // session ends; a new one asks for a lease again.
-            Ok(-1) => Permit::LeaseLost,
-            Ok(ms) => self.wait(ms as u64),
-            Err(_) => self.fallback(key, fence, false),
+            Some(_) => Permit::LeaseLost,
+            None => self.fallback(key, s, false),
         }
     }
 
-    fn close(&self, key: &str, fence: u64) {
-        if self.shared.lock().remove(&fence) {
-            self.share.close(key, fence);
+    fn close(&self, key: &str, s: FleetSession) {
+        if self.local_only.lock().remove(&s) {
+            self.share.close(key, s);
             return;
+        }
+        if self.moved.lock().remove(&s) {
+            self.share.close(key, s);
         }
         if !self.limits.lock().contains_key(key) {
             return;
         }
         // Best effort: a lease left behind expires by its TTL.
-        let k = self.lease_key(key);
-        let m = self.member(fence);
-        let _: redis::RedisResult<i64> =
-            self.with_conn(|c| redis::cmd("ZREM").arg(&k).arg(&m).query(c));
+        let (k, m) = (self.lease_key(key), Self::member(s));
+        let _: Option<i64> = self.ask(|c| redis::cmd("ZREM").arg(&k).arg(&m).query(c));
     }
 }

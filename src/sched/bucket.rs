@@ -207,19 +207,33 @@ impl Bucket {
         now: u32,
     ) -> u32 {
         let until = now.saturating_add(secs).max(1);
-        let (own_limit, own_rate, until) = match self.throttle.take() {
-            Some(t) => (t.own_limit, t.own_rate, t.until.max(until)),
-            None => (self.policy.limit, self.rate_limit(), until),
+        // A throttle in force is merged, never weakened: the stricter window
+        // and rates, the later end.
+        let t = match self.throttle.take() {
+            Some(t) => Throttle {
+                until: t.until.max(until),
+                secs: t.secs.max(secs).max(t.until.max(until).saturating_sub(now)),
+                pattern: pattern.into(),
+                window: match (t.window, window) {
+                    (0, w) | (w, 0) => w,
+                    (a, b) => a.min(b),
+                },
+                rate: stricter(t.rate, rate),
+                own_limit: t.own_limit,
+                own_rate: t.own_rate,
+            },
+            None => Throttle {
+                until,
+                secs,
+                pattern: pattern.into(),
+                window,
+                rate,
+                own_limit: self.policy.limit,
+                own_rate: self.rate_limit(),
+            },
         };
-        self.throttle = Some(Box::new(Throttle {
-            until,
-            secs,
-            pattern: pattern.into(),
-            window,
-            rate,
-            own_limit,
-            own_rate,
-        }));
+        let until = t.until;
+        self.throttle = Some(Box::new(t));
         self.apply_throttle();
         until
     }
@@ -246,6 +260,10 @@ impl Bucket {
         };
         self.put_limit(t.own_limit);
         self.put_rate(t.own_rate);
+        // Sessions that stayed open through it count in the window again.
+        self.window = self
+            .window
+            .max(self.slots.len().min(self.policy.limit as usize) as u16);
         true
     }
 
