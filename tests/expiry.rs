@@ -18,6 +18,16 @@ fn opts2(clock: &std::sync::Arc<ManualClock>, warn: u64) -> Options {
     }
 }
 
+/// No warnings, and a session lease longer than the lifetime: a session
+/// that hangs keeps its slot (a starved destination) or its recipient in
+/// flight across the expiry.
+fn long_lease(clock: &std::sync::Arc<ManualClock>) -> Options {
+    Options {
+        lease_ttl: Duration::from_secs(3 * LIFE),
+        ..opts2(clock, 0)
+    }
+}
+
 fn state(q: &Queue, id: MessageId, i: usize) -> RcptState {
     q.inspect(id).unwrap().recipients[i].state
 }
@@ -26,12 +36,7 @@ fn state(q: &Queue, id: MessageId, i: usize) -> RcptState {
 fn recipients_that_are_never_attempted_expire_at_their_lifetime() {
     let dir = TempDir::new("expiry-everywhere");
     let clock = ManualClock::new(T0);
-    let o = Options {
-        // The hung session keeps its slot for longer than the lifetime.
-        lease_ttl: Duration::from_secs(3 * LIFE),
-        ..opts2(&clock, 0)
-    };
-    let q = Queue::open(dir.path(), o).unwrap();
+    let q = Queue::open(dir.path(), long_lease(&clock)).unwrap();
     // Held by the operator; for a suspended destination; starved behind a
     // window of one whose only session never ends; and out of rate.
     let held = q
@@ -415,11 +420,7 @@ fn mail_for_a_suspended_destination_wakes_the_loop_to_reschedule_its_expiry() {
 fn a_recipient_back_from_flight_expires_when_the_clock_stepped_back_behind_the_last_sweep() {
     let dir = TempDir::new("expiry-clock-back");
     let clock = ManualClock::new(T0);
-    let o = Options {
-        lease_ttl: Duration::from_secs(3 * LIFE),
-        ..opts2(&clock, 0)
-    };
-    let q = Queue::open(dir.path(), o).unwrap();
+    let q = Queue::open(dir.path(), long_lease(&clock)).unwrap();
     let id = q
         .enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
         .unwrap();

@@ -25,6 +25,7 @@ pub use redis_fleet::{FleetFailure, RedisFleet, RedisFleetOptions};
 
 /// A [`FleetLimiter`]'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Permit {
     /// Go ahead.
     Granted,
