@@ -597,3 +597,44 @@ fn served_as_a_tokio_task_on_a_current_thread_runtime() {
         task.abort();
     });
 }
+
+#[test]
+fn the_rules_in_force_are_served() {
+    let (dir, _clock, q, _t, _) = served("admin-rules");
+    let sock = dir.path().join("admin.sock");
+    assert_eq!(get(&sock, "/v1/rules"), (200, json!({ "rules": [] })));
+    q.set_reply_rules(&[
+        ReplyRule {
+            pattern: r"\[TSS04\]".into(),
+            action: RuleAction::Suspend(std::time::Duration::from_secs(600)),
+        },
+        ReplyRule {
+            pattern: "Server busy".into(),
+            action: RuleAction::Throttle {
+                window: 2,
+                rate: RateLimit {
+                    per_minute: 30,
+                    ..RateLimit::default()
+                },
+                duration: std::time::Duration::from_secs(300),
+            },
+        },
+    ])
+    .unwrap();
+    let (status, v) = get(&sock, "/v1/rules");
+    assert_eq!(status, 200);
+    let rules = v["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0]["pattern"], r"\[TSS04\]");
+    assert_eq!(
+        (&rules[0]["action"], &rules[0]["seconds"]),
+        (&json!("suspend"), &json!(600))
+    );
+    assert_eq!(rules[1]["action"], "throttle");
+    assert_eq!(
+        (&rules[1]["window"], &rules[1]["per_minute"]),
+        (&json!(2), &json!(30))
+    );
+    let (status, _) = post(&sock, "rules", json!({}));
+    assert_eq!(status, 405, "read-only");
+}

@@ -119,6 +119,8 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         top: usize,
     },
+    /// The reply-driven rules the MTA configured (regex over replies → action).
+    Rules,
     /// List queued recipients matching the filters.
     #[command(alias = "ls")]
     List {
@@ -250,6 +252,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Stats => api.view("/v1/stats", stats),
         Cmd::Qshape { top } => api.view(&format!("/v1/qshape?top={top}"), qshape),
         Cmd::Destinations { top } => api.view(&format!("/v1/destinations?top={top}"), destinations),
+        Cmd::Rules => api.view("/v1/rules", rules),
         Cmd::List {
             filters,
             limit,
@@ -529,6 +532,42 @@ fn qshape(v: &Value) -> String {
         t.row(row(r));
     }
     t.render(table::width())
+}
+
+fn rules(v: &Value) -> String {
+    let mut t = Table::new(&[
+        ("PATTERN", Align::Left),
+        ("ACTION", Align::Left),
+        ("FOR", Align::Right),
+        ("LIMITS", Align::Left),
+    ]);
+    let rules = v["rules"].as_array().cloned().unwrap_or_default();
+    for r in &rules {
+        let secs = r["seconds"].as_u64();
+        let mut limits = Vec::new();
+        if let Some(w) = r["window"].as_u64().filter(|&w| w > 0) {
+            limits.push(format!("window {w}"));
+        }
+        for (k, unit) in [
+            ("per_second", "s"),
+            ("per_minute", "min"),
+            ("per_hour", "h"),
+            ("per_day", "day"),
+        ] {
+            if let Some(n) = r[k].as_u64().filter(|&n| n > 0) {
+                limits.push(format!("{n}/{unit}"));
+            }
+        }
+        t.row(vec![
+            text(&r["pattern"]),
+            text(&r["action"]),
+            secs.map_or(String::new(), age),
+            limits.join(", "),
+        ]);
+    }
+    let mut s = t.render(table::width());
+    s.push_str(&format!("({} rules, the first match acts)\n", rules.len()));
+    s
 }
 
 fn destinations(v: &Value) -> String {

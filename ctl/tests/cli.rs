@@ -350,3 +350,25 @@ fn top_is_a_live_full_screen_view() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn rules_shows_what_the_mta_configured() {
+    let dir = Dir::new("rules");
+    let q = Queue::open(&dir.0, Options::default()).unwrap();
+    q.set_reply_rules(&[ReplyRule {
+        pattern: r"\[TSS04\]".into(),
+        action: RuleAction::Suspend(std::time::Duration::from_secs(600)),
+    }])
+    .unwrap();
+    let _admin = Admin::open(&q, AdminOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let out = ok(&dir.0, &["rules"]);
+    assert!(
+        out.contains(r"\[TSS04\]") && out.contains("suspend"),
+        "{out}"
+    );
+    assert!(out.contains("(1 rules"), "{out}");
+    assert_eq!(json(&dir.0, &["rules"])["rules"][0]["seconds"], 600);
+}

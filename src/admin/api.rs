@@ -59,6 +59,7 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
             Response::json(200, &json::qshape(&q.stats(), top))
         }),
         ["v1", "destinations"] => read_only(&|| destinations(q, req)),
+        ["v1", "rules"] => read_only(&|| Response::json(200, &json::rules(&q.reply_rules()))),
         ["v1", "recipients"] => read_only(&|| recipients(q, req)),
         ["v1", "messages", id] => read_only(&|| match json::message_id(id) {
             Ok(id) => result(q.inspect(id).map(|m| json::message(&m))),
@@ -86,7 +87,7 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
         _ => Response::error(
             404,
             format!(
-                "no endpoint {}; the endpoints are /metrics, /v1/stats, /v1/qshape, /v1/destinations, /v1/recipients, /v1/messages/ID, /v1/explain/ID[/N] and POST /v1/ACTION (docs/design.md, \"Admin API\")",
+                "no endpoint {}; the endpoints are /metrics, /v1/stats, /v1/qshape, /v1/destinations, /v1/rules, /v1/recipients, /v1/messages/ID, /v1/explain/ID[/N] and POST /v1/ACTION (docs/design.md, \"Admin API\")",
                 req.path
             ),
         ),

@@ -230,6 +230,31 @@ pub fn bucket(b: &BucketStats) -> Value {
     })
 }
 
+/// The reply-driven rules in force, in order.
+pub fn rules(rules: &[crate::types::ReplyRule]) -> Value {
+    use crate::types::RuleAction;
+    let list: Vec<Value> = rules
+        .iter()
+        .map(|r| match &r.action {
+            RuleAction::Suspend(d) => json!({
+                "pattern": r.pattern, "action": "suspend", "seconds": d.as_secs(),
+            }),
+            RuleAction::Throttle {
+                window,
+                rate,
+                duration,
+            } => json!({
+                "pattern": r.pattern, "action": "throttle", "seconds": duration.as_secs(),
+                "window": window,
+                "per_second": rate.per_second, "per_minute": rate.per_minute,
+                "per_hour": rate.per_hour, "per_day": rate.per_day,
+            }),
+            RuleAction::Permanent => json!({ "pattern": r.pattern, "action": "permanent" }),
+        })
+        .collect();
+    json!({ "rules": list })
+}
+
 /// The queue's figures (destinations are served by `/v1/destinations`).
 pub fn stats(s: &Stats) -> Value {
     let states: Map<String, Value> = s
