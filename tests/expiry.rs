@@ -244,18 +244,27 @@ fn a_delay_warning_is_handed_out_once_and_survives_a_restart() {
     assert!(b[0].expired && !b[0].delayed);
 }
 
-#[test]
-fn a_warning_acknowledged_in_flight_is_kept() {
-    let dir = TempDir::new("delay-warning-inflight");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), opts2(&clock, 600)).unwrap();
+/// One message to x.example, whose destination is suspended past the
+/// 600 s warning delay: (its id, what `take_bounces` hands out then).
+fn warned_while_suspended(
+    q: &Queue,
+    clock: &std::sync::Arc<ManualClock>,
+) -> (MessageId, Vec<Bounce>) {
     let id = q
         .enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
         .unwrap();
     q.suspend("x.example").unwrap();
     clock.advance(600);
     q.tick();
-    let b = q.take_bounces(10).unwrap();
+    (id, q.take_bounces(10).unwrap())
+}
+
+#[test]
+fn a_warning_acknowledged_in_flight_is_kept() {
+    let dir = TempDir::new("delay-warning-inflight");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts2(&clock, 600)).unwrap();
+    let (id, b) = warned_while_suspended(&q, &clock);
     assert_eq!(b.len(), 1);
     q.resume("x.example").unwrap();
     let mut s = q.session_for("x.example").unwrap().unwrap();
@@ -361,13 +370,7 @@ fn a_warning_acked_after_its_recipient_failed_does_not_swallow_the_bounce() {
     let dir = TempDir::new("delay-warning-then-fail");
     let clock = ManualClock::new(T0);
     let q = Queue::open(dir.path(), opts2(&clock, 600)).unwrap();
-    let id = q
-        .enqueue(&msg("s@x.example", &["a@x.example"], b"1"))
-        .unwrap();
-    q.suspend("x.example").unwrap();
-    clock.advance(600);
-    q.tick();
-    let w = q.take_bounces(10).unwrap();
+    let (id, w) = warned_while_suspended(&q, &clock);
     assert!(w.len() == 1 && w[0].delayed);
     // While the MTA queues the delay DSN, the recipient fails for good.
     q.resume("x.example").unwrap();
