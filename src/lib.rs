@@ -59,12 +59,13 @@ pub use recovery::{Damage, RecoveryReport};
 pub use select::{Explanation, Op, Selected, Selector};
 pub use session::{Delivery, Session};
 pub use stats::{
-    BucketStats, MessageInfo, MessageSummary, RecipientInfo, Stats, AGE_BUCKETS_MINUTES,
+    BucketStats, MessageInfo, MessageSummary, PathStats, RecipientInfo, SourceStats, Stats,
+    AGE_BUCKETS_MINUTES,
 };
 pub use storage::vfs::{OsFs, VFile, Vfs};
 pub use types::{
     Bounce, Clock, Concurrency, DeliveryData, ManualClock, MessageId, NewMessage, Options, Outcome,
-    RateLimit, RcptState, Recipient, ReplyRule, RuleAction, SystemClock,
+    RateLimit, RcptState, Recipient, ReplyRule, RuleAction, SystemClock, WarmupStep,
 };
 
 /// Test support for crash and fault simulation: a simulated filesystem and the

@@ -188,10 +188,47 @@ impl Queue {
     /// and day; 0: none for that period; all 0 removes them). A delivery
     /// needs both the limits and the concurrency window to allow it; a
     /// destination out of rate waits for a wake-up (part of
-    /// [`Queue::next_wakeup`]), never a busy loop. In memory: set them again
-    /// after reopening.
+    /// [`Queue::next_wakeup`]), never a busy loop. Persisted.
     pub fn set_rate_limit(&self, key: &str, limit: RateLimit) -> Result<()> {
         self.engine.set_rate_limit(key, limit)
+    }
+
+    /// Sets the egress sources (IPs or pool members, named by the MTA)
+    /// sessions of destination `key` go out from; `None` sets the default
+    /// pool of every destination without its own, and an empty list gives
+    /// `key` back to the default pool. A new session takes the source of the
+    /// pool with the fewest open sessions that may send now (its per-source
+    /// limits, its warm-up day); [`Session::source`](crate::Session::source)
+    /// says which, and the MTA binds the connection to it. A source that is
+    /// used up is skipped, so a pool of several lets mail use another source;
+    /// a pool of one keeps its overflow queued. Configuration, like reply
+    /// rules: set it again after opening (the warm-up state is persisted).
+    pub fn set_sources(&self, key: Option<&str>, sources: &[&str]) -> Result<()> {
+        self.engine.set_sources(key, sources)
+    }
+
+    /// Sets the warm-up schedule of egress source `source` (see
+    /// [`WarmupStep`], e.g. `WarmupStep::ramp(50, 100_000, 30)`; empty: no
+    /// cap). The source's first schedule makes today its day 1; the day
+    /// count and the day's messages are persisted, so a restart goes on where
+    /// it was. When a source's day is used up its destinations wait for
+    /// another source of their pool, or for the next day.
+    pub fn set_warmup(&self, source: &str, steps: &[WarmupStep]) -> Result<()> {
+        self.engine.set_warmup(source, steps)
+    }
+
+    /// Sets destination `key`'s limits per egress source (KumoMTA's egress
+    /// paths): at most `concurrency` sessions (0: no limit) and `rate`
+    /// messages per period through each of its sources, on top of its own
+    /// concurrency window and rate limits. Persisted.
+    pub fn set_source_limits(&self, key: &str, concurrency: u16, rate: RateLimit) -> Result<()> {
+        self.engine.set_source_limits(key, concurrency, rate)
+    }
+
+    /// The egress sources declared, with their warm-up day, today's cap and
+    /// use, and the pools they are in.
+    pub fn sources(&self) -> Vec<crate::SourceStats> {
+        self.engine.source_stats()
     }
 
     /// Replaces the reply-driven rules (see [`ReplyRule`]); a bad pattern is an

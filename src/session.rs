@@ -52,6 +52,13 @@ impl Session {
         self.lease.key()
     }
 
+    /// The egress source this session goes out from (an IP or pool member
+    /// the MTA named with [`crate::Queue::set_sources`]): bind the
+    /// connection to it. `None` when the destination has no sources.
+    pub fn source(&self) -> Option<&str> {
+        self.lease.source().map(|s| &*s.name)
+    }
+
     /// The session's fencing token: unique within the queue and larger than
     /// every token handed out before, also across reopening (as long as the
     /// clock does not step back across the restart). A session whose lease

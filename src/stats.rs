@@ -69,6 +69,41 @@ pub struct BucketStats {
     /// When the rate limits allow the next message (unix seconds; at or
     /// before now: now; 0 without limits).
     pub rate_next: u64,
+    /// Its egress paths, one per source of its pool (empty without sources).
+    pub sources: Vec<PathStats>,
+    /// Sessions per source at most (0: no limit).
+    pub source_limit: u64,
+    /// Message-rate limits per source, if set.
+    pub source_rate_limit: Option<crate::types::RateLimit>,
+}
+
+/// A destination's egress path through one source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// The source's name.
+    pub source: String,
+    /// Sessions open through it.
+    pub sessions: u64,
+    /// When it may send the next message, if it waits (its per-source rate
+    /// or the source's warm-up day; unix seconds; 0: now).
+    pub next: u64,
+}
+
+/// An egress source and its warm-up state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// The source's name.
+    pub name: String,
+    /// Which day of its warm-up it is on (1-based).
+    pub day: u32,
+    /// Today's cap from its schedule (`None`: no warm-up schedule).
+    pub per_day: Option<u32>,
+    /// Messages sent from it today.
+    pub used: u32,
+    /// When today ends (unix seconds).
+    pub day_ends: u64,
+    /// Destinations whose pool it is in (`*` for the default pool).
+    pub pools: Vec<String>,
 }
 
 impl BucketStats {

@@ -330,6 +330,40 @@ impl RateLimit {
     }
 }
 
+/// One step of an egress source's warm-up schedule: from day `day` of the
+/// source's life (day 1 is the day it was first given a schedule) on, at
+/// most `per_day` messages a day leave from it, to all destinations
+/// together, until the next step's day. Days before the first step use the
+/// first step's cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmupStep {
+    /// The first day (1-based) this cap applies.
+    pub day: u32,
+    /// Messages a day from that day on (at least 1).
+    pub per_day: u32,
+}
+
+impl WarmupStep {
+    /// A geometric ramp from `first` messages a day on day 1 to `last` on
+    /// day `days` (one step a day), e.g. `ramp(50, 100_000, 30)`.
+    pub fn ramp(first: u32, last: u32, days: u32) -> Vec<WarmupStep> {
+        let (first, last, days) = (first.max(1), last.max(first.max(1)), days.max(1));
+        let k = (last as f64 / first as f64).powf(1.0 / (days.max(2) - 1) as f64);
+        (1..=days)
+            .map(|d| WarmupStep {
+                day: d,
+                per_day: if d == days {
+                    last
+                } else {
+                    ((first as f64) * k.powi(d as i32 - 1))
+                        .round()
+                        .min(last as f64) as u32
+                },
+            })
+            .collect()
+    }
+}
+
 /// What a [`ReplyRule`] does when a reply matches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -112,8 +112,9 @@ fn format_v1_fixture_opens_with_everything_intact() {
     let bounces = q.take_bounces(10).unwrap();
     assert_eq!(bounces.len(), 1);
     assert_eq!(bounces[0].recipient, "w@outlook.com");
-    // Format-2 records go to a new segment whose header says 2, never into
-    // the version-1 segment (an older build must refuse, not misread, them).
+    // Records of the current format go to a new segment whose header says
+    // so, never into the version-1 segment (an older build must refuse, not
+    // misread, them).
     let v1 = std::fs::read(Path::new(FIXTURE).join("00000001.seg")).unwrap();
     let now1 = std::fs::read(t.path().join("00000001.seg")).unwrap();
     assert_eq!(now1, v1, "the version-1 segment is not appended to");
@@ -123,7 +124,7 @@ fn format_v1_fixture_opens_with_everything_intact() {
         &seg2[mailq::sim::record::HEADER_LEN..],
     );
     assert_eq!(h.kind, mailq::sim::record::Kind::SegmentHeader);
-    assert_eq!(&payload[8..12], &2u32.to_le_bytes(), "format 2 header");
+    assert_eq!(&payload[8..12], &3u32.to_le_bytes(), "format 3 header");
     let rate = RateLimit {
         per_minute: 6,
         ..RateLimit::default()

@@ -440,7 +440,7 @@ impl<'a> View<'a> {
         if b.can_open(now) && !b.in_ring {
             // A rate wait that just ended is picked up by its due wake-up.
             let probe_pending = (b.dead_until != 0 && ss.wakeups.iter().any(|w| w.0 .1 == l))
-                || (b.rate.is_some()
+                || (b.limited()
                     && ss
                         .wakeups
                         .iter()

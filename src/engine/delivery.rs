@@ -128,6 +128,22 @@ impl Lease {
             if b.suspended || over || b.rate_wait(now).is_some() {
                 return Ok(None);
             }
+            // Through an egress source: its path must still be in the pool,
+            // able to send now (its rate, its source's warm-up day) and not
+            // over a lowered per-source limit; else this session ends (a
+            // new one takes another source).
+            let path = match &self.source {
+                None => None,
+                Some(_) => match b.slot_path(si) {
+                    Some(i)
+                        if b.path_time(i, now).is_none()
+                            && (b.path_limit == 0 || b.path_open(i) <= b.path_limit as usize) =>
+                    {
+                        Some(i)
+                    }
+                    _ => return Ok(None),
+                },
+            };
             // The fleet's permit for one more message, asked with no lock held
             // (only when there is something to send).
             if let Some(f) = q.opts.fleet.as_ref().filter(|_| !self.permit) {
@@ -135,7 +151,7 @@ impl Lease {
                     return Ok(None);
                 }
                 drop(ss);
-                match f.message(&self.key, self.fleet_session()) {
+                match f.message(&self.fleet_key, self.fleet_session()) {
                     crate::fleet::Permit::Granted => self.permit = true,
                     crate::fleet::Permit::WaitUntil(ms) => {
                         q.fleet_wait(self.bucket, ms);
@@ -158,6 +174,9 @@ impl Lease {
             };
             if let Some(r) = ss.buckets[bl as usize].rate.as_mut() {
                 r.take(now as u64 * 1000);
+            }
+            if let Some(i) = path {
+                ss.buckets[bl as usize].take_path(i, now);
             }
             self.permit = false;
             let slot = &mut ss.buckets[bl as usize].slots[si];

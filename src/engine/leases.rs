@@ -23,6 +23,11 @@ pub(crate) struct Lease {
     /// The session's fencing token (see [`crate::Session::fence`]).
     pub(super) fence: u64,
     pub(super) key: Arc<str>,
+    /// The egress source it goes out from (none without sources).
+    pub(super) source: Option<Arc<crate::sched::Source>>,
+    /// What the fleet limiter knows it by: the routing key, or
+    /// `source->key` for a session through an egress source.
+    pub(super) fleet_key: Arc<str>,
     pub(super) deliveries: usize,
     pub(super) closed: bool,
     /// The fleet limiter granted this session a connection lease …
@@ -35,6 +40,7 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("key", &self.key)
+            .field("source", &self.source.as_ref().map(|s| &s.name))
             .field("token", &self.token)
             .field("fence", &self.fence)
             .finish()
@@ -71,10 +77,14 @@ impl Engine {
             rang |= self.promote(&mut ss, s, now);
             while let Some(bl) = ss.ring.pop_front() {
                 ss.buckets[bl as usize].in_ring = false;
+                self.sync_paths(&mut ss, bl);
                 if ss.buckets[bl as usize].can_open(now) {
-                    found = Some(self.open_slot(&mut ss, s, bl, now));
+                    found = self.open_slot(&mut ss, s, bl, now);
                     ss.maybe_ring(bl, now);
-                    break;
+                    if found.is_some() {
+                        break;
+                    }
+                    continue;
                 }
                 // Out of the ring for now: a wake-up for when it can open
                 // (out of rate, a dead destination's probe) brings it back.
@@ -102,9 +112,12 @@ impl Engine {
         let (s, bl) = (shard_of(b), local_of(b));
         let mut ss = self.sched[s].lock();
         let rang = self.promote(&mut ss, s, now);
-        let lease = ss.buckets[bl as usize]
-            .can_open(now)
-            .then(|| self.open_slot(&mut ss, s, bl, now));
+        self.sync_paths(&mut ss, bl);
+        let lease = if ss.buckets[bl as usize].can_open(now) {
+            self.open_slot(&mut ss, s, bl, now)
+        } else {
+            None
+        };
         drop(ss);
         self.apply_moves();
         self.wake_if(rang);
@@ -112,8 +125,25 @@ impl Engine {
         Ok(lease.and_then(|l| self.fleet_admit(l)))
     }
 
-    fn open_slot(self: &Arc<Self>, ss: &mut SchedShard, shard: usize, bl: u32, now: u32) -> Lease {
+    /// Opens a slot on local bucket `bl` (which can open one) through the
+    /// path `pick_path` chooses, if it has egress sources; `None` when none
+    /// may take a session.
+    fn open_slot(
+        self: &Arc<Self>,
+        ss: &mut SchedShard,
+        shard: usize,
+        bl: u32,
+        now: u32,
+    ) -> Option<Lease> {
         let b = &mut ss.buckets[bl as usize];
+        let source = match b.paths.len() {
+            0 => None,
+            n => {
+                let i = b.pick_path(now)?;
+                b.next_path = ((i + 1) % n) as u16;
+                Some(b.paths[i].source.clone())
+            }
+        };
         let token = b.next_token;
         b.next_token = b.next_token.wrapping_add(1).max(1);
         let deadline = now.saturating_add(policy::lease_ttl(&self.opts));
@@ -124,21 +154,28 @@ impl Engine {
             leased: Vec::new(),
             leased_msg: MessageId(0),
             probe,
+            source: source.clone(),
         });
         let key = b.key.clone();
         b.handles += 1;
         ss.leases.push(Reverse((deadline, bl, token)));
-        Lease {
+        let fleet_key = match &source {
+            Some(s) if self.opts.fleet.is_some() => format!("{}->{key}", s.name).into(),
+            _ => key.clone(),
+        };
+        Some(Lease {
             q: self.clone(),
             bucket: global(shard, bl),
             token,
             fence: self.next_fence.fetch_add(1, Ordering::Relaxed),
             key,
+            source,
+            fleet_key,
             deliveries: 0,
             closed: false,
             fleet: false,
             permit: false,
-        }
+        })
     }
 
     /// Asks the fleet limiter (if any) for a new lease's connection; on a
@@ -147,7 +184,7 @@ impl Engine {
         let Some(f) = &self.opts.fleet else {
             return Some(lease);
         };
-        match f.open(&lease.key, lease.fleet_session()) {
+        match f.open(&lease.fleet_key, lease.fleet_session()) {
             crate::fleet::Permit::Granted => {
                 lease.fleet = true;
                 Some(lease)
@@ -387,7 +424,7 @@ fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
             {
                 return Some(t);
             }
-            if (b.rate.is_some() || b.fleet_until == t) && b.wake_at == t {
+            if (b.limited() || b.fleet_until == t) && b.wake_at == t {
                 // Out of rate with nothing ready (it expired, was held or
                 // delivered elsewhere): no reason to wake; the next message
                 // that becomes ready schedules its own wake-up.
@@ -406,6 +443,12 @@ impl Lease {
     /// The destination's routing key.
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The egress source the session goes out from, if the destination has
+    /// sources.
+    pub(crate) fn source(&self) -> Option<&Arc<crate::sched::Source>> {
+        self.source.as_ref()
     }
 
     /// The session's fencing token.
@@ -445,11 +488,17 @@ impl Lease {
         // queue reclaimed the slot first (the session saw `LeaseExpired`).
         if std::mem::take(&mut self.fleet) {
             if let Some(f) = &self.q.opts.fleet {
-                f.close(&self.key, self.fleet_session());
+                f.close(&self.fleet_key, self.fleet_session());
             }
         }
+        // What the session sent counts in its source's warm-up day; kept
+        // for a restart (synced with the session's outcomes).
+        let counted = match &self.source {
+            Some(src) => self.q.persist_source(src),
+            None => Ok(()),
+        };
         if self.closed {
-            return Ok(());
+            return counted;
         }
         self.closed = true;
         let q = &self.q;
@@ -460,7 +509,7 @@ impl Lease {
         let rule = site.and_then(|reason| q.rules.read().clone().destination_act(reason));
         let mut ss = q.sched[s].lock();
         let Some(i) = ss.buckets[bl as usize].slot(self.token) else {
-            return Ok(()); // reclaimed by the lease deadline already
+            return counted; // reclaimed by the lease deadline already
         };
         // The slot goes first: the bucket may take another session at once.
         let slot = ss.buckets[bl as usize].slots.swap_remove(i);
@@ -484,6 +533,7 @@ impl Lease {
         q.apply_moves();
         q.wake_if(rang);
         ruled?;
+        counted?;
         q.after_write()
     }
 }

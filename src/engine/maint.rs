@@ -260,6 +260,11 @@ fn snapshot(q: &Engine, w: &mut Writer<'_>) -> std::result::Result<SegLive, ()> 
     let keys = q.keys.read();
     let remap = write_keys(w, &keys);
     write_settings(q, w, &remap);
+    let sources = q.sources_to_save();
+    w.count(sources.len() as u32);
+    for (name, st) in &sources {
+        w.source(name, st);
+    }
     let mut live = SegLive::new();
     for s in 0..SHARDS {
         let ms = q.msgs[s].lock();

@@ -16,6 +16,7 @@ mod admit;
 mod change;
 mod check;
 mod delivery;
+mod egress;
 mod enqueue;
 mod expiry;
 mod leases;
@@ -110,6 +111,10 @@ pub(crate) struct Engine {
     sweeps: expiry::Sweeps,
     /// Reply-driven rules (replaced whole; read once per attempt that failed).
     rules: RwLock<Arc<rules::Rules>>,
+    /// Egress sources and pools (replaced whole on a change).
+    egress: RwLock<Arc<egress::Egress>>,
+    /// Its generation (read without the lock before a session opens).
+    egress_gen: AtomicU32,
     /// CRC salt of this queue's records.
     salt: u32,
     _lock: Box<dyn std::any::Any + Send + Sync>,
@@ -182,6 +187,8 @@ impl Engine {
             disk: admit::DiskWatch::new(),
             sweeps: expiry::Sweeps::new(queued),
             rules: RwLock::new(Arc::new(rules)),
+            egress: RwLock::new(Arc::new(egress::Egress::recovered(r.sources))),
+            egress_gen: AtomicU32::new(0),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             salt,
             report: Mutex::new(r.report),

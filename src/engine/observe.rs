@@ -65,6 +65,7 @@ impl Engine {
 
     /// Per-destination shape of every bucket with mail, sessions or state.
     fn bucket_stats(&self, st: &mut Stats, ages: &HashMap<u32, [u64; 10]>) {
+        let now = self.now();
         for (s, ss) in self.sched.iter().enumerate() {
             let ss = ss.lock();
             st.index_bytes += ss.memory() as u64;
@@ -72,6 +73,7 @@ impl Engine {
                 let bs = bucket_stat(
                     b,
                     ages.get(&global(s, l as u32)).copied().unwrap_or_default(),
+                    now,
                 );
                 if bs.depth() > 0 || bs.sessions > 0 || bs.suspended || bs.dead_until != 0 {
                     st.buckets.push(bs);
@@ -262,7 +264,7 @@ impl Engine {
 }
 
 /// The figures of one bucket.
-pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
+pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10], now: u32) -> BucketStats {
     BucketStats {
         key: b.key.to_string(),
         ready: b.count(RcptState::Ready) as u64,
@@ -287,5 +289,14 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10]) -> BucketStats {
         ages,
         rate_limit: b.rate.as_ref().map(|r| r.limit()),
         rate_next: b.rate.as_ref().map_or(0, |r| r.allowed_at().div_ceil(1000)),
+        sources: (0..b.paths.len())
+            .map(|i| crate::stats::PathStats {
+                source: b.paths[i].source.name.to_string(),
+                sessions: b.path_open(i) as u64,
+                next: b.path_time(i, now).unwrap_or(0) as u64,
+            })
+            .collect(),
+        source_limit: b.path_limit as u64,
+        source_rate_limit: (!b.path_rate.is_none()).then_some(b.path_rate),
     }
 }

@@ -237,7 +237,7 @@ impl Engine {
     /// appends the bucket's settings as a `Destination` record under the same
     /// lock (so the log orders them as memory does) and makes it durable;
     /// wakes the event loop when `f` returns true.
-    fn with_bucket(
+    pub(super) fn with_bucket(
         &self,
         key: &str,
         f: impl FnOnce(&mut SchedShard, u32, u32) -> bool,

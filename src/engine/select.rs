@@ -142,11 +142,12 @@ impl Engine {
         let Some(b) = self.find_bucket(key)? else {
             return Ok(None);
         };
+        let now = self.now();
         let ss = self.sched[shard_of(b)].lock();
         Ok(ss
             .buckets
             .get(local_of(b) as usize)
-            .map(|bk| super::observe::bucket_stat(bk, [0; 10])))
+            .map(|bk| super::observe::bucket_stat(bk, [0; 10], now)))
     }
 }
 
@@ -194,6 +195,14 @@ fn why(
                 throttled(d),
                 d.rate_next,
                 d.rate_next - now
+            ),
+            Some(d) if !d.sources.is_empty() && d.sessions < d.window && d.sources.iter().all(|p| p.next > now || (d.source_limit > 0 && p.sessions >= d.source_limit)) => format!(
+                "every egress source of {key} is busy or used up ({}): it goes with the next free source{last}",
+                d.sources.iter().map(|p| if p.next > now {
+                    format!("{} waits until {} (in {} s)", p.source, p.next, p.next - now)
+                } else {
+                    format!("{} has {} of {} sessions", p.source, p.sessions, d.source_limit)
+                }).collect::<Vec<_>>().join(", ")
             ),
             Some(d) if d.sessions >= d.window => format!(
                 "concurrency window of {key} is full ({} of {} sessions open, limit {}{}); it goes with the next free slot",

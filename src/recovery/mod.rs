@@ -41,6 +41,8 @@ pub struct Recovered {
     pub checkpoint_pos: Pos,
     /// What was found.
     pub report: RecoveryReport,
+    /// Egress sources' warm-up states, by name.
+    pub sources: std::collections::HashMap<String, crate::storage::record::SourceSaved>,
     /// The directory lock, held for the queue's lifetime.
     pub lock: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -84,6 +86,7 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
         },
         checkpoint_pos: from.unwrap_or(Pos::new(0, 0)),
         report,
+        sources: b.sources,
         lock,
     })
 }

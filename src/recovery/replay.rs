@@ -26,6 +26,8 @@ pub(super) struct Builder {
     /// A segment header of another format version: (segment, version).
     pub(super) foreign: Option<(u32, u32)>,
     pub(super) report: RecoveryReport,
+    /// Egress sources' warm-up states (the last one read wins).
+    pub(super) sources: std::collections::HashMap<String, record::SourceSaved>,
     /// The clock at open (settings re-base timed suspensions against it).
     now: u32,
 }
@@ -44,6 +46,7 @@ impl Builder {
             checkpoint_used: false,
             foreign: None,
             report: RecoveryReport::default(),
+            sources: Default::default(),
             now,
         }
     }
@@ -185,6 +188,15 @@ impl Builder {
         self.sched[shard_of(b)].apply_settings(local_of(b), &d, self.policy, self.now);
     }
 
+    /// An egress source's warm-up state (absolute) from a `Source` record.
+    pub(super) fn apply_source(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
+        let Some((name, st)) = record::decode_source(payload) else {
+            self.damaged(seg, off, total, "source record does not decode");
+            return;
+        };
+        self.sources.insert(name.to_string(), st);
+    }
+
     /// Reports a record that passed its checksum but does not decode.
     fn damaged(&mut self, seg: u32, off: u64, total: usize, why: &str) {
         self.report.damaged.push(Damage {
@@ -218,6 +230,7 @@ impl Builder {
                         Kind::MessageCopy => self.apply_message(true, f.payload, seg, at, f.total),
                         Kind::RcptUpdate => self.apply_update(f.payload, seg, at, f.total),
                         Kind::Destination => self.apply_destination(f.payload, seg, at, f.total),
+                        Kind::Source => self.apply_source(f.payload, seg, at, f.total),
                         Kind::SegmentHeader => {}
                     }
                     off += f.total;
@@ -437,6 +450,10 @@ impl Builder {
                 return Err(DecodeError::from("destination out of range"));
             }
             self.sched[shard_of(k)].apply_settings(local_of(k), &ds, self.policy, self.now);
+        }
+        for _ in 0..d.sources()? {
+            let (name, st) = d.source()?;
+            self.sources.insert(name.to_string(), st);
         }
         for s in 0..SHARDS {
             self.load_shard(&mut d, s, nkeys)?;

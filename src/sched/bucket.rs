@@ -2,6 +2,7 @@
 //! window (Postfix-style feedback, dead-destination detection) and open
 //! slots. Depends on `index` ids and `types` only.
 
+use super::egress::{Path, Source};
 use super::rate::Rate;
 use crate::index::RcptRef;
 use crate::types::{Concurrency, MessageId, RateLimit, RcptState};
@@ -21,6 +22,8 @@ pub struct Slot {
     pub leased_msg: MessageId,
     /// This session is the probe of a dead destination.
     pub probe: bool,
+    /// The egress source it goes out from (none without sources).
+    pub source: Option<Arc<Source>>,
 }
 
 /// Destination state, per routing key.
@@ -78,6 +81,17 @@ pub struct Bucket {
     /// The fleet limiter said to wait until this time (unix seconds; 0: no
     /// wait). In memory only: the fleet is asked again after a restart.
     pub fleet_until: u32,
+    /// One path per egress source of the destination's pool (none: no
+    /// sources, sessions go out as the MTA likes).
+    pub paths: Vec<Path>,
+    /// The sources configuration the paths were built from.
+    pub egress_gen: u32,
+    /// Sessions per source at most (0: no limit) …
+    pub path_limit: u16,
+    /// … and messages per period per source (the operator's settings).
+    pub path_rate: RateLimit,
+    /// Where the next tie between paths starts.
+    pub next_path: u16,
 }
 
 /// A reply rule's temporary lowering of a destination's limits: `policy.limit`
@@ -145,6 +159,11 @@ impl Bucket {
             rate: None,
             throttle: None,
             fleet_until: 0,
+            paths: Vec::new(),
+            egress_gen: 0,
+            path_limit: 0,
+            path_rate: RateLimit::default(),
+            next_path: 0,
         }
     }
 
@@ -311,6 +330,7 @@ impl Bucket {
             || self.count(RcptState::Ready) == 0
             || self.rate_wait(now).is_some()
             || now < self.fleet_until
+            || !self.path_free(now)
         {
             return false;
         }
@@ -320,12 +340,22 @@ impl Bucket {
         self.slots.len() < self.window as usize
     }
 
-    /// When the rate limits allow the next message, if not now (unix seconds).
-    /// The scheduler decides in whole seconds of the clock.
+    /// When the rate limits allow the next message, if not now (unix seconds):
+    /// the destination's own, or (with egress sources) when the first path
+    /// that is not full may send. The scheduler decides in whole seconds of
+    /// the clock.
     pub fn rate_wait(&self, now: u32) -> Option<u32> {
-        let r = self.rate.as_ref()?;
-        let at = r.allowed_at();
-        (at > now as u64 * 1000).then(|| at.div_ceil(1000).min(u32::MAX as u64) as u32)
+        let own = self.rate.as_ref().and_then(|r| {
+            let at = r.allowed_at();
+            (at > now as u64 * 1000).then(|| at.div_ceil(1000).min(u32::MAX as u64) as u32)
+        });
+        own.max(self.path_wait(now))
+    }
+
+    /// Limited by time (its own rates or its egress paths'): waits for a
+    /// wake-up when out of them.
+    pub fn limited(&self) -> bool {
+        self.rate.is_some() || !self.paths.is_empty()
     }
 
     /// Ends a suspension for a duration once its end time came. Returns true
@@ -399,6 +429,8 @@ impl Bucket {
             && self.policy == default
             && self.rate.is_none()
             && self.throttle.is_none()
+            && self.path_limit == 0
+            && self.path_rate.is_none()
     }
 
     /// The index of the open slot `token`, if it is still open.

@@ -5,12 +5,14 @@
 //! `storage::record`, in `settings`).
 
 mod bucket;
+mod egress;
 mod keys;
 mod rate;
 mod settings;
 mod wheel;
 
 pub use bucket::{Bucket, Slot, Throttle};
+pub use egress::Source;
 pub use keys::Keys;
 pub use rate::Rate;
 pub use wheel::Wheel;
@@ -71,13 +73,18 @@ impl SchedShard {
             if let Some(t) = self.buckets[bl as usize].rebase_throttle(now) {
                 self.wakeups.push(Reverse((t, bl)));
             }
-            if let Some(r) = self.buckets[bl as usize].rate.as_mut() {
+            let b = &mut self.buckets[bl as usize];
+            for r in b
+                .rate
+                .iter_mut()
+                .chain(b.paths.iter_mut().filter_map(|p| p.rate.as_mut()))
+            {
                 r.rebase(now as u64 * 1000);
             }
             // A fleet wait is asked again rather than waited out.
             let fleet = std::mem::take(&mut self.buckets[bl as usize].fleet_until) != 0;
             let b = &self.buckets[bl as usize];
-            if b.dead_until != 0 || b.rate.is_some() || fleet {
+            if b.dead_until != 0 || b.limited() || fleet {
                 self.buckets[bl as usize].wake_at = 0;
                 rang |= self.maybe_ring(bl, now);
             }

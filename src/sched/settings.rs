@@ -37,6 +37,8 @@ impl SchedShard {
             throttle_rate: t.map_or([0; 4], |t| t.rate.counts()),
             own_limit: t.map_or(0, |t| custom(t.own_limit)),
             own_rate: t.map_or([0; 4], |t| t.own_rate.counts()),
+            path_limit: b.path_limit,
+            path_rate: b.path_rate.counts(),
         }
     }
 
@@ -74,6 +76,7 @@ impl SchedShard {
                 own_rate: rate_of(d.own_rate),
             })
         });
+        b.set_path_limits(d.path_limit, rate_of(d.path_rate));
         if let Some(t) = b
             .rebase_throttle(now)
             .or(b.throttle.as_ref().map(|t| t.until))

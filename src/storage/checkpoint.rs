@@ -7,13 +7,15 @@
 //! Layout (little-endian): magic `MQCKPT01`, version u32, 0u32, log position
 //! u64, sequence u64, next generation u32, salt u32, key count u32 and keys
 //! (short strings); since version 2 a destination count u32 and per
-//! destination its key index u32 and [`DestSettings`]; per shard: reason count
+//! destination its key index u32 and [`DestSettings`]; since version 3 a
+//! source count u32 and per egress source its name (short string) and
+//! [`SourceSaved`]; per shard: reason count
 //! u32 and reasons, message count u32 and per message [`MsgEntry`] then its
 //! [`RcptEntry`]s (since version 2 the state byte's top bit says the delay
 //! warning was acknowledged); then CRC32 of all of the above u32, total length
 //! u64, end magic `MQCKEND1`.
 
-use super::record::{DestSettings, Put, Reader};
+use super::record::{DestSettings, Put, Reader, SourceSaved};
 use super::vfs::VFile;
 
 /// File name of the checkpoint.
@@ -23,8 +25,9 @@ pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
 /// Checkpoint format version written (2 added destination settings and the
-/// delay-warning bit); version 1 is still read.
-pub const VERSION: u32 = 2;
+/// delay-warning bit, 3 egress sources' warm-up state); versions 1 and 2 are
+/// still read.
+pub const VERSION: u32 = 3;
 /// The state byte's bit for [`RcptEntry::warned`].
 const WARNED_BIT: u8 = 0x80;
 /// Bytes of the trailer: CRC32, total length, end magic.
@@ -109,6 +112,13 @@ impl<'a> Writer<'a> {
     pub fn destination(&mut self, key_index: u32, d: &DestSettings) {
         self.u32(key_index);
         d.encode(&mut self.buf);
+        self.maybe_spill();
+    }
+
+    /// Writes one egress source's state (after the count of them).
+    pub fn source(&mut self, name: &str, st: &SourceSaved) {
+        self.buf.put_short(name.as_bytes());
+        st.encode(&mut self.buf);
         self.maybe_spill();
     }
 
@@ -295,6 +305,23 @@ impl<'a> Decoder<'a> {
         Ok((k, DestSettings::decode(&mut self.r).ok_or_else(malformed)?))
     }
 
+    /// Reads the count of egress sources (none before version 3).
+    pub fn sources(&mut self) -> Result<u32, DecodeError> {
+        if self.version < 3 {
+            return Ok(0);
+        }
+        self.u32()
+    }
+
+    /// Reads one egress source's state: (name, state).
+    pub fn source(&mut self) -> Result<(&'a str, SourceSaved), DecodeError> {
+        let name = self.text()?;
+        Ok((
+            name,
+            SourceSaved::decode(&mut self.r).ok_or_else(malformed)?,
+        ))
+    }
+
     /// Reads a recipient entry.
     #[inline]
     pub fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
@@ -374,9 +401,18 @@ mod tests {
             throttle_rate: [0, 6, 0, 0],
             own_limit: 0,
             own_rate: [0, 0, 0, 1000],
+            path_limit: 2,
+            path_rate: [0, 0, 50, 0],
+        };
+        let src = SourceSaved {
+            day: 4,
+            window_start: 86_400,
+            used: 17,
         };
         w.count(1);
         w.destination(0, &ds);
+        w.count(1);
+        w.source("ip-1", &src);
         w.count(1);
         w.text("451 try later");
         w.count(1);
@@ -391,6 +427,8 @@ mod tests {
         assert_eq!(d.text().unwrap(), "example.com");
         assert_eq!(d.destinations().unwrap(), 1);
         assert_eq!(d.destination().unwrap(), (0, ds));
+        assert_eq!(d.sources().unwrap(), 1);
+        assert_eq!(d.source().unwrap(), ("ip-1", src));
         assert_eq!(d.count().unwrap(), 1);
         assert_eq!(d.text().unwrap(), "451 try later");
         assert_eq!(d.count().unwrap(), 1);

@@ -47,6 +47,8 @@ pub enum Kind {
     MessageCopy = 4,
     /// The operator settings of one destination (format version 2).
     Destination = 5,
+    /// An egress source's warm-up state (format version 3).
+    Source = 6,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             3 => Kind::RcptUpdate,
             4 => Kind::MessageCopy,
             5 => Kind::Destination,
+            6 => Kind::Source,
             _ => return None,
         })
     }
@@ -302,8 +305,9 @@ impl Put for Vec<u8> {
 /// Magic at the start of a segment header payload.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
 /// On-disk format version written by this build: 2 added `Destination`
-/// records and the update record's flags byte.
-pub const FORMAT_VERSION: u32 = 2;
+/// records and the update record's flags byte, 3 `Source` records and the
+/// destinations' per-source limits.
+pub const FORMAT_VERSION: u32 = 3;
 /// Oldest format version this build reads (version 1 segments never hold
 /// what version 2 added, and their flags byte is zero).
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -463,6 +467,10 @@ pub struct DestSettings {
     pub own_limit: u16,
     /// The destination's own rates.
     pub own_rate: [u32; 4],
+    /// Concurrency limit per egress source (0: none) …
+    pub path_limit: u16,
+    /// … and message-rate limits per egress source.
+    pub path_rate: [u32; 4],
 }
 
 /// Tags of [`DestSettings`] values.
@@ -477,6 +485,8 @@ const TAG_THROTTLE_WINDOW: u8 = 11;
 const TAG_THROTTLE_RATE: u8 = 12; // 12..=15
 const TAG_OWN_LIMIT: u8 = 16;
 const TAG_OWN_RATE: u8 = 17; // 17..=20
+const TAG_PATH_LIMIT: u8 = 21;
+const TAG_PATH_RATE: u8 = 22; // 22..=25
 
 impl DestSettings {
     /// True when nothing differs from the defaults.
@@ -511,6 +521,10 @@ impl DestSettings {
             pairs.push((TAG_OWN_LIMIT, self.own_limit as u64));
             rates(&mut pairs, TAG_OWN_RATE, &self.own_rate);
         }
+        if self.path_limit != 0 {
+            pairs.push((TAG_PATH_LIMIT, self.path_limit as u64));
+        }
+        rates(&mut pairs, TAG_PATH_RATE, &self.path_rate);
         out.push(pairs.len() as u8);
         for (t, v) in pairs {
             out.push(t);
@@ -543,6 +557,10 @@ impl DestSettings {
                 t if (TAG_OWN_RATE..TAG_OWN_RATE + 4).contains(&t) => {
                     d.own_rate[(t - TAG_OWN_RATE) as usize] = v32?
                 }
+                TAG_PATH_LIMIT => d.path_limit = u16::try_from(v).ok()?,
+                t if (TAG_PATH_RATE..TAG_PATH_RATE + 4).contains(&t) => {
+                    d.path_rate[(t - TAG_PATH_RATE) as usize] = v32?
+                }
                 _ => {}
             }
         }
@@ -562,6 +580,50 @@ pub fn decode_destination(p: &[u8]) -> Option<(&str, DestSettings)> {
     let key = r.short_str()?;
     let d = DestSettings::decode(&mut r)?;
     (r.remaining() == 0).then_some((key, d))
+}
+
+/// An egress source's warm-up state, as the log (`Source` records) and the
+/// checkpoint keep it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceSaved {
+    /// Which day of its warm-up the source is on (1-based).
+    pub day: u32,
+    /// When that day began (unix seconds of the queue's clock).
+    pub window_start: u32,
+    /// Messages sent from the source that day.
+    pub used: u32,
+}
+
+impl SourceSaved {
+    /// Appends: day, day start, used (u32 each).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.day, self.window_start, self.used] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Reads what [`SourceSaved::encode`] wrote.
+    pub fn decode(r: &mut Reader<'_>) -> Option<SourceSaved> {
+        Some(SourceSaved {
+            day: r.u32()?,
+            window_start: r.u32()?,
+            used: r.u32()?,
+        })
+    }
+}
+
+/// Encodes a `Source` payload: the source's name, then its state.
+pub fn encode_source(out: &mut Vec<u8>, name: &str, s: &SourceSaved) {
+    out.put_short(name.as_bytes());
+    s.encode(out);
+}
+
+/// Decodes a `Source` payload.
+pub fn decode_source(p: &[u8]) -> Option<(&str, SourceSaved)> {
+    let mut r = Reader::new(p);
+    let name = r.short_str()?;
+    let s = SourceSaved::decode(&mut r)?;
+    (r.remaining() == 0 && !name.is_empty()).then_some((name, s))
 }
 
 /// Encodes an update payload.
