@@ -696,6 +696,13 @@ enum mailq_status mailq_session_for(struct mailq *q, const char *key, struct mai
 const char *mailq_session_routing_key(struct mailq_session *s);
 
 /**
+ * The egress source the session goes out from (bind the connection to it),
+ * or NULL when its destination has no sources (or for an invalid handle).
+ * Valid until the session is freed.
+ */
+const char *mailq_session_source(struct mailq_session *s);
+
+/**
  * The session's fencing token (see `Session::fence` in the Rust API): unique
  * and increasing across sessions and restarts; give it to whatever else the
  * delivery writes to so that a late writer with an older token is refused.
@@ -922,6 +929,35 @@ enum mailq_status mailq_reroute(struct mailq *q, const char *from, const char *t
  * Re-routes one recipient of a message to routing key `to` (persisted).
  */
 enum mailq_status mailq_reroute_recipient(struct mailq *q, uint64_t id, uint32_t index, const char *to);
+
+/**
+ * Sets the egress sources (IPs or pool members, named by the MTA: 1 to 255
+ * bytes, no spaces) that sessions of destination `key` go out from; `key`
+ * NULL sets the default pool of every destination without its own, and
+ * `n` 0 gives `key` back to the default pool. A new session takes the
+ * source of the pool with the fewest open sessions that may send now;
+ * `mailq_session_source` says which. Configuration: set it again after
+ * opening. `MAILQ_ERR_INVALID_ARGUMENT` for a bad name (nothing changes).
+ */
+enum mailq_status mailq_set_sources(struct mailq *q, const char *key, const char *const *names, size_t n);
+
+/**
+ * Sets the warm-up schedule of egress source `source`: from day `days[i]`
+ * (1 = the day it first got a schedule) on, at most `per_day[i]` messages a
+ * day leave from it; days increase, caps are at least 1; `n` 0 removes the
+ * cap. The day count and the day's use are persisted. When a source's day
+ * is used up its destinations use another source of their pool, or wait
+ * for the next day.
+ */
+enum mailq_status mailq_set_warmup(struct mailq *q, const char *source, const uint32_t *days, const uint32_t *per_day, size_t n);
+
+/**
+ * Sets destination `key`'s limits per egress source: at most `concurrency`
+ * sessions (0: no limit) and the given messages per second, minute, hour
+ * and day (0: none for that period) through each of its sources, on top of
+ * its own window and rates. Persisted.
+ */
+enum mailq_status mailq_set_source_limits(struct mailq *q, const char *key, uint16_t concurrency, uint32_t per_second, uint32_t per_minute, uint32_t per_hour, uint32_t per_day);
 
 /**
  * Calls `cb` for every live message until it returns 0.

@@ -59,6 +59,8 @@ pub(super) enum AdminObj {
 pub(super) struct SessionObj {
     pub(super) session: Option<Session>,
     pub(super) key: CString,
+    /// Its egress source's name, if it has one.
+    pub(super) source: Option<CString>,
     /// The token of the session's open delivery, if any.
     pub(super) delivery: Option<usize>,
 }
@@ -248,6 +250,7 @@ mod tests {
         Obj::Session(Arc::new(Mutex::new(SessionObj {
             session: None,
             key: super::super::ptr::cstring(key),
+            source: None,
             delivery: None,
         })))
     }

@@ -74,6 +74,8 @@ mod bounce;
 
 mod operator;
 
+mod egress;
+
 mod observe;
 
 mod events;
@@ -83,6 +85,7 @@ mod admin;
 pub use self::admin::*;
 pub use self::bounce::*;
 pub use self::delivery::*;
+pub use self::egress::*;
 pub use self::events::*;
 pub use self::handle::{mailq, mailq_admin, mailq_delivery, mailq_message, mailq_session};
 pub use self::message::*;

@@ -126,6 +126,33 @@ pub(super) unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
+/// `len` values at `p` (an array the caller passes); `p` may be NULL when
+/// `len` is 0.
+///
+/// # Safety
+/// When `len` is not 0, `p` is NULL or valid and aligned for reads of `len`
+/// values of `T` that stay unchanged for `'a`.
+pub(super) unsafe fn items<'a, T>(p: *const T, len: usize, name: &str) -> Result<&'a [T], Fail> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return fail(
+            MAILQ_ERR_NULL,
+            format!("{name} is NULL but its length is {len}"),
+        );
+    }
+    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return fail(
+            MAILQ_ERR_TOO_LARGE,
+            format!("{name} length {len} is impossible"),
+        );
+    }
+    // SAFETY: non-NULL, so `len` readable, aligned values (this function's
+    // contract); their size is at most isize::MAX bytes.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
 /// A callback the caller must pass; `MAILQ_ERR_NULL` when it is NULL.
 pub(super) fn callback<F>(cb: Option<F>) -> Result<F, Fail> {
     cb.ok_or_else(|| Fail(MAILQ_ERR_NULL, "cb is NULL".into()))

@@ -30,9 +30,11 @@ unsafe fn open_session(
             return Ok(std::ptr::null_mut());
         };
         let key = cstring(s.routing_key());
+        let source = s.source().map(cstring);
         Ok(new_session(Arc::new(Mutex::new(SessionObj {
             session: Some(s),
             key,
+            source,
             delivery: None,
         }))))
     };
@@ -69,6 +71,18 @@ pub extern "C" fn mailq_session_routing_key(s: *mut mailq_session) -> *const c_c
     // The CString lives in the registry object, which outlives this call
     // until mailq_session_free removes it.
     boundary(|| Ok(session_obj(s)?.lock().key.as_ptr()))
+}
+
+/// The egress source the session goes out from (bind the connection to it),
+/// or NULL when its destination has no sources (or for an invalid handle).
+/// Valid until the session is freed.
+#[no_mangle]
+pub extern "C" fn mailq_session_source(s: *mut mailq_session) -> *const c_char {
+    boundary(|| {
+        let so = session_obj(s)?;
+        let g = so.lock();
+        Ok(g.source.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()))
+    })
 }
 
 /// The session's fencing token (see `Session::fence` in the Rust API): unique

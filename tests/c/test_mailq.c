@@ -694,6 +694,57 @@ static void test_warnings_and_settings(void) {
     rmrf(d);
 }
 
+/* Egress sources: a pool, per-source limits, a warm-up cap; the session
+ * reports its source. */
+static void test_sources(mailq *q) {
+    const char *pool[2] = {"ip-1", "ip-2"};
+    EXPECT(mailq_set_sources(q, "src.example", pool, 2), MAILQ_OK);
+    EXPECT(mailq_set_source_limits(q, "src.example", 1, 0, 0, 0, 0), MAILQ_OK);
+    uint32_t days[2] = {1, 2}, caps[2] = {1, 10};
+    EXPECT(mailq_set_warmup(q, "ip-2", days, caps, 2), MAILQ_OK);
+    for (int i = 0; i < 3; i++) enqueue1(q, "x@src.example", "src");
+    mailq_session *s1 = NULL, *s2 = NULL, *s3 = NULL;
+    EXPECT(mailq_session_for(q, "src.example", &s1), MAILQ_OK);
+    EXPECT(mailq_session_for(q, "src.example", &s2), MAILQ_OK);
+    CHECK(s1 != NULL && s2 != NULL);
+    const char *a = mailq_session_source(s1), *b = mailq_session_source(s2);
+    CHECK(a && b && strcmp(a, b) != 0); /* spread: one session per source */
+    EXPECT(mailq_session_for(q, "src.example", &s3), MAILQ_OK);
+    CHECK(s3 == NULL); /* each source at its limit of one session */
+    /* ip-2 may send one message today. */
+    mailq_session *warm = strcmp(a, "ip-2") == 0 ? s1 : s2;
+    mailq_delivery *d = NULL;
+    EXPECT(mailq_session_next_delivery(warm, &d), MAILQ_OK);
+    CHECK(d != NULL);
+    EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_DELIVERED, NULL, 0), MAILQ_OK);
+    EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+    EXPECT(mailq_session_next_delivery(warm, &d), MAILQ_OK);
+    CHECK(d == NULL); /* its day is used up */
+    mailq_session_free(s1);
+    mailq_session_free(s2);
+    CHECK(mailq_session_source(NULL) == NULL);
+    EXPECT(mailq_set_sources(q, NULL, NULL, 0), MAILQ_OK); /* empty default pool */
+    const char *bad[1] = {"has space"};
+    EXPECT(mailq_set_sources(q, NULL, bad, 1), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_set_sources(q, NULL, NULL, 1), MAILQ_ERR_NULL);
+    uint32_t down[2] = {2, 1};
+    EXPECT(mailq_set_warmup(q, "ip-2", down, caps, 2), MAILQ_ERR_INVALID_ARGUMENT);
+    EXPECT(mailq_set_warmup(q, "ip-2", NULL, caps, 2), MAILQ_ERR_NULL);
+    EXPECT(mailq_set_source_limits(q, NULL, 1, 0, 0, 0, 0), MAILQ_ERR_NULL);
+    EXPECT(mailq_set_sources(NULL, NULL, NULL, 0), MAILQ_ERR_INVALID_HANDLE);
+    /* The pool goes: sessions have no source any more. */
+    EXPECT(mailq_set_sources(q, "src.example", NULL, 0), MAILQ_OK);
+    EXPECT(mailq_session_for(q, "src.example", &s3), MAILQ_OK);
+    CHECK(s3 != NULL && mailq_session_source(s3) == NULL);
+    while (1) {
+        EXPECT(mailq_session_next_delivery(s3, &d), MAILQ_OK);
+        if (!d) break;
+        EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_DELIVERED, NULL, 0), MAILQ_OK);
+        EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+    }
+    mailq_session_free(s3);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/mailq-ctest-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -713,6 +764,7 @@ int main(void) {
     test_operator(q);
     test_poll(q);
     test_admin(q);
+    test_sources(q);
     EXPECT(mailq_close(q), MAILQ_OK);
     /* Reopen: the poll test's message survived. */
     q = open_queue();
