@@ -638,3 +638,63 @@ fn the_rules_in_force_are_served() {
     let (status, _) = post(&sock, "rules", json!({}));
     assert_eq!(status, 405, "read-only");
 }
+
+#[test]
+fn sources_are_served_and_per_source_limits_set_through_the_api() {
+    let (dir, _clock, q, _t, _) = served("admin-sources");
+    let sock = dir.path().join("admin.sock");
+    assert_eq!(get(&sock, "/v1/sources"), (200, json!({ "sources": [] })));
+    q.set_sources(None, &["ip-1"]).unwrap();
+    q.set_sources(Some("gmail.com"), &["ip-1", "ip-2"]).unwrap();
+    q.set_warmup("ip-2", &WarmupStep::ramp(50, 1000, 10))
+        .unwrap();
+    let (status, v) = get(&sock, "/v1/sources");
+    assert_eq!(status, 200);
+    let list = v["sources"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (&list[0]["name"], &list[0]["pools"]),
+        (&json!("ip-1"), &json!(["*", "gmail.com"]))
+    );
+    assert_eq!(
+        (
+            &list[1]["name"],
+            &list[1]["day"],
+            &list[1]["per_day"],
+            &list[1]["used"]
+        ),
+        (&json!("ip-2"), &json!(1), &json!(50), &json!(0))
+    );
+    // Per-source limits of one destination, then shown with it.
+    let body = json!({"route": "gmail.com", "sessions": 3, "per_minute": 100});
+    let (status, v) = post(&sock, "source-limit", body);
+    assert_eq!(
+        (status, &v["destinations"]),
+        (200, &json!(["gmail.com"])),
+        "{v}"
+    );
+    q.enqueue(&msg("s@x.example", &["r@gmail.com"], b"x"))
+        .unwrap();
+    let (_, v) = get(&sock, "/v1/destinations?key=gmail.com");
+    let d = &v["destinations"][0];
+    assert_eq!(
+        (&d["source_limit"], &d["source_rate_limit"]["per_minute"]),
+        (&json!(3), &json!(100)),
+        "{v}"
+    );
+    let names: Vec<&Value> = d["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["source"])
+        .collect();
+    assert_eq!(names, [&json!("ip-1"), &json!("ip-2")]);
+    let (status, _) = post(
+        &sock,
+        "source-limit",
+        json!({"route": "gmail.com", "sessions": 70000}),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = post(&sock, "sources", json!({}));
+    assert_eq!(status, 405, "read-only");
+}

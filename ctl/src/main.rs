@@ -121,6 +121,8 @@ enum Cmd {
     },
     /// The reply-driven rules the MTA configured (regex over replies → action).
     Rules,
+    /// The egress sources, their warm-up day, today's cap and use, and pools.
+    Sources,
     /// List queued recipients matching the filters.
     #[command(alias = "ls")]
     List {
@@ -215,6 +217,30 @@ enum Cmd {
         #[command(flatten)]
         sel: Selection,
     },
+    /// Set a destination's limits per egress source (or those of the
+    /// destinations of the matching recipients): sessions and messages per
+    /// period through each of its sources; 0 or no option: no limit.
+    SourceLimit {
+        /// Routing key.
+        destination: Option<String>,
+        /// Sessions per source at most.
+        #[arg(long, default_value_t = 0)]
+        sessions: u16,
+        /// Messages per second per source.
+        #[arg(long, default_value_t = 0)]
+        per_second: u32,
+        /// Messages per minute per source.
+        #[arg(long, default_value_t = 0)]
+        per_minute: u32,
+        /// Messages per hour per source.
+        #[arg(long, default_value_t = 0)]
+        per_hour: u32,
+        /// Messages per day per source.
+        #[arg(long, default_value_t = 0)]
+        per_day: u32,
+        #[command(flatten)]
+        sel: Selection,
+    },
     /// Live view of destinations by depth (q to quit).
     Top {
         /// Refresh interval, seconds.
@@ -253,6 +279,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Qshape { top } => api.view(&format!("/v1/qshape?top={top}"), qshape),
         Cmd::Destinations { top } => api.view(&format!("/v1/destinations?top={top}"), destinations),
         Cmd::Rules => api.view("/v1/rules", rules),
+        Cmd::Sources => api.view("/v1/sources", sources),
         Cmd::List {
             filters,
             limit,
@@ -324,6 +351,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             destination,
             sel,
             &[
+                ("per_second", json!(per_second)),
+                ("per_minute", json!(per_minute)),
+                ("per_hour", json!(per_hour)),
+                ("per_day", json!(per_day)),
+            ],
+        ),
+        Cmd::SourceLimit {
+            destination,
+            sessions,
+            per_second,
+            per_minute,
+            per_hour,
+            per_day,
+            sel,
+        } => api.on_destinations(
+            "source-limit",
+            destination,
+            sel,
+            &[
+                ("sessions", json!(sessions)),
                 ("per_second", json!(per_second)),
                 ("per_minute", json!(per_minute)),
                 ("per_hour", json!(per_hour)),
@@ -567,6 +614,43 @@ fn rules(v: &Value) -> String {
     }
     let mut s = t.render(table::width());
     s.push_str(&format!("({} rules, the first match acts)\n", rules.len()));
+    s
+}
+
+fn sources(v: &Value) -> String {
+    let mut t = Table::new(&[
+        ("SOURCE", Align::Left),
+        ("DAY", Align::Right),
+        ("CAP/DAY", Align::Right),
+        ("USED", Align::Right),
+        ("DAY ENDS IN", Align::Right),
+        ("POOLS", Align::Left),
+    ]);
+    let now = table::now();
+    let list = v["sources"].as_array().cloned().unwrap_or_default();
+    for s in &list {
+        let pools: Vec<String> = s["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        t.row(vec![
+            text(&s["name"]),
+            s["day"].to_string(),
+            s["per_day"].as_u64().map_or("-".into(), |n| n.to_string()),
+            s["used"].to_string(),
+            s["day_ends"]
+                .as_u64()
+                .map_or(String::new(), |e| age(e.saturating_sub(now))),
+            pools.join(" "),
+        ]);
+    }
+    let mut s = t.render(table::width());
+    s.push_str(&format!(
+        "({} sources; pool * is the default)\n",
+        list.len()
+    ));
     s
 }
 

@@ -372,3 +372,45 @@ fn rules_shows_what_the_mta_configured() {
     assert!(out.contains("(1 rules"), "{out}");
     assert_eq!(json(&dir.0, &["rules"])["rules"][0]["seconds"], 600);
 }
+
+#[test]
+fn sources_shows_the_warm_up_and_source_limit_sets_per_source_limits() {
+    let dir = Dir::new("sources");
+    let q = Queue::open(&dir.0, Options::default()).unwrap();
+    q.set_sources(Some("gmail.com"), &["ip-1", "ip-2"]).unwrap();
+    q.set_warmup(
+        "ip-2",
+        &[WarmupStep {
+            day: 1,
+            per_day: 50,
+        }],
+    )
+    .unwrap();
+    let _admin = Admin::open(&q, AdminOptions::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let out = ok(&dir.0, &["sources"]);
+    assert!(
+        out.contains("ip-2") && out.contains("50") && out.contains("gmail.com"),
+        "{out}"
+    );
+    assert!(out.contains("(2 sources"), "{out}");
+    assert_eq!(json(&dir.0, &["sources"])["sources"][1]["per_day"], 50);
+    ok(
+        &dir.0,
+        &[
+            "source-limit",
+            "gmail.com",
+            "--sessions",
+            "2",
+            "--per-minute",
+            "60",
+        ],
+    );
+    let d = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(
+        (d.source_limit, d.source_rate_limit.map(|r| r.per_minute)),
+        (2, Some(60))
+    );
+}

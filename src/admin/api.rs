@@ -19,8 +19,18 @@ const MAX_OFFSET: usize = 1_000_000;
 
 /// The endpoints: (path, methods, read-only). Paths with an id are matched by
 /// prefix in [`route`].
-const ACTIONS: [&str; 10] = [
-    "hold", "release", "delete", "flush", "bounce", "reroute", "suspend", "resume", "limit", "rate",
+const ACTIONS: [&str; 11] = [
+    "hold",
+    "release",
+    "delete",
+    "flush",
+    "bounce",
+    "reroute",
+    "suspend",
+    "resume",
+    "limit",
+    "rate",
+    "source-limit",
 ];
 
 /// Serves one request.
@@ -60,6 +70,7 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
         }),
         ["v1", "destinations"] => read_only(&|| destinations(q, req)),
         ["v1", "rules"] => read_only(&|| Response::json(200, &json::rules(&q.reply_rules()))),
+        ["v1", "sources"] => read_only(&|| Response::json(200, &json::sources(&q.sources()))),
         ["v1", "recipients"] => read_only(&|| recipients(q, req)),
         ["v1", "messages", id] => read_only(&|| match json::message_id(id) {
             Ok(id) => result(q.inspect(id).map(|m| json::message(&m))),
@@ -87,7 +98,7 @@ pub fn handle(q: &Queue, access: &Access, req: &Request) -> Response {
         _ => Response::error(
             404,
             format!(
-                "no endpoint {}; the endpoints are /metrics, /v1/stats, /v1/qshape, /v1/destinations, /v1/rules, /v1/recipients, /v1/messages/ID, /v1/explain/ID[/N] and POST /v1/ACTION (docs/design.md, \"Admin API\")",
+                "no endpoint {}; the endpoints are /metrics, /v1/stats, /v1/qshape, /v1/destinations, /v1/rules, /v1/sources, /v1/recipients, /v1/messages/ID, /v1/explain/ID[/N] and POST /v1/ACTION (docs/design.md, \"Admin API\")",
                 req.path
             ),
         ),
@@ -247,13 +258,22 @@ fn act(q: &Queue, action: &str, body: &[u8]) -> Response {
         )
     };
     match action {
-        "suspend" | "resume" | "limit" | "rate" => {
+        "suspend" | "resume" | "limit" | "rate" | "source-limit" => {
             let extra: &[&str] = match action {
                 "suspend" => &["dry_run", "all", "seconds", "duration"],
                 "limit" => &["dry_run", "all", "limit"],
                 "rate" => &[
                     "dry_run",
                     "all",
+                    "per_second",
+                    "per_minute",
+                    "per_hour",
+                    "per_day",
+                ],
+                "source-limit" => &[
+                    "dry_run",
+                    "all",
+                    "sessions",
                     "per_second",
                     "per_minute",
                     "per_hour",
@@ -375,6 +395,8 @@ enum DestinationArg {
     Limit(u16),
     /// Message-rate limits (all zero: none).
     Rate(crate::types::RateLimit),
+    /// Per egress source: sessions (0: no limit) and message rates.
+    SourceLimit(u16, crate::types::RateLimit),
 }
 
 impl DestinationArg {
@@ -383,6 +405,22 @@ impl DestinationArg {
     fn parse(action: &str, obj: &Map<String, Value>) -> Result<Self, Response> {
         match action {
             "resume" => Ok(DestinationArg::Resume),
+            "source-limit" => {
+                let rate = match DestinationArg::parse("rate", obj)? {
+                    DestinationArg::Rate(r) => r,
+                    _ => crate::types::RateLimit::default(),
+                };
+                match obj.get("sessions").map(Value::as_u64) {
+                    None => Ok(DestinationArg::SourceLimit(0, rate)),
+                    Some(Some(n)) if n <= u16::MAX as u64 => {
+                        Ok(DestinationArg::SourceLimit(n as u16, rate))
+                    }
+                    Some(_) => Err(Response::error(
+                        400,
+                        "sessions is a count of sessions per source, 0 (no limit) to 65535",
+                    )),
+                }
+            }
             "rate" => {
                 let mut n = [0u32; 4];
                 for (v, k) in n
@@ -478,6 +516,7 @@ fn destination_action(
             DestinationArg::Resume => q.resume(key),
             DestinationArg::Limit(n) => q.set_concurrency_limit(key, n),
             DestinationArg::Rate(r) => q.set_rate_limit(key, r),
+            DestinationArg::SourceLimit(n, r) => q.set_source_limits(key, n, r),
         };
         r.map_err(|e| result(Err(e)))?;
     }

@@ -227,7 +227,31 @@ pub fn bucket(b: &BucketStats) -> Value {
             "per_day": r.per_day,
         })),
         "rate_next": b.rate_next,
+        "sources": b.sources.iter().map(|p| json!({
+            "source": p.source, "sessions": p.sessions, "next": p.next,
+        })).collect::<Vec<_>>(),
+        "source_limit": b.source_limit,
+        "source_rate_limit": b.source_rate_limit.map(|r| json!({
+            "per_second": r.per_second,
+            "per_minute": r.per_minute,
+            "per_hour": r.per_hour,
+            "per_day": r.per_day,
+        })),
     })
+}
+
+/// The egress sources with their warm-up state and pools.
+pub fn sources(list: &[crate::stats::SourceStats]) -> Value {
+    let list: Vec<Value> = list
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name, "day": s.day, "per_day": s.per_day, "used": s.used,
+                "day_ends": s.day_ends, "pools": s.pools,
+            })
+        })
+        .collect();
+    json!({ "sources": list })
 }
 
 /// The reply-driven rules in force, in order.

@@ -67,7 +67,12 @@ impl Engine {
     fn bucket_stats(&self, st: &mut Stats, ages: &HashMap<u32, [u64; 10]>) {
         let now = self.now();
         for (s, ss) in self.sched.iter().enumerate() {
-            let ss = ss.lock();
+            let mut ss = ss.lock();
+            // Paths as a session would see them (a destination created since
+            // the sources last changed builds them when it opens one).
+            for bl in 0..ss.buckets.len() as u32 {
+                self.sync_paths(&mut ss, bl);
+            }
             st.index_bytes += ss.memory() as u64;
             for (l, b) in ss.buckets.iter().enumerate() {
                 let bs = bucket_stat(

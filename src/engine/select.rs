@@ -143,7 +143,10 @@ impl Engine {
             return Ok(None);
         };
         let now = self.now();
-        let ss = self.sched[shard_of(b)].lock();
+        let mut ss = self.sched[shard_of(b)].lock();
+        if (local_of(b) as usize) < ss.buckets.len() {
+            self.sync_paths(&mut ss, local_of(b));
+        }
         Ok(ss
             .buckets
             .get(local_of(b) as usize)
