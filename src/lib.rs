@@ -79,8 +79,8 @@ pub mod sim {
     /// Record framing of the log (for tests that forge or damage records).
     pub mod record {
         pub use crate::storage::record::{
-            decode_message, decode_update, encode_message, encode_update, frame, header, padded,
-            Kind, UpdateRecord, HEADER_LEN,
+            decode_message, decode_source, decode_update, encode_message, encode_update, frame,
+            header, padded, Kind, UpdateRecord, HEADER_LEN,
         };
     }
 }

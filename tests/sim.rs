@@ -448,6 +448,9 @@ struct Ctx {
     rcpt_limit: u64,
     /// Reply rules (every fourth seed): TSS04 suspends, "Server busy" throttles.
     rules: bool,
+    /// Egress sources (every fourth seed): two in the default pool, one
+    /// warming up (a few messages a day), per-source limits as a step.
+    sources: bool,
     q: RefCell<Option<Queue>>,
     m: RefCell<Model>,
     trace: RefCell<VecDeque<String>>,
@@ -1232,6 +1235,13 @@ fn deliver(ctx: &Rc<Ctx>, depth: u32, in_hook: bool, drain: bool) -> bool {
     if key.as_ref().is_some_and(|k| *k != skey) {
         fail!("session_for({key:?}) gave a session for {skey:?}");
     }
+    match (ctx.sources, s.source()) {
+        (true, Some("s1" | "s2")) | (false, None) => {}
+        (_, src) => fail!(
+            "session for {skey} has source {src:?} (sources: {})",
+            ctx.sources
+        ),
+    }
     let sid = {
         let now = ctx.now_s();
         let mut m = ctx.m.borrow_mut();
@@ -1728,7 +1738,28 @@ fn operator_inner(ctx: &Rc<Ctx>, depth: u32) {
         }
         "limits" => {
             let key = ctx.pick(&keys).to_string();
-            match ctx.rnd(5) {
+            match ctx.rnd(if ctx.sources { 6 } else { 5 }) {
+                5 => {
+                    // Per-source limits (persisted): sessions and a rate per
+                    // source, or none again.
+                    let (n, per_minute) = match ctx.rnd(3) {
+                        0 => (0, 0),
+                        1 => (1, 0),
+                        _ => (1 + ctx.rnd(2) as u16, 1 + ctx.rnd(10) as u32),
+                    };
+                    let rate = RateLimit {
+                        per_minute,
+                        ..RateLimit::default()
+                    };
+                    let r = q.set_source_limits(&key, n, rate);
+                    ctx.log(
+                        depth,
+                        format!("set_source_limits {key} {n} {rate:?}: {r:?}"),
+                    );
+                    if let Err(e) = r {
+                        ctx.expect_err(&e, "set_source_limits");
+                    }
+                }
                 4 => {
                     // Message-rate limits (persisted): some, or none again.
                     let limit = match ctx.rnd(3) {
@@ -2166,6 +2197,26 @@ fn open(ctx: &Ctx) {
         fail!("recovery reports damage without cause: {rep:?}");
     }
     ctx.corrupt_base.set(st.corrupt);
+    if ctx.sources {
+        // Configuration, declared again at every open; the warm-up state
+        // (day, the day's use) comes back from disk.
+        let r = q.set_sources(None, &["s1", "s2"]).and_then(|()| {
+            q.set_warmup(
+                "s1",
+                &[
+                    mailq::WarmupStep { day: 1, per_day: 4 },
+                    mailq::WarmupStep {
+                        day: 2,
+                        per_day: 12,
+                    },
+                ],
+            )
+        });
+        ctx.log(0, format!("sources s1 s2, s1 warming up: {r:?}"));
+        if let Err(e) = r {
+            ctx.expect_err(&e, "set_warmup");
+        }
+    }
     *ctx.q.borrow_mut() = Some(q);
     // Concurrency limits are persisted: they outlive the reopen (`limits`
     // keeps, for a call a crash interrupted, the larger of old and new).
@@ -2734,6 +2785,7 @@ fn run_seed(
         auto_maint: seed.is_multiple_of(2),
         rcpt_limit: if seed % 3 == 2 { 12 } else { 0 },
         rules: seed % 4 == 1,
+        sources: seed % 4 == 3,
         q: RefCell::new(None),
         m: RefCell::new(Model::default()),
         trace: RefCell::new(VecDeque::new()),

@@ -21,7 +21,10 @@ fn fill(q: &Queue, dom: &str, n: usize) {
 /// Delivers whatever the queue hands out now; counts deliveries per source.
 fn deliver_now(q: &Queue) -> HashMap<String, usize> {
     let mut out = HashMap::new();
+    let mut sessions = 0;
     while let Some(mut s) = q.next_session().unwrap() {
+        sessions += 1;
+        assert!(sessions < 1000, "sessions that send nothing: a busy loop");
         let src = s.source().unwrap_or("-").to_string();
         while let Some(d) = s.next_delivery().unwrap() {
             *out.entry(src.clone()).or_default() += 1;
@@ -203,6 +206,95 @@ fn overflow_goes_out_through_another_source_of_the_pool() {
     assert_eq!(got.get("warming"), Some(&4), "{got:?}");
     assert_eq!(got.get("seasoned"), Some(&26), "{got:?}");
     assert_eq!(q.destination("o.example").unwrap().unwrap().ready, 0);
+}
+
+#[test]
+fn a_session_on_a_free_source_sends_while_the_others_are_full_or_used_up() {
+    // Found by the simulator: with one session per source, the session on
+    // the good source saw "no source free" (its own slot made it full, the
+    // other was used up) and ended at once, for ever.
+    let dir = TempDir::new("src-full");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    fill(&q, "f.example", 10);
+    q.set_sources(Some("f.example"), &["warming", "seasoned"])
+        .unwrap();
+    q.set_warmup("warming", &[WarmupStep { day: 1, per_day: 1 }])
+        .unwrap();
+    q.set_source_limits("f.example", 1, RateLimit::default())
+        .unwrap();
+    let got = deliver_now(&q);
+    assert_eq!(got.get("warming"), Some(&1), "{got:?}");
+    assert_eq!(got.get("seasoned"), Some(&9), "{got:?}");
+}
+
+#[test]
+fn day_one_is_the_first_schedule_and_each_message_is_counted_as_it_goes() {
+    let dir = TempDir::new("src-dayone");
+    let clock = ManualClock::new(T0);
+    {
+        let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+        q.set_sources(None, &["ip"]).unwrap();
+        // Declared (and used) for five days before it gets a warm-up: day 1
+        // is the day of its first schedule.
+        fill(&q, "d.example", 1);
+        assert_eq!(deliver_now(&q).get("ip"), Some(&1));
+        clock.advance(5 * DAY);
+        q.set_warmup(
+            "ip",
+            &[
+                WarmupStep { day: 1, per_day: 3 },
+                WarmupStep { day: 2, per_day: 9 },
+            ],
+        )
+        .unwrap();
+        let s = &q.sources()[0];
+        assert_eq!((s.day, s.per_day, s.used), (1, Some(3), 0));
+        // Each message is counted in the log with its attempt, not only when
+        // the session ends: a crash in the middle of a session keeps it.
+        fill(&q, "d.example", 5);
+        let mut sess = q.next_session().unwrap().unwrap();
+        for _ in 0..3 {
+            let d = sess.next_delivery().unwrap().unwrap();
+            d.complete(&[Outcome::Delivered]).unwrap();
+        }
+        q.sync().unwrap();
+        assert_eq!(logged_use(dir.path(), "ip"), Some(3));
+        sess.finish().unwrap();
+        drop(q);
+    }
+    let q = Queue::open(dir.path(), opts(&clock)).unwrap();
+    q.set_sources(None, &["ip"]).unwrap();
+    assert_eq!(q.sources()[0].used, 3);
+    q.set_warmup("ip", &[WarmupStep { day: 1, per_day: 3 }])
+        .unwrap();
+    assert_eq!(
+        q.sources()[0].day,
+        1,
+        "a schedule again keeps the day count"
+    );
+    assert!(q.next_session().unwrap().is_none(), "day 1 used up");
+}
+
+/// The day's use of `source` in the last `Source` record of the log.
+fn logged_use(dir: &std::path::Path, source: &str) -> Option<u32> {
+    use mailq::sim::record;
+    let mut last = None;
+    for f in segment_files(dir) {
+        let data = std::fs::read(f).unwrap();
+        let mut off = 0;
+        while let Ok(h) = record::header(&data[off..]) {
+            let p = &data[off + record::HEADER_LEN..off + record::HEADER_LEN + h.len];
+            if h.kind == record::Kind::Source {
+                let (name, st) = record::decode_source(p).unwrap();
+                if name == source {
+                    last = Some(st.used);
+                }
+            }
+            off += record::padded(record::HEADER_LEN + h.len);
+        }
+    }
+    last
 }
 
 #[test]

@@ -125,7 +125,9 @@ impl Lease {
             let over = b.throttle.is_some() && b.slots.len() > b.window as usize;
             // (A fleet wait only keeps new sessions from opening: an open one
             // asks the fleet for each message itself, just below.)
-            if b.suspended || over || b.rate_wait(now).is_some() {
+            // (An open session looks at its own path only: that the others
+            // are full or used up keeps new sessions out, not this one.)
+            if b.suspended || over || b.own_rate_wait(now).is_some() {
                 return Ok(None);
             }
             // Through an egress source: its path must still be in the pool,
@@ -135,10 +137,7 @@ impl Lease {
             let path = match &self.source {
                 None => None,
                 Some(_) => match b.slot_path(si) {
-                    Some(i)
-                        if b.path_time(i, now).is_none()
-                            && (b.path_limit == 0 || b.path_open(i) <= b.path_limit as usize) =>
-                    {
+                    Some(i) if b.path_time(i, now).is_none() && !b.slot_over_path_limit(si) => {
                         Some(i)
                     }
                     _ => return Ok(None),
@@ -161,7 +160,17 @@ impl Lease {
                 }
                 continue;
             }
+            // The source's day share, taken before the message (its check
+            // and count are one step: other shards share the source) and
+            // given back if there is none.
+            let source = path.map(|i| ss.buckets[bl as usize].paths[i].source.clone());
+            if source.as_ref().is_some_and(|src| !src.try_take(now)) {
+                return Ok(None);
+            }
             let Some(t) = self.pop_ready(&mut ss, bl) else {
+                if let Some(src) = &source {
+                    src.untake();
+                }
                 // A fleet permit not used now is not kept for later (it would
                 // be spent in another second than the one it was granted in).
                 self.permit = false;
@@ -177,6 +186,12 @@ impl Lease {
             }
             if let Some(i) = path {
                 ss.buckets[bl as usize].take_path(i, now);
+            }
+            // A warming source's count goes to the log with this attempt's
+            // records (a failure leaves it to the session's end, which
+            // reports it).
+            if let Some(src) = source.filter(|s| s.warming()) {
+                let _ = q.persist_source(&src);
             }
             self.permit = false;
             let slot = &mut ss.buckets[bl as usize].slots[si];

@@ -140,7 +140,7 @@ impl Engine {
             *e = Arc::new(cfg);
             s
         };
-        src.set_schedule(steps);
+        src.set_schedule(steps, now);
         self.persist_source(&src)?;
         self.repath_all();
         self.log.sync_all()

@@ -825,6 +825,8 @@ struct Saved {
     window: u16,
     rate: Option<Box<crate::sched::Rate>>,
     throttle: Option<Box<crate::sched::Throttle>>,
+    path_limit: u16,
+    path_rate: RateLimit,
 }
 
 impl Saved {
@@ -838,6 +840,8 @@ impl Saved {
             window: b.window,
             rate: b.rate.clone(),
             throttle: b.throttle.clone(),
+            path_limit: b.path_limit,
+            path_rate: b.path_rate,
         }
     }
 
@@ -850,6 +854,7 @@ impl Saved {
         b.window = self.window;
         b.rate = self.rate;
         b.throttle = self.throttle;
+        b.set_path_limits(self.path_limit, self.path_rate);
     }
 }
 

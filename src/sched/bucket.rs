@@ -345,11 +345,16 @@ impl Bucket {
     /// that is not full may send. The scheduler decides in whole seconds of
     /// the clock.
     pub fn rate_wait(&self, now: u32) -> Option<u32> {
-        let own = self.rate.as_ref().and_then(|r| {
+        self.own_rate_wait(now).max(self.path_wait(now))
+    }
+
+    /// When the destination's own rate limits allow the next message, if not
+    /// now (what an open session checks, with its own path's).
+    pub fn own_rate_wait(&self, now: u32) -> Option<u32> {
+        self.rate.as_ref().and_then(|r| {
             let at = r.allowed_at();
             (at > now as u64 * 1000).then(|| at.div_ceil(1000).min(u32::MAX as u64) as u32)
-        });
-        own.max(self.path_wait(now))
+        })
     }
 
     /// Limited by time (its own rates or its egress paths'): waits for a

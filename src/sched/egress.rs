@@ -34,6 +34,8 @@ pub struct Source {
 struct Warm {
     steps: Vec<WarmupStep>,
     saved: SourceSaved,
+    /// It has a warm-up (now, or from disk): its state is kept.
+    known: bool,
     /// Changed since it was last persisted.
     dirty: bool,
 }
@@ -47,13 +49,13 @@ impl Warm {
         let s = &mut self.saved;
         if now < s.window_start {
             s.window_start = now;
-            self.dirty = true;
+            self.dirty = self.known;
         } else if now - s.window_start >= DAY {
             let days = (now - s.window_start) / DAY;
             s.day = s.day.saturating_add(days);
             s.window_start += days * DAY;
             s.used = 0;
-            self.dirty = true;
+            self.dirty = self.known;
         }
     }
 
@@ -69,6 +71,7 @@ impl Source {
     /// A source named `name` with no warm-up schedule; `saved` is its state
     /// from disk, if any (else day 1 starts at `now`).
     pub fn new(name: &str, saved: Option<SourceSaved>, now: u32) -> Source {
+        let known = saved.is_some();
         let saved = saved.unwrap_or(SourceSaved {
             day: 1,
             window_start: now,
@@ -79,16 +82,25 @@ impl Source {
             warm: Mutex::new(Warm {
                 steps: Vec::new(),
                 saved,
+                known,
                 dirty: false,
             }),
         }
     }
 
-    /// Sets the warm-up schedule (empty: none). A source given its first
-    /// schedule has its state persisted next (the day count starts then).
-    pub fn set_schedule(&self, steps: &[WarmupStep]) {
+    /// Sets the warm-up schedule (empty: none) at `now`. A source's very
+    /// first schedule (none before, none on disk) makes `now` the start of
+    /// its day 1, persisted next; a later one keeps the day count.
+    pub fn set_schedule(&self, steps: &[WarmupStep], now: u32) {
         let mut w = self.warm.lock();
-        w.dirty |= w.steps.is_empty() && !steps.is_empty();
+        if !w.known && !steps.is_empty() {
+            w.saved = SourceSaved {
+                day: 1,
+                window_start: now,
+                used: 0,
+            };
+            (w.known, w.dirty) = (true, true);
+        }
         w.steps = steps.to_vec();
     }
 
@@ -101,14 +113,35 @@ impl Source {
         (w.saved.used >= cap).then(|| w.saved.window_start.saturating_add(DAY))
     }
 
-    /// Counts one message sent from this source at `now`.
-    pub fn take(&self, now: u32) {
+    /// Counts one message from this source at `now` if its day's share
+    /// allows it (checked and counted under one lock: destinations of other
+    /// shards share the source). Returns false when it is used up.
+    pub fn try_take(&self, now: u32) -> bool {
         let mut w = self.warm.lock();
         w.roll(now);
-        if !w.steps.is_empty() {
-            w.saved.used = w.saved.used.saturating_add(1);
+        let Some(cap) = w.cap() else {
+            return true;
+        };
+        if w.saved.used >= cap {
+            return false;
+        }
+        w.saved.used += 1;
+        w.dirty = true;
+        true
+    }
+
+    /// Gives back a message counted by [`Source::try_take`] and not sent.
+    pub fn untake(&self) {
+        let mut w = self.warm.lock();
+        if w.known && w.saved.used > 0 {
+            w.saved.used -= 1;
             w.dirty = true;
         }
+    }
+
+    /// True when it has a warm-up schedule (its use is counted).
+    pub fn warming(&self) -> bool {
+        !self.warm.lock().steps.is_empty()
     }
 
     /// Persists the state with `write` if it changed since it was last
@@ -124,11 +157,11 @@ impl Source {
         Ok(())
     }
 
-    /// The state a checkpoint keeps: that of a source with a schedule or
-    /// messages counted.
+    /// The state a checkpoint keeps: that of a source that has had a
+    /// warm-up (now or before the restart).
     pub fn saved(&self) -> Option<SourceSaved> {
         let w = self.warm.lock();
-        (!w.steps.is_empty() || w.saved.used > 0).then_some(w.saved)
+        w.known.then_some(w.saved)
     }
 
     /// (day, today's cap, used today, when the day ends), as of `now`.
@@ -246,13 +279,25 @@ impl Bucket {
         self.paths.iter().position(|p| Arc::ptr_eq(&p.source, s))
     }
 
-    /// Counts one message through path `i` at `now`.
+    /// Counts one message through path `i` at `now` (its source's share
+    /// was taken already, with [`Source::try_take`]).
     pub fn take_path(&mut self, i: usize, now: u32) {
-        let p = &mut self.paths[i];
-        if let Some(r) = p.rate.as_mut() {
+        if let Some(r) = self.paths[i].rate.as_mut() {
             r.take(now as u64 * 1000);
         }
-        p.source.take(now);
+    }
+
+    /// Whether open slot `si` is one too many on its path (a per-source limit
+    /// was lowered under it): the ones opened last end first.
+    pub fn slot_over_path_limit(&self, si: usize) -> bool {
+        let Some(src) = self.slots[si].source.as_ref() else {
+            return false;
+        };
+        let before = self.slots[..si]
+            .iter()
+            .filter(|x| x.source.as_ref().is_some_and(|y| Arc::ptr_eq(y, src)))
+            .count();
+        self.path_limit != 0 && before >= self.path_limit as usize
     }
 }
 
@@ -270,11 +315,12 @@ mod tests {
     #[test]
     fn warmup_caps_each_day_and_ramps() {
         let s = Source::new("ip1", None, 1000);
-        s.set_schedule(&steps());
+        s.set_schedule(&steps(), 1000);
         for _ in 0..2 {
             assert_eq!(s.wait(1000), None);
-            s.take(1000);
+            assert!(s.try_take(1000));
         }
+        assert!(!s.try_take(1000), "used up");
         assert_eq!(s.wait(1000), Some(1000 + DAY));
         assert_eq!(s.status(1000 + DAY).0, 2, "day 2 begins a day later");
         assert_eq!(s.wait(1000 + DAY), None);
@@ -285,9 +331,8 @@ mod tests {
     #[test]
     fn a_clock_step_back_keeps_the_count_and_waits_at_most_a_day() {
         let s = Source::new("ip1", None, 10 * DAY);
-        s.set_schedule(&steps());
-        s.take(10 * DAY);
-        s.take(10 * DAY);
+        s.set_schedule(&steps(), 10 * DAY);
+        assert!(s.try_take(10 * DAY) && s.try_take(10 * DAY));
         // Back by two days: still day 1, still used up, the day restarts now.
         assert_eq!(s.wait(8 * DAY), Some(9 * DAY));
         assert_eq!(s.status(8 * DAY).0, 1);
@@ -296,8 +341,8 @@ mod tests {
     #[test]
     fn state_survives_as_saved() {
         let s = Source::new("ip1", None, 0);
-        s.set_schedule(&steps());
-        s.take(5);
+        s.set_schedule(&steps(), 0);
+        assert!(s.try_take(5));
         let mut saved = None;
         s.persist(|x| {
             saved = Some(*x);
@@ -309,7 +354,7 @@ mod tests {
         s.persist(|_| Err(()))
             .expect("persisted once: nothing to write");
         let back = Source::new("ip1", Some(saved), 2 * DAY + 1);
-        back.set_schedule(&steps());
+        back.set_schedule(&steps(), 2 * DAY + 1);
         assert_eq!(back.status(2 * DAY + 1).0, 3, "the day count goes on");
     }
 }
