@@ -157,6 +157,12 @@ typedef enum mailq_rule_action {
    * Take a temporary failure as permanent.
    */
   MAILQ_RULE_PERMANENT = 2,
+  /**
+   * Suspend only the egress path the reply came through (the session's
+   * source to this destination) for the rule's `seconds`; the
+   * destination's other sources go on.
+   */
+  MAILQ_RULE_SUSPEND_SOURCE = 3,
 } mailq_rule_action;
 
 /**
@@ -898,8 +904,9 @@ enum mailq_status mailq_set_rate_limit(struct mailq *q, const char *key, uint32_
  * Appends a reply-driven rule: `pattern` is a case-insensitive regular
  * expression (regex crate syntax) matched anywhere in a failed attempt's
  * reply (e.g. `\\[TSS04\\]`); `action` is `MAILQ_RULE_SUSPEND` (suspend the
- * destination for `seconds`, 1 s to 68 years) or `MAILQ_RULE_PERMANENT`
- * (`seconds` ignored). Rules are tried in order, the first match acts. A bad
+ * destination for `seconds`, 1 s to 68 years), `MAILQ_RULE_SUSPEND_SOURCE`
+ * (suspend the session's source to that destination only, same bounds) or
+ * `MAILQ_RULE_PERMANENT` (`seconds` ignored). Rules are tried in order, the first match acts. A bad
  * pattern or action is `MAILQ_ERR_INVALID_ARGUMENT` and changes nothing.
  * Rules are configuration: add them again after opening.
  */

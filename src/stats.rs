@@ -84,9 +84,14 @@ pub struct PathStats {
     pub source: String,
     /// Sessions open through it.
     pub sessions: u64,
-    /// When it may send the next message, if it waits (its per-source rate
-    /// or the source's warm-up day; unix seconds; 0: now).
+    /// When it may send the next message, if it waits (its per-source rate,
+    /// the source's warm-up day or a rule's suspension; unix seconds; 0: now).
     pub next: u64,
+    /// The pattern of the reply rule that suspended this path, while it is
+    /// suspended (`Some("")` when the suspension was read back from disk).
+    pub suspended_by: Option<String>,
+    /// When that suspension ends (unix seconds; 0: not suspended).
+    pub suspended_until: u64,
 }
 
 /// An egress source and its warm-up state.

@@ -388,6 +388,12 @@ pub enum RuleAction {
     /// Take a temporary failure as permanent: the recipient fails now and
     /// its bounce is handed out (a 4xx the receiver means as final).
     Permanent,
+    /// Suspend the egress path the reply came through — the session's source
+    /// to this destination — for this long (1 s to 68 years), as KumoMTA's
+    /// automation does: the destination's other sources go on. Persisted,
+    /// ends by itself, shown with the rule. A session without a source
+    /// suspends the destination (as [`RuleAction::Suspend`]).
+    SuspendSource(Duration),
 }
 
 /// A reply-driven rule (KumoMTA's traffic-shaping automation): a regular

@@ -619,12 +619,20 @@ fn the_rules_in_force_are_served() {
                 duration: std::time::Duration::from_secs(300),
             },
         },
+        ReplyRule {
+            pattern: "4.7.28".into(),
+            action: RuleAction::SuspendSource(std::time::Duration::from_secs(900)),
+        },
     ])
     .unwrap();
     let (status, v) = get(&sock, "/v1/rules");
     assert_eq!(status, 200);
     let rules = v["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 2);
+    assert_eq!(rules.len(), 3);
+    assert_eq!(
+        (&rules[2]["action"], &rules[2]["seconds"]),
+        (&json!("suspend-source"), &json!(900))
+    );
     assert_eq!(rules[0]["pattern"], r"\[TSS04\]");
     assert_eq!(
         (&rules[0]["action"], &rules[0]["seconds"]),

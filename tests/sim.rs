@@ -446,7 +446,8 @@ struct Ctx {
     auto_maint: bool,
     /// Backpressure limit on queued recipients (0: none; some seeds).
     rcpt_limit: u64,
-    /// Reply rules (every fourth seed): TSS04 suspends, "Server busy" throttles.
+    /// Reply rules (every second seed): TSS04 suspends the destination (or,
+    /// with sources, the session's path only), "Server busy" throttles.
     rules: bool,
     /// Egress sources (every fourth seed): two in the default pool, one
     /// warming up (a few messages a day), per-source limits as a step.
@@ -568,7 +569,11 @@ impl Ctx {
                 vec![
                     ReplyRule {
                         pattern: r"\[TSS04\]".into(),
-                        action: RuleAction::Suspend(Duration::from_secs(90)),
+                        action: if self.sources {
+                            RuleAction::SuspendSource(Duration::from_secs(90))
+                        } else {
+                            RuleAction::Suspend(Duration::from_secs(90))
+                        },
                     },
                     ReplyRule {
                         pattern: r"^451 4\.7\.500 Server busy".into(),
@@ -2784,7 +2789,7 @@ fn run_seed(
         clock: ManualClock::new(T0),
         auto_maint: seed.is_multiple_of(2),
         rcpt_limit: if seed % 3 == 2 { 12 } else { 0 },
-        rules: seed % 4 == 1,
+        rules: seed % 2 == 1,
         sources: seed % 4 == 3,
         q: RefCell::new(None),
         m: RefCell::new(Model::default()),

@@ -352,3 +352,140 @@ fn a_ramp_goes_from_its_first_cap_to_its_last() {
     assert_eq!((r[29].day, r[29].per_day), (30, 100_000));
     assert!(r.windows(2).all(|w| w[0].per_day <= w[1].per_day));
 }
+
+const TSS04: &str =
+    "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume 5b1f0bcb4fasm2218311a12 - gsmtp";
+
+fn tss04_path_rule(secs: u64) -> Vec<ReplyRule> {
+    vec![ReplyRule {
+        pattern: r"\[TSS04\]".into(),
+        action: RuleAction::SuspendSource(std::time::Duration::from_secs(secs)),
+    }]
+}
+
+fn path<'a>(d: &'a BucketStats, source: &str) -> &'a PathStats {
+    d.sources.iter().find(|p| p.source == source).unwrap()
+}
+
+#[test]
+fn a_reply_rule_suspends_one_source_and_the_others_go_on() {
+    let dir = TempDir::new("src-rule");
+    let clock = ManualClock::new(T0);
+    let o = || Options {
+        reply_rules: tss04_path_rule(600),
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o()).unwrap();
+    fill(&q, "gmail.com", 20);
+    q.set_sources(Some("gmail.com"), &["ip-a", "ip-b"]).unwrap();
+    q.set_source_limits("gmail.com", 1, RateLimit::default())
+        .unwrap();
+    let mut a = q.session_for("gmail.com").unwrap().unwrap();
+    let mut b = q.session_for("gmail.com").unwrap().unwrap();
+    if a.source() != Some("ip-a") {
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert_eq!((a.source(), b.source()), (Some("ip-a"), Some("ip-b")));
+    // ip-a gets Gmail's unique-id reply while ip-b is mid-delivery.
+    let db = b.next_delivery().unwrap().unwrap();
+    let d = a.next_delivery().unwrap().unwrap();
+    d.complete(&[Outcome::temp(TSS04)]).unwrap();
+    assert!(
+        a.next_delivery().unwrap().is_none(),
+        "its path is suspended"
+    );
+    a.finish().unwrap();
+    db.complete(&[Outcome::Delivered]).unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert!(!g.suspended, "the destination itself goes on");
+    let pa = path(&g, "ip-a");
+    assert_eq!(pa.suspended_until, T0 + 600);
+    assert_eq!(pa.suspended_by.as_deref(), Some(r"\[TSS04\]"));
+    assert_eq!(path(&g, "ip-b").suspended_until, 0);
+    // ip-b keeps sending; no new session goes through ip-a.
+    let mut sent = 1;
+    while let Some(d) = b.next_delivery().unwrap() {
+        d.complete(&[Outcome::Delivered]).unwrap();
+        sent += 1;
+    }
+    b.finish().unwrap();
+    assert_eq!(sent, 19, "all but the deferred one, through ip-b");
+    assert!(q.session_for("gmail.com").unwrap().is_none());
+    // New mail goes through ip-b; while ip-b is full, the next one waits
+    // and its explanation names the suspended source and the rule.
+    fill(&q, "gmail.com", 2);
+    let busy = q.session_for("gmail.com").unwrap().unwrap();
+    assert_eq!(busy.source(), Some("ip-b"));
+    let m = q
+        .select(&Selector::default(), 10)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.state == RcptState::Ready)
+        .unwrap();
+    let why = q.explain(m.id, m.index).unwrap().why;
+    assert!(
+        why.contains(r"ip-a is suspended by reply rule /\[TSS04\]/ until")
+            && why.contains("ip-b has 1 of 1 sessions"),
+        "{why}"
+    );
+    busy.finish().unwrap();
+    assert_eq!(deliver_now(&q), HashMap::from([("ip-b".to_string(), 2)]));
+    assert_eq!(q.debug_check(), Ok(()));
+    q.sync().unwrap();
+    assert_eq!(q.next_wakeup(), Some(T0 + 300), "the deferred retry first");
+    drop(q); // replayed from the log
+    let q = Queue::open(dir.path(), o()).unwrap();
+    q.set_sources(Some("gmail.com"), &["ip-a", "ip-b"]).unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(path(&g, "ip-a").suspended_until, T0 + 600);
+    assert!(q.checkpoint().is_ok());
+    drop(q);
+    // From a checkpoint, with the clock stepped back a day: the suspension
+    // is re-based to its own length, neither lost nor stretched.
+    clock.set(T0 - DAY);
+    let q = Queue::open(dir.path(), o()).unwrap();
+    q.set_sources(Some("gmail.com"), &["ip-a", "ip-b"]).unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(path(&g, "ip-a").suspended_until, T0 - DAY + 600);
+    fill(&q, "gmail.com", 4);
+    let s = q.session_for("gmail.com").unwrap().unwrap();
+    assert_eq!(s.source(), Some("ip-b"));
+    assert!(
+        q.session_for("gmail.com").unwrap().is_none(),
+        "ip-a still out"
+    );
+    s.finish().unwrap();
+    // It ends by itself, with a wake-up (no polling needed).
+    clock.set(T0 - DAY + 600);
+    q.tick();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(path(&g, "ip-a").suspended_until, 0);
+    let mut open = Vec::new();
+    while let Some(s) = q.session_for("gmail.com").unwrap() {
+        open.push(s);
+        assert!(open.len() <= 2, "one session per source");
+    }
+    let mut used: Vec<&str> = open.iter().map(|s| s.source().unwrap()).collect();
+    used.sort();
+    assert_eq!(used, ["ip-a", "ip-b"]);
+}
+
+#[test]
+fn a_source_rule_without_sources_suspends_the_destination() {
+    let dir = TempDir::new("src-rule-none");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        reply_rules: tss04_path_rule(60),
+        ..opts(&clock)
+    };
+    let q = Queue::open(dir.path(), o).unwrap();
+    fill(&q, "gmail.com", 2);
+    let mut s = q.session_for("gmail.com").unwrap().unwrap();
+    assert_eq!(s.source(), None);
+    let d = s.next_delivery().unwrap().unwrap();
+    d.complete(&[Outcome::temp(TSS04)]).unwrap();
+    s.finish().unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert!(g.suspended);
+    assert_eq!(g.suspended_until, T0 + 60);
+}

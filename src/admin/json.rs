@@ -229,6 +229,7 @@ pub fn bucket(b: &BucketStats) -> Value {
         "rate_next": b.rate_next,
         "sources": b.sources.iter().map(|p| json!({
             "source": p.source, "sessions": p.sessions, "next": p.next,
+            "suspended_until": p.suspended_until, "suspended_by": p.suspended_by,
         })).collect::<Vec<_>>(),
         "source_limit": b.source_limit,
         "source_rate_limit": b.source_rate_limit.map(|r| json!({
@@ -262,6 +263,9 @@ pub fn rules(rules: &[crate::types::ReplyRule]) -> Value {
         .map(|r| match &r.action {
             RuleAction::Suspend(d) => json!({
                 "pattern": r.pattern, "action": "suspend", "seconds": d.as_secs(),
+            }),
+            RuleAction::SuspendSource(d) => json!({
+                "pattern": r.pattern, "action": "suspend-source", "seconds": d.as_secs(),
             }),
             RuleAction::Throttle {
                 window,

@@ -509,7 +509,10 @@ impl DeliveryCore {
         }
         // The first failure reply a rule suspends the destination for.
         let ruled = match &verdict.act {
-            Some(rule) => q.act_by_rule(&mut ss, bl, rule, now),
+            Some(rule) => {
+                let src = ss.buckets[bl as usize].slots[si].source.clone();
+                q.act_by_rule(&mut ss, bl, rule, src.as_deref(), now)
+            }
             None => Ok(()),
         };
         drop(ss);

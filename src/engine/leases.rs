@@ -243,6 +243,7 @@ impl Engine {
             ss.wakeups.pop();
             if let Some(b) = ss.buckets.get_mut(bl as usize) {
                 b.end_suspension_if_due(now);
+                b.end_path_suspensions(now);
                 // The wake-up for `wake_at` is used up (or the own rate, back
                 // from a throttle, may allow more at once): a later wait must
                 // schedule its own, also one for this same time after the
@@ -421,6 +422,7 @@ fn next_live_wakeup(ss: &mut SchedShard) -> Option<u32> {
             if b.dead_until == t
                 || (b.suspended && b.resume_at == t)
                 || b.throttle.as_ref().is_some_and(|x| x.until == t)
+                || b.path_susp.iter().any(|p| p.until == t)
             {
                 return Some(t);
             }
@@ -525,7 +527,7 @@ impl Lease {
                 ss.wakeups.push(Reverse((t, bl)));
             }
             if let Some(rule) = &rule {
-                ruled = q.act_by_rule(&mut ss, bl, rule, now);
+                ruled = q.act_by_rule(&mut ss, bl, rule, slot.source.as_deref(), now);
             }
         }
         rang |= ss.maybe_ring(bl, now);

@@ -306,15 +306,18 @@ fn write_settings(q: &Engine, w: &mut Writer<'_>, remap: &[u32]) {
         let ss = q.sched[s].lock();
         for bl in 0..ss.buckets.len() as u32 {
             let d = ss.settings(bl, q.opts.concurrency);
+            let paths = ss.path_suspensions(bl);
             match remap.get(global(s, bl) as usize) {
-                Some(&k) if k != u32::MAX && !d.is_default() => list.push((k, d)),
+                Some(&k) if k != u32::MAX && (!d.is_default() || !paths.is_empty()) => {
+                    list.push((k, d, paths))
+                }
                 _ => {}
             }
         }
     }
     w.count(list.len() as u32);
-    for (k, d) in &list {
-        w.destination(*k, d);
+    for (k, d, paths) in &list {
+        w.destination(*k, d, paths);
     }
 }
 

@@ -295,10 +295,15 @@ pub(super) fn bucket_stat(b: &Bucket, ages: [u64; 10], now: u32) -> BucketStats 
         rate_limit: b.rate.as_ref().map(|r| r.limit()),
         rate_next: b.rate.as_ref().map_or(0, |r| r.allowed_at().div_ceil(1000)),
         sources: (0..b.paths.len())
-            .map(|i| crate::stats::PathStats {
-                source: b.paths[i].source.name.to_string(),
-                sessions: b.path_open(i) as u64,
-                next: b.path_time(i, now).unwrap_or(0) as u64,
+            .map(|i| {
+                let susp = b.path_suspension(&b.paths[i].source.name, now);
+                crate::stats::PathStats {
+                    source: b.paths[i].source.name.to_string(),
+                    sessions: b.path_open(i) as u64,
+                    next: b.path_time(i, now).unwrap_or(0) as u64,
+                    suspended_by: susp.map(|s| s.by.to_string()),
+                    suspended_until: susp.map_or(0, |s| s.until as u64),
+                }
             })
             .collect(),
         source_limit: b.path_limit as u64,

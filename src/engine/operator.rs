@@ -266,30 +266,36 @@ impl Engine {
     /// the settings of local bucket `bl`; the caller holds its shard lock.
     fn persist_settings(&self, ss: &SchedShard, bl: u32) -> Result<()> {
         let d = ss.settings(bl, self.opts.concurrency);
+        let paths = ss.path_suspensions(bl);
         let mut batch = Batch::new();
         batch.push(record::Kind::Destination, |p| {
-            record::encode_destination(p, &ss.buckets[bl as usize].key, &d)
+            record::encode_destination(p, &ss.buckets[bl as usize].key, &d, &paths)
         });
         self.log.append(batch).map(drop)
     }
 
     /// A reply matched a rule that suspends or throttles its destination:
     /// a timed suspension of local bucket `bl` (a longer one in force is
-    /// kept), or lowered limits until a time; marked with the rule, persisted
-    /// with the attempt's records (synced with them). The caller holds the
-    /// shard lock.
+    /// kept), of its path through the session's `source` only, or lowered
+    /// limits until a time; marked with the rule, persisted with the
+    /// attempt's records (synced with them). The caller holds the shard lock.
     pub(super) fn act_by_rule(
         &self,
         ss: &mut SchedShard,
         bl: u32,
         rule: &super::rules::Act,
+        source: Option<&crate::sched::Source>,
         now: u32,
     ) -> Result<()> {
         let until = now.saturating_add(rule.secs).max(1);
         let b = &mut ss.buckets[bl as usize];
         let before = Saved::of(b);
-        let wake = match rule.throttle {
-            None => {
+        let wake = match (rule.throttle, source.filter(|_| rule.path)) {
+            (None, Some(src)) => match b.suspend_path(&src.name, rule.secs, &rule.pattern, now) {
+                Some(t) => t,
+                None => return Ok(()),
+            },
+            (None, None) => {
                 if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
                     return Ok(());
                 }
@@ -297,7 +303,7 @@ impl Engine {
                 b.suspended_by = Some(rule.pattern.clone());
                 until
             }
-            Some((window, rate)) => {
+            (Some((window, rate)), _) => {
                 let same = b
                     .throttle
                     .as_ref()
@@ -827,6 +833,7 @@ struct Saved {
     throttle: Option<Box<crate::sched::Throttle>>,
     path_limit: u16,
     path_rate: RateLimit,
+    path_susp: Vec<crate::sched::PathSusp>,
 }
 
 impl Saved {
@@ -842,6 +849,7 @@ impl Saved {
             throttle: b.throttle.clone(),
             path_limit: b.path_limit,
             path_rate: b.path_rate,
+            path_susp: b.path_susp.clone(),
         }
     }
 
@@ -855,6 +863,7 @@ impl Saved {
         b.rate = self.rate;
         b.throttle = self.throttle;
         b.set_path_limits(self.path_limit, self.path_rate);
+        b.path_susp = self.path_susp;
     }
 }
 

@@ -74,7 +74,7 @@ impl Rules {
         let mut list = Vec::with_capacity(rules.len());
         for r in rules {
             let d = match &r.action {
-                RuleAction::Suspend(d) => Some(*d),
+                RuleAction::Suspend(d) | RuleAction::SuspendSource(d) => Some(*d),
                 RuleAction::Throttle {
                     window,
                     rate,
@@ -173,23 +173,27 @@ pub(crate) struct Act {
     pub secs: u32,
     /// The rule's pattern.
     pub pattern: Box<str>,
+    /// Suspend only the session's egress path (source → destination).
+    pub path: bool,
 }
 
 impl Act {
     fn of(a: &RuleAction, pattern: &str) -> Option<Act> {
-        let (throttle, d) = match a {
-            RuleAction::Suspend(d) => (None, d),
+        let (throttle, d, path) = match a {
+            RuleAction::Suspend(d) => (None, d, false),
+            RuleAction::SuspendSource(d) => (None, d, true),
             RuleAction::Throttle {
                 window,
                 rate,
                 duration,
-            } => (Some((*window, *rate)), duration),
+            } => (Some((*window, *rate)), duration, false),
             RuleAction::Permanent => return None,
         };
         Some(Act {
             throttle,
             secs: d.as_secs() as u32,
             pattern: pattern.into(),
+            path,
         })
     }
 }

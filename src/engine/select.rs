@@ -201,7 +201,12 @@ fn why(
             ),
             Some(d) if !d.sources.is_empty() && d.sessions < d.window && d.sources.iter().all(|p| p.next > now || (d.source_limit > 0 && p.sessions >= d.source_limit)) => format!(
                 "every egress source of {key} is busy or used up ({}): it goes with the next free source{last}",
-                d.sources.iter().map(|p| if p.next > now {
+                d.sources.iter().map(|p| if p.suspended_until > now {
+                    format!("{} is suspended{} until {} (in {} s)", p.source, match p.suspended_by.as_deref() {
+                        Some(by) if !by.is_empty() => format!(" by reply rule /{by}/"),
+                        _ => " by a reply rule".to_string(),
+                    }, p.suspended_until, p.suspended_until - now)
+                } else if p.next > now {
                     format!("{} waits until {} (in {} s)", p.source, p.next, p.next - now)
                 } else {
                     format!("{} has {} of {} sessions", p.source, p.sessions, d.source_limit)

@@ -191,13 +191,18 @@ pub enum mailq_rule_action {
     MAILQ_RULE_SUSPEND = 1,
     /// Take a temporary failure as permanent.
     MAILQ_RULE_PERMANENT = 2,
+    /// Suspend only the egress path the reply came through (the session's
+    /// source to this destination) for the rule's `seconds`; the
+    /// destination's other sources go on.
+    MAILQ_RULE_SUSPEND_SOURCE = 3,
 }
 
 /// Appends a reply-driven rule: `pattern` is a case-insensitive regular
 /// expression (regex crate syntax) matched anywhere in a failed attempt's
 /// reply (e.g. `\\[TSS04\\]`); `action` is `MAILQ_RULE_SUSPEND` (suspend the
-/// destination for `seconds`, 1 s to 68 years) or `MAILQ_RULE_PERMANENT`
-/// (`seconds` ignored). Rules are tried in order, the first match acts. A bad
+/// destination for `seconds`, 1 s to 68 years), `MAILQ_RULE_SUSPEND_SOURCE`
+/// (suspend the session's source to that destination only, same bounds) or
+/// `MAILQ_RULE_PERMANENT` (`seconds` ignored). Rules are tried in order, the first match acts. A bad
 /// pattern or action is `MAILQ_ERR_INVALID_ARGUMENT` and changes nothing.
 /// Rules are configuration: add them again after opening.
 #[no_mangle]
@@ -214,13 +219,16 @@ pub unsafe extern "C" fn mailq_add_reply_rule(
             x if x == mailq_rule_action::MAILQ_RULE_SUSPEND as c_int => {
                 crate::types::RuleAction::Suspend(std::time::Duration::from_secs(seconds))
             }
+            x if x == mailq_rule_action::MAILQ_RULE_SUSPEND_SOURCE as c_int => {
+                crate::types::RuleAction::SuspendSource(std::time::Duration::from_secs(seconds))
+            }
             x if x == mailq_rule_action::MAILQ_RULE_PERMANENT as c_int => {
                 crate::types::RuleAction::Permanent
             }
             _ => {
                 return fail(
                     MAILQ_ERR_INVALID_ARGUMENT,
-                    "action must be MAILQ_RULE_SUSPEND or MAILQ_RULE_PERMANENT",
+                    "action must be MAILQ_RULE_SUSPEND, MAILQ_RULE_SUSPEND_SOURCE or MAILQ_RULE_PERMANENT",
                 )
             }
         };

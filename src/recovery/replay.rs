@@ -172,7 +172,7 @@ impl Builder {
 
     /// A destination's settings (absolute) from a `Destination` record.
     pub(super) fn apply_destination(&mut self, payload: &[u8], seg: u32, off: u64, total: usize) {
-        let Some((key, d)) = record::decode_destination(payload) else {
+        let Some((key, d, paths)) = record::decode_destination(payload) else {
             self.damaged(seg, off, total, "destination record does not decode");
             return;
         };
@@ -185,7 +185,7 @@ impl Builder {
             return;
         }
         let b = self.keys.intern_into(&k, self.policy, &mut self.sched);
-        self.sched[shard_of(b)].apply_settings(local_of(b), &d, self.policy, self.now);
+        self.sched[shard_of(b)].apply_settings(local_of(b), &d, &paths, self.policy, self.now);
     }
 
     /// An egress source's warm-up state (absolute) from a `Source` record.
@@ -445,11 +445,11 @@ impl Builder {
             }
         }
         for _ in 0..d.destinations()? {
-            let (k, ds) = d.destination()?;
+            let (k, ds, paths) = d.destination()?;
             if k >= nkeys {
                 return Err(DecodeError::from("destination out of range"));
             }
-            self.sched[shard_of(k)].apply_settings(local_of(k), &ds, self.policy, self.now);
+            self.sched[shard_of(k)].apply_settings(local_of(k), &ds, &paths, self.policy, self.now);
         }
         for _ in 0..d.sources()? {
             let (name, st) = d.source()?;

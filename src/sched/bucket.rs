@@ -2,7 +2,7 @@
 //! window (Postfix-style feedback, dead-destination detection) and open
 //! slots. Depends on `index` ids and `types` only.
 
-use super::egress::{Path, Source};
+use super::egress::{Path, PathSusp, Source};
 use super::rate::Rate;
 use crate::index::RcptRef;
 use crate::types::{Concurrency, MessageId, RateLimit, RcptState};
@@ -92,6 +92,8 @@ pub struct Bucket {
     pub path_rate: RateLimit,
     /// Where the next tie between paths starts.
     pub next_path: u16,
+    /// Reply rules' suspensions of single paths (by source name).
+    pub path_susp: Vec<PathSusp>,
 }
 
 /// A reply rule's temporary lowering of a destination's limits: `policy.limit`
@@ -164,6 +166,7 @@ impl Bucket {
             path_limit: 0,
             path_rate: RateLimit::default(),
             next_path: 0,
+            path_susp: Vec::new(),
         }
     }
 
@@ -436,6 +439,7 @@ impl Bucket {
             && self.throttle.is_none()
             && self.path_limit == 0
             && self.path_rate.is_none()
+            && self.path_susp.is_empty()
     }
 
     /// The index of the open slot `token`, if it is still open.

@@ -173,6 +173,20 @@ impl Source {
     }
 }
 
+/// A reply rule's suspension of a destination's path through one source
+/// (kept by the source's name: paths are rebuilt when the pools change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathSusp {
+    /// The source's name.
+    pub source: Box<str>,
+    /// When it ends (unix seconds).
+    pub until: u32,
+    /// Its length, seconds (bounds it if the clock steps back).
+    pub secs: u32,
+    /// The rule's pattern ("" when restored from disk).
+    pub by: Box<str>,
+}
+
 /// A destination's path through one source: the source and the path's own
 /// message-rate state.
 #[derive(Debug)]
@@ -233,8 +247,8 @@ impl Bucket {
             .count()
     }
 
-    /// When path `i` may send the next message, if not now: its rate, or its
-    /// source's day share.
+    /// When path `i` may send the next message, if not now: its rate, its
+    /// source's day share, or a rule's suspension of it.
     pub fn path_time(&self, i: usize, now: u32) -> Option<u32> {
         let p = &self.paths[i];
         let rate = p.rate.as_ref().and_then(|r| {
@@ -242,6 +256,59 @@ impl Bucket {
             (at > now as u64 * 1000).then(|| at.div_ceil(1000).min(u32::MAX as u64) as u32)
         });
         rate.max(p.source.wait(now))
+            .max(self.path_suspension(&p.source.name, now).map(|s| s.until))
+    }
+
+    /// The suspension in force of the path through source `name`, if any.
+    pub fn path_suspension(&self, name: &str, now: u32) -> Option<&PathSusp> {
+        self.path_susp
+            .iter()
+            .find(|s| &*s.source == name && s.until > now)
+    }
+
+    /// A reply rule suspends the path through source `name` until `now +
+    /// secs` (a later end in force is kept). Returns the new end, `None`
+    /// when nothing changed.
+    pub fn suspend_path(&mut self, name: &str, secs: u32, pattern: &str, now: u32) -> Option<u32> {
+        let until = now.saturating_add(secs).max(1);
+        self.end_path_suspensions(now);
+        let full = self.path_susp.len() >= crate::storage::record::MAX_PATH_SUSPENSIONS;
+        match self.path_susp.iter_mut().find(|s| &*s.source == name) {
+            Some(s) if s.until >= until => None,
+            Some(s) => {
+                (s.until, s.secs, s.by) = (until, secs, pattern.into());
+                Some(until)
+            }
+            None if full => None,
+            None => {
+                self.path_susp.push(PathSusp {
+                    source: name.into(),
+                    until,
+                    secs,
+                    by: pattern.into(),
+                });
+                Some(until)
+            }
+        }
+    }
+
+    /// Drops path suspensions that ended.
+    pub fn end_path_suspensions(&mut self, now: u32) {
+        self.path_susp.retain(|s| s.until > now);
+    }
+
+    /// Path suspensions ending further away than their own length (the clock
+    /// stepped back) are re-based to last that length from now; returns the
+    /// new ends, to wake up for.
+    pub fn rebase_path_suspensions(&mut self, now: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for s in &mut self.path_susp {
+            if s.until > now && s.until - now > s.secs {
+                s.until = now.saturating_add(s.secs).max(1);
+                out.push(s.until);
+            }
+        }
+        out
     }
 
     /// The path a new session takes now: one with a free slot and able to

@@ -12,7 +12,7 @@ mod settings;
 mod wheel;
 
 pub use bucket::{Bucket, Slot, Throttle};
-pub use egress::Source;
+pub use egress::{PathSusp, Source};
 pub use keys::Keys;
 pub use rate::Rate;
 pub use wheel::Wheel;
@@ -71,6 +71,9 @@ impl SchedShard {
                 self.wakeups.push(Reverse((t, bl)));
             }
             if let Some(t) = self.buckets[bl as usize].rebase_throttle(now) {
+                self.wakeups.push(Reverse((t, bl)));
+            }
+            for t in self.buckets[bl as usize].rebase_path_suspensions(now) {
                 self.wakeups.push(Reverse((t, bl)));
             }
             let b = &mut self.buckets[bl as usize];

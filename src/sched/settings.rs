@@ -3,8 +3,8 @@
 //! applied to one at recovery. Depends on `storage::record` (the plain
 //! [`DestSettings`] value only) and `types`.
 
-use super::{Rate, SchedShard, Throttle};
-use crate::storage::record::DestSettings;
+use super::{PathSusp, Rate, SchedShard, Throttle};
+use crate::storage::record::{DestSettings, PathSuspension};
 use crate::types::{Concurrency, RateLimit};
 use std::cmp::Reverse;
 
@@ -42,12 +42,47 @@ impl SchedShard {
         }
     }
 
+    /// The path suspensions of local bucket `bl`, as the log keeps them.
+    pub fn path_suspensions(&self, bl: u32) -> Vec<PathSuspension> {
+        self.buckets[bl as usize]
+            .path_susp
+            .iter()
+            .map(|s| PathSuspension {
+                source: s.source.to_string(),
+                until: s.until,
+                secs: s.secs,
+            })
+            .collect()
+    }
+
     /// Applies settings read from disk to local bucket `bl` (absolute: what
     /// is not set goes back to the default). A timed suspension gets its
     /// wake-up; one already over ends at the first tick, and one ending further
     /// from `now` than its own length (the clock stepped back while the queue
     /// was closed) is re-based to last that length from now.
-    pub fn apply_settings(&mut self, bl: u32, d: &DestSettings, default: Concurrency, now: u32) {
+    pub fn apply_settings(
+        &mut self,
+        bl: u32,
+        d: &DestSettings,
+        paths: &[PathSuspension],
+        default: Concurrency,
+        now: u32,
+    ) {
+        let b = &mut self.buckets[bl as usize];
+        b.path_susp = paths
+            .iter()
+            .filter(|p| p.until > now)
+            .map(|p| PathSusp {
+                source: p.source.as_str().into(),
+                until: p.until,
+                secs: p.secs,
+                by: "".into(),
+            })
+            .collect();
+        b.rebase_path_suspensions(now);
+        for t in b.path_susp.iter().map(|p| p.until).collect::<Vec<_>>() {
+            self.wakeups.push(Reverse((t, bl)));
+        }
         let b = &mut self.buckets[bl as usize];
         b.suspended = d.suspended;
         (b.resume_at, b.suspend_secs) = if d.suspended && d.resume_at != 0 {

@@ -15,7 +15,10 @@
 //! warning was acknowledged); then CRC32 of all of the above u32, total length
 //! u64, end magic `MQCKEND1`.
 
-use super::record::{DestSettings, Put, Reader, SourceSaved};
+use super::record::{
+    decode_path_suspensions, encode_path_suspensions, DestSettings, PathSuspension, Put, Reader,
+    SourceSaved,
+};
 use super::vfs::VFile;
 
 /// File name of the checkpoint.
@@ -109,9 +112,10 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes one destination's settings (after the count of them).
-    pub fn destination(&mut self, key_index: u32, d: &DestSettings) {
+    pub fn destination(&mut self, key_index: u32, d: &DestSettings, paths: &[PathSuspension]) {
         self.u32(key_index);
         d.encode(&mut self.buf);
+        encode_path_suspensions(&mut self.buf, paths);
         self.maybe_spill();
     }
 
@@ -299,10 +303,17 @@ impl<'a> Decoder<'a> {
         self.u32()
     }
 
-    /// Reads one destination's settings: (key index, settings).
-    pub fn destination(&mut self) -> Result<(u32, DestSettings), DecodeError> {
+    /// Reads one destination's settings: (key index, settings, path
+    /// suspensions — none before version 3).
+    pub fn destination(&mut self) -> Result<(u32, DestSettings, Vec<PathSuspension>), DecodeError> {
         let k = self.u32()?;
-        Ok((k, DestSettings::decode(&mut self.r).ok_or_else(malformed)?))
+        let d = DestSettings::decode(&mut self.r).ok_or_else(malformed)?;
+        let paths = if self.version >= 3 {
+            decode_path_suspensions(&mut self.r).ok_or_else(malformed)?
+        } else {
+            Vec::new()
+        };
+        Ok((k, d, paths))
     }
 
     /// Reads the count of egress sources (none before version 3).
@@ -409,8 +420,13 @@ mod tests {
             window_start: 86_400,
             used: 17,
         };
+        let ps = vec![PathSuspension {
+            source: "ip-2".into(),
+            until: 99,
+            secs: 60,
+        }];
         w.count(1);
-        w.destination(0, &ds);
+        w.destination(0, &ds, &ps);
         w.count(1);
         w.source("ip-1", &src);
         w.count(1);
@@ -426,7 +442,7 @@ mod tests {
         assert_eq!(d.count().unwrap(), 1);
         assert_eq!(d.text().unwrap(), "example.com");
         assert_eq!(d.destinations().unwrap(), 1);
-        assert_eq!(d.destination().unwrap(), (0, ds));
+        assert_eq!(d.destination().unwrap(), (0, ds, ps));
         assert_eq!(d.sources().unwrap(), 1);
         assert_eq!(d.source().unwrap(), ("ip-1", src));
         assert_eq!(d.count().unwrap(), 1);

@@ -568,18 +568,74 @@ impl DestSettings {
     }
 }
 
-/// Encodes a `Destination` payload: the routing key, then its settings.
-pub fn encode_destination(out: &mut Vec<u8>, key: &str, d: &DestSettings) {
+/// A reply rule's suspension of one egress path of a destination (its
+/// source's name, when it ends, its length), kept with the destination's
+/// settings (format 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathSuspension {
+    /// The source's name.
+    pub source: String,
+    /// When it ends (unix seconds).
+    pub until: u32,
+    /// Its length, seconds.
+    pub secs: u32,
+}
+
+/// Most path suspensions kept per destination.
+pub const MAX_PATH_SUSPENSIONS: usize = 255;
+
+/// Appends a list of path suspensions: a count u8, then per entry the name
+/// (u16+bytes), end u32, length u32.
+pub fn encode_path_suspensions(out: &mut Vec<u8>, list: &[PathSuspension]) {
+    let list = &list[..list.len().min(MAX_PATH_SUSPENSIONS)];
+    out.push(list.len() as u8);
+    for p in list {
+        out.put_short(p.source.as_bytes());
+        out.extend_from_slice(&p.until.to_le_bytes());
+        out.extend_from_slice(&p.secs.to_le_bytes());
+    }
+}
+
+/// Reads what [`encode_path_suspensions`] wrote.
+pub fn decode_path_suspensions(r: &mut Reader<'_>) -> Option<Vec<PathSuspension>> {
+    let n = r.u8()?;
+    let mut list = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        list.push(PathSuspension {
+            source: r.short_str()?.to_string(),
+            until: r.u32()?,
+            secs: r.u32()?,
+        });
+    }
+    Some(list)
+}
+
+/// Encodes a `Destination` payload: the routing key, its settings, then (if
+/// any, format 3) its path suspensions.
+pub fn encode_destination(
+    out: &mut Vec<u8>,
+    key: &str,
+    d: &DestSettings,
+    paths: &[PathSuspension],
+) {
     out.put_short(key.as_bytes());
     d.encode(out);
+    if !paths.is_empty() {
+        encode_path_suspensions(out, paths);
+    }
 }
 
 /// Decodes a `Destination` payload.
-pub fn decode_destination(p: &[u8]) -> Option<(&str, DestSettings)> {
+pub fn decode_destination(p: &[u8]) -> Option<(&str, DestSettings, Vec<PathSuspension>)> {
     let mut r = Reader::new(p);
     let key = r.short_str()?;
     let d = DestSettings::decode(&mut r)?;
-    (r.remaining() == 0).then_some((key, d))
+    let paths = if r.remaining() > 0 {
+        decode_path_suspensions(&mut r)?
+    } else {
+        Vec::new()
+    };
+    (r.remaining() == 0).then_some((key, d, paths))
 }
 
 /// An egress source's warm-up state, as the log (`Source` records) and the

@@ -743,6 +743,47 @@ static void test_sources(mailq *q) {
         EXPECT(mailq_delivery_complete(d), MAILQ_OK);
     }
     mailq_session_free(s3);
+
+    /* A reply rule that suspends the session's source only: the other
+       source of the pool goes on. */
+    EXPECT(mailq_add_reply_rule(q, "\\[TSS04\\]", MAILQ_RULE_SUSPEND_SOURCE, 600), MAILQ_OK);
+    EXPECT(mailq_add_reply_rule(q, "x", MAILQ_RULE_SUSPEND_SOURCE, 0), MAILQ_ERR_INVALID_ARGUMENT);
+    const char *pair[2] = {"ip-3", "ip-4"};
+    EXPECT(mailq_set_sources(q, "rule.example", pair, 2), MAILQ_OK);
+    EXPECT(mailq_set_source_limits(q, "rule.example", 1, 0, 0, 0, 0), MAILQ_OK);
+    uint64_t ids[3];
+    for (int i = 0; i < 3; i++) ids[i] = enqueue1(q, "x@rule.example", "rule");
+    EXPECT(mailq_session_for(q, "rule.example", &s1), MAILQ_OK);
+    CHECK(s1 != NULL);
+    char first[8] = "";
+    snprintf(first, sizeof first, "%s", mailq_session_source(s1) ? mailq_session_source(s1) : "");
+    EXPECT(mailq_session_next_delivery(s1, &d), MAILQ_OK);
+    CHECK(d != NULL);
+    const char *tss04 = "421 4.7.0 [TSS04] Messages temporarily deferred 5b1f0bcb4fasm2218311a12 - gsmtp";
+    EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_TEMPFAIL, tss04, 0), MAILQ_OK);
+    EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+    EXPECT(mailq_session_next_delivery(s1, &d), MAILQ_OK);
+    CHECK(d == NULL); /* its path is suspended */
+    mailq_session_free(s1);
+    EXPECT(mailq_session_for(q, "rule.example", &s2), MAILQ_OK);
+    CHECK(s2 != NULL && mailq_session_source(s2) && strcmp(mailq_session_source(s2), first) != 0);
+    int sent = 0;
+    while (s2) {
+        EXPECT(mailq_session_next_delivery(s2, &d), MAILQ_OK);
+        if (!d) break;
+        EXPECT(mailq_delivery_set_outcome(d, 0, MAILQ_DELIVERED, NULL, 0), MAILQ_OK);
+        EXPECT(mailq_delivery_complete(d), MAILQ_OK);
+        sent++;
+    }
+    CHECK(sent == 2);
+    mailq_session_free(s2);
+    EXPECT(mailq_session_for(q, "rule.example", &s3), MAILQ_OK);
+    CHECK(s3 == NULL); /* only the deferred one is left, and its source is out */
+    EXPECT(mailq_clear_reply_rules(q), MAILQ_OK);
+    size_t gone = 0, changed = 0;
+    for (int i = 0; i < 3; i++)
+        if (mailq_delete(q, ids[i], &changed) == MAILQ_OK) gone += changed;
+    CHECK(gone == 1); /* the deferred one; the rest were delivered */
 }
 
 int main(void) {
