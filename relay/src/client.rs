@@ -11,9 +11,10 @@ use crate::server::clip;
 use mailq::Outcome;
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{Error as PError, Response};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Deadlines for the client's steps.
 #[derive(Debug, Clone, Copy)]
@@ -43,14 +44,56 @@ pub struct Client {
 /// Why a connection failed: the reason recorded for the recipients.
 pub type SiteError = String;
 
+/// " from ADDR" for an egress source's address, for reasons.
+fn via(from: Option<IpAddr>) -> String {
+    from.map(|a| format!(" from {a}")).unwrap_or_default()
+}
+
+/// A TCP connection to `hop`, bound to local address `from` when given:
+/// the hop's first address of the same family (an IPv4 source cannot reach
+/// an IPv6-only hop: that is the reason then).
+async fn open(hop: &str, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(hop).await;
+    };
+    let to = tokio::net::lookup_host(hop)
+        .await?
+        .find(|a| a.is_ipv4() == from.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no address of the source's family (IPv4/IPv6)",
+            )
+        })?;
+    let socket = if from.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
 impl Client {
-    /// Connects, reads the greeting and introduces itself (EHLO, or HELO when
-    /// EHLO is refused).
-    pub async fn connect(hop: &str, helo: &str, t: Timeouts) -> Result<Client, SiteError> {
-        let stream = match tokio::time::timeout(t.connect, TcpStream::connect(hop)).await {
+    /// Connects (from local address `from` when given: an egress source),
+    /// reads the greeting and introduces itself (EHLO, or HELO when EHLO is
+    /// refused).
+    pub async fn connect(
+        hop: &str,
+        from: Option<IpAddr>,
+        helo: &str,
+        t: Timeouts,
+    ) -> Result<Client, SiteError> {
+        let stream = match tokio::time::timeout(t.connect, open(hop, from)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {hop}: {e}")),
-            Err(_) => return Err(format!("connect to {hop}: timed out after {:?}", t.connect)),
+            Ok(Err(e)) => return Err(format!("connect to {hop}{}: {e}", via(from))),
+            Err(_) => {
+                return Err(format!(
+                    "connect to {hop}{}: timed out after {:?}",
+                    via(from),
+                    t.connect
+                ))
+            }
         };
         let _ = stream.set_nodelay(true);
         let mut c = Client {

@@ -147,6 +147,12 @@ pub struct Args {
     /// Do not serve the admin API.
     #[arg(long)]
     pub no_admin: bool,
+    /// An egress source, NAME=IP (repeat for a pool): sessions are spread
+    /// over the sources and each connects from its address; mailqctl
+    /// source-limit sets per-source limits per destination [default: none,
+    /// the system picks the address].
+    #[arg(long = "source", value_name = "NAME=IP")]
+    pub source: Vec<String>,
 }
 
 /// The TOML file: the same settings as [`Args`].
@@ -185,6 +191,8 @@ struct FileConfig {
     admin_read_group: Option<u32>,
     #[serde(default)]
     no_admin: bool,
+    #[serde(default)]
+    source: Vec<String>,
 }
 
 /// Next hops: the default (`--relay-to`) and per domain or routing key.
@@ -336,6 +344,9 @@ pub struct Config {
     pub vfs: Option<std::sync::Arc<dyn mailq::Vfs>>,
     /// The admin API (`mailqctl`), served by default; `None` turns it off.
     pub admin: Option<mailq::AdminOptions>,
+    /// Egress sources (name, local address), the default pool of every
+    /// destination; empty: none.
+    pub sources: Vec<(String, std::net::IpAddr)>,
 }
 
 impl std::fmt::Debug for Config {
@@ -382,6 +393,7 @@ impl Config {
             min_free_disk: mailq::Options::default().min_free_disk,
             vfs: None,
             admin: Some(mailq::AdminOptions::default()),
+            sources: Vec::new(),
         }
     }
 
@@ -501,8 +513,17 @@ impl Config {
                 ..Default::default()
             });
         }
+        c.sources = pick(args.source, file.source)
+            .iter()
+            .map(|s| parse_source(s))
+            .collect::<Result<_, _>>()?;
         c.check()?;
         Ok(c)
+    }
+
+    /// The local address of egress source `name`, if it is one.
+    pub fn source_addr(&self, name: &str) -> Option<std::net::IpAddr> {
+        self.sources.iter().find(|(n, _)| n == name).map(|s| s.1)
     }
 
     /// The outbound client's deadlines.
@@ -552,6 +573,15 @@ impl Config {
                 why: "must be one word (a domain name)",
             });
         }
+        for (i, (name, _)) in self.sources.iter().enumerate() {
+            if self.sources[..i].iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::Value {
+                    what: "--source",
+                    value: name.clone(),
+                    why: "is given twice: give each source one address",
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -586,6 +616,24 @@ fn parse_net(s: &str) -> Result<IpNet, ConfigError> {
             value: s.to_string(),
             why: "is not a network (e.g. 192.0.2.0/24, 2001:db8::/32 or 127.0.0.1)",
         })
+}
+
+fn parse_source(s: &str) -> Result<(String, IpAddr), ConfigError> {
+    match s.split_once('=') {
+        Some((name, ip)) if !name.is_empty() => match ip.parse::<IpAddr>() {
+            Ok(ip) => Ok((name.to_string(), ip)),
+            Err(_) => Err(ConfigError::Value {
+                what: "--source",
+                value: s.to_string(),
+                why: "has no IP address after '=' (e.g. ip-1=192.0.2.1)",
+            }),
+        },
+        _ => Err(ConfigError::Value {
+            what: "--source",
+            value: s.to_string(),
+            why: "is not NAME=IP (e.g. ip-1=192.0.2.1)",
+        }),
+    }
 }
 
 fn loopback() -> Vec<IpNet> {

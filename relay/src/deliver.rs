@@ -80,6 +80,14 @@ async fn run(shared: &Shared, mut session: Session) {
         return;
     };
     let t = cfg.client_timeouts();
+    // The session's egress source, if any: its connections come from that
+    // address and are cached apart from other sources' (a source without an
+    // address, e.g. one an operator added, uses the system's choice).
+    let from = session.source().and_then(|s| cfg.source_addr(s));
+    let pool_key = match session.source() {
+        Some(src) => format!("{src}>{hop}"),
+        None => hop.clone(),
+    };
     // The first delivery before the connection: a session whose work another
     // session took meanwhile opens no connection, and a connection failure is
     // recorded on recipients (their reason shows in `inspect`).
@@ -107,7 +115,7 @@ async fn run(shared: &Shared, mut session: Session) {
             // closed meanwhile (idle timeout) is replaced once, not held
             // against the destination.
             if client.is_none() {
-                client = shared.pool.take(&hop);
+                client = shared.pool.take(&pool_key);
             }
             if let Some(c) = &mut client {
                 if c.rset().await.is_err() {
@@ -116,7 +124,7 @@ async fn run(shared: &Shared, mut session: Session) {
             }
             let c = match &mut client {
                 Some(c) => c,
-                None => client.insert(Client::connect(&hop, &cfg.hostname, t).await?),
+                None => client.insert(Client::connect(&hop, from, &cfg.hostname, t).await?),
             };
             c.deliver(delivery.sender(), delivery.recipients(), &delivery.body())
                 .await
@@ -166,7 +174,7 @@ async fn run(shared: &Shared, mut session: Session) {
         }
     }
     if let Some(c) = client {
-        shared.pool.put(&hop, c).await;
+        shared.pool.put(&pool_key, c).await;
     }
     if let Err(e) = block_in_place(|| session.finish()) {
         tracing::warn!(destination = %key, "ending the session: {e}");

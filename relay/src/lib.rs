@@ -117,6 +117,11 @@ impl Relay {
             .map_err(|e| {
                 mailq::Error::InvalidOption(format!("opening the queue panicked: {e}"))
             })??;
+        if !cfg.sources.is_empty() {
+            // Sources are configuration: the default pool, set at each start.
+            let names: Vec<&str> = cfg.sources.iter().map(|(n, _)| n.as_str()).collect();
+            queue.set_sources(None, &names)?;
+        }
         let report = queue.recovery_report();
         let q = AsyncQueue::new(queue)?;
         let listener =

@@ -222,7 +222,7 @@ async fn a_delivery_cancelled_mid_transfer_leaks_no_slot() {
             reply: Duration::from_secs(60),
             data_end: Duration::from_secs(60),
         };
-        let mut c = Smtp::connect(&hop, "relay.test", t).await.unwrap();
+        let mut c = Smtp::connect(&hop, None, "relay.test", t).await.unwrap();
         let r = c.deliver(d.sender(), d.recipients(), &d.body()).await;
         panic!("the sink never answers, yet: {r:?}");
     });
@@ -358,4 +358,79 @@ async fn the_admin_api_is_served_by_default_and_removed_at_shutdown() {
     // A request being served when the relay stopped finishes on the blocking
     // pool and removes the socket then.
     eventually(5, "the socket goes with the relay", || !sock.exists()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_egress_sources_and_connect_from_their_addresses() {
+    let dir = TempDir::new("sources");
+    // The sink never answers the final dot: every session holds its
+    // connection, so the sessions the queue opens are all visible at once.
+    let sink = Sink::start(Script {
+        stall_data: true,
+        ..Script::default()
+    })
+    .await;
+    let mut cfg = config(&dir, sink.addr);
+    let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let b: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    cfg.sources = vec![("ip-a".into(), a), ("ip-b".into(), b)];
+    let relay = start(cfg).await;
+    // One session per source for this destination (the window would allow
+    // five): one connection from each source's address, and no third.
+    relay
+        .queue()
+        .set_source_limits("example.com", 1, mailq::RateLimit::default())
+        .unwrap();
+    for i in 0..6 {
+        send(
+            &relay,
+            "alice@example.org",
+            &[&format!("r{i}@example.com")],
+            b"Subject: via a source\r\n\r\nhello\r\n",
+        )
+        .await;
+    }
+    let st = sink.state.clone();
+    eventually(20, "a connection from each source", || {
+        st.try_lock().is_ok_and(|s| s.peers.len() >= 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut peers = sink.state.lock().await.peers.clone();
+    peers.sort();
+    assert_eq!(peers, [a, b], "one connection from each source's address");
+    let d = relay.queue().destination("example.com").unwrap().unwrap();
+    let open: Vec<(&str, u64)> = d
+        .sources
+        .iter()
+        .map(|p| (p.source.as_str(), p.sessions))
+        .collect();
+    assert_eq!(open, [("ip-a", 1), ("ip-b", 1)]);
+    relay.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_source_flag_needs_a_name_and_an_address() {
+    use clap::Parser;
+    let parse = |s: &str| {
+        mailq_relay::Config::from_args(mailq_relay::Args::parse_from([
+            "mailq-relay",
+            "--queue",
+            "/tmp/q",
+            "--source",
+            s,
+        ]))
+    };
+    let c = parse("ip-1=192.0.2.1").unwrap();
+    assert_eq!(
+        c.sources,
+        [("ip-1".to_string(), "192.0.2.1".parse().unwrap())]
+    );
+    for bad in ["ip-1", "=192.0.2.1", "ip-1=not-an-ip"] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("--source") && e.contains("e.g. ip-1=192.0.2.1"),
+            "{e}"
+        );
+    }
 }

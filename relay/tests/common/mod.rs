@@ -106,6 +106,8 @@ impl Default for Script {
 pub struct SinkState {
     pub got: Vec<Got>,
     pub conns: usize,
+    /// The client address of each connection, in order.
+    pub peers: Vec<std::net::IpAddr>,
     pub rsets: usize,
     /// Bytes of DATA seen while stalled.
     pub stalled: usize,
@@ -184,8 +186,10 @@ async fn sink_conn(
     sc: Arc<Mutex<Script>>,
 ) -> std::io::Result<()> {
     let mut tcp = tcp;
+    let peer = tcp.peer_addr()?.ip();
     let conn = {
         let mut s = st.lock().await;
+        s.peers.push(peer);
         s.conns += 1;
         s.conns - 1
     };
