@@ -169,12 +169,13 @@ impl Queue {
 
     /// Suspends a routing key for `duration`; it resumes by itself then (the
     /// end time is part of [`Queue::next_wakeup`]), or earlier on
-    /// [`Queue::resume`]. Not persisted: a restart resumes it.
+    /// [`Queue::resume`]. Persisted with its end time: a restart keeps it.
     pub fn suspend_for(&self, key: &str, duration: std::time::Duration) -> Result<()> {
         self.engine.set_suspended(key, true, Some(duration))
     }
 
-    /// Resumes a suspended routing key.
+    /// Resumes a suspended routing key (also the reply rules' suspensions of
+    /// its single egress sources).
     pub fn resume(&self, key: &str) -> Result<()> {
         self.engine.set_suspended(key, false, None)
     }

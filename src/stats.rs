@@ -161,6 +161,8 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Segments deleted by compaction since open.
     pub segments_deleted: u64,
+    /// Live messages compaction copied forward since open.
+    pub messages_copied: u64,
     /// Bytes of RAM held by the index (recipients, messages, buckets, timers).
     pub index_bytes: u64,
     /// The queue refuses writes after this storage failure.
@@ -250,6 +252,7 @@ impl Stats {
             self.bytes_written,
             self.checkpoints,
             self.segments_deleted,
+            self.messages_copied,
             self.refused,
             self.delay_warnings,
         ];
@@ -358,7 +361,7 @@ const GAUGES: [(&str, &str); 9] = [
 ];
 
 /// Counters, likewise.
-const COUNTERS: [(&str, &str); 16] = [
+const COUNTERS: [(&str, &str); 17] = [
     ("accepted_messages_total", "Messages accepted."),
     ("accepted_recipients_total", "Recipients accepted."),
     ("delivered_total", "Recipients delivered."),
@@ -378,6 +381,10 @@ const COUNTERS: [(&str, &str); 16] = [
     (
         "segments_deleted_total",
         "Log segments deleted by compaction.",
+    ),
+    (
+        "messages_copied_total",
+        "Live messages compaction copied forward.",
     ),
     (
         "enqueue_refused_total",

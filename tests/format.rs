@@ -124,7 +124,7 @@ fn format_v1_fixture_opens_with_everything_intact() {
         &seg2[mailq::sim::record::HEADER_LEN..],
     );
     assert_eq!(h.kind, mailq::sim::record::Kind::SegmentHeader);
-    assert_eq!(&payload[8..12], &3u32.to_le_bytes(), "format 3 header");
+    assert_eq!(&payload[8..12], &4u32.to_le_bytes(), "format 4 header");
     let rate = RateLimit {
         per_minute: 6,
         ..RateLimit::default()

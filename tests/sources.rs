@@ -468,6 +468,20 @@ fn a_reply_rule_suspends_one_source_and_the_others_go_on() {
     let mut used: Vec<&str> = open.iter().map(|s| s.source().unwrap()).collect();
     used.sort();
     assert_eq!(used, ["ip-a", "ip-b"]);
+    // A greeting that blocks one IP (a site failure matching the rule)
+    // suspends that path only: the destination's window and health are not
+    // charged with it.
+    let window = q.destination("gmail.com").unwrap().unwrap().window;
+    let a = open.remove(used.iter().position(|s| *s == "ip-a").unwrap());
+    a.site_failure(TSS04).unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(path(&g, "ip-a").suspended_until, T0 - DAY + 1200);
+    assert_eq!((g.window, g.dead_until), (window, 0));
+    // The operator's resume lifts it.
+    q.resume("gmail.com").unwrap();
+    let g = q.destination("gmail.com").unwrap().unwrap();
+    assert_eq!(path(&g, "ip-a").suspended_until, 0);
+    assert_eq!(q.debug_check(), Ok(()));
 }
 
 #[test]

@@ -478,6 +478,16 @@ impl<'a> View<'a> {
                 ));
             }
         }
+        // A path suspension ends at its wake-up: without one it would pin
+        // the bucket (never idle) and never be dropped.
+        for p in &b.path_susp {
+            if !ss.wakeups.iter().any(|w| w.0 == (p.until, l)) {
+                return Err(format!(
+                    "bucket {name}: path through {} suspended until {} (now {now}) without a wake-up at its end",
+                    p.source, p.until
+                ));
+            }
+        }
         Ok(())
     }
 }

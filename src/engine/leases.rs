@@ -522,7 +522,10 @@ impl Lease {
             let (min, max) = policy::backoff_bounds(&q.opts);
             let b = &mut ss.buckets[bl as usize];
             b.last_site_failure = Some(policy::clip(reason).into());
-            if b.site_failure(now, min, max) {
+            // A reply about one source (a path rule, e.g. a greeting that
+            // blocks this IP) does not count against the whole destination.
+            let one_path = slot.source.is_some() && rule.as_ref().is_some_and(|r| r.path);
+            if !one_path && b.site_failure(now, min, max) {
                 let t = b.dead_until;
                 ss.wakeups.push(Reverse((t, bl)));
             }

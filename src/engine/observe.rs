@@ -123,6 +123,7 @@ impl Engine {
         let m = self.maint.lock();
         st.checkpoints = m.checkpoints;
         st.segments_deleted = m.segments_deleted;
+        st.messages_copied = m.messages_copied;
         st.maintenance_error = m.last_error.clone();
         st.buckets_freed = m.buckets_freed;
         drop(m);

@@ -174,7 +174,8 @@ impl Engine {
     }
 
     /// Suspends (no new sessions) a routing key, until resumed (`None`) or for
-    /// a duration, after which it resumes by itself; `resume` ends either.
+    /// a duration, after which it resumes by itself; `resume` ends either, and
+    /// reply rules' suspensions of its single sources.
     pub(crate) fn set_suspended(
         &self,
         key: &str,
@@ -195,6 +196,10 @@ impl Engine {
             let b = &mut ss.buckets[bl as usize];
             b.suspended = suspended;
             b.suspended_by = None; // the operator's now
+            if !suspended {
+                // Resuming lifts reply rules' suspensions of single sources too.
+                b.path_susp.clear();
+            }
             (b.resume_at, b.suspend_secs) = if suspended && secs != 0 {
                 (now.saturating_add(secs).max(1), secs)
             } else {
@@ -290,12 +295,16 @@ impl Engine {
         let until = now.saturating_add(rule.secs).max(1);
         let b = &mut ss.buckets[bl as usize];
         let before = Saved::of(b);
-        let wake = match (rule.throttle, source.filter(|_| rule.path)) {
-            (None, Some(src)) => match b.suspend_path(&src.name, rule.secs, &rule.pattern, now) {
-                Some(t) => t,
-                None => return Ok(()),
-            },
-            (None, None) => {
+        // A path suspension with the list full (255 sources of this
+        // destination suspended) suspends the destination instead.
+        let path = match source.filter(|_| rule.path && rule.throttle.is_none()) {
+            Some(src) => b.suspend_path(&src.name, rule.secs, &rule.pattern, now),
+            None => Err(()),
+        };
+        let wake = match (rule.throttle, path) {
+            (None, Ok(Some(t))) => t,
+            (None, Ok(None)) => return Ok(()),
+            (None, Err(())) => {
                 if b.suspended && (b.resume_at == 0 || b.resume_at >= until) {
                     return Ok(());
                 }

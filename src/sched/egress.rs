@@ -268,18 +268,25 @@ impl Bucket {
 
     /// A reply rule suspends the path through source `name` until `now +
     /// secs` (a later end in force is kept). Returns the new end, `None`
-    /// when nothing changed.
-    pub fn suspend_path(&mut self, name: &str, secs: u32, pattern: &str, now: u32) -> Option<u32> {
+    /// when nothing changed, `Err` when the list is full (then the caller
+    /// suspends the destination).
+    pub fn suspend_path(
+        &mut self,
+        name: &str,
+        secs: u32,
+        pattern: &str,
+        now: u32,
+    ) -> Result<Option<u32>, ()> {
         let until = now.saturating_add(secs).max(1);
         self.end_path_suspensions(now);
         let full = self.path_susp.len() >= crate::storage::record::MAX_PATH_SUSPENSIONS;
         match self.path_susp.iter_mut().find(|s| &*s.source == name) {
-            Some(s) if s.until >= until => None,
+            Some(s) if s.until >= until => Ok(None),
             Some(s) => {
                 (s.until, s.secs, s.by) = (until, secs, pattern.into());
-                Some(until)
+                Ok(Some(until))
             }
-            None if full => None,
+            None if full => Err(()),
             None => {
                 self.path_susp.push(PathSusp {
                     source: name.into(),
@@ -287,7 +294,7 @@ impl Bucket {
                     secs,
                     by: pattern.into(),
                 });
-                Some(until)
+                Ok(Some(until))
             }
         }
     }

@@ -7,9 +7,10 @@
 //! Layout (little-endian): magic `MQCKPT01`, version u32, 0u32, log position
 //! u64, sequence u64, next generation u32, salt u32, key count u32 and keys
 //! (short strings); since version 2 a destination count u32 and per
-//! destination its key index u32 and [`DestSettings`]; since version 3 a
-//! source count u32 and per egress source its name (short string) and
-//! [`SourceSaved`]; per shard: reason count
+//! destination its key index u32 and [`DestSettings`] (since version 4
+//! followed by its path suspensions: count u8, then source, end, length);
+//! since version 3 a source count u32 and per egress source its name (short
+//! string) and [`SourceSaved`]; per shard: reason count
 //! u32 and reasons, message count u32 and per message [`MsgEntry`] then its
 //! [`RcptEntry`]s (since version 2 the state byte's top bit says the delay
 //! warning was acknowledged); then CRC32 of all of the above u32, total length
@@ -28,9 +29,9 @@ pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
 /// Checkpoint format version written (2 added destination settings and the
-/// delay-warning bit, 3 egress sources' warm-up state); versions 1 and 2 are
-/// still read.
-pub const VERSION: u32 = 3;
+/// delay-warning bit, 3 egress sources' warm-up state, 4 path suspensions);
+/// versions 1 to 3 are still read.
+pub const VERSION: u32 = 4;
 /// The state byte's bit for [`RcptEntry::warned`].
 const WARNED_BIT: u8 = 0x80;
 /// Bytes of the trailer: CRC32, total length, end magic.
@@ -304,11 +305,11 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads one destination's settings: (key index, settings, path
-    /// suspensions — none before version 3).
+    /// suspensions — none before version 4).
     pub fn destination(&mut self) -> Result<(u32, DestSettings, Vec<PathSuspension>), DecodeError> {
         let k = self.u32()?;
         let d = DestSettings::decode(&mut self.r).ok_or_else(malformed)?;
-        let paths = if self.version >= 3 {
+        let paths = if self.version >= 4 {
             decode_path_suspensions(&mut self.r).ok_or_else(malformed)?
         } else {
             Vec::new()

@@ -306,8 +306,10 @@ impl Put for Vec<u8> {
 pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
 /// On-disk format version written by this build: 2 added `Destination`
 /// records and the update record's flags byte, 3 `Source` records and the
-/// destinations' per-source limits.
-pub const FORMAT_VERSION: u32 = 3;
+/// destinations' per-source limits, 4 path suspensions after a
+/// `Destination` record's settings (a format-3 build would refuse such a
+/// record rather than skip it).
+pub const FORMAT_VERSION: u32 = 4;
 /// Oldest format version this build reads (version 1 segments never hold
 /// what version 2 added, and their flags byte is zero).
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -611,7 +613,7 @@ pub fn decode_path_suspensions(r: &mut Reader<'_>) -> Option<Vec<PathSuspension>
 }
 
 /// Encodes a `Destination` payload: the routing key, its settings, then (if
-/// any, format 3) its path suspensions.
+/// any, format 4) its path suspensions.
 pub fn encode_destination(
     out: &mut Vec<u8>,
     key: &str,
