@@ -474,7 +474,7 @@ fn d27_foreign_versions_are_refused() {
     match Queue::open(&b, Options::default()) {
         Err(Error::Version {
             found: 9,
-            supported: 4,
+            supported: 5,
             ..
         }) => {}
         other => panic!("expected a version error, got {other:?}"),

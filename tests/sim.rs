@@ -2610,8 +2610,11 @@ fn bitflip(ctx: &Ctx) {
 
 /// Arms a hook, then runs a call that may reach it.
 fn hook(ctx: &Rc<Ctx>) {
-    let (on, needle) = match ctx.rnd(3) {
+    let (on, needle) = match ctx.rnd(4) {
         0 => (On::Rename, "checkpoint".to_string()),
+        // After a checkpoint's first shard: between its position and its
+        // other shards (what it may hold of the records appended meanwhile).
+        3 => (On::Write, "checkpoint.tmp".to_string()),
         1 => (On::Remove, ".seg".to_string()),
         _ => {
             let mut segs: Vec<String> = ctx

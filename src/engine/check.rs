@@ -111,6 +111,8 @@ struct View<'a> {
     /// Ready FIFO contents per bucket.
     ready: HashMap<u32, HashSet<RcptRef>>,
     now: u32,
+    /// Enqueues waiting for their fsync (their recipients may be new).
+    enqueuing: usize,
 }
 
 impl<'a> View<'a> {
@@ -153,6 +155,7 @@ impl<'a> View<'a> {
             wheels,
             ready,
             now: q.now(),
+            enqueuing: q.enqueuing.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -286,7 +289,7 @@ impl<'a> View<'a> {
             }
         }
         match st {
-            RcptState::New => Err(format!(
+            RcptState::New if self.enqueuing == 0 => Err(format!(
                 "message {id} recipient {idx}: still new outside enqueue"
             )),
             RcptState::Ready if !self.ready.get(&b).is_some_and(|set| set.contains(&rr)) => {

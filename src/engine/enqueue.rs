@@ -34,8 +34,11 @@ impl Engine {
         if admit {
             self.admit(routes.len(), super::admit::record_size(m, &routes))?;
         }
-        // Shared gate from the key lookup on: idle buckets are freed only under the
-        // exclusive gate, so these ids stay ours until the recipients count in them.
+        // Shared gate from the key lookup until the message is in the index
+        // and counted (as new) in its buckets: idle buckets are freed only
+        // under the exclusive gate, and a checkpoint's position (taken under
+        // it) then covers the record and the index entry together. The fsync
+        // comes after: a checkpoint never waits for it.
         let gate = self.gate.read();
         let buckets = routes
             .iter()
@@ -45,8 +48,8 @@ impl Engine {
         let mshard = self.enq_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
         let local = self.alloc_slot(mshard, buckets.len())?;
         let id = MessageId::new(self.new_gen(), global(mshard, local));
-        let loc = match self.write_message(id, now, m, &routes) {
-            Ok(loc) => loc,
+        let (loc, end) = match self.write_message(id, now, m, &routes) {
+            Ok(x) => x,
             Err(e) => {
                 self.msgs[mshard].lock().release_slot(local);
                 return Err(e);
@@ -55,8 +58,19 @@ impl Engine {
         self.msgs[mshard]
             .lock()
             .insert(local, id.gen(), loc, now, &buckets);
-        let rang = self.publish(mshard, local, &buckets, now);
+        self.count_new(&buckets, 1);
+        self.enqueuing.fetch_add(1, Ordering::Relaxed);
         drop(gate);
+        let synced = self.log.sync_to(end);
+        let rang = match synced {
+            Ok(()) => self.publish(mshard, local, &buckets, now),
+            Err(_) => {
+                self.unpublish(mshard, local, &buckets);
+                false
+            }
+        };
+        self.enqueuing.fetch_sub(1, Ordering::Relaxed);
+        synced?;
         let earlier = self.sweep_note(now);
         bump(&self.counters.accepted_msgs, 1);
         bump(&self.counters.accepted_rcpts, buckets.len() as u64);
@@ -96,15 +110,15 @@ impl Engine {
         }
     }
 
-    /// Appends the message record and waits until it is durable; returns its
-    /// (segment, offset, record length).
+    /// Appends the message record (not yet durable); returns its (segment,
+    /// offset, record length) and the log position to sync to.
     fn write_message(
         &self,
         id: MessageId,
         now: u32,
         m: &NewMessage<'_>,
         routes: &[String],
-    ) -> Result<(u32, u32, u32)> {
+    ) -> Result<((u32, u32, u32), crate::storage::log::Pos)> {
         let pairs: Vec<(&str, &str)> = m
             .recipients
             .iter()
@@ -124,8 +138,41 @@ impl Engine {
             });
         }
         let (at, end) = self.log.append(batch)?;
-        self.log.sync_to(end)?;
-        Ok((at.seg(), at.off() as u32, rec_len))
+        Ok(((at.seg(), at.off() as u32, rec_len), end))
+    }
+
+    /// Counts (`dir` 1) or uncounts (-1) one new recipient per entry of
+    /// `buckets` in its bucket: a counted bucket is not idle, so it is not
+    /// freed while the message waits for its fsync without the gate.
+    fn count_new(&self, buckets: &[u32], dir: i8) {
+        for &b in buckets {
+            let mut ss = self.sched[shard_of(b)].lock();
+            let bk = &mut ss.buckets[local_of(b) as usize];
+            if dir > 0 {
+                bk.shift(RcptState::Delivered, RcptState::New);
+            } else {
+                bk.shift(RcptState::New, RcptState::Delivered);
+            }
+        }
+    }
+
+    /// The message's fsync failed (the queue is poisoned): it leaves the
+    /// index, and its recipients their buckets, as if never accepted.
+    fn unpublish(&self, mshard: usize, local: u32, buckets: &[u32]) {
+        let mut uncount = Vec::with_capacity(buckets.len());
+        {
+            let mut ms = self.msgs[mshard].lock();
+            let first = ms.msgs[local as usize].first;
+            for (j, &b) in buckets.iter().enumerate() {
+                let rid = first + j as u32;
+                if ms.rcpts[rid as usize].state() == RcptState::New {
+                    uncount.push(b);
+                    ms.rcpts[rid as usize].set_state(RcptState::Deleted);
+                    ms.finish_rcpt(rid);
+                }
+            }
+        }
+        self.count_new(&uncount, -1);
     }
 
     /// Makes a new message's recipients visible to the scheduler, one sched shard
@@ -150,9 +197,8 @@ impl Engine {
                 if ms.rcpts[rid as usize].state() != RcptState::New {
                     continue; // an operator acted on it already
                 }
+                // Counted as new in its bucket since `count_new`.
                 let ch = Change::to(&ms.rcpts[rid as usize], RcptState::Ready, 0, false);
-                ss.buckets[local_of(buckets[j]) as usize]
-                    .shift(RcptState::Delivered, RcptState::New);
                 rang |= apply_change(&mut ss, &mut ms, mshard, rid, &ch, now);
             }
         }

@@ -17,7 +17,9 @@ use super::Engine;
 use crate::error::{Error, Result};
 use crate::index::*;
 use crate::sched::Keys;
-use crate::storage::checkpoint::{Header, MsgEntry, RcptEntry, Writer, CHECKPOINT, CHECKPOINT_TMP};
+use crate::storage::checkpoint::{
+    Header, MsgEntry, RcptEntry, Window, Writer, CHECKPOINT, CHECKPOINT_TMP, NO_BUCKET,
+};
 use crate::storage::log::{parse_segment_name, Batch, Pos};
 use crate::storage::record::Kind;
 use crate::types::{MessageId, RcptState};
@@ -100,9 +102,23 @@ fn run(q: &Engine, m: &mut Maint) -> Result<()> {
 /// Live messages and bytes per segment, as of one checkpoint position.
 type SegLive = HashMap<u32, (u32, u64)>;
 
-/// Writes the checkpoint and returns the per-segment live counts *as of its
-/// position*: after the rename those are durable facts, whereas the in-memory
-/// counts may already include completions that are not yet synced.
+/// Writes the checkpoint and returns the per-segment live counts it
+/// describes: after the rename those are durable facts, whereas the
+/// in-memory counts may already include completions that are not yet synced.
+///
+/// Producers are stopped only for a moment (the *barrier*): the exclusive
+/// gate is taken to free idle buckets, read the log position P — every
+/// record before it is then reflected in memory, since each writer appends
+/// and applies under the shared gate — and to make every message shard hold
+/// its freed slots. Then each shard is encoded under its own lock while the
+/// others go on, and the keys, settings and sources last. Records appended
+/// meanwhile (between P and the *window*'s end) may or may not be reflected:
+/// replaying them again is harmless (records are absolute; a message record
+/// finds its message in place), an update for a message that finished
+/// meanwhile is expected in the window, and a held slot is never taken by a
+/// newer message before its shard is written. The log is synced to the
+/// window's end before the rename, so the checkpoint never holds what the
+/// log could lose.
 fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
     let vfs = &q.opts.vfs;
     let tmp = q.dir.join(CHECKPOINT_TMP);
@@ -112,41 +128,47 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
         .map_err(|e| Error::io("create checkpoint", &tmp, e))?;
     f.set_len(0)
         .map_err(|e| Error::io("truncate checkpoint", &tmp, e))?;
-    let (p, sink, live) = {
-        // The encode streams to the file in bounded pieces (page cache only; the
-        // fsync comes after the gate is released): no checkpoint-sized buffer.
+    let h = {
         let _w = q.gate.write();
         m.buckets_freed += q.gc_buckets() as u64;
         let (pos, seq) = q.log.end_and_seq();
-        let h = Header {
+        for ms in &q.msgs {
+            ms.lock().hold_slots();
+        }
+        Header {
             pos: pos.to_raw(),
             seq,
             next_gen: q.next_gen.load(Ordering::Relaxed),
             salt: q.salt,
-        };
-        let mut w = Writer::new(&*f, &h);
-        match snapshot(q, &mut w) {
-            Ok(live) => (pos, w, live),
-            Err(()) => {
-                return Err(Error::Corrupt {
-                    path: tmp.clone(),
-                    offset: 0,
-                    reason: "a live recipient refers to a freed destination (a mailq bug); the checkpoint was not installed and the log still holds everything".into(),
-                })
-            }
         }
     };
-    let len = sink
+    let mut w = Writer::new(&*f, &h);
+    let (live, bad) = write_shards(q, &mut w);
+    write_tables(q, &mut w);
+    let (end, end_seq) = q.log.end_and_seq();
+    w.window(&Window {
+        end: end.to_raw(),
+        seq: end_seq,
+        next_gen: q.next_gen.load(Ordering::Relaxed),
+    });
+    if bad {
+        return Err(Error::Corrupt {
+            path: tmp.clone(),
+            offset: 0,
+            reason: "a live recipient refers to a freed destination (a mailq bug); the checkpoint was not installed and the log still holds everything".into(),
+        });
+    }
+    let len = w
         .finish()
         .map_err(|e| Error::io("write checkpoint", &tmp, e))?;
     f.sync_data()
         .map_err(|e| Error::io("fdatasync checkpoint", &tmp, e))?;
-    q.log.sync_to(p)?;
+    q.log.sync_to(end)?;
     vfs.rename(&tmp, &dst)
         .map_err(|e| Error::io("rename checkpoint", &dst, e))?;
     vfs.sync_dir(&q.dir)
         .map_err(|e| Error::io("fsync directory", &q.dir, e))?;
-    m.last_pos = p;
+    m.last_pos = Pos::from_raw(h.pos);
     m.bytes_at = q.log.counters().bytes;
     m.checkpoints += 1;
     m.checkpoint_bytes = len;
@@ -164,20 +186,40 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
     if sparse.is_empty() {
         return Ok(0);
     }
-    let copies = copy_forward(q, &live_messages_in(q, &sparse))?;
-    q.log.sync_all()?;
-    // The location moves in memory only once the copy is durable.
+    // In bounded chunks, each made durable before the next is read: what
+    // waits in memory for a group commit (and what an enqueuer leading that
+    // commit writes) stays under COPY_CHUNK whatever the live bytes.
+    let todo = live_messages_in(q, &sparse);
     let mut n = 0;
-    for ((s, l, gen), loc) in copies {
-        let mut ms = q.msgs[s].lock();
-        if ms.get(l, gen).is_some() {
-            ms.relocate(l, loc);
-            n += 1;
+    let mut rest = &todo[..];
+    while !rest.is_empty() {
+        let mut bytes = 0u64;
+        let k = rest
+            .iter()
+            .position(|&(_, (_, _, len))| {
+                bytes += len as u64;
+                bytes > COPY_CHUNK
+            })
+            .map_or(rest.len(), |i| i.max(1));
+        let (chunk, tail) = rest.split_at(k);
+        rest = tail;
+        let copies = copy_forward(q, chunk)?;
+        q.log.sync_all()?;
+        // The location moves in memory only once the copy is durable.
+        for ((s, l, gen), loc) in copies {
+            let mut ms = q.msgs[s].lock();
+            if ms.get(l, gen).is_some() {
+                ms.relocate(l, loc);
+                n += 1;
+            }
         }
     }
     m.messages_copied += n as u64;
     Ok(n)
 }
+
+/// Bytes of copies compaction makes durable at a time.
+const COPY_CHUNK: u64 = 4 << 20;
 
 /// Deletes the sealed segments before the checkpoint position that hold no
 /// live message (per `live`); returns the sparse ones, worth copying out of.
@@ -254,64 +296,65 @@ fn copy_forward(q: &Engine, msgs: &[Located]) -> Result<Vec<Located>> {
     Ok(copies)
 }
 
-/// Writes the live state (under the exclusive gate) and returns the per-segment
-/// live counts it describes. `Err` if a live recipient names a freed key.
-fn snapshot(q: &Engine, w: &mut Writer<'_>) -> std::result::Result<SegLive, ()> {
-    let keys = q.keys.read();
-    let remap = write_keys(w, &keys);
-    write_settings(q, w, &remap);
+/// Writes every message shard, each under its own lock (encoded into
+/// memory, written after the lock is released), and ends each shard's slot
+/// hold; returns the per-segment live counts they describe and whether a
+/// live recipient named a free bucket id (no id is freed until the next
+/// barrier; one freed at this one may be taken by a new key meanwhile).
+fn write_shards(q: &Engine, w: &mut Writer<'_>) -> (SegLive, bool) {
+    let mut live = SegLive::new();
+    let mut bad = false;
+    for s in 0..SHARDS {
+        w.defer(true);
+        {
+            let keys = q.keys.read();
+            let mut ms = q.msgs[s].lock();
+            for (&seg, &(n, b)) in &ms.seg_live {
+                let e = live.entry(seg).or_default();
+                e.0 += n;
+                e.1 += b;
+            }
+            bad |= write_shard(w, s, &ms, &keys).is_err();
+            ms.release_slots();
+        }
+        w.defer(false);
+    }
+    (live, bad)
+}
+
+/// Writes the tables: every key by bucket id (free ids empty), the
+/// settings of each destination that has some, and the egress sources.
+fn write_tables(q: &Engine, w: &mut Writer<'_>) {
+    w.begin_tables();
+    {
+        let keys = q.keys.read();
+        w.count(keys.len() as u32);
+        for i in 0..keys.len() as u32 {
+            w.text(keys.key(i).map(|k| &**k).unwrap_or(""));
+        }
+    }
+    write_settings(q, w);
     let sources = q.sources_to_save();
     w.count(sources.len() as u32);
     for (name, st) in &sources {
         w.source(name, st);
     }
-    let mut live = SegLive::new();
-    for s in 0..SHARDS {
-        let ms = q.msgs[s].lock();
-        for (&seg, &(n, b)) in &ms.seg_live {
-            let e = live.entry(seg).or_default();
-            e.0 += n;
-            e.1 += b;
-        }
-        write_shard(w, s, &ms, &remap)?;
-    }
-    Ok(live)
-}
-
-/// Writes only live keys, renumbered densely (freed ids are holes in memory);
-/// returns the map from bucket id to checkpoint index (`u32::MAX`: freed).
-fn write_keys(w: &mut Writer<'_>, keys: &Keys) -> Vec<u32> {
-    let mut remap = vec![u32::MAX; keys.len()];
-    let mut n = 0u32;
-    for (i, r) in remap.iter_mut().enumerate() {
-        if keys.key(i as u32).is_some_and(|k| !k.is_empty()) {
-            *r = n;
-            n += 1;
-        }
-    }
-    w.count(n);
-    for (i, &r) in remap.iter().enumerate() {
-        if r != u32::MAX {
-            w.text(keys.key(i as u32).map(|k| &**k).unwrap_or(""));
-        }
-    }
-    remap
 }
 
 /// Writes the operator settings of every destination that has some, by
-/// checkpoint key index.
-fn write_settings(q: &Engine, w: &mut Writer<'_>, remap: &[u32]) {
+/// bucket id.
+fn write_settings(q: &Engine, w: &mut Writer<'_>) {
     let mut list = Vec::new();
     for s in 0..SHARDS {
         let ss = q.sched[s].lock();
         for bl in 0..ss.buckets.len() as u32 {
+            if ss.buckets[bl as usize].key.is_empty() {
+                continue;
+            }
             let d = ss.settings(bl, q.opts.concurrency);
             let paths = ss.path_suspensions(bl);
-            match remap.get(global(s, bl) as usize) {
-                Some(&k) if k != u32::MAX && (!d.is_default() || !paths.is_empty()) => {
-                    list.push((k, d, paths))
-                }
-                _ => {}
+            if !d.is_default() || !paths.is_empty() {
+                list.push((global(s, bl), d, paths));
             }
         }
     }
@@ -327,7 +370,7 @@ fn write_shard(
     w: &mut Writer<'_>,
     s: usize,
     ms: &MsgShard,
-    remap: &[u32],
+    keys: &Keys,
 ) -> std::result::Result<(), ()> {
     let mut rmap: HashMap<u32, u32> = HashMap::new();
     let mut rlist: Vec<&str> = Vec::new();
@@ -361,10 +404,11 @@ fn write_shard(
             // A final recipient of a live message may name a bucket freed since
             // (it no longer counts there); its bucket is never used. A live one
             // in a freed bucket would be a bug: never write it under another key.
-            let bucket = match remap.get(bucket as usize) {
-                Some(&b) if b != u32::MAX => b,
-                _ if state.is_final() => 0,
-                _ => return Err(()),
+            let free = keys.key(bucket).is_none_or(|k| k.is_empty());
+            let bucket = match (free, state.is_final()) {
+                (true, true) => NO_BUCKET,
+                (true, false) => return Err(()),
+                (false, _) => bucket,
             };
             w.rcpt(&RcptEntry {
                 state: state as u8,

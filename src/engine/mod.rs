@@ -82,6 +82,9 @@ pub(crate) struct Engine {
     keys: RwLock<Keys>,
     next_gen: AtomicU32,
     enq_cursor: AtomicUsize,
+    /// Enqueues between their index entry and its publication (waiting for
+    /// their fsync): their recipients are `New` meanwhile.
+    enqueuing: AtomicUsize,
     ring_cursor: AtomicUsize,
     signal: Signal,
     counters: Counters,
@@ -164,6 +167,7 @@ impl Engine {
             keys: RwLock::new(r.keys),
             next_gen: AtomicU32::new(r.next_gen),
             enq_cursor: AtomicUsize::new(0),
+            enqueuing: AtomicUsize::new(0),
             ring_cursor: AtomicUsize::new(0),
             signal: Signal::new().map_err(|e| Error::io("eventfd", dir, e))?,
             counters: Counters::default(),

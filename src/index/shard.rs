@@ -110,6 +110,10 @@ pub struct MsgShard {
     pub intents: HashMap<u32, Intent>,
     /// The queue-wide totals this shard counts in (see [`MsgShard::share_load`]).
     load: Arc<Load>,
+    /// While a checkpoint is between its position and this shard's snapshot,
+    /// slots freed are kept here rather than reused (see
+    /// [`MsgShard::hold_slots`]).
+    held_slots: Option<Vec<u32>>,
 }
 
 /// What the operator decided about an in-flight recipient (already persisted).
@@ -149,7 +153,31 @@ impl MsgShard {
     /// Returns an unused slot (e.g. when enqueue failed before insertion).
     pub fn release_slot(&mut self, local: u32) {
         self.msgs[local as usize] = Msg::default();
-        self.free_msgs.push(local);
+        self.free_slot(local);
+    }
+
+    fn free_slot(&mut self, local: u32) {
+        match &mut self.held_slots {
+            Some(held) => held.push(local),
+            None => self.free_msgs.push(local),
+        }
+    }
+
+    /// From now until [`MsgShard::release_slots`], a freed slot is not
+    /// reused. A checkpoint taken while the log grows holds them between its
+    /// position and its snapshot of this shard: so no message that began and
+    /// ended in between can share a slot with one the snapshot holds, and
+    /// replaying from the position never meets a slot taken by a newer
+    /// message.
+    pub fn hold_slots(&mut self) {
+        self.held_slots.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends [`MsgShard::hold_slots`]: the slots freed meanwhile are reused again.
+    pub fn release_slots(&mut self) {
+        if let Some(held) = self.held_slots.take() {
+            self.free_msgs.extend(held);
+        }
     }
 
     /// Allocates `n` contiguous recipient records: the smallest free block that
@@ -324,7 +352,7 @@ impl MsgShard {
         self.free_rcpt_block(m.first, m.n as u32);
         self.seg_dec(m.seg, m.len);
         self.msgs[local as usize] = Msg::default();
-        self.free_msgs.push(local);
+        self.free_slot(local);
         self.live_msgs -= 1;
         true
     }

@@ -6,7 +6,7 @@
 use super::report::{Damage, RecoveryReport};
 use crate::index::*;
 use crate::sched::{Keys, SchedShard};
-use crate::storage::checkpoint::{DecodeError, Decoder, Header};
+use crate::storage::checkpoint::{DecodeError, Decoder, Header, NO_BUCKET};
 use crate::storage::record::{self, Kind, HEADER_LEN, MAGIC};
 use crate::types::*;
 
@@ -30,6 +30,10 @@ pub(super) struct Builder {
     pub(super) sources: std::collections::HashMap<String, record::SourceSaved>,
     /// The clock at open (settings re-base timed suspensions against it).
     now: u32,
+    /// Records with a lower sequence number may already be in the
+    /// checkpoint (its window): an update for a message it does not hold is
+    /// one that finished while the snapshot was taken, not damage.
+    window_seq: u64,
 }
 
 impl Builder {
@@ -48,6 +52,7 @@ impl Builder {
             report: RecoveryReport::default(),
             sources: Default::default(),
             now,
+            window_seq: 0,
         }
     }
 
@@ -126,8 +131,10 @@ impl Builder {
             return;
         };
         if self.msgs[s].get(local, id.gen()).is_none() {
-            self.report
-                .note_corrupt_message(id, "update for unknown message");
+            if self.last_seq >= self.window_seq {
+                self.report
+                    .note_corrupt_message(id, "update for unknown message");
+            }
             return;
         }
         let Some(rid) = self.msgs[s].rcpt_index(local, u.idx) else {
@@ -434,40 +441,74 @@ impl Builder {
     /// partial and must be discarded.
     pub(super) fn load_checkpoint(&mut self, buf: &[u8]) -> Result<Header, DecodeError> {
         let (h, mut d) = Decoder::open(buf)?;
-        let nkeys = d.count()?;
-        if nkeys > MAX_BUCKETS {
-            return Err(DecodeError::from("too many routing keys"));
-        }
-        for i in 0..nkeys {
-            let k = d.text()?;
-            if self.keys.intern_into(k, self.policy, &mut self.sched) != i {
-                return Err(DecodeError::from("duplicate routing key"));
+        let mut next_gen = h.next_gen;
+        // Version 5 keeps its tables after the shards; earlier ones before.
+        let remap = match d.tables() {
+            Some(mut t) => {
+                let remap = self.load_tables(&mut t)?;
+                let w = t.window()?;
+                t.end()?;
+                if w.seq < h.seq {
+                    return Err(DecodeError::from("window ends before the position"));
+                }
+                self.window_seq = w.seq;
+                next_gen = w.next_gen;
+                remap
             }
-        }
-        for _ in 0..d.destinations()? {
-            let (k, ds, paths) = d.destination()?;
-            if k >= nkeys {
-                return Err(DecodeError::from("destination out of range"));
-            }
-            self.sched[shard_of(k)].apply_settings(local_of(k), &ds, &paths, self.policy, self.now);
-        }
-        for _ in 0..d.sources()? {
-            let (name, st) = d.source()?;
-            self.sources.insert(name.to_string(), st);
-        }
+            None => self.load_tables(&mut d)?,
+        };
         for s in 0..SHARDS {
-            self.load_shard(&mut d, s, nkeys)?;
+            self.load_shard(&mut d, s, &remap)?;
         }
         d.end()?;
         self.checkpoint_used = true;
         self.report.checkpoint_used = true;
-        self.next_gen = h.next_gen.max(1);
+        self.next_gen = next_gen.max(1);
         self.salt = h.salt;
         self.good(h.seq.saturating_sub(1));
         Ok(h)
     }
 
-    fn load_shard(&mut self, d: &mut Decoder<'_>, s: usize, nkeys: u32) -> Result<(), DecodeError> {
+    /// Reads the keys, destination settings and sources; returns the bucket
+    /// each key index got (`NO_BUCKET` for a free id of version 5).
+    fn load_tables(&mut self, d: &mut Decoder<'_>) -> Result<Vec<u32>, DecodeError> {
+        let nkeys = d.count()?;
+        if nkeys > MAX_BUCKETS {
+            return Err(DecodeError::from("too many routing keys"));
+        }
+        let mut remap = Vec::with_capacity(nkeys as usize);
+        for _ in 0..nkeys {
+            let k = d.text()?;
+            if k.is_empty() && d.version() >= 5 {
+                remap.push(NO_BUCKET);
+                continue;
+            }
+            if self.keys.get(k).is_some() {
+                return Err(DecodeError::from("duplicate routing key"));
+            }
+            remap.push(self.keys.intern_into(k, self.policy, &mut self.sched));
+        }
+        for _ in 0..d.destinations()? {
+            let (k, ds, paths) = d.destination()?;
+            let b = match remap.get(k as usize) {
+                Some(&b) if b != NO_BUCKET => b,
+                _ => return Err(DecodeError::from("destination out of range")),
+            };
+            self.sched[shard_of(b)].apply_settings(local_of(b), &ds, &paths, self.policy, self.now);
+        }
+        for _ in 0..d.sources()? {
+            let (name, st) = d.source()?;
+            self.sources.insert(name.to_string(), st);
+        }
+        Ok(remap)
+    }
+
+    fn load_shard(
+        &mut self,
+        d: &mut Decoder<'_>,
+        s: usize,
+        remap: &[u32],
+    ) -> Result<(), DecodeError> {
         let nr = d.count()?;
         let mut reasons = Vec::with_capacity(nr.min(1 << 20) as usize);
         for _ in 0..nr {
@@ -490,11 +531,18 @@ impl Builder {
             }
             let mut rcpts = Vec::with_capacity(m.rcpts as usize);
             for _ in 0..m.rcpts {
-                let r = d.rcpt()?;
-                if r.bucket >= nkeys || r.reason as usize > reasons.len() {
+                let mut r = d.rcpt()?;
+                let st = RcptState::from_u8(r.state).ok_or("malformed contents")?;
+                // A final recipient's bucket is never used (its own may be
+                // freed); a waiting one must name a key.
+                r.bucket = match remap.get(r.bucket as usize) {
+                    Some(&b) if b != NO_BUCKET => b,
+                    _ if st.is_final() => 0,
+                    _ => return Err(DecodeError::from("reference out of range")),
+                };
+                if r.reason as usize > reasons.len() {
                     return Err(DecodeError::from("reference out of range"));
                 }
-                let st = RcptState::from_u8(r.state).ok_or("malformed contents")?;
                 rcpts.push((st, r));
             }
             let buckets: Vec<u32> = rcpts.iter().map(|(_, r)| r.bucket).collect();

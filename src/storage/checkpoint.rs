@@ -15,6 +15,15 @@
 //! [`RcptEntry`]s (since version 2 the state byte's top bit says the delay
 //! warning was acknowledged); then CRC32 of all of the above u32, total length
 //! u64, end magic `MQCKEND1`.
+//!
+//! Version 5 (a checkpoint taken while the log grows) puts the shards first,
+//! right after the header, and the *tables* after them: key count u32 and
+//! keys by bucket id (an empty string for a free id; recipient entries name
+//! the bucket id, `u32::MAX` for a final recipient whose bucket was freed),
+//! destination count and settings by bucket id, source count and sources,
+//! then the [`Window`]; the tables' file offset u64 closes the body, before
+//! the CRC. The tables are written last because keys may be added while the
+//! shards are written.
 
 use super::record::{
     decode_path_suspensions, encode_path_suspensions, DestSettings, PathSuspension, Put, Reader,
@@ -29,9 +38,15 @@ pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
 /// Checkpoint format version written (2 added destination settings and the
-/// delay-warning bit, 3 egress sources' warm-up state, 4 path suspensions);
-/// versions 1 to 3 are still read.
-pub const VERSION: u32 = 4;
+/// delay-warning bit, 3 egress sources' warm-up state, 4 path suspensions,
+/// 5 the tables after the shards and the [`Window`]); versions 1 to 4 are
+/// still read.
+pub const VERSION: u32 = 5;
+/// Bytes of the fixed header: magic, version, 0, position, sequence, next
+/// generation, salt.
+const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4 + 4;
+/// Bucket id of a final recipient whose bucket was freed (version 5).
+pub const NO_BUCKET: u32 = u32::MAX;
 /// The state byte's bit for [`RcptEntry::warned`].
 const WARNED_BIT: u8 = 0x80;
 /// Bytes of the trailer: CRC32, total length, end magic.
@@ -50,6 +65,20 @@ pub struct Header {
     pub next_gen: u32,
     /// CRC salt of the queue's records.
     pub salt: u32,
+}
+
+/// What a checkpoint taken while the log grows may hold beyond its position
+/// (version 5): records from the header's position up to `end` may already
+/// be reflected in it (replaying them again is harmless, and an update for a
+/// message it no longer holds is expected there, not damage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Log position when the snapshot ended (durable before it was installed).
+    pub end: u64,
+    /// Sequence number of the first record at or after `end`.
+    pub seq: u64,
+    /// Next message generation when the snapshot ended.
+    pub next_gen: u32,
 }
 
 /// One live message.
@@ -90,6 +119,10 @@ pub struct Writer<'a> {
     off: u64,
     crc: crc32fast::Hasher,
     err: Option<std::io::Error>,
+    /// Entries are buffered, not written (the caller holds a lock).
+    deferred: bool,
+    /// File offset of the tables (version 5), once begun.
+    tables_at: Option<u64>,
 }
 
 impl<'a> Writer<'a> {
@@ -101,6 +134,8 @@ impl<'a> Writer<'a> {
             off: 0,
             crc: crc32fast::Hasher::new(),
             err: None,
+            deferred: false,
+            tables_at: None,
         };
         w.buf.extend_from_slice(MAGIC);
         w.u32(VERSION);
@@ -110,6 +145,29 @@ impl<'a> Writer<'a> {
         w.u32(h.next_gen);
         w.u32(h.salt);
         w
+    }
+
+    /// While `on`, entries are only buffered (no I/O under the caller's
+    /// lock; memory grows with what is written meanwhile); turning it off
+    /// writes what was buffered.
+    pub fn defer(&mut self, on: bool) {
+        self.deferred = on;
+        if !on && !self.buf.is_empty() {
+            self.spill();
+        }
+    }
+
+    /// Starts the tables (version 5): everything written from here on is
+    /// found through the offset [`Writer::finish`] appends.
+    pub fn begin_tables(&mut self) {
+        self.tables_at = Some(self.off + self.buf.len() as u64);
+    }
+
+    /// Writes the window (the last entry of the tables).
+    pub fn window(&mut self, w: &Window) {
+        self.u64(w.end);
+        self.u64(w.seq);
+        self.u32(w.next_gen);
     }
 
     /// Writes one destination's settings (after the count of them).
@@ -159,8 +217,12 @@ impl<'a> Writer<'a> {
         self.maybe_spill();
     }
 
-    /// Appends the checksum, length and end marker; returns the file length.
+    /// Appends the tables' offset (when begun), the checksum, length and end
+    /// marker; returns the file length.
     pub fn finish(mut self) -> std::io::Result<u64> {
+        if let Some(at) = self.tables_at {
+            self.u64(at);
+        }
         self.spill();
         let crc = self.crc.clone().finalize();
         let total = self.off + TRAILER as u64;
@@ -194,7 +256,7 @@ impl<'a> Writer<'a> {
     }
 
     fn maybe_spill(&mut self) {
-        if self.buf.len() >= SINK_CHUNK {
+        if self.buf.len() >= SINK_CHUNK && !self.deferred {
             self.spill();
         }
     }
@@ -220,6 +282,8 @@ impl From<&str> for DecodeError {
 pub struct Decoder<'a> {
     r: Reader<'a>,
     version: u32,
+    /// The tables (version 5), read apart from the shards.
+    tables: Option<Reader<'a>>,
 }
 
 fn malformed() -> DecodeError {
@@ -257,6 +321,7 @@ impl<'a> Decoder<'a> {
         let mut d = Decoder {
             r: Reader::new(&body[MAGIC.len()..]),
             version: 0,
+            tables: None,
         };
         let version = d.u32()?;
         if !(1..=VERSION).contains(&version) {
@@ -270,7 +335,45 @@ impl<'a> Decoder<'a> {
             next_gen: d.u32()?,
             salt: d.u32()?,
         };
+        if version >= 5 {
+            // The tables' offset closes the body; the shards lie between the
+            // header and the tables.
+            let n = body.len();
+            if n < HEADER + 8 {
+                return Err(malformed());
+            }
+            let at = Reader::new(&body[n - 8..]).u64().ok_or_else(malformed)?;
+            if at < HEADER as u64 || at > (n - 8) as u64 {
+                return Err(DecodeError::from("tables offset out of range"));
+            }
+            d.r = Reader::new(&body[HEADER..at as usize]);
+            d.tables = Some(Reader::new(&body[at as usize..n - 8]));
+        }
         Ok((h, d))
+    }
+
+    /// The format version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The tables of a version-5 checkpoint (keys, settings, sources,
+    /// window), read with the same methods; `None` before version 5.
+    pub fn tables(&mut self) -> Option<Decoder<'a>> {
+        self.tables.take().map(|r| Decoder {
+            r,
+            version: self.version,
+            tables: None,
+        })
+    }
+
+    /// Reads the window (the last entry of the tables).
+    pub fn window(&mut self) -> Result<Window, DecodeError> {
+        Ok(Window {
+            end: self.r.u64().ok_or_else(malformed)?,
+            seq: self.r.u64().ok_or_else(malformed)?,
+            next_gen: self.u32()?,
+        })
     }
 
     /// Reads a count (of keys, reasons or messages).
@@ -399,8 +502,6 @@ mod tests {
             reason: 1,
         };
         let mut w = Writer::new(&*f, &h);
-        w.count(1);
-        w.text("example.com");
         let ds = DestSettings {
             suspended: true,
             resume_at: 9,
@@ -426,26 +527,45 @@ mod tests {
             until: 99,
             secs: 60,
         }];
-        w.count(1);
-        w.destination(0, &ds, &ps);
-        w.count(1);
-        w.source("ip-1", &src);
+        let win = Window {
+            end: 1 << 33,
+            seq: 12,
+            next_gen: 5,
+        };
+        // Version 5: the shard first (buffered while "under a lock"), the
+        // tables after it.
+        w.defer(true);
         w.count(1);
         w.text("451 try later");
         w.count(1);
         w.message(&m);
         w.rcpt(&r);
+        w.defer(false);
+        w.begin_tables();
+        w.count(2);
+        w.text("");
+        w.text("example.com");
+        w.count(1);
+        w.destination(1, &ds, &ps);
+        w.count(1);
+        w.source("ip-1", &src);
+        w.window(&win);
         let len = w.finish().unwrap();
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(0, &mut buf).unwrap();
         let (h2, mut d) = Decoder::open(&buf).unwrap();
         assert_eq!(h2, h);
-        assert_eq!(d.count().unwrap(), 1);
-        assert_eq!(d.text().unwrap(), "example.com");
-        assert_eq!(d.destinations().unwrap(), 1);
-        assert_eq!(d.destination().unwrap(), (0, ds, ps));
-        assert_eq!(d.sources().unwrap(), 1);
-        assert_eq!(d.source().unwrap(), ("ip-1", src));
+        assert_eq!(d.version(), VERSION);
+        let mut t = d.tables().expect("version 5 has tables");
+        assert_eq!(t.count().unwrap(), 2);
+        assert_eq!(t.text().unwrap(), "");
+        assert_eq!(t.text().unwrap(), "example.com");
+        assert_eq!(t.destinations().unwrap(), 1);
+        assert_eq!(t.destination().unwrap(), (1, ds, ps));
+        assert_eq!(t.sources().unwrap(), 1);
+        assert_eq!(t.source().unwrap(), ("ip-1", src));
+        assert_eq!(t.window().unwrap(), win);
+        t.end().unwrap();
         assert_eq!(d.count().unwrap(), 1);
         assert_eq!(d.text().unwrap(), "451 try later");
         assert_eq!(d.count().unwrap(), 1);

@@ -136,6 +136,9 @@ pub mod hookfs {
         Open,
         Rename,
         Remove,
+        /// A write to an open file (e.g. a checkpoint's piece after each
+        /// shard: between its position and its last shard).
+        Write,
     }
 
     type Hook = Box<dyn FnOnce() + Send>;
@@ -182,6 +185,35 @@ pub mod hookfs {
         }
     }
 
+    /// A file of a [`HookFs`]: its writes may fire the hook.
+    struct HookFile {
+        inner: Arc<dyn VFile>,
+        hfs: HookFs,
+        path: std::path::PathBuf,
+    }
+
+    impl VFile for HookFile {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.inner.read_exact_at(off, buf)
+        }
+        fn write_all_at(&self, off: u64, buf: &[u8]) -> io::Result<()> {
+            self.hfs.fire(On::Write, &self.path);
+            self.inner.write_all_at(off, buf)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+            self.inner.raw_fd()
+        }
+    }
+
     impl Vfs for HookFs {
         fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
             self.fs.create_dir_all(dir)
@@ -191,7 +223,12 @@ pub mod hookfs {
         }
         fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
             self.fire(On::Open, path);
-            self.fs.open(path, create)
+            let inner = self.fs.open(path, create)?;
+            Ok(Arc::new(HookFile {
+                inner,
+                hfs: self.clone(),
+                path: path.to_path_buf(),
+            }))
         }
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
             self.fire(On::Rename, to);
