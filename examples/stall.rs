@@ -81,6 +81,8 @@ fn run(name: &'static str, maintenance: bool, live: u64, secs: u64, producers: u
     let d = dir(name);
     let opts = || Options {
         auto_maintenance: maintenance,
+        checkpoint_bytes: (arg("--checkpoint-mib", 64) as u64) << 20,
+        compact_below: arg("--compact-below-pct", 67) as f64 / 100.0,
         ..Options::default()
     };
     let q = Queue::open(&d, opts()).expect("open the queue");
@@ -189,6 +191,31 @@ fn report(r: &Run) -> [u32; 4] {
     p
 }
 
+/// Per 100 ms window of each run: count, p99 and worst latency (µs), CSV.
+fn csv(runs: &[&Run], secs: u64) -> String {
+    let mut out = String::from("run,window_ms,count,p99_us,max_us\n");
+    for r in runs {
+        let mut w: Vec<Vec<u32>> = vec![Vec::new(); (secs * 10) as usize];
+        for &(at, us) in &r.lat {
+            if let Some(x) = w.get_mut(at as usize / 100) {
+                x.push(us);
+            }
+        }
+        for (i, mut l) in w.into_iter().enumerate() {
+            l.sort_unstable();
+            out += &format!(
+                "{},{},{},{},{}\n",
+                r.name,
+                i * 100,
+                l.len(),
+                pct(&l, 0.99),
+                l.last().copied().unwrap_or(0)
+            );
+        }
+    }
+    out
+}
+
 /// The worst latency of each 100 ms window, both runs, as an SVG.
 fn plot(runs: &[&Run], secs: u64) -> String {
     let windows = (secs * 10) as usize;
@@ -284,5 +311,13 @@ fn main() {
     {
         std::fs::write(p, plot(&[&on, &off], secs)).expect("write the plot");
         println!("plot: {p}");
+    }
+    if let Some(p) = args
+        .iter()
+        .position(|a| a == "--csv")
+        .and_then(|i| args.get(i + 1))
+    {
+        std::fs::write(p, csv(&[&on, &off], secs)).expect("write the CSV");
+        println!("csv: {p}");
     }
 }

@@ -222,6 +222,8 @@ fn messages_that_finish_or_begin_while_a_checkpoint_is_written_replay_cleanly() 
             let mut l = fill(&q, "c"); // into the slots just freed, if reused
             l.extend(begun);
             *later.lock() = l;
+            // A setting on a destination that did not exist at the barrier.
+            q.set_concurrency_limit("new.example", 3).unwrap();
         });
     }
     q.checkpoint().unwrap();
@@ -234,6 +236,7 @@ fn messages_that_finish_or_begin_while_a_checkpoint_is_written_replay_cleanly() 
     let q2 = open(&img).unwrap();
     let rep = q2.recovery_report();
     assert!(rep.checkpoint_used);
+    assert!(rep.window_updates >= 15, "{}", rep.window_updates);
     assert!(
         rep.damaged.is_empty() && rep.corrupt_messages.is_empty(),
         "damage {:?}, corrupt {:?}",
@@ -252,4 +255,9 @@ fn messages_that_finish_or_begin_while_a_checkpoint_is_written_replay_cleanly() 
         "the c messages are queued, the b ones delivered"
     );
     assert_eq!(q2.stats().recipients(), 16);
+    let d = q2
+        .destination("new.example")
+        .unwrap()
+        .expect("its setting kept");
+    assert_eq!(d.limit, 3);
 }

@@ -55,11 +55,11 @@ impl Engine {
                 return Err(e);
             }
         };
+        self.enqueuing.fetch_add(1, Ordering::Relaxed);
         self.msgs[mshard]
             .lock()
             .insert(local, id.gen(), loc, now, &buckets);
         self.count_new(&buckets, 1);
-        self.enqueuing.fetch_add(1, Ordering::Relaxed);
         drop(gate);
         let synced = self.log.sync_to(end);
         let rang = match synced {
@@ -75,10 +75,19 @@ impl Engine {
         bump(&self.counters.accepted_msgs, 1);
         bump(&self.counters.accepted_rcpts, buckets.len() as u64);
         self.wake_if(rang || earlier);
-        if self.opts.auto_maintenance {
-            // The message is durable and queued: a maintenance failure must not turn
-            // this into an error (the MTA would reject mail it has accepted).
-            self.maybe_maintain();
+        // Maintenance that is due is left to workers and `tick` (the poll
+        // fd says so): a producer does not wait for a checkpoint. Only when
+        // nobody took it for a whole further interval does a producer run it
+        // (an embedder that never completes or ticks). The message is durable
+        // and queued: a maintenance failure never turns this into an error.
+        match self.maintenance_overdue() {
+            0 => {}
+            n if n > self.maint_every.load(Ordering::Relaxed) => self.maybe_maintain(),
+            _ => {
+                if !self.maint_woken.swap(true, Ordering::Relaxed) {
+                    self.wake();
+                }
+            }
         }
         Ok(id)
     }

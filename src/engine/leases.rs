@@ -371,7 +371,10 @@ impl Engine {
                 best = Some(best.map_or(t, |b| b.min(t)));
             }
         };
-        if self.has_moves.load(Ordering::Acquire) {
+        // Maintenance due and not running on another thread: tick now.
+        if self.has_moves.load(Ordering::Acquire)
+            || (self.maintenance_overdue() > 0 && !self.maint.is_locked())
+        {
             take(Some(now));
         }
         take(self.next_sweep(now));

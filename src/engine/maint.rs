@@ -58,17 +58,32 @@ impl Maint {
 }
 
 impl Engine {
+    /// Log bytes written past the point where maintenance is due (0: not
+    /// due).
+    pub(super) fn maintenance_overdue(&self) -> u64 {
+        if !self.opts.auto_maintenance {
+            return 0;
+        }
+        let since = self
+            .log
+            .counters()
+            .bytes
+            .saturating_sub(self.maint_from.load(Ordering::Relaxed));
+        (since + 1).saturating_sub(self.maint_every.load(Ordering::Relaxed))
+    }
+
     /// Runs a checkpoint and compaction when enough log has been written since the
     /// last one. Another thread already doing maintenance makes this a no-op. A
     /// failure is kept for the stats and retried after another `checkpoint_bytes`
     /// of log, never returned to the caller whose (already durable) operation
-    /// triggered it.
+    /// triggered it. Workers (completions), `tick` and — only as a backstop,
+    /// once it is a whole interval overdue — producers run it.
     pub(super) fn maybe_maintain(&self) {
         let bytes = self.log.counters().bytes;
         let Some(mut m) = self.maint.try_lock() else {
             return;
         };
-        if bytes.saturating_sub(m.bytes_at) < self.opts.checkpoint_bytes {
+        if bytes.saturating_sub(m.bytes_at) < self.maint_every.load(Ordering::Relaxed) {
             return;
         }
         match run(self, &mut m) {
@@ -78,6 +93,8 @@ impl Engine {
                 m.last_error = Some(e.to_string());
             }
         }
+        self.maint_from.store(m.bytes_at, Ordering::Relaxed);
+        self.maint_woken.store(false, Ordering::Relaxed);
     }
 
     /// Writes a checkpoint now and compacts.
@@ -131,10 +148,10 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
     let h = {
         let _w = q.gate.write();
         m.buckets_freed += q.gc_buckets() as u64;
-        let (pos, seq) = q.log.end_and_seq();
         for ms in &q.msgs {
             ms.lock().hold_slots();
         }
+        let (pos, seq) = q.log.end_and_seq();
         Header {
             pos: pos.to_raw(),
             seq,
@@ -170,8 +187,17 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
         .map_err(|e| Error::io("fsync directory", &q.dir, e))?;
     m.last_pos = Pos::from_raw(h.pos);
     m.bytes_at = q.log.counters().bytes;
+    q.maint_from.store(m.bytes_at, Ordering::Relaxed);
     m.checkpoints += 1;
     m.checkpoint_bytes = len;
+    // Writing a checkpoint costs its size: the next waits until the log grew
+    // CHECKPOINT_RATIO times that (restart still replays O(live) bytes).
+    q.maint_every.store(
+        q.opts
+            .checkpoint_bytes
+            .max(len.saturating_mul(CHECKPOINT_RATIO)),
+        Ordering::Relaxed,
+    );
     Ok(live)
 }
 
@@ -218,8 +244,13 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
     Ok(n)
 }
 
+/// Log written between two automatic checkpoints, in multiples of the last
+/// checkpoint's size (when that is more than `checkpoint_bytes`): bounds
+/// the checkpoints' share of the disk's writes to an eighth.
+const CHECKPOINT_RATIO: u64 = 8;
+
 /// Bytes of copies compaction makes durable at a time.
-const COPY_CHUNK: u64 = 4 << 20;
+const COPY_CHUNK: u64 = 1 << 20;
 
 /// Deletes the sealed segments before the checkpoint position that hold no
 /// live message (per `live`); returns the sparse ones, worth copying out of.
@@ -305,35 +336,54 @@ fn write_shards(q: &Engine, w: &mut Writer<'_>) -> (SegLive, bool) {
     let mut live = SegLive::new();
     let mut bad = false;
     for s in 0..SHARDS {
-        w.defer(true);
-        {
-            let keys = q.keys.read();
-            let mut ms = q.msgs[s].lock();
-            for (&seg, &(n, b)) in &ms.seg_live {
-                let e = live.entry(seg).or_default();
-                e.0 += n;
-                e.1 += b;
+        // In pieces of PIECE_SLOTS slots, one lock hold each: a producer or
+        // worker on this shard waits for one piece at most. Each message is
+        // written whole under one hold, which is all replay needs.
+        let mut from = 0usize;
+        loop {
+            w.defer(true);
+            let more = {
+                let keys = q.keys.read();
+                let mut ms = q.msgs[s].lock();
+                let to = (from + PIECE_SLOTS).min(ms.msgs.len());
+                w.count(1);
+                bad |= write_piece(w, s, &ms, from..to, &keys, &mut live).is_err();
+                from = to;
+                let more = from < ms.msgs.len();
+                if !more {
+                    ms.release_slots();
+                }
+                more
+            };
+            w.defer(false);
+            if !more {
+                break;
             }
-            bad |= write_shard(w, s, &ms, &keys).is_err();
-            ms.release_slots();
         }
-        w.defer(false);
+        w.count(0);
     }
     (live, bad)
 }
+
+/// Message slots encoded per hold of a shard's lock.
+const PIECE_SLOTS: usize = 4096;
 
 /// Writes the tables: every key by bucket id (free ids empty), the
 /// settings of each destination that has some, and the egress sources.
 fn write_tables(q: &Engine, w: &mut Writer<'_>) {
     w.begin_tables();
     {
+        // Held through the settings (keys → scheduler shards, the lock
+        // order): a key created meanwhile (an operator setting a limit on a
+        // new destination) would leave a setting whose key is not in the
+        // table.
         let keys = q.keys.read();
         w.count(keys.len() as u32);
         for i in 0..keys.len() as u32 {
             w.text(keys.key(i).map(|k| &**k).unwrap_or(""));
         }
+        write_settings(q, w);
     }
-    write_settings(q, w);
     let sources = q.sources_to_save();
     w.count(sources.len() as u32);
     for (name, st) in &sources {
@@ -364,17 +414,24 @@ fn write_settings(q: &Engine, w: &mut Writer<'_>) {
     }
 }
 
-/// Writes one message shard: the reasons its live recipients use (renumbered
-/// densely), then every live message with its recipients.
-fn write_shard(
+/// Writes one piece of a message shard — the live messages in `slots`
+/// with their recipients, after the distinct reasons they use (renumbered
+/// densely) — and counts what it wrote in `live`. `Err` if a live
+/// recipient names a free bucket id.
+fn write_piece(
     w: &mut Writer<'_>,
     s: usize,
     ms: &MsgShard,
+    slots: std::ops::Range<usize>,
     keys: &Keys,
+    live: &mut SegLive,
 ) -> std::result::Result<(), ()> {
+    let msgs = &ms.msgs;
+    let in_piece = || slots.clone().filter(|&l| msgs[l].gen != 0);
     let mut rmap: HashMap<u32, u32> = HashMap::new();
     let mut rlist: Vec<&str> = Vec::new();
-    for m in ms.msgs.iter().filter(|m| m.gen != 0) {
+    for l in in_piece() {
+        let m = &msgs[l];
         for rid in m.first..m.first + m.n as u32 {
             let r = ms.rcpts[rid as usize].reason();
             if r != 0 && !rmap.contains_key(&r) {
@@ -387,11 +444,12 @@ fn write_shard(
     for r in &rlist {
         w.text(r);
     }
-    w.count(ms.live_msgs as u32);
-    for (l, m) in ms.msgs.iter().enumerate() {
-        if m.gen == 0 {
-            continue;
-        }
+    w.count(in_piece().count() as u32);
+    for l in in_piece() {
+        let m = &msgs[l];
+        let e = live.entry(m.seg).or_default();
+        e.0 += 1;
+        e.1 += m.len as u64;
         w.message(&MsgEntry {
             id: MessageId::new(m.gen, global(s, l as u32)).0,
             loc: (m.seg, m.off, m.len),

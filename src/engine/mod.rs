@@ -90,6 +90,15 @@ pub(crate) struct Engine {
     counters: Counters,
     report: Mutex<RecoveryReport>,
     maint: Mutex<Maint>,
+    /// Log bytes written (since open) when maintenance last ran: the next is
+    /// due `checkpoint_bytes` later (a copy of `Maint::bytes_at` read
+    /// without its lock).
+    maint_from: AtomicU64,
+    /// The poll fd was raised for the maintenance now due.
+    maint_woken: AtomicBool,
+    /// Log bytes between two maintenance runs: `checkpoint_bytes`, or
+    /// `CHECKPOINT_RATIO` times the last checkpoint's size when larger.
+    maint_every: AtomicU64,
     /// Re-routed recipients whose attempt ended, waiting to join their new bucket
     /// (a leaf lock; drained by [`Engine::apply_moves`] after other locks are released).
     moves: Mutex<Vec<Move>>,
@@ -194,6 +203,9 @@ impl Engine {
             egress: RwLock::new(Arc::new(egress::Egress::recovered(r.sources))),
             egress_gen: AtomicU32::new(0),
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
+            maint_from: AtomicU64::new(0),
+            maint_woken: AtomicBool::new(false),
+            maint_every: AtomicU64::new(opts.checkpoint_bytes),
             salt,
             report: Mutex::new(r.report),
             opts,

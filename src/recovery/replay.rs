@@ -134,6 +134,8 @@ impl Builder {
             if self.last_seq >= self.window_seq {
                 self.report
                     .note_corrupt_message(id, "update for unknown message");
+            } else {
+                self.report.window_updates += 1;
             }
             return;
         }
@@ -458,7 +460,18 @@ impl Builder {
             None => self.load_tables(&mut d)?,
         };
         for s in 0..SHARDS {
-            self.load_shard(&mut d, s, &remap)?;
+            if d.version() >= 5 {
+                // Pieces, each flagged 1, then 0.
+                loop {
+                    match d.count()? {
+                        0 => break,
+                        1 => self.load_shard(&mut d, s, &remap)?,
+                        _ => return Err(DecodeError::from("bad piece marker")),
+                    }
+                }
+            } else {
+                self.load_shard(&mut d, s, &remap)?;
+            }
         }
         d.end()?;
         self.checkpoint_used = true;
@@ -503,6 +516,7 @@ impl Builder {
         Ok(remap)
     }
 
+    /// Loads one shard (before version 5) or one piece of one.
     fn load_shard(
         &mut self,
         d: &mut Decoder<'_>,

@@ -48,6 +48,9 @@ pub struct RecoveryReport {
     pub recipients: usize,
     /// Time taken by open.
     pub duration: Duration,
+    /// Updates replayed inside the checkpoint's window for messages that
+    /// finished while it was taken (expected; not damage).
+    pub window_updates: u64,
 }
 
 impl RecoveryReport {

@@ -17,7 +17,8 @@
 //! u64, end magic `MQCKEND1`.
 //!
 //! Version 5 (a checkpoint taken while the log grows) puts the shards first,
-//! right after the header, and the *tables* after them: key count u32 and
+//! right after the header — each as pieces (u32 1, then the reasons and
+//! messages as above) closed by u32 0 — and the *tables* after them: key count u32 and
 //! keys by bucket id (an empty string for a free id; recipient entries name
 //! the bucket id, `u32::MAX` for a final recipient whose bucket was freed),
 //! destination count and settings by bucket id, source count and sources,
@@ -53,6 +54,8 @@ const WARNED_BIT: u8 = 0x80;
 const TRAILER: usize = 4 + 8 + 8;
 /// Bytes buffered before a checkpoint piece is written.
 const SINK_CHUNK: usize = 256 << 10;
+/// Bytes written between two syncs of the checkpoint file.
+const WRITEBACK: u64 = 1 << 20;
 
 /// The snapshot's position in the log and the counters to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,8 @@ pub struct Writer<'a> {
     deferred: bool,
     /// File offset of the tables (version 5), once begun.
     tables_at: Option<u64>,
+    /// Bytes written before the last sync.
+    synced: u64,
 }
 
 impl<'a> Writer<'a> {
@@ -136,6 +141,7 @@ impl<'a> Writer<'a> {
             err: None,
             deferred: false,
             tables_at: None,
+            synced: 0,
         };
         w.buf.extend_from_slice(MAGIC);
         w.u32(VERSION);
@@ -253,6 +259,14 @@ impl<'a> Writer<'a> {
         }
         self.off += self.buf.len() as u64;
         self.buf.clear();
+        // Written back as it goes, in small syncs: one big fsync at the end
+        // would hold the disk (and every producer's commit) for its length.
+        if self.off - self.synced >= WRITEBACK && self.err.is_none() {
+            if let Err(e) = self.f.sync_data() {
+                self.err = Some(e);
+            }
+            self.synced = self.off;
+        }
     }
 
     fn maybe_spill(&mut self) {
