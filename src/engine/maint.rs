@@ -267,12 +267,10 @@ fn remove_dead_segments(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<Vec
         .collect();
     segs.sort_unstable();
     let mut sparse = Vec::new();
+    let mut dead = Vec::new();
     for seg in segs {
         match live.get(&seg) {
-            None => {
-                q.log.remove_segment(seg)?;
-                m.segments_deleted += 1;
-            }
+            None => dead.push(seg),
             Some(&(_, bytes)) => {
                 if (bytes as f64) < q.opts.compact_below * q.opts.segment_size as f64 {
                     sparse.push(seg);
@@ -280,6 +278,8 @@ fn remove_dead_segments(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<Vec
             }
         }
     }
+    q.log.remove_segments(&dead)?;
+    m.segments_deleted += dead.len() as u64;
     Ok(sparse)
 }
 

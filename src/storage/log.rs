@@ -908,8 +908,21 @@ impl Log {
         }
     }
 
-    /// Deletes a sealed segment file durably.
-    pub fn remove_segment(&self, seg: u32) -> Result<()> {
+    /// Deletes sealed segment files, then fsyncs the directory once (one
+    /// journal commit for all: each one stalls concurrent fdatasyncs).
+    pub fn remove_segments(&self, segs: &[u32]) -> Result<()> {
+        for &seg in segs {
+            self.unlink_segment(seg)?;
+        }
+        if !segs.is_empty() {
+            self.vfs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn unlink_segment(&self, seg: u32) -> Result<()> {
         {
             let mut files = self.files.lock();
             files.removed.insert(seg);
@@ -920,11 +933,7 @@ impl Log {
         let path = self.path(seg);
         self.vfs
             .remove(&path)
-            .map_err(|e| Error::io("remove segment", &path, e))?;
-        self.vfs
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
-        Ok(())
+            .map_err(|e| Error::io("remove segment", &path, e))
     }
 }
 
