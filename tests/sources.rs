@@ -36,6 +36,14 @@ fn deliver_now(q: &Queue) -> HashMap<String, usize> {
     out
 }
 
+/// Gives `dom` the pool "warming" (capped at `per_day` on day 1) and
+/// "seasoned".
+fn warming_pool(q: &Queue, dom: &str, per_day: u32) {
+    q.set_sources(Some(dom), &["warming", "seasoned"]).unwrap();
+    q.set_warmup("warming", &[WarmupStep { day: 1, per_day }])
+        .unwrap();
+}
+
 fn per_minute(n: u32) -> RateLimit {
     RateLimit {
         per_minute: n,
@@ -198,10 +206,7 @@ fn overflow_goes_out_through_another_source_of_the_pool() {
     let clock = ManualClock::new(T0);
     let q = Queue::open(dir.path(), opts(&clock)).unwrap();
     fill(&q, "o.example", 30);
-    q.set_sources(Some("o.example"), &["warming", "seasoned"])
-        .unwrap();
-    q.set_warmup("warming", &[WarmupStep { day: 1, per_day: 4 }])
-        .unwrap();
+    warming_pool(&q, "o.example", 4);
     let got = deliver_now(&q);
     assert_eq!(got.get("warming"), Some(&4), "{got:?}");
     assert_eq!(got.get("seasoned"), Some(&26), "{got:?}");
@@ -217,10 +222,7 @@ fn a_session_on_a_free_source_sends_while_the_others_are_full_or_used_up() {
     let clock = ManualClock::new(T0);
     let q = Queue::open(dir.path(), opts(&clock)).unwrap();
     fill(&q, "f.example", 10);
-    q.set_sources(Some("f.example"), &["warming", "seasoned"])
-        .unwrap();
-    q.set_warmup("warming", &[WarmupStep { day: 1, per_day: 1 }])
-        .unwrap();
+    warming_pool(&q, "f.example", 1);
     q.set_source_limits("f.example", 1, RateLimit::default())
         .unwrap();
     let got = deliver_now(&q);

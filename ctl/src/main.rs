@@ -350,12 +350,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             "rate",
             destination,
             sel,
-            &[
-                ("per_second", json!(per_second)),
-                ("per_minute", json!(per_minute)),
-                ("per_hour", json!(per_hour)),
-                ("per_day", json!(per_day)),
-            ],
+            &rate_fields([per_second, per_minute, per_hour, per_day]),
         ),
         Cmd::SourceLimit {
             destination,
@@ -365,18 +360,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             per_hour,
             per_day,
             sel,
-        } => api.on_destinations(
-            "source-limit",
-            destination,
-            sel,
-            &[
-                ("sessions", json!(sessions)),
-                ("per_second", json!(per_second)),
-                ("per_minute", json!(per_minute)),
-                ("per_hour", json!(per_hour)),
-                ("per_day", json!(per_day)),
-            ],
-        ),
+        } => {
+            let mut fields = vec![("sessions", json!(sessions))];
+            fields.extend(rate_fields([per_second, per_minute, per_hour, per_day]));
+            api.on_destinations("source-limit", destination, sel, &fields)
+        }
         Cmd::Top { interval } => top::run(&api, interval),
         Cmd::Metrics => {
             let body = api.get_raw("/metrics")?;
@@ -809,4 +797,13 @@ fn explain(v: &Value) -> String {
         ));
     }
     s
+}
+
+/// The four message-rate fields of a request, per second/minute/hour/day.
+fn rate_fields<T: Into<Value>>(per: [T; 4]) -> Vec<(&'static str, Value)> {
+    ["per_second", "per_minute", "per_hour", "per_day"]
+        .into_iter()
+        .zip(per)
+        .map(|(k, v)| (k, v.into()))
+        .collect()
 }

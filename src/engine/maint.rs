@@ -93,7 +93,13 @@ impl Engine {
                 m.last_error = Some(e.to_string());
             }
         }
-        self.maint_from.store(m.bytes_at, Ordering::Relaxed);
+        self.maintained_at(m.bytes_at);
+    }
+
+    /// Maintenance ran (or failed) with the log at `bytes`: the next is due
+    /// one interval later, and its producer raises the poll fd again.
+    fn maintained_at(&self, bytes: u64) {
+        self.maint_from.store(bytes, Ordering::Relaxed);
         self.maint_woken.store(false, Ordering::Relaxed);
     }
 
@@ -187,7 +193,8 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
         .map_err(|e| Error::io("fsync directory", &q.dir, e))?;
     m.last_pos = Pos::from_raw(h.pos);
     m.bytes_at = q.log.counters().bytes;
-    q.maint_from.store(m.bytes_at, Ordering::Relaxed);
+    // Also an explicit checkpoint: the next automatic one counts from here.
+    q.maintained_at(m.bytes_at);
     m.checkpoints += 1;
     m.checkpoint_bytes = len;
     // Writing a checkpoint costs its size: the next waits until the log grew

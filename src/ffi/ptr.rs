@@ -106,24 +106,8 @@ pub(super) unsafe fn reason_text(p: *const c_char) -> Option<String> {
 /// When `len` is not 0, `p` is NULL or valid for reads of `len` bytes that stay
 /// unchanged for `'a`.
 pub(super) unsafe fn bytes<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8], Fail> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if p.is_null() {
-        return fail(
-            MAILQ_ERR_NULL,
-            format!("{name} is NULL but its length is {len}"),
-        );
-    }
-    if len > isize::MAX as usize {
-        return fail(
-            MAILQ_ERR_TOO_LARGE,
-            format!("{name} length {len} is impossible"),
-        );
-    }
-    // SAFETY: non-NULL, so `len` readable bytes (this function's contract);
-    // `len` is at most isize::MAX.
-    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+    // SAFETY: bytes are values of `u8` (always aligned); same contract.
+    unsafe { items(p, len, name) }
 }
 
 /// `len` values at `p` (an array the caller passes); `p` may be NULL when
