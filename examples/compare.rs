@@ -2,8 +2,13 @@
 //!
 //! Peers:
 //! - `raw`: the physical limit — append + fdatasync of the same bytes, in the
-//!   same batch sizes mailq's group commit produced at that producer count;
-//! - `mailq`;
+//!   same batch sizes, in the same order, as mailq's group commits in that
+//!   run at that producer count (recorded through the `Vfs` seam: the bytes
+//!   each segment fdatasync made durable);
+//! - `mailq`, run as an MTA runs it: producers enqueue while the MTA's event
+//!   loop calls `tick` (which makes the next segment's file ahead);
+//! - `mailq-noprealloc`: the same with `preallocate_segments` off (every
+//!   commit grows the file, as `raw`'s do);
 //! - `spool`: a Postfix-style spool — one file per message written to a temporary
 //!   name, fsynced, renamed into place, directory fsynced; a recipient is marked
 //!   done by rewriting its record in place; the file is removed when all are done;
@@ -51,9 +56,100 @@ trait Peer: Send + Sync {
     fn syncs(&self) -> Option<u64> {
         None
     }
+    /// What the peer's event loop calls, if it has one.
+    fn ticker(&self) -> Option<Box<dyn Fn() + Send>> {
+        None
+    }
 }
 
 struct MailqPeer(mailq::Queue);
+
+/// The bytes each fdatasync of a segment file committed, while `on`.
+#[derive(Default)]
+struct Commits {
+    on: std::sync::atomic::AtomicBool,
+    pending: parking_lot::Mutex<std::collections::HashMap<usize, u64>>,
+    sizes: parking_lot::Mutex<Vec<u64>>,
+}
+
+/// The real filesystem, with segment writes and syncs counted into `Commits`.
+struct RecFs(Arc<Commits>);
+struct RecFile {
+    f: Arc<dyn mailq::VFile>,
+    seg: bool,
+    c: Arc<Commits>,
+}
+
+impl mailq::Vfs for RecFs {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        mailq::OsFs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        mailq::OsFs.list(dir)
+    }
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Arc<dyn mailq::VFile>> {
+        let f = mailq::OsFs.open(path, create)?;
+        let seg = path.extension().is_some_and(|e| e == "seg" || e == "pre");
+        Ok(Arc::new(RecFile {
+            f,
+            seg,
+            c: self.0.clone(),
+        }))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        mailq::OsFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        mailq::OsFs.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        mailq::OsFs.sync_dir(dir)
+    }
+    fn lock_dir(
+        &self,
+        dir: &Path,
+    ) -> std::io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
+        mailq::OsFs.lock_dir(dir)
+    }
+    fn network_fs(&self, dir: &Path) -> std::io::Result<Option<String>> {
+        mailq::OsFs.network_fs(dir)
+    }
+    fn dir_exists(&self, dir: &Path) -> std::io::Result<bool> {
+        mailq::OsFs.dir_exists(dir)
+    }
+}
+
+impl RecFile {
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.f) as *const u8 as usize
+    }
+}
+
+impl mailq::VFile for RecFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.f.len()
+    }
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.f.read_exact_at(off, buf)
+    }
+    fn write_all_at(&self, off: u64, buf: &[u8]) -> std::io::Result<()> {
+        // Zero-filling a file ahead is not a commit.
+        if self.seg && self.c.on.load(Ordering::Relaxed) && buf.iter().any(|&b| b != 0) {
+            *self.c.pending.lock().entry(self.key()).or_default() += buf.len() as u64;
+        }
+        self.f.write_all_at(off, buf)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        let r = self.f.sync_data();
+        if let Some(n) = self.c.pending.lock().remove(&self.key()) {
+            self.c.sizes.lock().push(n);
+        }
+        r
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.f.set_len(len)
+    }
+}
 
 impl Peer for MailqPeer {
     fn enqueue(&self, _i: u64, rcpts: &[String], body: &[u8]) {
@@ -81,6 +177,12 @@ impl Peer for MailqPeer {
     }
     fn syncs(&self) -> Option<u64> {
         Some(self.0.stats().fsyncs)
+    }
+    fn ticker(&self) -> Option<Box<dyn Fn() + Send>> {
+        let q = self.0.clone();
+        Some(Box::new(move || {
+            q.tick();
+        }))
     }
 }
 
@@ -301,10 +403,18 @@ mod rocks_peer {
     }
 }
 
-fn open_peer(name: &str, dir: &Path) -> Box<dyn Peer> {
+fn open_peer(name: &str, dir: &Path, commits: &Arc<Commits>) -> Box<dyn Peer> {
     match name {
-        "mailq" => Box::new(MailqPeer(
-            mailq::Queue::open(dir, mailq::Options::default()).expect("open mailq"),
+        "mailq" | "mailq-noprealloc" => Box::new(MailqPeer(
+            mailq::Queue::open(
+                dir,
+                mailq::Options {
+                    preallocate_segments: name == "mailq",
+                    vfs: Arc::new(RecFs(commits.clone())),
+                    ..mailq::Options::default()
+                },
+            )
+            .expect("open mailq"),
         )),
         "spool" => {
             std::fs::create_dir_all(dir.join("incoming")).expect("mkdir");
@@ -324,7 +434,7 @@ fn open_peer(name: &str, dir: &Path) -> Box<dyn Peer> {
 
 fn reopen_pending(name: &str, dir: &Path) -> usize {
     match name {
-        "mailq" => {
+        "mailq" | "mailq-noprealloc" => {
             let q = mailq::Queue::open(dir, mailq::Options::default()).expect("reopen");
             let n = q.stats().recipients() as usize;
             drop(q);
@@ -378,21 +488,29 @@ fn tmpdir(tag: &str) -> PathBuf {
     d
 }
 
-/// Raw append + fdatasync of `n` records of `rec` bytes in batches of `batch` records.
-fn raw_run(n: u64, rec: usize, batch: u64) -> (f64, u64, Duration, Duration) {
+/// Raw append + fdatasync of `n` records of `rec` bytes: in batches of
+/// `batch` records, or of exactly the byte sizes in `sizes` (mailq's
+/// commits, in order) when given.
+fn raw_run(n: u64, rec: usize, batch: u64, sizes: &[u64]) -> (f64, u64, Duration, Duration) {
     let d = tmpdir("raw");
     let mut f = std::fs::File::create(d.join("raw.log")).expect("create");
-    let buf = vec![b'r'; rec * batch as usize];
+    let plan: Vec<u64> = if sizes.is_empty() {
+        let mut v = vec![batch * rec as u64; (n / batch) as usize];
+        if !n.is_multiple_of(batch) {
+            v.push((n % batch) * rec as u64);
+        }
+        v
+    } else {
+        sizes.to_vec()
+    };
+    let buf = vec![b'r'; plan.iter().copied().max().unwrap_or(0) as usize];
     let mut lat = Vec::new();
     let t0 = Instant::now();
-    let mut done = 0;
-    while done < n {
-        let k = batch.min(n - done);
+    for &k in &plan {
         let t = Instant::now();
-        f.write_all(&buf[..rec * k as usize]).expect("write");
+        f.write_all(&buf[..k as usize]).expect("write");
         f.sync_data().expect("fdatasync");
         lat.push(t.elapsed());
-        done += k;
     }
     let secs = t0.elapsed().as_secs_f64();
     drop(f);
@@ -407,27 +525,49 @@ fn raw_run(n: u64, rec: usize, batch: u64) -> (f64, u64, Duration, Duration) {
     )
 }
 
-fn child(peer: &str, producers: usize, n: u64, batch: u64) {
+fn child(peer: &str, producers: usize, n: u64, batch: u64, commits: Option<&Path>) {
     let body = vec![b'b'; BODY];
     if peer == "raw" {
+        let sizes: Vec<u64> = commits
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.lines().filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_default();
         let mut p = Vec::new();
         let r = rcpts(0);
         let pairs: Vec<(&str, &str)> = r.iter().map(|a| (a.as_str(), "d.example")).collect();
         mailq::sim::record::encode_message(&mut p, 1, 0, "list@sender.example", b"", &pairs, &body);
         let rec = mailq::sim::record::padded(mailq::sim::record::HEADER_LEN + p.len());
-        let (tput, bytes, p50, p99) = raw_run(n, rec, batch.max(1));
+        let (tput, bytes, p50, p99) = raw_run(n, rec, batch.max(1), &sizes);
+        let commits = if sizes.is_empty() {
+            n.div_ceil(batch.max(1))
+        } else {
+            sizes.len() as u64
+        };
         println!(
             "RESULT peer=raw producers={producers} n={n} tput={tput:.0} p50_us={} p99_us={} disk_per_msg={} deliver_tput=0 reopen_ms=0 pending=0 rss_kb={} syncs={}",
             p50.as_micros(),
             p99.as_micros(),
             bytes / n,
             status_kb("VmHWM:"),
-            n.div_ceil(batch.max(1)),
+            commits,
         );
         return;
     }
     let d = tmpdir(peer);
-    let p: Arc<dyn Peer> = Arc::from(open_peer(peer, &d));
+    let rec = Arc::new(Commits::default());
+    let p: Arc<dyn Peer> = Arc::from(open_peer(peer, &d, &rec));
+    rec.on.store(true, Ordering::Relaxed);
+    // An MTA's event loop: `tick` on the queue's wake-ups (here every 5 ms).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = p.ticker().map(|tick| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                tick();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    });
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let handles: Vec<_> = (0..producers)
@@ -454,6 +594,16 @@ fn child(peer: &str, producers: usize, n: u64, batch: u64) {
         .flat_map(|h| h.join().expect("producer"))
         .collect();
     let secs = t0.elapsed().as_secs_f64();
+    rec.on.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        t.join().expect("ticker");
+    }
+    if let Some(path) = commits {
+        let sizes = rec.sizes.lock();
+        let text: String = sizes.iter().map(|s| format!("{s}\n")).collect();
+        std::fs::write(path, text).expect("write commit sizes");
+    }
     let syncs = p.syncs().unwrap_or(0);
     lat.sort();
     let disk = dir_bytes(&d);
@@ -576,7 +726,9 @@ fn svg(results: &[R], peers: &[&str], producers: &[usize]) -> String {
     let max = results.iter().map(|r| r.tput).fold(1.0, f64::max) * 1.1;
     let x = |i: usize| l + (w - l - 160.0) * i as f64 / (producers.len() - 1).max(1) as f64;
     let y = |v: f64| h - b - (h - b - 30.0) * v / max;
-    let colors = ["#444444", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+    let colors = [
+        "#444444", "#d62728", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd",
+    ];
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='18' font-size='14'>Durable enqueue, 4 KiB body, 3 recipients (messages/s)</text>\n",
         l
@@ -732,7 +884,8 @@ fn main() {
             let producers: usize = args[2].parse().expect("producers");
             let n: u64 = args[3].parse().expect("n");
             let batch: u64 = args.get(4).and_then(|b| b.parse().ok()).unwrap_or(1);
-            return child(peer, producers, n, batch);
+            let commits = args.get(5).map(Path::new);
+            return child(peer, producers, n, batch, commits);
         }
         Some("--build") => return build_child(Path::new(&args[1]), args[2].parse().expect("msgs")),
         Some("--open") => return open_child(Path::new(&args[1])),
@@ -745,13 +898,23 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
-    let producers = [1usize, 4, 16, 32];
-    let mut peers = vec!["mailq", "raw", "spool"];
+    let list = |flag: &str| -> Option<Vec<String>> {
+        let i = args.iter().position(|a| a == flag)?;
+        Some(args.get(i + 1)?.split(',').map(str::to_string).collect())
+    };
+    let producers: Vec<usize> = list("--producers")
+        .map(|v| v.iter().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 32]);
+    let mut peers = vec!["mailq", "raw", "mailq-noprealloc", "spool"];
     if cfg!(feature = "compare") {
         peers.push("sqlite");
     }
     if cfg!(feature = "compare-rocksdb") {
         peers.push("rocksdb");
+    }
+    if let Some(only) = list("--peers") {
+        // mailq runs first: raw replays its commits.
+        peers.retain(|p| *p == "mailq" || only.iter().any(|o| o == p));
     }
     let have_strace = Command::new("strace")
         .arg("-V")
@@ -761,6 +924,8 @@ fn main() {
     for &p in &producers {
         let n = ((2000.0 * p.max(1) as f64).min(40_000.0) * scale) as u64;
         let mut mailq_batch = 1;
+        let commits =
+            std::env::temp_dir().join(format!("mailq-compare-commits-{}-{p}", std::process::id()));
         for peer in &peers {
             let mut a = vec![
                 "--child".to_string(),
@@ -768,8 +933,10 @@ fn main() {
                 p.to_string(),
                 n.to_string(),
             ];
-            if *peer == "raw" {
+            if *peer == "raw" || *peer == "mailq" {
+                // mailq writes the sizes of its commits there; raw replays them.
                 a.push(mailq_batch.to_string());
+                a.push(commits.display().to_string());
             }
             eprint!("{peer:>7} × {p:>2} producers, {n} messages … ");
             let Some(line) = run_child(&a, None) else {
@@ -791,6 +958,7 @@ fn main() {
             eprintln!("{:.0} msg/s", r.tput);
             results.push(r);
         }
+        let _ = std::fs::remove_file(&commits);
     }
     // Report.
     let mut out = String::new();
@@ -824,6 +992,9 @@ fn main() {
         }
     }
     println!("{out}");
+    if list("--peers").is_some() || list("--producers").is_some() {
+        return; // a partial run does not replace the plot
+    }
     let plot = svg(&results, &peers, &producers);
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs")

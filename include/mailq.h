@@ -281,6 +281,12 @@ typedef struct mailq_options {
    * with `Action: delayed` (default 0: no warnings; less than the lifetime).
    */
   uint32_t delay_warning_secs;
+  /**
+   * Non-zero (the default): zero-fill the next segment's file ahead, on the
+   * thread that runs maintenance, so that commits do not grow the file.
+   * Set 0 on copy-on-write filesystems (btrfs, ZFS).
+   */
+  uint32_t preallocate_segments;
 } mailq_options;
 
 /**

@@ -80,7 +80,7 @@ pub mod sim {
     pub mod record {
         pub use crate::storage::record::{
             decode_message, decode_source, decode_update, encode_message, encode_update, frame,
-            header, padded, Kind, UpdateRecord, HEADER_LEN,
+            header, padded, Kind, UpdateRecord, FORMAT_VERSION, HEADER_LEN,
         };
     }
 }

@@ -455,6 +455,13 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// Run checkpoints and compaction on the caller's thread when due (default true).
     pub auto_maintenance: bool,
+    /// Zero-fill the file of the next segment ahead, on the thread that runs
+    /// maintenance (workers' calls and [`crate::Queue::tick`]), so that
+    /// commits overwrite written blocks instead of growing the file: each
+    /// fdatasync then commits no file size or extent change (default true;
+    /// costs one segment of disk, written once per segment). Turn it off on
+    /// copy-on-write filesystems (btrfs, ZFS), where it cannot pay.
+    pub preallocate_segments: bool,
     /// Compact a sealed segment whose live bytes fall under this fraction of the segment
     /// size (default 2/3, which bounds sealed segments to 1.5× their live data).
     pub compact_below: f64,
@@ -484,6 +491,7 @@ impl Default for Options {
         Options {
             allow_network_fs: false,
             segment_size: 64 << 20,
+            preallocate_segments: true,
             max_body: 64 << 20,
             max_recipients: 10_000,
             batch_recipients: 50,
@@ -515,6 +523,7 @@ impl fmt::Debug for Options {
         f.debug_struct("Options")
             .field("allow_network_fs", &self.allow_network_fs)
             .field("segment_size", &self.segment_size)
+            .field("preallocate_segments", &self.preallocate_segments)
             .field("batch_recipients", &self.batch_recipients)
             .field("min_backoff", &self.min_backoff)
             .field("max_backoff", &self.max_backoff)

@@ -178,6 +178,17 @@ fn w_segment_roll(c: &mut Ctx) -> Result<()> {
     c.enqueue_n(14, 1, 700).map(|_| ())
 }
 
+/// Segments rolled into files made ahead (zero-filled by `tick`), so the
+/// crash points include a half-made file, its rename into place, and
+/// sealed segments that end in zeros.
+fn w_segments_made_ahead(c: &mut Ctx) -> Result<()> {
+    for _ in 0..7 {
+        c.enqueue_n(2, 1, 700)?;
+        c.q().tick();
+    }
+    Ok(())
+}
+
 fn w_outcomes(c: &mut Ctx) -> Result<()> {
     c.enqueue_n(8, 2, 50)?;
     c.deliver(6, mixed)?;
@@ -427,9 +438,10 @@ fn enumerate(name: &str, opts: OptsFn, w: Workload) -> usize {
 
 #[test]
 fn crash_at_every_io_operation() {
-    let workloads: [(&str, OptsFn, Workload); 11] = [
+    let workloads: [(&str, OptsFn, Workload); 12] = [
         ("enqueue burst", base, w_enqueue_burst),
         ("segment roll", small_segments, w_segment_roll),
+        ("segments made ahead", small_segments, w_segments_made_ahead),
         ("deliveries, every outcome", base, w_outcomes),
         ("checkpoint", base, w_checkpoint),
         ("compaction", small_segments, w_compaction),

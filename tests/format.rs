@@ -124,7 +124,11 @@ fn format_v1_fixture_opens_with_everything_intact() {
         &seg2[mailq::sim::record::HEADER_LEN..],
     );
     assert_eq!(h.kind, mailq::sim::record::Kind::SegmentHeader);
-    assert_eq!(&payload[8..12], &4u32.to_le_bytes(), "format 4 header");
+    assert_eq!(
+        &payload[8..12],
+        &mailq::sim::record::FORMAT_VERSION.to_le_bytes(),
+        "a header of the current format"
+    );
     let rate = RateLimit {
         per_minute: 6,
         ..RateLimit::default()

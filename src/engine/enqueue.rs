@@ -89,6 +89,10 @@ impl Engine {
                 }
             }
         }
+        // So is making the next segment's file ahead (never on a producer).
+        if self.log.wants_prepare() && !self.prep_woken.swap(true, Ordering::Relaxed) {
+            self.wake();
+        }
         Ok(id)
     }
 

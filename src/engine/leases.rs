@@ -225,6 +225,7 @@ impl Engine {
         // tried again at the next one).
         let _ = self.sweep_if_due();
         let _ = self.sync_if_due();
+        self.prepare_if_wanted();
         if self.opts.auto_maintenance {
             self.maybe_maintain();
         }
@@ -374,6 +375,7 @@ impl Engine {
         // Maintenance due and not running on another thread: tick now.
         if self.has_moves.load(Ordering::Acquire)
             || (self.maintenance_overdue() > 0 && !self.maint.is_locked())
+            || self.log.wants_prepare()
         {
             take(Some(now));
         }

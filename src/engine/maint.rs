@@ -103,6 +103,21 @@ impl Engine {
         self.maint_woken.store(false, Ordering::Relaxed);
     }
 
+    /// Makes the next segment's file ahead when the log wants one (see
+    /// [`crate::storage::log::Log::prepare_next`]). A failure (a full disk)
+    /// is kept for the stats like a maintenance failure; the segment is then
+    /// created empty when the log reaches it.
+    pub(super) fn prepare_if_wanted(&self) {
+        if !self.log.wants_prepare() {
+            return;
+        }
+        let res = self.log.prepare_next();
+        self.prep_woken.store(false, Ordering::Relaxed);
+        if let (Err(e), Some(mut m)) = (res, self.maint.try_lock()) {
+            m.last_error = Some(e.to_string());
+        }
+    }
+
     /// Writes a checkpoint now and compacts.
     pub(crate) fn checkpoint(&self) -> Result<()> {
         let mut m = self.maint.lock();

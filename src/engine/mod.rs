@@ -96,6 +96,8 @@ pub(crate) struct Engine {
     maint_from: AtomicU64,
     /// The poll fd was raised for the maintenance now due.
     maint_woken: AtomicBool,
+    /// The poll fd was raised for the next segment's file to be made ahead.
+    prep_woken: AtomicBool,
     /// Log bytes between two maintenance runs: `checkpoint_bytes`, or
     /// `CHECKPOINT_RATIO` times the last checkpoint's size when larger.
     maint_every: AtomicU64,
@@ -156,6 +158,7 @@ impl Engine {
             opts.outcome_sync_interval,
             opts.outcome_sync_bytes,
             opts.clock.clone(),
+            opts.preallocate_segments,
         )?;
         r.report.duration = t0.elapsed();
         let load = Arc::new(Load::default());
@@ -205,6 +208,7 @@ impl Engine {
             maint: Mutex::new(Maint::at(r.checkpoint_pos)),
             maint_from: AtomicU64::new(0),
             maint_woken: AtomicBool::new(false),
+            prep_woken: AtomicBool::new(false),
             maint_every: AtomicU64::new(opts.checkpoint_bytes),
             salt,
             report: Mutex::new(r.report),
@@ -325,6 +329,7 @@ impl Engine {
     /// is kept for the stats, never returned (the operation itself succeeded).
     fn after_write(&self) -> Result<()> {
         self.sync_if_due()?;
+        self.prepare_if_wanted();
         if self.opts.auto_maintenance {
             self.maybe_maintain();
         }

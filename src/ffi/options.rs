@@ -57,6 +57,10 @@ pub struct mailq_options {
     /// handed out once by `mailq_take_bounces` with `delayed` set, for a DSN
     /// with `Action: delayed` (default 0: no warnings; less than the lifetime).
     pub delay_warning_secs: u32,
+    /// Non-zero (the default): zero-fill the next segment's file ahead, on the
+    /// thread that runs maintenance, so that commits do not grow the file.
+    /// Set 0 on copy-on-write filesystems (btrfs, ZFS).
+    pub preallocate_segments: u32,
 }
 
 /// Fills `opts` with the defaults and sets `opts->size`. Pass
@@ -103,6 +107,7 @@ fn default_options() -> mailq_options {
         max_queued_bytes: d.max_queued_bytes,
         min_free_disk: d.min_free_disk,
         delay_warning_secs: d.delay_warning.as_secs().min(u32::MAX as u64) as u32,
+        preallocate_segments: d.preallocate_segments as u32,
     }
 }
 
@@ -142,6 +147,7 @@ pub(super) unsafe fn read_options(p: *const mailq_options) -> Result<Options, Fa
         max_queued_bytes: o.max_queued_bytes,
         min_free_disk: o.min_free_disk,
         delay_warning: Duration::from_secs(o.delay_warning_secs as u64),
+        preallocate_segments: o.preallocate_segments != 0,
         ..Options::default()
     };
     opts.concurrency = Concurrency {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::index::{global, MsgShard};
 use crate::sched::{Keys, SchedShard};
 use crate::storage::checkpoint::{DecodeError, CHECKPOINT, VERSION};
-use crate::storage::log::{parse_segment_name, segment_name, LogStart, Pos};
+use crate::storage::log::{is_prepared_name, parse_segment_name, segment_name, LogStart, Pos};
 use crate::storage::record;
 use crate::storage::vfs::Vfs;
 use crate::types::{MessageId, Options};
@@ -57,6 +57,13 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
         .list(dir)
         .map_err(|e| Error::io("list queue directory", dir, e))?;
     let segs: BTreeSet<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    // Files made ahead for segments never reached hold nothing: the log makes
+    // new ones when it wants them.
+    for n in names.iter().filter(|n| is_prepared_name(n)) {
+        let path = dir.join(n);
+        vfs.remove(&path)
+            .map_err(|e| Error::io("remove a preallocated segment file", &path, e))?;
+    }
     let mut b = Builder::new(opts.concurrency, now);
     let from = if names.iter().any(|n| n == CHECKPOINT) {
         load_checkpoint(&mut b, vfs, dir, opts, now)?
@@ -164,6 +171,7 @@ fn replay_log(
             _ => 0,
         };
         b.report.segments_scanned += 1;
+        check_zero_end(b, seg, &data, start);
         if start > data.len() {
             report_short_segment(b, seg, data.len(), start);
             if is_last {
@@ -183,7 +191,9 @@ fn replay_log(
         }
         if is_last {
             let old_format = segment_version(&data).is_some_and(|v| v < record::FORMAT_VERSION);
-            if end < data.len() {
+            // A tail of zeros is the rest of a file made ahead: kept, the log
+            // writes into it. A torn tail is cut.
+            if !replay::all_zero(&data[end..]) {
                 drop(data);
                 truncate(vfs, &path, end as u64)?;
             }
@@ -210,6 +220,33 @@ fn replay_log(
         next_seq: 0,
         salt: 0,
     })
+}
+
+/// After a segment that ended in zeros, its successor's header must carry
+/// the next sequence number: a sealed segment was synced whole before its
+/// successor was created, so a gap means the filesystem lost records that
+/// were acknowledged (reported as damage, where the zeros begin).
+fn check_zero_end(b: &mut Builder, seg: u32, data: &[u8], start: usize) {
+    let Some((prev, at, last)) = b.zero_end.take() else {
+        return;
+    };
+    if prev.checked_add(1) != Some(seg) || start != 0 {
+        return;
+    }
+    if let Ok(f) = record::parse(data, b.salt) {
+        if f.kind == record::Kind::SegmentHeader && f.seq != last.saturating_add(1) {
+            b.report.damaged.push(Damage {
+                segment: prev,
+                offset: at,
+                len: 0,
+                reason: format!(
+                    "segment ends in zeros, but its successor starts at sequence {} instead of {}: records were lost",
+                    f.seq,
+                    last.saturating_add(1)
+                ),
+            });
+        }
+    }
 }
 
 /// The format version in a segment's header record, if it has a valid one.

@@ -34,6 +34,10 @@ pub(super) struct Builder {
     /// checkpoint (its window): an update for a message it does not hold is
     /// one that finished while the snapshot was taken, not damage.
     window_seq: u64,
+    /// The last segment replayed ended in zeros (made ahead, never filled):
+    /// (segment, offset, last sequence number). Its successor's header must
+    /// continue the sequence, else records were lost there.
+    pub(super) zero_end: Option<(u32, u64, u64)>,
 }
 
 impl Builder {
@@ -53,6 +57,7 @@ impl Builder {
             sources: Default::default(),
             now,
             window_seq: 0,
+            zero_end: None,
         }
     }
 
@@ -244,6 +249,12 @@ impl Builder {
                     }
                     off += f.total;
                 }
+                // Zeros to the end: the file was made ahead and filled up to
+                // here (a torn write would leave non-zero bytes).
+                Err(record::FrameError::Zero) if all_zero(&data[off..]) => {
+                    self.zero_end = Some((seg, off as u64, self.last_seq));
+                    return off;
+                }
                 other => {
                     let e = match other {
                         Ok(_) => "sequence number goes backwards".to_string(),
@@ -284,6 +295,12 @@ impl Builder {
         }
         if start > 0 {
             return Ok(start);
+        }
+        if all_zero(data) {
+            // A file made ahead whose first record never became durable (or
+            // an empty one): nothing was written to it.
+            self.zero_end = Some((seg, 0, self.last_seq));
+            return Err(0);
         }
         match head {
             Ok(f) if f.kind == Kind::SegmentHeader => {
@@ -418,6 +435,15 @@ fn evict(ms: &mut MsgShard, local: u32) {
 /// bytes skipped (the smallest record). The cheap header checks run first, so a
 /// body full of fake headers costs one CRC only for in-window candidates; and a
 /// forged record would also need the queue's secret salt.
+/// Whether every byte is zero (a file made ahead reads so past its records);
+/// word-wise and without early exit per byte, so tens of MiB take
+/// milliseconds.
+pub(super) fn all_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(4096);
+    chunks.all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
+}
+
 fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
     let mut o = (from + 1).div_ceil(record::ALIGN) * record::ALIGN;
     let magic = MAGIC.to_le_bytes();

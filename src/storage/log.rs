@@ -15,6 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,17 @@ impl Pos {
 /// File name of a segment.
 pub fn segment_name(seg: u32) -> String {
     format!("{seg:08x}.seg")
+}
+
+/// File name of the zero-filled file made ahead for segment `seg` (see
+/// [`Log::prepare_next`]); recovery removes any it finds.
+pub fn prepared_name(seg: u32) -> String {
+    format!("{seg:08x}.seg.pre")
+}
+
+/// Whether `name` is a file made ahead for a segment.
+pub fn is_prepared_name(name: &str) -> bool {
+    name.strip_suffix(".seg.pre").is_some_and(|h| h.len() == 8)
 }
 
 /// Parses a segment file name.
@@ -265,6 +277,24 @@ impl Drop for FlushGuard<'_> {
     }
 }
 
+/// Bytes of the next segment's file zeroed per [`Log::prepare_next`] call.
+pub const PREPARE_SLICE: u64 = 4 << 20;
+
+/// Writes zeros over `[from, to)` of `f`, syncing every MiB (so the disk's
+/// queue never holds much ahead of concurrent commits) and at the end.
+fn zero_fill(f: &dyn VFile, from: u64, to: u64) -> std::io::Result<()> {
+    const PIECE: u64 = 1 << 20;
+    let zeros = vec![0u8; PIECE as usize];
+    let mut off = from;
+    while off < to {
+        let n = (to - off).min(PIECE);
+        f.write_all_at(off, &zeros[..n as usize])?;
+        off += n;
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
 /// Statistics of the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogCounters {
@@ -275,6 +305,9 @@ pub struct LogCounters {
     /// Bytes written.
     pub bytes: u64,
 }
+
+/// A file being made ahead: its segment, the file, bytes zeroed so far.
+type Filling = (u32, Arc<dyn VFile>, u64);
 
 /// The log.
 pub struct Log {
@@ -293,6 +326,19 @@ pub struct Log {
     /// Lengths of sealed segments (they never change while open).
     sealed_len: Mutex<HashMap<u32, u64>>,
     counters: Mutex<LogCounters>,
+    /// Zero-fill the next segment ahead ([`Log::prepare_next`]).
+    preallocate: bool,
+    /// `Inner::active` and `Inner::reserved`, readable without the log mutex.
+    active_seg: AtomicU32,
+    active_fill: AtomicU64,
+    /// The segment a file was last made ahead for (made or failed: not tried
+    /// again for it); `u64::MAX` for none.
+    prepared_for: AtomicU64,
+    /// A zero-filled file ready for this segment.
+    prepared: Mutex<Option<(u32, Arc<dyn VFile>)>>,
+    /// The file being made ahead: its segment, the file, bytes zeroed so far
+    /// (held while a slice is written).
+    preparing: Mutex<Option<Filling>>,
 }
 
 /// Parameters for opening the log after recovery.
@@ -308,7 +354,8 @@ pub struct LogStart {
 }
 
 impl Log {
-    /// Opens the log at the state recovery found.
+    /// Opens the log at the state recovery found. With `preallocate`, files
+    /// for coming segments are zero-filled ahead by [`Log::prepare_next`].
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         vfs: Arc<dyn Vfs>,
@@ -318,6 +365,7 @@ impl Log {
         sync_interval: Duration,
         sync_bytes: usize,
         clock: Arc<dyn crate::types::Clock>,
+        preallocate: bool,
     ) -> Result<Log> {
         let log = Log {
             vfs,
@@ -344,6 +392,12 @@ impl Log {
             readahead: Mutex::new(ReadAhead::default()),
             sealed_len: Mutex::new(HashMap::new()),
             counters: Mutex::new(LogCounters::default()),
+            preallocate,
+            active_seg: AtomicU32::new(start.active),
+            active_fill: AtomicU64::new(start.len),
+            prepared_for: AtomicU64::new(u64::MAX),
+            prepared: Mutex::new(None),
+            preparing: Mutex::new(None),
         };
         if start.len == 0 {
             // A fresh active segment: write its header durably now.
@@ -403,6 +457,7 @@ impl Log {
             h.stamp(s, self.salt);
             g.next_seq += 1;
             g.active = seg;
+            self.active_seg.store(seg, Ordering::Release);
             g.reserved = h.buf.len() as u64;
             g.pending_bytes += h.buf.len();
             g.chunks.push(Chunk {
@@ -424,6 +479,7 @@ impl Log {
         g.next_seq += batch.recs.len() as u64;
         let start = Pos::new(g.active, g.reserved);
         g.reserved += len;
+        self.active_fill.store(g.reserved, Ordering::Relaxed);
         let end = Pos::new(g.active, g.reserved);
         g.pending_bytes += batch.buf.len();
         if g.oldest_pending.is_none() {
@@ -638,16 +694,22 @@ impl Log {
             }
             Err(e) => return Err(Error::io("open segment", &path, e)),
         };
+        self.cache_file(seg, f).ok_or_else(removed)
+    }
+
+    /// Puts an opened segment file in the cache (or returns the one another
+    /// thread put there meanwhile); `None` when the segment was removed.
+    fn cache_file(&self, seg: u32, f: Arc<dyn VFile>) -> Option<Arc<dyn VFile>> {
         let mut files = self.files.lock();
         if files.removed.contains(&seg) {
             // Removed while we opened it: never cache (it would pin the disk space).
-            return Err(removed());
+            return None;
         }
         files.clock += 1;
         let now = files.clock;
         if let Some(e) = files.open.get_mut(&seg) {
             e.1 = now;
-            return Ok(e.0.clone());
+            return Some(e.0.clone());
         }
         if files.open.len() >= MAX_OPEN_SEGMENTS {
             // Evict the least recently used handle, never the segment being written
@@ -664,7 +726,112 @@ impl Log {
             }
         }
         files.open.insert(seg, (f.clone(), now));
-        Ok(f)
+        Some(f)
+    }
+
+    /// Whether a slice of the next segment's file should be made now: the
+    /// active segment is an eighth full and its successor's file is not
+    /// complete (cheap: atomics only; see [`Log::prepare_next`]). An idle
+    /// queue with room in its segment does not want one.
+    pub fn wants_prepare(&self) -> bool {
+        self.preallocate
+            && self.active_fill.load(Ordering::Relaxed) >= self.seg_max / 8
+            && self.prepared_for.load(Ordering::Relaxed)
+                != self.active_seg.load(Ordering::Relaxed) as u64 + 1
+            && !self.preparing.is_locked()
+    }
+
+    /// Zero-fills, one slice per call, a file for the segment after the
+    /// active one, so that the commits into it overwrite allocated, already
+    /// written blocks: their fdatasync has no file size or extent change to
+    /// commit with the data (on ext4 here a 69 KB commit takes 0.11 ms
+    /// instead of 0.19 ms). Slices of [`PREPARE_SLICE`], each synced, spread
+    /// the extra writes over the time the active segment fills, so they
+    /// belong to maintenance, never to a committer. A no-op while another
+    /// thread is at it, once the file is complete, or with preallocation
+    /// off. On failure (a full disk) it is not tried again for that segment,
+    /// which is created empty when the log reaches it, as without
+    /// preallocation.
+    pub fn prepare_next(&self) -> Result<()> {
+        if !self.preallocate {
+            return Ok(());
+        }
+        let Some(mut busy) = self.preparing.try_lock() else {
+            return Ok(());
+        };
+        let Some(seg) = self.active_seg.load(Ordering::Acquire).checked_add(1) else {
+            return Ok(());
+        };
+        if self.prepared_for.load(Ordering::Relaxed) == seg as u64 {
+            return Ok(());
+        }
+        let path = self.dir.join(prepared_name(seg));
+        if busy.as_ref().is_none_or(|b| b.0 != seg) {
+            // Files made for segments the log has reached without them.
+            let stale = self.prepared.lock().take().map(|p| p.0);
+            for old in stale.into_iter().chain(busy.take().map(|b| b.0)) {
+                let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
+            }
+            match self.vfs.open(&path, true) {
+                Ok(f) => *busy = Some((seg, f, 0)),
+                Err(e) => {
+                    self.prepared_for.store(seg as u64, Ordering::Relaxed);
+                    return Err(Error::io("create the next segment's file", &path, e));
+                }
+            }
+        }
+        let Some((_, f, done)) = busy.as_mut() else {
+            return Ok(());
+        };
+        let upto = (*done + PREPARE_SLICE).min(self.seg_max);
+        if let Err(e) = zero_fill(&**f, *done, upto) {
+            *busy = None;
+            self.prepared_for.store(seg as u64, Ordering::Relaxed);
+            let _ = self.vfs.remove(&path);
+            return Err(Error::io("zero-fill the next segment", &path, e));
+        }
+        *done = upto;
+        if upto < self.seg_max {
+            return Ok(());
+        }
+        let Some((_, f, _)) = busy.take() else {
+            return Ok(());
+        };
+        self.prepared_for.store(seg as u64, Ordering::Relaxed);
+        let mut p = self.prepared.lock();
+        // The log may have created the segment meanwhile (the leader takes a
+        // prepared file under this lock, after the roll that set `active_seg`).
+        if self.active_seg.load(Ordering::Acquire) >= seg {
+            drop(p);
+            let _ = self.vfs.remove(&path);
+            return Ok(());
+        }
+        *p = Some((seg, f));
+        Ok(())
+    }
+
+    /// Opens a new segment file: the one made ahead for it, renamed into
+    /// place, if there is one, else an empty one. The caller writes, syncs,
+    /// then fsyncs the directory, as for any new segment.
+    fn create_segment(&self, seg: u32) -> Result<Arc<dyn VFile>> {
+        let taken = {
+            let mut p = self.prepared.lock();
+            match p.as_ref() {
+                Some((s, _)) if *s == seg => p.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, f)) = taken {
+            let from = self.dir.join(prepared_name(seg));
+            if self.vfs.rename(&from, &self.path(seg)).is_ok() {
+                if let Some(f) = self.cache_file(seg, f) {
+                    return Ok(f);
+                }
+            } else {
+                let _ = self.vfs.remove(&from);
+            }
+        }
+        self.file(seg, true)
     }
 
     fn write_chunks(&self, chunks: Vec<Chunk>) -> Result<()> {
@@ -676,7 +843,11 @@ impl Log {
         while i < chunks.len() {
             let seg = chunks[i].seg;
             let create = chunks[i].create;
-            let f = self.file(seg, create)?;
+            let f = if create {
+                self.create_segment(seg)?
+            } else {
+                self.file(seg, false)?
+            };
             let mut j = i;
             let mut coalesced: Vec<u8> = Vec::new();
             let mut start_off = chunks[i].off;
@@ -958,6 +1129,7 @@ mod tests {
             Duration::from_millis(100),
             1 << 20,
             Arc::new(crate::types::SystemClock),
+            false,
         )
         .unwrap()
     }

@@ -308,8 +308,9 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"MAILQSEG";
 /// records and the update record's flags byte, 3 `Source` records and the
 /// destinations' per-source limits, 4 path suspensions after a
 /// `Destination` record's settings (a format-3 build would refuse such a
-/// record rather than skip it).
-pub const FORMAT_VERSION: u32 = 4;
+/// record rather than skip it), 5 segments that may end in zeros (files
+/// made ahead), which a format-4 build would report as damage.
+pub const FORMAT_VERSION: u32 = 5;
 /// Oldest format version this build reads (version 1 segments never hold
 /// what version 2 added, and their flags byte is zero).
 pub const MIN_FORMAT_VERSION: u32 = 1;

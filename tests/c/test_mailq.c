@@ -75,6 +75,7 @@ static void test_library(void) {
     mailq_options o;
     EXPECT(mailq_options_init(&o, sizeof o), MAILQ_OK);
     CHECK(o.size == sizeof(mailq_options));
+    CHECK(o.preallocate_segments == 1); /* files made ahead by default */
     CHECK(o.batch_recipients == 50 && o.min_backoff_secs == 300 && o.max_backoff_secs == 4000);
     CHECK(strlen(mailq_last_error_message()) == 0);
 }
