@@ -1,8 +1,9 @@
-//! Criterion suite: durable enqueue, scheduling, restart.
+//! Criterion suite: durable enqueue, scheduling, restart, and enqueue while
+//! checkpoints and compaction run (no stalls).
 //!
 //! `cargo bench` runs everything (several minutes: the restart group builds a
 //! queue of 1 M messages / 3 M recipients once). `cargo bench -- enqueue`,
-//! `-- schedule`, `-- restart` run one group. CI only builds it
+//! `-- schedule`, `-- restart`, `-- stall` run one group. CI only builds it
 //! (`cargo bench --no-run`). The peer comparison is `examples/compare.rs`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -209,5 +210,137 @@ fn restart(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, enqueue, schedule, restart);
+/// No stalls: 32 producers enqueue durably (4 KiB, 3 recipients) on top of
+/// 300 k live recipients while a worker delivers as much as they add (churn
+/// that leaves sparse segments), with automatic maintenance on — a
+/// checkpoint every 16 MiB of log and compaction, several per sample — and
+/// off. Criterion times the enqueues (throughput; a stall shows as a slow
+/// sample); every enqueue's own latency is kept too, and the group prints
+/// its p50/p99/p99.9 per run and the on/off ratios, the figures of the
+/// no-stall target (`examples/stall.rs` is the long version, with a plot).
+fn stall(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stall");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let mut tails = Vec::new();
+    for maintenance in [true, false] {
+        let dir = tmp(if maintenance { "stall-on" } else { "stall-off" });
+        let q = Queue::open(
+            &dir,
+            Options {
+                auto_maintenance: maintenance,
+                checkpoint_bytes: 16 << 20,
+                ..Options::default()
+            },
+        )
+        .expect("open");
+        let next = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..32 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= 100_000 {
+                        break;
+                    }
+                    q.enqueue(&message(i, 3, &[b'p'; 512])).expect("preload");
+                });
+            }
+        });
+        q.checkpoint().expect("checkpoint");
+        let before = q.stats();
+        let added = AtomicU64::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let lat = parking_lot::Mutex::new(Vec::<u32>::new());
+        let body = vec![b'b'; 4096];
+        std::thread::scope(|s| {
+            // The worker: delivers about as many recipients as are added.
+            s.spawn(|| {
+                let mut done = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let session = if done < added.load(Ordering::Relaxed) * 3 {
+                        q.next_session().expect("session")
+                    } else {
+                        None
+                    };
+                    let Some(mut sess) = session else {
+                        std::thread::sleep(Duration::from_micros(200));
+                        continue;
+                    };
+                    while let Some(d) = sess.next_delivery().expect("delivery") {
+                        let k = d.recipients().len();
+                        d.complete(&vec![Outcome::Delivered; k]).expect("complete");
+                        done += k as u64;
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    sess.finish().expect("finish");
+                }
+            });
+            let name = if maintenance {
+                "maintenance on"
+            } else {
+                "maintenance off"
+            };
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(format!("enqueue 32p under churn, {name}"), |b| {
+                b.iter_custom(|iters| {
+                    let left = AtomicU64::new(iters);
+                    let t = Instant::now();
+                    std::thread::scope(|s| {
+                        for _ in 0..32 {
+                            s.spawn(|| {
+                                let mut mine = Vec::new();
+                                while left
+                                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                        n.checked_sub(1)
+                                    })
+                                    .is_ok()
+                                {
+                                    let i = next.fetch_add(1, Ordering::Relaxed);
+                                    let t0 = Instant::now();
+                                    q.enqueue(&message(i, 3, &body)).expect("enqueue");
+                                    mine.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                    added.fetch_add(1, Ordering::Relaxed);
+                                }
+                                lat.lock().extend(mine);
+                            });
+                        }
+                    });
+                    t.elapsed()
+                })
+            });
+            stop.store(true, Ordering::Relaxed);
+        });
+        let after = q.stats();
+        let mut l = lat.into_inner();
+        l.sort_unstable();
+        let at = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)));
+        let tail = [0.5, 0.99, 0.999].map(|p| at(p).copied().unwrap_or(0));
+        eprintln!(
+            "stall, {}: {} enqueues, latency p50 {} µs, p99 {} µs, p99.9 {} µs; {} checkpoints, {} messages copied, {} segments deleted",
+            if maintenance { "maintenance on" } else { "maintenance off" },
+            l.len(),
+            tail[0],
+            tail[1],
+            tail[2],
+            after.checkpoints - before.checkpoints,
+            after.messages_copied - before.messages_copied,
+            after.segments_deleted - before.segments_deleted,
+        );
+        tails.push(tail);
+        drop(q);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    g.finish();
+    if let [on, off] = tails[..] {
+        let r = |i: usize| on[i] as f64 / off[i].max(1) as f64;
+        eprintln!(
+            "stall: maintenance on ÷ off: p99 {:.2}×, p99.9 {:.2}× (target ≤ 2×)",
+            r(1),
+            r(2)
+        );
+    }
+}
+
+criterion_group!(benches, enqueue, schedule, restart, stall);
 criterion_main!(benches);

@@ -10,6 +10,10 @@
 //! ```sh
 //! cargo run --release --example stall -- --live 1000000 --secs 20 --producers 32 --plot benches/results/stall.svg
 //! ```
+//!
+//! `--preallocate 0` turns off segments made ahead in both runs;
+//! `--checkpoint-mib N` and `--compact-below-pct N` set the maintenance
+//! interval and the compaction threshold.
 
 mod common;
 use common::arg;
@@ -83,6 +87,7 @@ fn run(name: &'static str, maintenance: bool, live: u64, secs: u64, producers: u
         auto_maintenance: maintenance,
         checkpoint_bytes: (arg("--checkpoint-mib", 64) as u64) << 20,
         compact_below: arg("--compact-below-pct", 67) as f64 / 100.0,
+        preallocate_segments: arg("--preallocate", 1) != 0,
         ..Options::default()
     };
     let q = Queue::open(&d, opts()).expect("open the queue");
