@@ -438,7 +438,8 @@ fn d27_foreign_versions_are_refused() {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     };
-    // Segment header claiming format 5 (re-framed with a valid checksum).
+    // Segment header claiming the next format (re-framed with a valid checksum).
+    let next = record::FORMAT_VERSION + 1;
     let a = t.path().join("seg");
     copy(&a);
     let seg = a.join("00000001.seg");
@@ -446,7 +447,7 @@ fn d27_foreign_versions_are_refused() {
     let h = record::header(&data).unwrap();
     let total = record::padded(record::HEADER_LEN + h.len);
     let mut payload = data[record::HEADER_LEN..record::HEADER_LEN + h.len].to_vec();
-    payload[8..12].copy_from_slice(&5u32.to_le_bytes());
+    payload[8..12].copy_from_slice(&next.to_le_bytes());
     let mut framed = Vec::new();
     record::frame(&mut framed, Kind::SegmentHeader, h.seq, &payload, 0);
     assert_eq!(framed.len(), total);
@@ -455,10 +456,8 @@ fn d27_foreign_versions_are_refused() {
     std::fs::remove_file(a.join("checkpoint")).unwrap();
     match Queue::open(&a, Options::default()) {
         Err(Error::Version {
-            found: 5,
-            supported: 4,
-            ..
-        }) => {}
+            found, supported, ..
+        }) if found == next && supported == record::FORMAT_VERSION => {}
         other => panic!("expected a version error, got {other:?}"),
     }
     // Checkpoint claiming version 9 (checksum recomputed): refused, not replayed.

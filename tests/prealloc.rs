@@ -130,6 +130,18 @@ fn record_offsets(data: &[u8]) -> Vec<usize> {
     v
 }
 
+/// Zeroes a segment file from its second-to-last record on (as a filesystem
+/// that lost those blocks would read them back); returns where that is.
+fn zero_last_two_records(path: &Path) -> usize {
+    let mut data = std::fs::read(path).unwrap();
+    let offs = record_offsets(&data);
+    assert!(offs.len() > 3);
+    let cut = offs[offs.len() - 2];
+    data[cut..].fill(0);
+    std::fs::write(path, &data).unwrap();
+    cut
+}
+
 #[test]
 fn records_lost_before_a_sealed_segments_zeros_are_reported() {
     let dir = TempDir::new("prealloc-lost");
@@ -141,13 +153,7 @@ fn records_lost_before_a_sealed_segments_zeros_are_reported() {
              // The filesystem loses the last two records of a sealed segment: they
              // read as zeros, like the rest of the file made ahead.
     let segs = segment_files(dir.path());
-    let victim = &segs[1];
-    let mut data = std::fs::read(victim).unwrap();
-    let offs = record_offsets(&data);
-    assert!(offs.len() > 3);
-    let cut = offs[offs.len() - 2];
-    data[cut..].fill(0);
-    std::fs::write(victim, &data).unwrap();
+    let cut = zero_last_two_records(&segs[1]);
 
     let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
     let r = q.recovery_report();
@@ -181,4 +187,31 @@ fn a_file_left_made_ahead_is_removed_at_open_and_the_queue_goes_on() {
     let mut seen = false;
     fill(&q, dir.path(), 0, 150, &mut seen);
     assert!(seen);
+}
+
+#[test]
+fn zeros_before_the_checkpoint_position_are_reported() {
+    let dir = TempDir::new("prealloc-ckpt");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let mut seen = false;
+    fill(&q, dir.path(), 0, 150, &mut seen);
+    q.checkpoint().unwrap(); // its position is in the active segment, made ahead
+    drop(q);
+    // The filesystem loses the last two records before that position: they
+    // read as zeros, and the file is as long as ever.
+    let last = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), SEG);
+    let cut = zero_last_two_records(&last);
+
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let r = q.recovery_report();
+    assert!(r.checkpoint_used);
+    assert!(
+        r.damaged
+            .iter()
+            .any(|d| d.offset == cut as u64 && d.reason.contains("before the checkpoint position")),
+        "the lost span is reported: {:?}",
+        r.damaged
+    );
 }

@@ -59,10 +59,9 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
     let segs: BTreeSet<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
     // Files made ahead for segments never reached hold nothing: the log makes
     // new ones when it wants them.
+    // Best effort: one that cannot be removed is harmless (never read).
     for n in names.iter().filter(|n| is_prepared_name(n)) {
-        let path = dir.join(n);
-        vfs.remove(&path)
-            .map_err(|e| Error::io("remove a preallocated segment file", &path, e))?;
+        let _ = vfs.remove(&dir.join(n));
     }
     let mut b = Builder::new(opts.concurrency, now);
     let from = if names.iter().any(|n| n == CHECKPOINT) {
@@ -172,8 +171,9 @@ fn replay_log(
         };
         b.report.segments_scanned += 1;
         check_zero_end(b, seg, &data, start);
-        if start > data.len() {
-            report_short_segment(b, seg, data.len(), start);
+        let written = replay::zeros_before(&data, start).unwrap_or(data.len());
+        if start > written {
+            report_short_segment(b, seg, written, data.len(), start);
             if is_last {
                 // Never append below the checkpoint position (a later replay would skip it).
                 active = seg.saturating_add(1);
@@ -259,12 +259,16 @@ fn segment_version(data: &[u8]) -> Option<u32> {
 }
 
 /// The filesystem lost data the checkpoint says was durable.
-fn report_short_segment(b: &mut Builder, seg: u32, len: usize, start: usize) {
+fn report_short_segment(b: &mut Builder, seg: u32, len: usize, data_len: usize, start: usize) {
     b.report.damaged.push(Damage {
         segment: seg,
         offset: len as u64,
         len: (start - len) as u64,
-        reason: "segment is shorter than the checkpoint position".into(),
+        reason: if len < data_len {
+            "segment reads zeros before the checkpoint position".into()
+        } else {
+            "segment is shorter than the checkpoint position".into()
+        },
     });
 }
 

@@ -339,7 +339,9 @@ impl Builder {
         let next = resync(data, off, self.salt, self.last_seq);
         match next {
             None if is_last => {
-                // A torn or zero tail: the last batch never became durable.
+                // A torn tail: the last batch never became durable. All of
+                // it is cut, zeros after it included (they were a file made
+                // ahead: that segment then grows as without one).
                 self.report.torn_tail_bytes += (data.len() - off) as u64;
                 return None;
             }
@@ -429,12 +431,6 @@ fn evict(ms: &mut MsgShard, local: u32) {
     }
 }
 
-/// Finds where replay can resume after damage at `from`: the next aligned offset
-/// holding a record that passes every check *and* plausibly follows the last good
-/// record — its sequence number is above `last_seq` and at most one more per 24
-/// bytes skipped (the smallest record). The cheap header checks run first, so a
-/// body full of fake headers costs one CRC only for in-window candidates; and a
-/// forged record would also need the queue's secret salt.
 /// Whether every byte is zero (a file made ahead reads so past its records);
 /// word-wise and without early exit per byte, so tens of MiB take
 /// milliseconds.
@@ -444,6 +440,30 @@ pub(super) fn all_zero(data: &[u8]) -> bool {
         && chunks.remainder().iter().all(|&b| b == 0)
 }
 
+/// Where the records before `start` give way to zeros, if they do: walking
+/// the headers from the segment's start (no checksums), a zero header
+/// before `start` means the filesystem lost bytes the checkpoint says were
+/// written (a file made ahead is as long as a full segment, so a shorter
+/// file no longer shows it). A damaged header stops the walk: that is
+/// reported where the record is read.
+pub(super) fn zeros_before(data: &[u8], start: usize) -> Option<usize> {
+    let mut off = 0;
+    while off < start.min(data.len()) {
+        match record::header(&data[off..]) {
+            Ok(h) => off += record::padded(HEADER_LEN + h.len),
+            Err(record::FrameError::Zero) => return Some(off),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Finds where replay can resume after damage at `from`: the next aligned offset
+/// holding a record that passes every check *and* plausibly follows the last good
+/// record — its sequence number is above `last_seq` and at most one more per 24
+/// bytes skipped (the smallest record). The cheap header checks run first, so a
+/// body full of fake headers costs one CRC only for in-window candidates; and a
+/// forged record would also need the queue's secret salt.
 fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
     let mut o = (from + 1).div_ceil(record::ALIGN) * record::ALIGN;
     let magic = MAGIC.to_le_bytes();

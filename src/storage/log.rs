@@ -64,7 +64,8 @@ pub fn prepared_name(seg: u32) -> String {
 
 /// Whether `name` is a file made ahead for a segment.
 pub fn is_prepared_name(name: &str) -> bool {
-    name.strip_suffix(".seg.pre").is_some_and(|h| h.len() == 8)
+    name.strip_suffix(".seg.pre")
+        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Parses a segment file name.
@@ -760,7 +761,10 @@ impl Log {
         if !self.preallocate || self.preparing.is_locked() {
             return false;
         }
-        let next = self.active_seg.load(Ordering::Relaxed) as u64 + 1;
+        let Some(next) = self.active_seg.load(Ordering::Relaxed).checked_add(1) else {
+            return false;
+        };
+        let next = next as u64;
         let fill = self.active_fill.load(Ordering::Relaxed);
         fill >= self.seg_max / 8
             && self.prepared_for.load(Ordering::Relaxed) != next
@@ -788,10 +792,11 @@ impl Log {
     /// active one, so that the commits into it overwrite allocated, already
     /// written blocks: their fdatasync has no file size or extent change to
     /// commit with the data (on ext4 here a 69 KB commit takes 0.11 ms
-    /// instead of 0.19 ms). At most [`PREPARE_SLICE`] per call, synced every
-    /// MiB, and no further than the active segment's progress asks
-    /// (`fill_goal`): the extra writes are spread over the time the active
-    /// segment fills. It belongs to maintenance, never to a committer. A no-op while another
+    /// instead of 0.19 ms). At most [`PREPARE_SLICE`] per call, each MiB's
+    /// writeback started at once, and no further than the active segment's
+    /// progress asks (`fill_goal`): the extra writes are spread over the time
+    /// the active segment fills; one fdatasync when the file is complete. It
+    /// belongs to maintenance, never to a committer. A no-op while another
     /// thread is at it, once the file is complete, or with preallocation
     /// off. On failure (a full disk) it is not tried again for that segment,
     /// which is created empty when the log reaches it, as without
@@ -811,8 +816,10 @@ impl Log {
         }
         let path = self.dir.join(prepared_name(seg));
         if busy.as_ref().is_none_or(|b| b.0 != seg) {
-            // Files made for segments the log has reached without them.
-            let stale = self.prepared.lock().take().map(|p| p.0);
+            // Files made for segments the log has passed without them (one
+            // for the active segment is the leader's to take: it may be
+            // about to create it).
+            let stale = self.take_prepared_below(seg - 1);
             for old in stale.into_iter().chain(busy.take().map(|b| b.0)) {
                 let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
             }
@@ -867,8 +874,19 @@ impl Log {
             let _ = self.vfs.remove(&path);
             return Ok(());
         }
-        *p = Some((seg, f));
+        if let Some((old, _)) = p.replace((seg, f)) {
+            let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
+        }
         Ok(())
+    }
+
+    /// Takes the ready file if it was made for a segment below `seg`.
+    fn take_prepared_below(&self, seg: u32) -> Option<u32> {
+        let mut p = self.prepared.lock();
+        match p.as_ref() {
+            Some((s, _)) if *s < seg => p.take().map(|x| x.0),
+            _ => None,
+        }
     }
 
     /// Opens a new segment file: the one made ahead for it, renamed into
