@@ -461,3 +461,65 @@ fn segment_shorter_than_checkpoint_position_is_reported_and_new_mail_survives() 
         "mail accepted after the loss survives"
     );
 }
+
+/// A queue rebuilt from its log serves at once: the checkpoint that spares
+/// the next open the replay is written by the first maintenance (`tick`),
+/// never by `open` or by a producer, unless automatic maintenance is off.
+#[test]
+fn a_replayed_queue_serves_at_once_and_the_first_tick_writes_its_checkpoint() {
+    let d = TempDir::new("replayed-first-tick");
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        checkpoint_bytes: u64::MAX,
+        ..opts(&clock)
+    };
+    let mut ids;
+    {
+        let q = Queue::open(d.path(), o.clone()).unwrap();
+        // More than 1 MiB of log to replay.
+        ids = enqueue_n(&q, 3000);
+        assert_eq!(q.stats().checkpoints, 0);
+    }
+    let ck = d.path().join("checkpoint");
+    assert!(!ck.exists());
+    {
+        let q = Queue::open(d.path(), o.clone()).unwrap();
+        let rep = q.recovery_report();
+        assert!(!rep.checkpoint_used);
+        assert!(rep.bytes_replayed > 1 << 20, "{rep:?}");
+        assert!(!ck.exists(), "open leaves the checkpoint to maintenance");
+        assert_eq!(q.next_timeout(), Some(std::time::Duration::ZERO));
+        // A producer raises the poll fd; it does not write the checkpoint.
+        let late = q
+            .enqueue(&msg("s@src.org", &["u3000@d4.com"], &body(3000)))
+            .unwrap();
+        ids.push(late);
+        assert_eq!(q.stats().checkpoints, 0);
+        q.tick();
+        assert_eq!(q.stats().checkpoints, 1);
+        assert!(ck.exists());
+        // Done: not due again until the log grows by an interval.
+        q.tick();
+        assert_eq!(q.stats().checkpoints, 1);
+    }
+    let q = Queue::open(d.path(), o.clone()).unwrap();
+    let rep = q.recovery_report();
+    assert!(rep.checkpoint_used);
+    assert!(rep.bytes_replayed < 1 << 20, "{rep:?}");
+    assert_eq!(q.stats().count("ready"), 3001);
+    drop(q);
+    // Without automatic maintenance, open writes it (after a full replay).
+    std::fs::remove_file(&ck).unwrap();
+    let q = Queue::open(
+        d.path(),
+        Options {
+            auto_maintenance: false,
+            ..o
+        },
+    )
+    .unwrap();
+    assert!(!q.recovery_report().checkpoint_used);
+    assert_eq!(q.stats().checkpoints, 1);
+    assert!(ck.exists());
+    assert_eq!(deliver_all_checked(&q, &ids).len(), 3001);
+}

@@ -59,7 +59,8 @@ impl Maint {
 
 impl Engine {
     /// Log bytes written past the point where maintenance is due (0: not
-    /// due).
+    /// due). A checkpoint due since recovery counts as 1 byte overdue: it
+    /// raises the poll fd, and never makes a producer run it.
     pub(super) fn maintenance_overdue(&self) -> u64 {
         if !self.opts.auto_maintenance {
             return 0;
@@ -69,7 +70,8 @@ impl Engine {
             .counters()
             .bytes
             .saturating_sub(self.maint_from.load(Ordering::Relaxed));
-        (since + 1).saturating_sub(self.maint_every.load(Ordering::Relaxed))
+        let over = (since + 1).saturating_sub(self.maint_every.load(Ordering::Relaxed));
+        over.max(self.rebuilt.load(Ordering::Relaxed) as u64)
     }
 
     /// Runs a checkpoint and compaction when enough log has been written since the
@@ -83,7 +85,9 @@ impl Engine {
         let Some(mut m) = self.maint.try_lock() else {
             return;
         };
-        if bytes.saturating_sub(m.bytes_at) < self.maint_every.load(Ordering::Relaxed) {
+        if bytes.saturating_sub(m.bytes_at) < self.maint_every.load(Ordering::Relaxed)
+            && !self.rebuilt.load(Ordering::Relaxed)
+        {
             return;
         }
         match run(self, &mut m) {
@@ -97,9 +101,12 @@ impl Engine {
     }
 
     /// Maintenance ran (or failed) with the log at `bytes`: the next is due
-    /// one interval later, and its producer raises the poll fd again.
+    /// one interval later, and its producer raises the poll fd again. (A
+    /// checkpoint due since recovery is no longer due at once either: after
+    /// a failure it is retried an interval later, like any other.)
     fn maintained_at(&self, bytes: u64) {
         self.maint_from.store(bytes, Ordering::Relaxed);
+        self.rebuilt.store(false, Ordering::Relaxed);
         self.maint_woken.store(false, Ordering::Relaxed);
     }
 

@@ -98,6 +98,10 @@ pub(crate) struct Engine {
     maint_woken: AtomicBool,
     /// The poll fd was raised for the next segment's file to be made ahead.
     prep_woken: AtomicBool,
+    /// Recovery rebuilt the state from the log (or past a damaged
+    /// checkpoint): a checkpoint is due at the first maintenance, whatever
+    /// the log bytes written since open.
+    rebuilt: AtomicBool,
     /// Log bytes between two maintenance runs: `checkpoint_bytes`, or
     /// `CHECKPOINT_RATIO` times the last checkpoint's size when larger.
     maint_every: AtomicU64,
@@ -209,18 +213,27 @@ impl Engine {
             maint_from: AtomicU64::new(0),
             maint_woken: AtomicBool::new(false),
             prep_woken: AtomicBool::new(false),
+            rebuilt: AtomicBool::new(false),
             maint_every: AtomicU64::new(opts.checkpoint_bytes),
             salt,
             report: Mutex::new(r.report),
             opts,
             _lock: r.lock,
         });
-        // Persist what recovery rebuilt, so the next open does not pay for it again.
+        // Persist what recovery rebuilt, so the next open does not pay for it
+        // again: with automatic maintenance, at the first maintenance (the
+        // poll fd is raised; `tick` or a worker writes it while producers
+        // run), so that the queue serves as soon as its state is rebuilt.
+        // Without, here (the embedder decides when later ones happen).
         let rebuilt = {
             let rep = q.report.lock();
             rep.bytes_replayed > (1 << 20) || rep.checkpoint_error.is_some()
         };
-        if rebuilt {
+        if rebuilt && q.opts.auto_maintenance {
+            q.rebuilt.store(true, Ordering::Relaxed);
+            q.maint_woken.store(true, Ordering::Relaxed);
+            q.wake();
+        } else if rebuilt {
             q.checkpoint()?;
         }
         if q.sched.iter().any(|s| !s.lock().ring.is_empty()) {

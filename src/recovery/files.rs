@@ -11,9 +11,11 @@ use std::path::Path;
 
 /// The salt named by the first readable segment header.
 pub(super) fn find_salt(vfs: &dyn Vfs, dir: &Path, segs: &BTreeSet<u32>) -> Result<Option<u32>> {
+    let mut buf = Vec::new();
     for &seg in segs {
-        let data = read_file(vfs, &dir.join(segment_name(seg)))?;
-        if let Ok(f) = record::parse(&data, 0) {
+        // The header is the first record: a page holds it.
+        let data = read_into(vfs, &dir.join(segment_name(seg)), &mut buf, 4096)?;
+        if let Ok(f) = record::parse(data, 0) {
             if f.kind == Kind::SegmentHeader {
                 if let Some((_, _, salt)) = record::parse_segment_header(f.payload) {
                     return Ok(Some(salt));
@@ -44,20 +46,40 @@ pub(super) fn new_salt() -> u32 {
 /// Reads a whole file with bounded `pread`s (never a mapping: a bad sector is an
 /// `Error::Io` for the operator, not a SIGBUS that kills the MTA).
 pub(super) fn read_file(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let n = read_into(vfs, path, &mut buf, usize::MAX)?.len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads the first `max` bytes of a file (all of a shorter one) into `buf`,
+/// which only grows: reused across the segments of a replay, its pages are
+/// faulted in once, not once per segment.
+pub(super) fn read_into<'b>(
+    vfs: &dyn Vfs,
+    path: &Path,
+    buf: &'b mut Vec<u8>,
+    max: usize,
+) -> Result<&'b [u8]> {
     const CHUNK: usize = 4 << 20;
     let f = vfs
         .open(path, false)
         .map_err(|e| Error::io("open", path, e))?;
     let len = f.len().map_err(|e| Error::io("stat", path, e))?;
-    let len = usize::try_from(len).map_err(|_| Error::TooLarge {
-        what: "file",
-        len: usize::MAX,
-        limit: isize::MAX as usize,
-    })?;
-    let mut buf = vec![0u8; len];
-    for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
+    let len = usize::try_from(len)
+        .map_err(|_| Error::TooLarge {
+            what: "file",
+            len: usize::MAX,
+            limit: isize::MAX as usize,
+        })?
+        .min(max);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let data = &mut buf[..len];
+    for (i, chunk) in data.chunks_mut(CHUNK).enumerate() {
         f.read_exact_at((i * CHUNK) as u64, chunk)
             .map_err(|e| Error::io("read", path, e))?;
     }
-    Ok(buf)
+    Ok(data)
 }

@@ -19,7 +19,7 @@ use crate::storage::log::{is_prepared_name, parse_segment_name, segment_name, Lo
 use crate::storage::record;
 use crate::storage::vfs::Vfs;
 use crate::types::{MessageId, Options};
-use files::{find_salt, new_salt, read_file};
+use files::{find_salt, new_salt, read_file, read_into};
 use replay::Builder;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -161,17 +161,18 @@ fn replay_log(
             .saturating_add(1)
     });
     let mut active_len = 0u64;
+    let mut buf = Vec::new();
     for (i, &seg) in replay.iter().enumerate() {
         let path = dir.join(segment_name(seg));
-        let data = read_file(vfs, &path)?;
+        let data = read_into(vfs, &path, &mut buf, usize::MAX)?;
         let is_last = i + 1 == replay.len();
         let start = match from {
             Some(p) if p.seg() == seg => p.off() as usize,
             _ => 0,
         };
         b.report.segments_scanned += 1;
-        check_zero_end(b, seg, &data, start);
-        let written = replay::zeros_before(&data, start).unwrap_or(data.len());
+        check_zero_end(b, seg, data, start);
+        let written = replay::zeros_before(data, start).unwrap_or(data.len());
         if start > written {
             report_short_segment(b, seg, written, data.len(), start);
             if is_last {
@@ -181,7 +182,7 @@ fn replay_log(
             }
             continue;
         }
-        let end = b.replay(seg, &data, start, is_last);
+        let end = b.replay(seg, data, start, is_last);
         if let Some((seg, found)) = b.foreign {
             return Err(Error::Version {
                 path: dir.join(segment_name(seg)),
@@ -190,11 +191,10 @@ fn replay_log(
             });
         }
         if is_last {
-            let old_format = segment_version(&data).is_some_and(|v| v < record::FORMAT_VERSION);
+            let old_format = segment_version(data).is_some_and(|v| v < record::FORMAT_VERSION);
             // A tail of zeros is the rest of a file made ahead: kept, the log
             // writes into it. A torn tail is cut.
             if !replay::all_zero(&data[end..]) {
-                drop(data);
                 truncate(vfs, &path, end as u64)?;
             }
             active = seg;
