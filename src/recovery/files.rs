@@ -43,18 +43,11 @@ pub(super) fn new_salt() -> u32 {
     v.max(1)
 }
 
-/// Reads a whole file with bounded `pread`s (never a mapping: a bad sector is an
-/// `Error::Io` for the operator, not a SIGBUS that kills the MTA).
-pub(super) fn read_file(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let n = read_into(vfs, path, &mut buf, usize::MAX)?.len();
-    buf.truncate(n);
-    Ok(buf)
-}
-
-/// Reads the first `max` bytes of a file (all of a shorter one) into `buf`,
-/// which only grows: reused across the segments of a replay, its pages are
-/// faulted in once, not once per segment.
+/// Reads the first `max` bytes of a file (all of a shorter one) into `buf`
+/// with bounded `pread`s (never a mapping: a bad sector is an `Error::Io`
+/// for the operator, not a SIGBUS that kills the MTA). `buf` only grows:
+/// reused across the segments of a replay, its pages are faulted in once,
+/// not once per segment.
 pub(super) fn read_into<'b>(
     vfs: &dyn Vfs,
     path: &Path,

@@ -19,7 +19,7 @@ use crate::storage::log::{is_prepared_name, parse_segment_name, segment_name, Lo
 use crate::storage::record;
 use crate::storage::vfs::Vfs;
 use crate::types::{MessageId, Options};
-use files::{find_salt, new_salt, read_file, read_into};
+use files::{find_salt, new_salt, read_into};
 use replay::Builder;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -107,9 +107,13 @@ fn load_checkpoint(
     opts: &Options,
     now: u32,
 ) -> Result<Option<Pos>> {
-    let data = read_file(vfs, &dir.join(CHECKPOINT))?;
-    match b.load_checkpoint(&data) {
+    let path = dir.join(CHECKPOINT);
+    let f = vfs
+        .open(&path, false)
+        .map_err(|e| Error::io("open", &path, e))?;
+    match b.load_checkpoint(&*f) {
         Ok(h) => Ok(Some(Pos::from_raw(h.pos))),
+        Err(DecodeError::Io(e)) => Err(Error::io("read", &path, e)),
         Err(DecodeError::Version(found)) => Err(Error::Version {
             path: dir.join(CHECKPOINT),
             found,

@@ -6,8 +6,10 @@
 use super::report::{Damage, RecoveryReport};
 use crate::index::*;
 use crate::sched::{Keys, SchedShard};
-use crate::storage::checkpoint::{DecodeError, Decoder, Header, NO_BUCKET};
+use crate::storage::checkpoint::{DecodeError, Decoder, Entries, Header, NO_BUCKET};
+use crate::storage::checkpoint_stream::{self, Opened};
 use crate::storage::record::{self, Kind, HEADER_LEN, MAGIC};
+use crate::storage::vfs::VFile;
 use crate::types::*;
 
 /// The state being rebuilt, and what was found on the way.
@@ -378,6 +380,36 @@ impl Builder {
 
     /// Puts every recovered recipient into its bucket's structures.
     pub(super) fn schedule(&mut self, now: u32) {
+        // Each ready queue is sized once: grown by pushes, a destination
+        // holding millions would be copied dozens of times.
+        let mut ready: Vec<Vec<u32>> = self
+            .sched
+            .iter()
+            .map(|ss| vec![0; ss.buckets.len()])
+            .collect();
+        for ms in &self.msgs {
+            for m in ms.msgs.iter().filter(|m| m.gen != 0) {
+                for rid in m.first..m.first + m.n as u32 {
+                    let r = &ms.rcpts[rid as usize];
+                    if matches!(
+                        r.state(),
+                        RcptState::New | RcptState::Leased | RcptState::Corrupt | RcptState::Ready
+                    ) {
+                        if let Some(c) =
+                            ready[shard_of(r.bucket())].get_mut(local_of(r.bucket()) as usize)
+                        {
+                            *c += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for (ss, counts) in self.sched.iter_mut().zip(&ready) {
+            for (b, &n) in ss.buckets.iter_mut().zip(counts) {
+                b.ready.reserve_exact(n as usize);
+            }
+        }
+        drop(ready);
         for (s, ms) in self.msgs.iter_mut().enumerate() {
             for l in 0..ms.msgs.len() {
                 let m = ms.msgs[l];
@@ -485,14 +517,26 @@ fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
 }
 
 impl Builder {
-    /// Loads a checkpoint file into the empty state. On error the state is
-    /// partial and must be discarded.
-    pub(super) fn load_checkpoint(&mut self, buf: &[u8]) -> Result<Header, DecodeError> {
-        let (h, mut d) = Decoder::open(buf)?;
-        let mut next_gen = h.next_gen;
-        // Version 5 keeps its tables after the shards; earlier ones before.
-        let remap = match d.tables() {
-            Some(mut t) => {
+    /// Loads the checkpoint file `f` into the empty state: format 5
+    /// streamed through a bounded buffer once its checksum matched, older
+    /// ones whole. On error the state is partial and must be discarded.
+    pub(super) fn load_checkpoint(&mut self, f: &dyn VFile) -> Result<Header, DecodeError> {
+        let (h, next_gen) = match checkpoint_stream::open(f)? {
+            Opened::Whole(buf) => {
+                let (h, mut d) = Decoder::open(&buf)?;
+                let remap = self.load_tables(&mut d)?;
+                self.load_shards(&mut d, &remap)?;
+                d.end()?;
+                (h, h.next_gen)
+            }
+            Opened::Streamed {
+                header: h,
+                tables,
+                shards: mut d,
+            } => {
+                // The tables, written last, come first: recipients name
+                // their buckets by the key ids they hold.
+                let mut t = Decoder::section(&tables, d.version());
                 let remap = self.load_tables(&mut t)?;
                 let w = t.window()?;
                 t.end()?;
@@ -500,26 +544,11 @@ impl Builder {
                     return Err(DecodeError::from("window ends before the position"));
                 }
                 self.window_seq = w.seq;
-                next_gen = w.next_gen;
-                remap
+                self.load_shards(&mut d, &remap)?;
+                d.end()?;
+                (h, w.next_gen)
             }
-            None => self.load_tables(&mut d)?,
         };
-        for s in 0..SHARDS {
-            if d.version() >= 5 {
-                // Pieces, each flagged 1, then 0.
-                loop {
-                    match d.count()? {
-                        0 => break,
-                        1 => self.load_shard(&mut d, s, &remap)?,
-                        _ => return Err(DecodeError::from("bad piece marker")),
-                    }
-                }
-            } else {
-                self.load_shard(&mut d, s, &remap)?;
-            }
-        }
-        d.end()?;
         self.checkpoint_used = true;
         self.report.checkpoint_used = true;
         self.next_gen = next_gen.max(1);
@@ -562,19 +591,40 @@ impl Builder {
         Ok(remap)
     }
 
+    /// Loads every shard: since version 5 each as pieces, each flagged 1,
+    /// then 0.
+    fn load_shards(&mut self, d: &mut impl Entries, remap: &[u32]) -> Result<(), DecodeError> {
+        for s in 0..SHARDS {
+            if d.version() < 5 {
+                self.load_shard(d, s, remap)?;
+                continue;
+            }
+            loop {
+                match d.count()? {
+                    0 => break,
+                    1 => self.load_shard(d, s, remap)?,
+                    _ => return Err(DecodeError::from("bad piece marker")),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Loads one shard (before version 5) or one piece of one.
     fn load_shard(
         &mut self,
-        d: &mut Decoder<'_>,
+        d: &mut impl Entries,
         s: usize,
         remap: &[u32],
     ) -> Result<(), DecodeError> {
         let nr = d.count()?;
-        let mut reasons = Vec::with_capacity(nr.min(1 << 20) as usize);
+        let mut reasons = Vec::with_capacity(nr.min(1 << 16) as usize);
         for _ in 0..nr {
-            reasons.push(d.text()?);
+            reasons.push(d.text()?.to_owned());
         }
         let ms = &mut self.msgs[s];
+        // Scratch, reused for every message.
+        let (mut rcpts, mut buckets): (Vec<(RcptState, _)>, Vec<u32>) = (Vec::new(), Vec::new());
         for _ in 0..d.count()? {
             let m = d.message()?;
             let id = MessageId(m.id);
@@ -589,7 +639,7 @@ impl Builder {
             if ms.msgs[local as usize].gen != 0 {
                 return Err(DecodeError::from("duplicate message"));
             }
-            let mut rcpts = Vec::with_capacity(m.rcpts as usize);
+            rcpts.clear();
             for _ in 0..m.rcpts {
                 let mut r = d.rcpt()?;
                 let st = RcptState::from_u8(r.state).ok_or("malformed contents")?;
@@ -605,10 +655,11 @@ impl Builder {
                 }
                 rcpts.push((st, r));
             }
-            let buckets: Vec<u32> = rcpts.iter().map(|(_, r)| r.bucket).collect();
+            buckets.clear();
+            buckets.extend(rcpts.iter().map(|(_, r)| r.bucket));
             ms.insert(local, id.gen(), m.loc, m.received, &buckets);
             let first = ms.msgs[local as usize].first;
-            for (i, (st, r)) in rcpts.into_iter().enumerate() {
+            for (i, &(st, r)) in rcpts.iter().enumerate() {
                 let rid = first + i as u32;
                 let rc = &mut ms.rcpts[rid as usize];
                 rc.set_state(st);
@@ -618,7 +669,7 @@ impl Builder {
                     rc.set_flags(rc.flags() | F_WARNED);
                 }
                 if r.reason != 0 {
-                    ms.set_reason_text(rid, reasons[r.reason as usize - 1]);
+                    ms.set_reason_text(rid, &reasons[r.reason as usize - 1]);
                 }
                 if st.is_final() {
                     ms.finish_rcpt(rid);

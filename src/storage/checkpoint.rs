@@ -36,7 +36,7 @@ use super::vfs::VFile;
 pub const CHECKPOINT: &str = "checkpoint";
 /// File name the checkpoint is written under before its rename.
 pub const CHECKPOINT_TMP: &str = "checkpoint.tmp";
-const MAGIC: &[u8; 8] = b"MQCKPT01";
+pub(super) const MAGIC: &[u8; 8] = b"MQCKPT01";
 const END_MAGIC: &[u8; 8] = b"MQCKEND1";
 /// Checkpoint format version written (2 added destination settings and the
 /// delay-warning bit, 3 egress sources' warm-up state, 4 path suspensions,
@@ -45,13 +45,13 @@ const END_MAGIC: &[u8; 8] = b"MQCKEND1";
 pub const VERSION: u32 = 5;
 /// Bytes of the fixed header: magic, version, 0, position, sequence, next
 /// generation, salt.
-const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4 + 4;
+pub(super) const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4 + 4;
 /// Bucket id of a final recipient whose bucket was freed (version 5).
 pub const NO_BUCKET: u32 = u32::MAX;
 /// The state byte's bit for [`RcptEntry::warned`].
 const WARNED_BIT: u8 = 0x80;
 /// Bytes of the trailer: CRC32, total length, end magic.
-const TRAILER: usize = 4 + 8 + 8;
+pub(super) const TRAILER: usize = 4 + 8 + 8;
 /// Bytes buffered before a checkpoint piece is written.
 const SINK_CHUNK: usize = 256 << 10;
 /// Bytes written between two syncs of the checkpoint file.
@@ -284,6 +284,8 @@ pub enum DecodeError {
     Version(u32),
     /// Damaged or malformed: the log is replayed in full instead.
     Damaged(String),
+    /// The file could not be read (an I/O error for the operator, not damage).
+    Io(std::io::Error),
 }
 
 impl From<&str> for DecodeError {
@@ -300,70 +302,171 @@ pub struct Decoder<'a> {
     tables: Option<Reader<'a>>,
 }
 
-fn malformed() -> DecodeError {
+pub(super) fn malformed() -> DecodeError {
     DecodeError::from("malformed contents")
+}
+
+/// The shortest file whose frame can be checked (contents may still prove
+/// malformed): magic, version and header words, end marker.
+pub(super) const MIN_LEN: usize = MAGIC.len() + 16 + 8 + 8;
+/// Bytes of a message entry.
+pub(super) const MSG_ENTRY: usize = 8 + 4 * 4 + 2;
+/// Bytes of a recipient entry.
+pub(super) const RCPT_ENTRY: usize = 1 + 2 + 4 * 3;
+
+/// Checks the magic of a file of `n` bytes whose first bytes are `head`.
+pub(super) fn check_magic(head: &[u8], n: usize) -> Result<(), DecodeError> {
+    if n < MIN_LEN || head.get(..MAGIC.len()) != Some(&MAGIC[..]) {
+        return Err(DecodeError::from(
+            "not a checkpoint (bad magic or too short)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the trailer (the last [`TRAILER`] bytes of a file of `n`):
+/// end marker and length; returns the CRC the body must have.
+pub(super) fn check_trailer(tail: &[u8], n: usize) -> Result<u32, DecodeError> {
+    if tail.len() != TRAILER || &tail[TRAILER - 8..] != END_MAGIC {
+        return Err(DecodeError::from("truncated (end marker missing)"));
+    }
+    let mut t = Reader::new(&tail[..TRAILER - 8]);
+    let (crc, total) = (
+        t.u32().ok_or_else(malformed)?,
+        t.u64().ok_or_else(malformed)?,
+    );
+    if total != n as u64 {
+        return Err(DecodeError::Damaged(format!(
+            "length field {total} does not match file size {n}"
+        )));
+    }
+    Ok(crc)
+}
+
+/// Reads the header (after the magic) of a checksummed body; refuses
+/// another version.
+pub(super) fn read_header(r: &mut Reader<'_>) -> Result<(u32, Header), DecodeError> {
+    let version = r.u32().ok_or_else(malformed)?;
+    if !(1..=VERSION).contains(&version) {
+        return Err(DecodeError::Version(version));
+    }
+    r.u32().ok_or_else(malformed)?;
+    let mut word = || r.u64().ok_or_else(malformed);
+    let (pos, seq) = (word()?, word()?);
+    let h = Header {
+        pos,
+        seq,
+        next_gen: r.u32().ok_or_else(malformed)?,
+        salt: r.u32().ok_or_else(malformed)?,
+    };
+    Ok((version, h))
+}
+
+/// Where the tables of a version-5 body of `len` bytes begin, given its
+/// last 8 bytes: the shards lie between the header and them.
+pub(super) fn tables_at(len: usize, last: &[u8]) -> Result<usize, DecodeError> {
+    if len < HEADER + 8 {
+        return Err(malformed());
+    }
+    let at = Reader::new(last).u64().ok_or_else(malformed)?;
+    if at < HEADER as u64 || at > (len - 8) as u64 {
+        return Err(DecodeError::from("tables offset out of range"));
+    }
+    Ok(at as usize)
+}
+
+/// Decodes a message entry.
+pub(super) fn msg_entry(r: &mut Reader<'_>) -> Option<MsgEntry> {
+    Some(MsgEntry {
+        id: r.u64()?,
+        loc: (r.u32()?, r.u32()?, r.u32()?),
+        received: r.u32()?,
+        rcpts: r.u16()?,
+    })
+}
+
+/// Decodes a recipient entry of a checkpoint of `version`.
+pub(super) fn rcpt_entry(r: &mut Reader<'_>, version: u32) -> Option<RcptEntry> {
+    let b = r.u8()?;
+    let v2 = version >= 2;
+    Some(RcptEntry {
+        state: if v2 { b & !WARNED_BIT } else { b },
+        warned: v2 && b & WARNED_BIT != 0,
+        attempts: r.u16()?,
+        next: r.u32()?,
+        bucket: r.u32()?,
+        reason: r.u32()?,
+    })
+}
+
+/// The shard entries of a checkpoint, read one by one: from a whole buffer
+/// ([`Decoder`]) or streamed from the file
+/// ([`super::checkpoint_stream::Stream`]).
+pub trait Entries {
+    /// The format version.
+    fn version(&self) -> u32;
+    /// Reads a count (of reasons, messages or pieces).
+    fn count(&mut self) -> Result<u32, DecodeError>;
+    /// Reads a reason text.
+    fn text(&mut self) -> Result<&str, DecodeError>;
+    /// Reads a message entry.
+    fn message(&mut self) -> Result<MsgEntry, DecodeError>;
+    /// Reads a recipient entry.
+    fn rcpt(&mut self) -> Result<RcptEntry, DecodeError>;
+}
+
+impl Entries for Decoder<'_> {
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn count(&mut self) -> Result<u32, DecodeError> {
+        Decoder::count(self)
+    }
+    fn text(&mut self) -> Result<&str, DecodeError> {
+        Decoder::text(self)
+    }
+    fn message(&mut self) -> Result<MsgEntry, DecodeError> {
+        Decoder::message(self)
+    }
+    fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
+        Decoder::rcpt(self)
+    }
 }
 
 impl<'a> Decoder<'a> {
     /// Checks the frame of a whole checkpoint file and reads its header.
     pub fn open(buf: &'a [u8]) -> Result<(Header, Decoder<'a>), DecodeError> {
         let n = buf.len();
-        // The shortest buffer whose frame can be checked (contents may still
-        // prove malformed): magic, version and header words, end marker.
-        if n < MAGIC.len() + 16 + 8 + 8 || &buf[..8] != MAGIC {
-            return Err(DecodeError::from(
-                "not a checkpoint (bad magic or too short)",
-            ));
-        }
-        if &buf[n - 8..] != END_MAGIC {
-            return Err(DecodeError::from("truncated (end marker missing)"));
-        }
-        let mut t = Reader::new(&buf[n - TRAILER..n - 8]);
-        let (crc, total) = (
-            t.u32().ok_or_else(malformed)?,
-            t.u64().ok_or_else(malformed)?,
-        );
-        if total != n as u64 {
-            return Err(DecodeError::Damaged(format!(
-                "length field {total} does not match file size {n}"
-            )));
-        }
+        check_magic(buf, n)?;
+        let crc = check_trailer(&buf[n - TRAILER..], n)?;
         let body = &buf[..n - TRAILER];
         if crc32fast::hash(body) != crc {
             return Err(DecodeError::from("checksum mismatch"));
         }
+        let mut r = Reader::new(&body[MAGIC.len()..]);
+        let (version, h) = read_header(&mut r)?;
         let mut d = Decoder {
-            r: Reader::new(&body[MAGIC.len()..]),
-            version: 0,
+            r,
+            version,
             tables: None,
         };
-        let version = d.u32()?;
-        if !(1..=VERSION).contains(&version) {
-            return Err(DecodeError::Version(version));
-        }
-        d.version = version;
-        d.u32()?;
-        let h = Header {
-            pos: d.r.u64().ok_or_else(malformed)?,
-            seq: d.r.u64().ok_or_else(malformed)?,
-            next_gen: d.u32()?,
-            salt: d.u32()?,
-        };
         if version >= 5 {
-            // The tables' offset closes the body; the shards lie between the
-            // header and the tables.
             let n = body.len();
-            if n < HEADER + 8 {
-                return Err(malformed());
-            }
-            let at = Reader::new(&body[n - 8..]).u64().ok_or_else(malformed)?;
-            if at < HEADER as u64 || at > (n - 8) as u64 {
-                return Err(DecodeError::from("tables offset out of range"));
-            }
-            d.r = Reader::new(&body[HEADER..at as usize]);
-            d.tables = Some(Reader::new(&body[at as usize..n - 8]));
+            let at = tables_at(n, &body[n.saturating_sub(8)..])?;
+            d.r = Reader::new(&body[HEADER..at]);
+            d.tables = Some(Reader::new(&body[at..n - 8]));
         }
         Ok((h, d))
+    }
+
+    /// Reads a section of a checksummed file of `version` (the tables of a
+    /// streamed version-5 checkpoint).
+    pub fn section(buf: &'a [u8], version: u32) -> Decoder<'a> {
+        Decoder {
+            r: Reader::new(buf),
+            version,
+            tables: None,
+        }
     }
 
     /// The format version.
@@ -373,6 +476,8 @@ impl<'a> Decoder<'a> {
 
     /// The tables of a version-5 checkpoint (keys, settings, sources,
     /// window), read with the same methods; `None` before version 5.
+    /// (Recovery streams version 5 with [`super::checkpoint_stream`].)
+    #[cfg(test)]
     pub fn tables(&mut self) -> Option<Decoder<'a>> {
         self.tables.take().map(|r| Decoder {
             r,
@@ -405,12 +510,7 @@ impl<'a> Decoder<'a> {
     /// Reads a message entry.
     #[inline]
     pub fn message(&mut self) -> Result<MsgEntry, DecodeError> {
-        Ok(MsgEntry {
-            id: self.r.u64().ok_or_else(malformed)?,
-            loc: (self.u32()?, self.u32()?, self.u32()?),
-            received: self.u32()?,
-            rcpts: self.r.u16().ok_or_else(malformed)?,
-        })
+        msg_entry(&mut self.r).ok_or_else(malformed)
     }
 
     /// Reads the count of destination settings (none before version 2).
@@ -454,20 +554,7 @@ impl<'a> Decoder<'a> {
     /// Reads a recipient entry.
     #[inline]
     pub fn rcpt(&mut self) -> Result<RcptEntry, DecodeError> {
-        let b = self.r.u8().ok_or_else(malformed)?;
-        let warned = self.version >= 2 && b & WARNED_BIT != 0;
-        Ok(RcptEntry {
-            state: if self.version >= 2 {
-                b & !WARNED_BIT
-            } else {
-                b
-            },
-            warned,
-            attempts: self.r.u16().ok_or_else(malformed)?,
-            next: self.u32()?,
-            bucket: self.u32()?,
-            reason: self.u32()?,
-        })
+        rcpt_entry(&mut self.r, self.version).ok_or_else(malformed)
     }
 
     /// Checks that nothing follows the last entry.
@@ -487,6 +574,7 @@ impl<'a> Decoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::checkpoint_stream::{self, Opened};
     use crate::storage::vfs::Vfs;
     use crate::testing::simfs::SimFs;
     use std::path::Path;
@@ -586,10 +674,44 @@ mod tests {
         assert_eq!(d.message().unwrap(), m);
         assert_eq!(d.rcpt().unwrap(), r);
         d.end().unwrap();
+        // Streamed: the same entries.
+        let Ok(Opened::Streamed {
+            header,
+            tables,
+            shards: mut d,
+        }) = checkpoint_stream::open(&*f)
+        else {
+            panic!("version 5 is streamed");
+        };
+        assert_eq!(header, h);
+        let mut t = Decoder::section(&tables, VERSION);
+        assert_eq!(t.count().unwrap(), 2);
+        assert_eq!(t.text().unwrap(), "");
+        assert_eq!(t.text().unwrap(), "example.com");
+        assert_eq!(Entries::count(&mut d).unwrap(), 1);
+        assert_eq!(Entries::text(&mut d).unwrap(), "451 try later");
+        assert_eq!(Entries::count(&mut d).unwrap(), 1);
+        assert_eq!(Entries::message(&mut d).unwrap(), m);
+        assert!(d.end().is_err(), "a recipient entry is left");
+        assert_eq!(Entries::rcpt(&mut d).unwrap(), r);
+        d.end().unwrap();
+        assert!(Entries::count(&mut d).is_err(), "nothing past the shards");
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;
             assert!(Decoder::open(&bad).is_err(), "flip at {i} detected");
+            let g = fs.open(Path::new("/bad"), true).unwrap();
+            g.write_all_at(0, &bad).unwrap();
+            assert!(
+                checkpoint_stream::open(&*g).is_err(),
+                "flip at {i} detected"
+            );
+        }
+        // Truncated anywhere: refused by the frame.
+        for n in 0..buf.len() {
+            let g = fs.open(Path::new(&format!("/short{n}")), true).unwrap();
+            g.write_all_at(0, &buf[..n]).unwrap();
+            assert!(checkpoint_stream::open(&*g).is_err(), "{n} bytes refused");
         }
     }
 }
