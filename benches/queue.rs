@@ -6,12 +6,16 @@
 //! `-- schedule`, `-- restart`, `-- stall` run one group. CI only builds it
 //! (`cargo bench --no-run`). The peer comparison is `examples/compare.rs`.
 
+#[path = "support/zipf.rs"]
+mod zipf;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mailq::{NewMessage, Options, Outcome, Queue, Recipient};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zipf::Zipf;
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mailq-bench-{tag}-{}", std::process::id()));
@@ -67,34 +71,6 @@ fn enqueue(c: &mut Criterion) {
         }
     }
     g.finish();
-}
-
-/// Zipf over 100k domains with one (gmail.com) taking 2/3.
-struct Zipf(Vec<f64>, u64);
-impl Zipf {
-    fn new(n: usize) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut acc = 0.0;
-        for k in 1..n {
-            acc += 1.0 / k as f64;
-            cdf.push(acc);
-        }
-        cdf.iter_mut().for_each(|c| *c /= acc);
-        Zipf(cdf, 0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        self.1 ^= self.1 << 13;
-        self.1 ^= self.1 >> 7;
-        self.1 ^= self.1 << 17;
-        (self.1 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn domain(&mut self) -> String {
-        if self.unit() < 2.0 / 3.0 {
-            return "gmail.com".into();
-        }
-        let u = self.unit();
-        format!("d{}.example", 1 + self.0.partition_point(|&c| c < u))
-    }
 }
 
 /// Lease + complete per recipient, 100k destinations, Zipf skew, one thread.

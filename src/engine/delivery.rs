@@ -82,7 +82,7 @@ impl Lease {
                 return Ok(None);
             };
             let indices: Vec<u32> = t.rids.iter().map(|r| r - t.first).collect();
-            match read_delivery(&q, t.id(), t.loc, &indices) {
+            match read_delivery(&q, t.id(), t.loc, &indices, &mut self.read_at) {
                 Ok(rd) => {
                     if let Some(d) = self.deliver(t, indices, rd) {
                         self.deliveries += 1;
@@ -350,8 +350,11 @@ fn read_delivery(
     id: MessageId,
     (seg, off, len): (u32, u32, u32),
     want: &[u32],
+    cursor: &mut Option<(u32, u64)>,
 ) -> Result<Read> {
-    let (kind, payload) = q.log.read_record(seg, off as u64, len as usize)?;
+    let (kind, payload) = q
+        .log
+        .read_record_from(seg, off as u64, len as usize, cursor)?;
     let bad = |why: &str| Error::Corrupt {
         path: q.dir.join(segment_name(seg)),
         offset: off as u64,

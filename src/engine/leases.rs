@@ -34,6 +34,8 @@ pub(crate) struct Lease {
     pub(super) fleet: bool,
     /// … and a message not yet taken.
     pub(super) permit: bool,
+    /// Where this session's last record read ended (its read-ahead).
+    pub(super) read_at: Option<(u32, u64)>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -175,6 +177,7 @@ impl Engine {
             closed: false,
             fleet: false,
             permit: false,
+            read_at: None,
         })
     }
 

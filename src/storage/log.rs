@@ -174,6 +174,9 @@ pub enum SyncState {
 
 /// Size of one read-ahead block.
 pub const READ_AHEAD_BLOCK: usize = 64 << 10;
+/// The largest gap between a reader's last read and its next that still
+/// makes the next a walk forward (see [`Log::read_record_from`]).
+const OWN_GAP: u64 = 4 << 10;
 /// Read-ahead blocks kept (per queue): at most 512 KiB.
 const READ_AHEAD_BLOCKS: usize = 8;
 
@@ -1031,6 +1034,33 @@ impl Log {
     /// FIFO), else with one `pread` of exactly that, and a second one only if
     /// the record turns out longer.
     pub fn read_record(&self, seg: u32, off: u64, hint: usize) -> Result<(Kind, Bytes)> {
+        self.read_record_at(seg, off, hint, None)
+    }
+
+    /// [`Log::read_record`] for a reader that walks the log on its own (a
+    /// delivery session): a read that continues within a few KiB of
+    /// `cursor` — where this reader's last read ended, updated here —
+    /// fetches a read-ahead block. Other readers' reads in between do not
+    /// make it look sequential, so a session that hops between far messages
+    /// reads only its records, and one that walks a destination's backlog in
+    /// log order reads blocks.
+    pub fn read_record_from(
+        &self,
+        seg: u32,
+        off: u64,
+        hint: usize,
+        cursor: &mut Option<(u32, u64)>,
+    ) -> Result<(Kind, Bytes)> {
+        self.read_record_at(seg, off, hint, Some(cursor))
+    }
+
+    fn read_record_at(
+        &self,
+        seg: u32,
+        off: u64,
+        hint: usize,
+        cursor: Option<&mut Option<(u32, u64)>>,
+    ) -> Result<(Kind, Bytes)> {
         let readable = self.readable_len(seg)?;
         let room = readable.saturating_sub(off);
         if room < HEADER_LEN as u64 {
@@ -1038,10 +1068,21 @@ impl Log {
         }
         let want = (hint.max(HEADER_LEN) as u64).min(room);
         let cached = self.readahead.lock().lookup(seg, off, want);
+        // A reader of its own reads ahead only when it walks (nearly)
+        // adjacent records: one that skips most of each block (a
+        // destination holding every tenth message) would copy 64 KiB per
+        // record it reads.
+        let own = cursor.map(|c| {
+            let last = c.replace((seg, off + want));
+            last.is_some_and(|(s, e)| s == seg && off >= e && off - e < OWN_GAP)
+        });
         let buf = match cached {
             Some(hit) => hit,
             None => {
-                let sequential = self.readahead.lock().sequential(seg, off);
+                let sequential = match own {
+                    Some(seq) => seq,
+                    None => self.readahead.lock().sequential(seg, off),
+                };
                 if sequential && want < READ_AHEAD_BLOCK as u64 / 4 {
                     let block = Bytes::from(self.pread(
                         seg,
