@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zipf::Zipf;
+use zipf::{enqueue_zipf, Zipf};
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mailq-bench-{tag}-{}", std::process::id()));
@@ -81,31 +81,7 @@ fn schedule(c: &mut Criterion) {
     // Refill (untimed) so that at least `n` recipients are ready.
     let refill = |n: u64| {
         let have = q.stats().count("ready");
-        let need = n.saturating_sub(have).div_ceil(10);
-        let next = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..16 {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= need {
-                        break;
-                    }
-                    let rc: Vec<Recipient> = {
-                        let mut z = zipf.lock();
-                        (0..10)
-                            .map(|k| Recipient::new(format!("u{i}.{k}@{}", z.domain())))
-                            .collect()
-                    };
-                    q.enqueue(&NewMessage {
-                        sender: "s@x.example",
-                        recipients: rc,
-                        meta: b"",
-                        body: b"b",
-                    })
-                    .expect("enqueue");
-                });
-            }
-        });
+        enqueue_zipf(&q, n.saturating_sub(have).div_ceil(10), &zipf);
     };
     refill(1_000_000);
     let mut g = c.benchmark_group("schedule");

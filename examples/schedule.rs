@@ -14,38 +14,9 @@ mod common;
 mod zipf;
 
 use common::arg;
-use mailq::{NewMessage, Options, Outcome, Queue, Recipient};
-use std::sync::atomic::{AtomicU64, Ordering};
+use mailq::{Options, Outcome, Queue};
 use std::time::Instant;
-use zipf::Zipf;
-
-fn fill(q: &Queue, rcpts: usize, zipf: &parking_lot::Mutex<Zipf>) {
-    let msgs = rcpts.div_ceil(10) as u64;
-    let next = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..16 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= msgs {
-                    break;
-                }
-                let rc: Vec<Recipient> = {
-                    let mut z = zipf.lock();
-                    (0..10)
-                        .map(|k| Recipient::new(format!("u{i}.{k}@{}", z.domain())))
-                        .collect()
-                };
-                q.enqueue(&NewMessage {
-                    sender: "s@x.example",
-                    recipients: rc,
-                    meta: b"",
-                    body: b"b",
-                })
-                .expect("enqueue");
-            });
-        }
-    });
-}
+use zipf::{enqueue_zipf, Zipf};
 
 /// Leases and completes everything ready; returns the recipients,
 /// deliveries and sessions done.
@@ -71,7 +42,7 @@ fn main() {
     let q = Queue::open(&dir, Options::default()).expect("open");
     let zipf = parking_lot::Mutex::new(Zipf::new(100_000));
     for round in 1..=rounds {
-        fill(&q, rcpts, &zipf);
+        enqueue_zipf(&q, rcpts.div_ceil(10) as u64, &zipf);
         let t = Instant::now();
         let (done, deliveries, sessions) = drain(&q);
         let secs = t.elapsed().as_secs_f64();
