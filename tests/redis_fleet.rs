@@ -21,7 +21,20 @@ struct Server {
 }
 
 impl Server {
+    /// Starts a redis-server of this test's own. The free port is picked
+    /// before the server binds it, so a test running alongside may pick the
+    /// same one: the server that answers must be ours (by its PID), else
+    /// another port is tried.
     fn start() -> Server {
+        for _ in 0..20 {
+            if let Some(s) = Server::try_start() {
+                return s;
+            }
+        }
+        panic!("no redis-server of this test's own answered on 20 ports");
+    }
+
+    fn try_start() -> Option<Server> {
         let dir = TempDir::new("redis");
         std::fs::create_dir_all(dir.path()).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -39,20 +52,26 @@ impl Server {
             .expect(
                 "redis-server (Debian package redis-server) must be installed; .ci/run installs it",
             );
-        let s = Server {
+        let mut s = Server {
             child,
             port,
             _dir: dir,
         };
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Some(pid) = server_pid(port) {
+                // Another test's server on the same port: ours could not bind.
+                return (pid == s.child.id()).then_some(s);
+            }
+            if s.child.try_wait().unwrap().is_some() {
+                return None; // ours exited (the port was taken)
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        s
     }
 
     fn url(&self) -> String {
@@ -69,6 +88,27 @@ impl Server {
             .success();
         assert!(ok, "redis-cli {args:?}");
     }
+}
+
+/// The PID of the redis-server answering on `port` (`INFO server`), if one
+/// answers.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(11).any(|w| w == b"process_id:") || !got.ends_with(b"\r\n") {
+        let n = c.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let line = text.lines().find(|l| l.starts_with("process_id:"))?;
+    line["process_id:".len()..].trim().parse().ok()
 }
 
 impl Drop for Server {
