@@ -219,3 +219,62 @@ fn failed_automatic_checkpoint_does_not_fail_enqueue() {
     let q = Queue::open(d.path(), o()).unwrap();
     assert_eq!(q.stats().messages, 70);
 }
+
+/// The checkpoint a replay calls for, when it fails (disk full), is not
+/// tried again at every tick but a minute later; and a handle dropped
+/// before any maintenance ran (a short-lived tool) still writes it.
+#[test]
+fn a_failed_rebuilt_checkpoint_is_retried_a_minute_later_and_a_drop_writes_it() {
+    let d = TempDir::new("rebuilt-enospc");
+    let clock = ManualClock::new(T0);
+    let f = Arc::new(Faults::default());
+    let o = || Options {
+        checkpoint_bytes: u64::MAX,
+        ..faulty(&f, &clock)
+    };
+    let ck = d.path().join("checkpoint");
+    {
+        // More than 1 MiB of log, and no checkpoint.
+        let q = Queue::open(d.path(), o()).unwrap();
+        for i in 0..1500 {
+            q.enqueue(&msg("", &[&format!("u{i}@x.com")], &[b'z'; 1000]))
+                .unwrap();
+        }
+    }
+    assert!(!ck.exists());
+    f.checkpoint_enospc.store(true, Ordering::SeqCst);
+    let q = Queue::open(d.path(), o()).unwrap();
+    assert!(!q.recovery_report().checkpoint_used);
+    q.tick();
+    let st = q.stats();
+    assert!(
+        st.maintenance_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("disk full"),
+        "{:?}",
+        st.maintenance_error
+    );
+    assert_eq!(st.checkpoints, 0);
+    f.checkpoint_enospc.store(false, Ordering::SeqCst);
+    q.tick();
+    assert_eq!(q.stats().checkpoints, 0, "not retried at every tick");
+    clock.advance(61);
+    q.tick();
+    assert_eq!(q.stats().checkpoints, 1, "retried a minute later");
+    assert!(q.stats().maintenance_error.is_none());
+    drop(q);
+    let q = Queue::open(d.path(), o()).unwrap();
+    assert!(q.recovery_report().checkpoint_used);
+    drop(q);
+    // Dropped before any maintenance ran: the drop writes it.
+    std::fs::remove_file(&ck).unwrap();
+    let q = Queue::open(d.path(), o()).unwrap();
+    assert!(!q.recovery_report().checkpoint_used);
+    assert!(!ck.exists());
+    drop(q);
+    assert!(ck.exists());
+    let q = Queue::open(d.path(), o()).unwrap();
+    assert!(q.recovery_report().checkpoint_used);
+    assert_eq!(q.stats().messages, 1500);
+}

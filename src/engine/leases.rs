@@ -383,6 +383,9 @@ impl Engine {
             take(Some(now));
         }
         take(self.next_sweep(now));
+        // A checkpoint recovery called for, retried after a failure (when
+        // due, the overdue check above says so).
+        take(self.rebuilt_at().filter(|&at| at > now));
         for s in 0..SHARDS {
             let mut ss = self.sched[s].lock();
             // A clock that moved back re-files timers and re-checks probes.

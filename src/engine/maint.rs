@@ -71,7 +71,19 @@ impl Engine {
             .bytes
             .saturating_sub(self.maint_from.load(Ordering::Relaxed));
         let over = (since + 1).saturating_sub(self.maint_every.load(Ordering::Relaxed));
-        over.max(self.rebuilt.load(Ordering::Relaxed) as u64)
+        over.max(self.rebuilt_due() as u64)
+    }
+
+    /// A checkpoint recovery called for is due now.
+    fn rebuilt_due(&self) -> bool {
+        let at = self.rebuilt.load(Ordering::Relaxed);
+        at != 0 && self.now() >= at
+    }
+
+    /// When a checkpoint recovery called for is due (clock seconds), if
+    /// one is.
+    pub(super) fn rebuilt_at(&self) -> Option<u32> {
+        Some(self.rebuilt.load(Ordering::Relaxed)).filter(|&at| at != 0)
     }
 
     /// Runs a checkpoint and compaction when enough log has been written since the
@@ -86,7 +98,7 @@ impl Engine {
             return;
         };
         if bytes.saturating_sub(m.bytes_at) < self.maint_every.load(Ordering::Relaxed)
-            && !self.rebuilt.load(Ordering::Relaxed)
+            && !self.rebuilt_due()
         {
             return;
         }
@@ -95,18 +107,21 @@ impl Engine {
             Err(e) => {
                 m.bytes_at = bytes;
                 m.last_error = Some(e.to_string());
+                // Not retried at every tick: a minute later (or after an
+                // interval of log, like any other).
+                if self.rebuilt_at().is_some() {
+                    let at = self.now().saturating_add(super::REBUILT_RETRY_SECS);
+                    self.rebuilt.store(at, Ordering::Relaxed);
+                }
             }
         }
         self.maintained_at(m.bytes_at);
     }
 
     /// Maintenance ran (or failed) with the log at `bytes`: the next is due
-    /// one interval later, and its producer raises the poll fd again. (A
-    /// checkpoint due since recovery is no longer due at once either: after
-    /// a failure it is retried an interval later, like any other.)
+    /// one interval later, and its producer raises the poll fd again.
     fn maintained_at(&self, bytes: u64) {
         self.maint_from.store(bytes, Ordering::Relaxed);
-        self.rebuilt.store(false, Ordering::Relaxed);
         self.maint_woken.store(false, Ordering::Relaxed);
     }
 
@@ -217,6 +232,8 @@ fn write(q: &Engine, m: &mut Maint) -> Result<SegLive> {
     m.bytes_at = q.log.counters().bytes;
     // Also an explicit checkpoint: the next automatic one counts from here.
     q.maintained_at(m.bytes_at);
+    // Whatever recovery rebuilt is persisted now.
+    q.rebuilt.store(0, Ordering::Relaxed);
     m.checkpoints += 1;
     m.checkpoint_bytes = len;
     // Writing a checkpoint costs its size: the next waits until the log grew

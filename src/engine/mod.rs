@@ -99,9 +99,10 @@ pub(crate) struct Engine {
     /// The poll fd was raised for the next segment's file to be made ahead.
     prep_woken: AtomicBool,
     /// Recovery rebuilt the state from the log (or past a damaged
-    /// checkpoint): a checkpoint is due at the first maintenance, whatever
-    /// the log bytes written since open.
-    rebuilt: AtomicBool,
+    /// checkpoint): a checkpoint is due at the first maintenance from this
+    /// clock second on, whatever the log bytes written since open (0: none
+    /// due; after a failure, retried [`REBUILT_RETRY_SECS`] later).
+    rebuilt: AtomicU32,
     /// Log bytes between two maintenance runs: `checkpoint_bytes`, or
     /// `CHECKPOINT_RATIO` times the last checkpoint's size when larger.
     maint_every: AtomicU64,
@@ -142,8 +143,17 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // Best effort: outcomes still buffered become durable when the last handle goes.
         let _ = self.log.sync_all();
+        // A handle that never ran maintenance (a short-lived tool) still
+        // spares the next open the replay it paid for.
+        if self.rebuilt.load(Ordering::Relaxed) != 0 && self.check_poison().is_ok() {
+            let _ = self.checkpoint();
+        }
     }
 }
+
+/// Seconds before a failed checkpoint that recovery called for is tried
+/// again.
+pub(crate) const REBUILT_RETRY_SECS: u32 = 60;
 
 impl Engine {
     /// Opens (or creates) the queue in `dir`: recovery, then the log continues
@@ -213,7 +223,7 @@ impl Engine {
             maint_from: AtomicU64::new(0),
             maint_woken: AtomicBool::new(false),
             prep_woken: AtomicBool::new(false),
-            rebuilt: AtomicBool::new(false),
+            rebuilt: AtomicU32::new(0),
             maint_every: AtomicU64::new(opts.checkpoint_bytes),
             salt,
             report: Mutex::new(r.report),
@@ -230,7 +240,7 @@ impl Engine {
             rep.bytes_replayed > (1 << 20) || rep.checkpoint_error.is_some()
         };
         if rebuilt && q.opts.auto_maintenance {
-            q.rebuilt.store(true, Ordering::Relaxed);
+            q.rebuilt.store(q.now().max(1), Ordering::Relaxed);
             q.maint_woken.store(true, Ordering::Relaxed);
             q.wake();
         } else if rebuilt {

@@ -696,6 +696,25 @@ mod tests {
         assert_eq!(Entries::rcpt(&mut d).unwrap(), r);
         d.end().unwrap();
         assert!(Entries::count(&mut d).is_err(), "nothing past the shards");
+        // Bytes that read differently after the checksum pass (here: the
+        // message's `received`, which still decodes) are found by `end`.
+        let Ok(Opened::Streamed { shards: mut d, .. }) = checkpoint_stream::open(&*f) else {
+            panic!("version 5 is streamed");
+        };
+        let received_at = HEADER + 4 + (2 + "451 try later".len()) + 4 + 8 + 12;
+        let mut b = [0u8; 1];
+        f.read_exact_at(received_at as u64, &mut b).unwrap();
+        f.write_all_at(received_at as u64, &[b[0] ^ 1]).unwrap();
+        Entries::count(&mut d).unwrap();
+        Entries::text(&mut d).unwrap();
+        Entries::count(&mut d).unwrap();
+        assert_eq!(Entries::message(&mut d).unwrap().received, m.received ^ 1);
+        Entries::rcpt(&mut d).unwrap();
+        match d.end() {
+            Err(DecodeError::Damaged(why)) => assert!(why.contains("checksum"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        f.write_all_at(received_at as u64, &b).unwrap();
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x40;

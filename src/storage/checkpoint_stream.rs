@@ -3,7 +3,10 @@
 //! 5) its tables are read whole — they are small — and its shard entries are
 //! decoded as they stream through the same buffer. A 10 M-recipient queue's
 //! checkpoint is ~240 MB: read whole, its pages cost more to fault in than
-//! to decode. Nothing is decoded before the checksum matched. Older formats
+//! to decode. Nothing is decoded before the checksum matched, and the bytes
+//! decoded are checksummed again as they are read (a disk that returns
+//! other bytes the second time is damage, found by [`Stream::end`], before
+//! the state is used). Older formats
 //! are read whole (their tables precede the shards). The format itself is
 //! [`super::checkpoint`]'s. Depends on `storage::vfs`, `storage::record` and
 //! `storage::checkpoint` only.
@@ -72,6 +75,13 @@ pub fn open(f: &dyn VFile) -> Result<Opened<'_>, DecodeError> {
     let at = tables_at(body, &last)?;
     let mut tables = vec![0u8; body - 8 - at];
     read(f, at as u64, &mut tables)?;
+    // The second pass's checksum: the header and the shards as they are
+    // read, then the tables and their offset, in file order.
+    let mut again = crc32fast::Hasher::new();
+    again.update(&head);
+    let mut tail = crc32fast::Hasher::new();
+    tail.update(&tables);
+    tail.update(&last);
     Ok(Opened::Streamed {
         header,
         tables,
@@ -83,6 +93,9 @@ pub fn open(f: &dyn VFile) -> Result<Opened<'_>, DecodeError> {
             off: HEADER as u64,
             limit: at as u64,
             version,
+            again,
+            tail,
+            crc,
         },
     })
 }
@@ -104,6 +117,12 @@ pub struct Stream<'f> {
     /// File offset where the shards end.
     limit: u64,
     version: u32,
+    /// Checksum of the bytes read so far (header and shards), …
+    again: crc32fast::Hasher,
+    /// … of the tables and their offset, …
+    tail: crc32fast::Hasher,
+    /// … and what the whole must be.
+    crc: u32,
 }
 
 impl Stream<'_> {
@@ -131,6 +150,7 @@ impl Stream<'_> {
         let room = (self.buf.len() - self.end) as u64;
         let k = room.min(self.limit - self.off) as usize;
         read(self.f, self.off, &mut self.buf[self.end..self.end + k])?;
+        self.again.update(&self.buf[self.end..self.end + k]);
         self.off += k as u64;
         self.end += k;
         if self.end < n {
@@ -139,10 +159,18 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Checks that nothing follows the last entry.
+    /// Checks that nothing follows the last entry, and that the bytes
+    /// decoded are the ones the first pass checksummed.
     pub fn end(&self) -> Result<(), DecodeError> {
         if self.pos != self.end || self.off != self.limit {
             return Err(DecodeError::from("trailing bytes"));
+        }
+        let mut all = self.again.clone();
+        all.combine(&self.tail);
+        if all.finalize() != self.crc {
+            return Err(DecodeError::from(
+                "checksum mismatch (the file read differently the second time)",
+            ));
         }
         Ok(())
     }
