@@ -199,15 +199,7 @@ fn failed_automatic_checkpoint_does_not_fail_enqueue() {
         q.enqueue(&msg("", &[&format!("u{i}@x.com")], &[b'z'; 1000]))
             .expect("accepted mail is not an error");
     }
-    let st = q.stats();
-    assert!(
-        st.maintenance_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("disk full"),
-        "{:?}",
-        st.maintenance_error
-    );
+    let st = maintenance_failed_on_a_full_disk(&q);
     assert!(st.poisoned.is_none(), "the log itself is fine");
     f.checkpoint_enospc.store(false, Ordering::SeqCst);
     for i in 0..20 {
@@ -246,15 +238,7 @@ fn a_failed_rebuilt_checkpoint_is_retried_a_minute_later_and_a_drop_writes_it() 
     let q = Queue::open(d.path(), o()).unwrap();
     assert!(!q.recovery_report().checkpoint_used);
     q.tick();
-    let st = q.stats();
-    assert!(
-        st.maintenance_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("disk full"),
-        "{:?}",
-        st.maintenance_error
-    );
+    let st = maintenance_failed_on_a_full_disk(&q);
     assert_eq!(st.checkpoints, 0);
     f.checkpoint_enospc.store(false, Ordering::SeqCst);
     q.tick();
@@ -277,4 +261,13 @@ fn a_failed_rebuilt_checkpoint_is_retried_a_minute_later_and_a_drop_writes_it() 
     let q = Queue::open(d.path(), o()).unwrap();
     assert!(q.recovery_report().checkpoint_used);
     assert_eq!(q.stats().messages, 1500);
+}
+
+/// The queue's stats, after checking that its last maintenance failed on a
+/// full disk.
+fn maintenance_failed_on_a_full_disk(q: &Queue) -> Stats {
+    let st = q.stats();
+    let err = st.maintenance_error.as_deref().unwrap_or("");
+    assert!(err.contains("disk full"), "{:?}", st.maintenance_error);
+    st
 }
