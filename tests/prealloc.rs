@@ -43,6 +43,32 @@ fn fill(q: &Queue, dir: &Path, from: usize, n: usize, seen: &mut bool) -> Vec<Me
         .collect()
 }
 
+/// A queue in a new directory (made ahead or not) filled with `n` messages
+/// by [`fill`]: its directory, clock, the queue, the ids, and whether a
+/// file made ahead was seen.
+struct Filled {
+    dir: TempDir,
+    clock: std::sync::Arc<ManualClock>,
+    q: Queue,
+    ids: Vec<MessageId>,
+    seen: bool,
+}
+
+fn filled(tag: &str, prealloc: bool, n: usize) -> Filled {
+    let dir = TempDir::new(tag);
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), options(&clock, prealloc)).unwrap();
+    let mut seen = false;
+    let ids = fill(&q, dir.path(), 0, n, &mut seen);
+    Filled {
+        dir,
+        clock,
+        q,
+        ids,
+        seen,
+    }
+}
+
 fn assert_clean(q: &Queue) {
     let r = q.recovery_report();
     assert!(r.damaged.is_empty(), "no damage: {:?}", r.damaged);
@@ -52,11 +78,13 @@ fn assert_clean(q: &Queue) {
 
 #[test]
 fn segments_are_made_ahead_and_survive_reopen_with_their_zero_tails() {
-    let dir = TempDir::new("prealloc");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    let mut seen = false;
-    let mut ids = fill(&q, dir.path(), 0, 300, &mut seen);
+    let Filled {
+        dir,
+        clock,
+        q,
+        mut ids,
+        mut seen,
+    } = filled("prealloc", true, 300);
     assert!(seen, "tick made the next segment's file ahead");
     let segs = segment_files(dir.path());
     assert!(segs.len() >= 4, "the log rolled several times: {segs:?}");
@@ -101,11 +129,9 @@ fn segments_are_made_ahead_and_survive_reopen_with_their_zero_tails() {
 
 #[test]
 fn without_preallocation_no_file_is_made_ahead() {
-    let dir = TempDir::new("prealloc-off");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), options(&clock, false)).unwrap();
-    let mut seen = false;
-    fill(&q, dir.path(), 0, 300, &mut seen);
+    let Filled {
+        dir, q: _q, seen, ..
+    } = filled("prealloc-off", false, 300);
     assert!(!seen);
     let segs = segment_files(dir.path());
     assert!(segs.len() >= 4);
@@ -144,11 +170,9 @@ fn zero_last_two_records(path: &Path) -> usize {
 
 #[test]
 fn records_lost_before_a_sealed_segments_zeros_are_reported() {
-    let dir = TempDir::new("prealloc-lost");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    let mut seen = false;
-    let ids = fill(&q, dir.path(), 0, 300, &mut seen);
+    let Filled {
+        dir, clock, q, ids, ..
+    } = filled("prealloc-lost", true, 300);
     drop(q); // no checkpoint: recovery replays every segment
              // The filesystem loses the last two records of a sealed segment: they
              // read as zeros, like the rest of the file made ahead.
@@ -191,11 +215,7 @@ fn a_file_left_made_ahead_is_removed_at_open_and_the_queue_goes_on() {
 
 #[test]
 fn zeros_before_the_checkpoint_position_are_reported() {
-    let dir = TempDir::new("prealloc-ckpt");
-    let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    let mut seen = false;
-    fill(&q, dir.path(), 0, 150, &mut seen);
+    let Filled { dir, clock, q, .. } = filled("prealloc-ckpt", true, 150);
     q.checkpoint().unwrap(); // its position is in the active segment, made ahead
     drop(q);
     // The filesystem loses the last two records before that position: they
