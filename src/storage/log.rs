@@ -877,7 +877,11 @@ impl Log {
             let _ = self.vfs.remove(&path);
             return Ok(());
         }
-        if let Some((old, _)) = p.replace((seg, f)) {
+        let old = p.replace((seg, f));
+        // Removed with the lock released: a leader rolling to a new segment
+        // takes it (`create_segment`) and must not wait for an unlink.
+        drop(p);
+        if let Some((old, _)) = old {
             let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
         }
         Ok(())
