@@ -124,7 +124,10 @@ pub(crate) fn apply_change(
             ms.bounces.push_back(rr);
         }
         s if s.is_final() => {
-            ms.intents.remove(&rid);
+            // (Hashing the key costs more than the check: most have none.)
+            if !ms.intents.is_empty() {
+                ms.intents.remove(&rid);
+            }
             ms.finish_rcpt(rid);
         }
         _ => {}
@@ -193,7 +196,10 @@ impl Engine {
         now: u32,
     ) -> bool {
         let r = ms.rcpts[rid as usize];
-        let it = ms.intents.remove(&rid).unwrap_or_default();
+        let it = match ms.intents.is_empty() {
+            true => Default::default(),
+            false => ms.intents.remove(&rid).unwrap_or_default(),
+        };
         let Some(to) = resolve_intent(&mut ch, &it, r.bucket()) else {
             return apply_change(ss, ms, msh, rid, &ch, now);
         };

@@ -67,6 +67,8 @@ struct Read {
     addrs: Vec<String>,
     /// Offset of the body from the start of the record.
     body_off: usize,
+    /// The open segment file it was read from.
+    file: Option<Arc<dyn VFile>>,
 }
 
 impl Lease {
@@ -82,7 +84,8 @@ impl Lease {
                 return Ok(None);
             };
             let indices: Vec<u32> = t.rids.iter().map(|r| r - t.first).collect();
-            match read_delivery(&q, t.id(), t.loc, &indices, &mut self.read_at) {
+            let rec = self.ahead.read(&q.log, t.loc);
+            match rec.and_then(|rec| read_delivery(&q, t.id(), t.loc, &indices, rec)) {
                 Ok(rd) => {
                     if let Some(d) = self.deliver(t, indices, rd) {
                         self.deliveries += 1;
@@ -195,8 +198,17 @@ impl Lease {
             }
             self.permit = false;
             let slot = &mut ss.buckets[bl as usize].slots[si];
-            slot.leased = t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)).collect();
+            slot.leased.clear();
+            slot.leased
+                .extend(t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)));
             slot.leased_msg = t.id();
+            if !self.ahead.has(t.loc) {
+                let left = q
+                    .opts
+                    .deliveries_per_session
+                    .saturating_sub(self.deliveries + 1);
+                self.ahead.peek(&q, &ss, bl, self.bucket, left);
+            }
             return Ok(Some(t));
         }
     }
@@ -286,7 +298,7 @@ impl Lease {
                 received: rd.received,
             },
             body_at: t.loc.1 as u64 + rd.body_off as u64,
-            file: q.log.segment_file(t.loc.0).ok(),
+            file: rd.file,
             done: false,
         })
     }
@@ -344,17 +356,15 @@ impl Lease {
     }
 }
 
-/// Reads and checks a message record; returns the addresses of recipients `want` only.
+/// Checks a message record read at (seg, off); returns the addresses of
+/// recipients `want` only.
 fn read_delivery(
     q: &Engine,
     id: MessageId,
-    (seg, off, len): (u32, u32, u32),
+    (seg, off, _): (u32, u32, u32),
     want: &[u32],
-    cursor: &mut Option<(u32, u64)>,
+    (kind, payload, file): super::ahead::Record,
 ) -> Result<Read> {
-    let (kind, payload) = q
-        .log
-        .read_record_from(seg, off as u64, len as usize, cursor)?;
     let bad = |why: &str| Error::Corrupt {
         path: q.dir.join(segment_name(seg)),
         offset: off as u64,
@@ -363,22 +373,15 @@ fn read_delivery(
     if !matches!(kind, Kind::Message | Kind::MessageCopy) {
         return Err(bad("not a message record"));
     }
-    let rec = record::decode_message(&payload).ok_or_else(|| bad("message does not decode"))?;
+    let mut addrs = Vec::new();
+    let rec = record::decode_envelope(&payload, want, &mut addrs)
+        .ok_or_else(|| bad("message does not decode"))?;
     if rec.id != id.0 {
         return Err(bad("record belongs to another message"));
     }
     let body = payload.slice(rec.body_off..rec.body_off + rec.body_len);
     let meta_start = rec.meta.as_ptr() as usize - payload.as_ptr() as usize;
     let meta = payload.slice(meta_start..meta_start + rec.meta.len());
-    let addrs = want
-        .iter()
-        .map(|&i| {
-            rec.rcpts
-                .get(i as usize)
-                .map(|r| r.0.to_string())
-                .unwrap_or_default()
-        })
-        .collect();
     Ok(Read {
         sender: rec.sender.to_string(),
         meta,
@@ -386,6 +389,7 @@ fn read_delivery(
         received: rec.received,
         addrs,
         body_off: record::HEADER_LEN + rec.body_off,
+        file,
     })
 }
 
@@ -450,7 +454,7 @@ impl DeliveryCore {
                 continue;
             }
             let mut ch = policy::outcome_change(&outcomes[k], &r, m.received, now, &self.q.opts);
-            if verdict.permanent[k] && ch.state == RcptState::Deferred {
+            if verdict.permanent(k) && ch.state == RcptState::Deferred {
                 // A reply rule takes this 4xx as final (past the lifetime it
                 // expires all the same).
                 ch.state = RcptState::Failed;
@@ -471,7 +475,7 @@ impl DeliveryCore {
         let now = q.now();
         let (s, bl) = (shard_of(self.bucket), local_of(self.bucket));
         let verdict = if outcomes.iter().all(|o| matches!(o, Outcome::Delivered)) {
-            Verdict::none(outcomes.len())
+            Verdict::none()
         } else {
             q.rules.read().clone().judge(outcomes, site)
         };
@@ -483,7 +487,7 @@ impl DeliveryCore {
         ss.buckets[bl as usize].slots[si].deadline = now.saturating_add(policy::lease_ttl(&q.opts));
         let mut ms = q.msgs[self.mshard].lock();
         let plan = self.plan(&ms, outcomes, &verdict, now);
-        let mut batch = Batch::new();
+        let mut batch = Batch::with_capacity(plan.len());
         for (rid, ch) in &plan {
             push_update(&mut batch, &ms, self.mshard, *rid, ch, "");
         }

@@ -34,8 +34,8 @@ pub(crate) struct Lease {
     pub(super) fleet: bool,
     /// … and a message not yet taken.
     pub(super) permit: bool,
-    /// Where this session's last record read ended (its read-ahead).
-    pub(super) read_at: Option<(u32, u64)>,
+    /// The records of its next messages, read ahead.
+    pub(super) ahead: super::ahead::Ahead,
 }
 
 impl std::fmt::Debug for Lease {
@@ -177,7 +177,7 @@ impl Engine {
             closed: false,
             fleet: false,
             permit: false,
-            read_at: None,
+            ahead: Default::default(),
         })
     }
 

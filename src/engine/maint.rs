@@ -261,7 +261,11 @@ fn compact(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<usize> {
     // In bounded chunks, each made durable before the next is read: what
     // waits in memory for a group commit (and what an enqueuer leading that
     // commit writes) stays under COPY_CHUNK whatever the live bytes.
-    let todo = live_messages_in(q, &sparse);
+    // In log order: the reads walk each segment forward (read-ahead blocks
+    // serve them; in slot order each record cost a 64 KiB block), and the
+    // copies keep the order the ready queues walk.
+    let mut todo = live_messages_in(q, &sparse);
+    todo.sort_unstable_by_key(|&(_, loc)| loc);
     let mut n = 0;
     let mut rest = &todo[..];
     while !rest.is_empty() {

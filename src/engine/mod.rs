@@ -13,6 +13,7 @@
 //! agree at one position, and idle buckets are freed only under it.
 
 mod admit;
+mod ahead;
 mod change;
 mod check;
 mod delivery;

@@ -139,7 +139,8 @@ impl Rules {
     /// (`site`) never makes a recipient permanent, and its suspension is the
     /// session's to apply when it ends.
     pub(crate) fn judge(&self, outcomes: &[Outcome], site: bool) -> Verdict {
-        let mut v = Verdict::none(outcomes.len());
+        let mut v = Verdict::none();
+        v.permanent = vec![false; outcomes.len()];
         if self.is_empty() {
             return v;
         }
@@ -200,18 +201,23 @@ impl Act {
 
 /// What the rules decided for one delivery.
 pub(crate) struct Verdict {
-    /// Per outcome: a temporary failure to take as permanent.
-    pub permanent: Vec<bool>,
+    /// Per outcome: a temporary failure to take as permanent (empty: none).
+    permanent: Vec<bool>,
     /// The first suspension or throttle asked for.
     pub act: Option<Act>,
 }
 
 impl Verdict {
     /// Nothing decided (every outcome delivered).
-    pub(crate) fn none(n: usize) -> Verdict {
+    pub(crate) fn none() -> Verdict {
         Verdict {
-            permanent: vec![false; n],
+            permanent: Vec::new(),
             act: None,
         }
+    }
+
+    /// Whether outcome `k`, a temporary failure, is to be taken as permanent.
+    pub(crate) fn permanent(&self, k: usize) -> bool {
+        self.permanent.get(k).copied().unwrap_or(false)
     }
 }

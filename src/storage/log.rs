@@ -91,6 +91,15 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `n` small records (recipient updates)
+    /// before it grows.
+    pub fn with_capacity(n: usize) -> Self {
+        Batch {
+            buf: Vec::with_capacity(n * 64),
+            recs: Vec::with_capacity(n),
+        }
+    }
+
     /// Appends a record whose payload is written by `fill`; returns its offset in the batch.
     pub fn push(&mut self, kind: Kind, fill: impl FnOnce(&mut Vec<u8>)) -> usize {
         let start = record::begin_frame(&mut self.buf, kind);
@@ -174,9 +183,6 @@ pub enum SyncState {
 
 /// Size of one read-ahead block.
 pub const READ_AHEAD_BLOCK: usize = 64 << 10;
-/// The largest gap between a reader's last read and its next that still
-/// makes the next a walk forward (see [`Log::read_record_from`]).
-const OWN_GAP: u64 = 4 << 10;
 /// Read-ahead blocks kept (per queue): at most 512 KiB.
 const READ_AHEAD_BLOCKS: usize = 8;
 
@@ -1034,37 +1040,11 @@ impl Log {
 
     /// Reads and verifies the record at (seg, off) whose padded length is
     /// expected to be `hint` (the index knows it): from the read-ahead cache when
-    /// the reads of this segment go forward (a session walking a destination's
-    /// FIFO), else with one `pread` of exactly that, and a second one only if
-    /// the record turns out longer.
+    /// the reads of this segment go forward (compaction walking a segment),
+    /// else with one `pread` of exactly that, and a second one only if the
+    /// record turns out longer. (A delivery session reads ahead on its own,
+    /// with [`Log::read_records`].)
     pub fn read_record(&self, seg: u32, off: u64, hint: usize) -> Result<(Kind, Bytes)> {
-        self.read_record_at(seg, off, hint, None)
-    }
-
-    /// [`Log::read_record`] for a reader that walks the log on its own (a
-    /// delivery session): a read that continues within a few KiB of
-    /// `cursor` — where this reader's last read ended, updated here —
-    /// fetches a read-ahead block. Other readers' reads in between do not
-    /// make it look sequential, so a session that hops between far messages
-    /// reads only its records, and one that walks a destination's backlog in
-    /// log order reads blocks.
-    pub fn read_record_from(
-        &self,
-        seg: u32,
-        off: u64,
-        hint: usize,
-        cursor: &mut Option<(u32, u64)>,
-    ) -> Result<(Kind, Bytes)> {
-        self.read_record_at(seg, off, hint, Some(cursor))
-    }
-
-    fn read_record_at(
-        &self,
-        seg: u32,
-        off: u64,
-        hint: usize,
-        cursor: Option<&mut Option<(u32, u64)>>,
-    ) -> Result<(Kind, Bytes)> {
         let readable = self.readable_len(seg)?;
         let room = readable.saturating_sub(off);
         if room < HEADER_LEN as u64 {
@@ -1072,21 +1052,10 @@ impl Log {
         }
         let want = (hint.max(HEADER_LEN) as u64).min(room);
         let cached = self.readahead.lock().lookup(seg, off, want);
-        // A reader of its own reads ahead only when it walks (nearly)
-        // adjacent records: one that skips most of each block (a
-        // destination holding every tenth message) would copy 64 KiB per
-        // record it reads.
-        let own = cursor.map(|c| {
-            let last = c.replace((seg, off + want));
-            last.is_some_and(|(s, e)| s == seg && off >= e && off - e < OWN_GAP)
-        });
         let buf = match cached {
             Some(hit) => hit,
             None => {
-                let sequential = match own {
-                    Some(seq) => seq,
-                    None => self.readahead.lock().sequential(seg, off),
-                };
+                let sequential = self.readahead.lock().sequential(seg, off);
                 if sequential && want < READ_AHEAD_BLOCK as u64 / 4 {
                     let block = Bytes::from(self.pread(
                         seg,

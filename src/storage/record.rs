@@ -101,21 +101,36 @@ pub fn begin_frame(out: &mut Vec<u8>, kind: Kind) -> usize {
 pub fn end_frame(out: &mut Vec<u8>, start: usize) -> (usize, u32) {
     let len = out.len() - start - HEADER_LEN;
     out[start + OFF_LEN..start + OFF_KIND].copy_from_slice(&(len as u32).to_le_bytes());
-    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    // A short payload is hashed again with its header by `stamp` (cheaper
+    // than combining two checksums there).
+    let crc = if len > DIRECT_CRC_MAX {
+        crc32fast::hash(&out[start + HEADER_LEN..])
+    } else {
+        0
+    };
     out.resize(start + padded(HEADER_LEN + len), 0);
     (len, crc)
 }
 
+/// Payloads up to this length are checksummed in one pass with their header
+/// when stamped: hashing 1 KiB (~20 ns) costs less than combining two CRCs
+/// (~60–80 ns), and it runs under the log's lock either way.
+const DIRECT_CRC_MAX: usize = 1024;
+
 /// Writes the sequence number and the checksum into a closed record `rec`
-/// (payload length `len`, payload CRC `payload_crc`).
+/// (payload length `len`, payload CRC `payload_crc` from [`end_frame`]).
 pub fn stamp(rec: &mut [u8], kind: Kind, seq: u64, salt: u32, len: usize, payload_crc: u32) {
     rec[OFF_SEQ..HEADER_LEN].copy_from_slice(&seq.to_le_bytes());
     let mut h = crc32fast::Hasher::new_with_initial(seed(kind, salt));
-    h.update(&rec[OFF_LEN..HEADER_LEN]);
-    h.combine(&crc32fast::Hasher::new_with_initial_len(
-        payload_crc,
-        len as u64,
-    ));
+    if len <= DIRECT_CRC_MAX {
+        h.update(&rec[OFF_LEN..HEADER_LEN + len]);
+    } else {
+        h.update(&rec[OFF_LEN..HEADER_LEN]);
+        h.combine(&crc32fast::Hasher::new_with_initial_len(
+            payload_crc,
+            len as u64,
+        ));
+    }
     let crc = h.finalize();
     rec[OFF_CRC..OFF_LEN].copy_from_slice(&crc.to_le_bytes());
 }
@@ -383,6 +398,68 @@ pub fn encode_message(
 
 /// Decodes a message payload.
 pub fn decode_message(p: &[u8]) -> Option<MessageRecord<'_>> {
+    let mut rcpts = Vec::new();
+    let head = walk_message(p, |i, n, a, k| {
+        if i == 0 {
+            rcpts.reserve_exact(n);
+        }
+        rcpts.push((std::str::from_utf8(a).ok()?, std::str::from_utf8(k).ok()?));
+        Some(())
+    })?;
+    Some(MessageRecord {
+        id: head.id,
+        received: head.received,
+        sender: head.sender,
+        meta: head.meta,
+        rcpts,
+        body_off: head.body_off,
+        body_len: head.body_len,
+    })
+}
+
+/// A message record without its recipients (see [`decode_envelope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// Message id.
+    pub id: u64,
+    /// Unix seconds when accepted.
+    pub received: u64,
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// Opaque MTA metadata.
+    pub meta: &'a [u8],
+    /// Offset of the body within the payload.
+    pub body_off: usize,
+    /// Body length.
+    pub body_len: usize,
+}
+
+/// Decodes a message payload as a delivery needs it: the whole frame is
+/// checked as [`decode_message`] does, but only the addresses of recipients
+/// `want` (indices, ascending) are turned into text, into `addrs` in that
+/// order (an index past the last recipient gives an empty address).
+pub fn decode_envelope<'a>(
+    p: &'a [u8],
+    want: &[u32],
+    addrs: &mut Vec<String>,
+) -> Option<Envelope<'a>> {
+    addrs.clear();
+    addrs.resize(want.len(), String::new());
+    walk_message(p, |i, _, a, _| {
+        if let Ok(k) = want.binary_search(&(i as u32)) {
+            addrs[k] = std::str::from_utf8(a).ok()?.to_string();
+        }
+        Some(())
+    })
+}
+
+/// Walks a message payload: checks its frame, hands `rcpt` each recipient's
+/// index, the number of recipients, and its address and routing key as
+/// bytes, and returns the rest.
+fn walk_message<'a>(
+    p: &'a [u8],
+    mut rcpt: impl FnMut(usize, usize, &'a [u8], &'a [u8]) -> Option<()>,
+) -> Option<Envelope<'a>> {
     let mut r = Reader::new(p);
     let id = r.u64()?;
     let received = r.u64()?;
@@ -393,11 +470,10 @@ pub fn decode_message(p: &[u8]) -> Option<MessageRecord<'_>> {
     if n == 0 || n > u16::MAX as usize || n > r.remaining() / 4 {
         return None;
     }
-    let mut rcpts = Vec::with_capacity(n);
-    for _ in 0..n {
-        let a = r.short_str()?;
-        let k = r.short_str()?;
-        rcpts.push((a, k));
+    for i in 0..n {
+        let a = r.short_bytes()?;
+        let k = r.short_bytes()?;
+        rcpt(i, n, a, k)?;
     }
     let body_len = r.u32()? as usize;
     let body_off = r.pos();
@@ -405,12 +481,11 @@ pub fn decode_message(p: &[u8]) -> Option<MessageRecord<'_>> {
     if r.remaining() != 0 {
         return None;
     }
-    Some(MessageRecord {
+    Some(Envelope {
         id,
         received,
         sender,
         meta,
-        rcpts,
         body_off,
         body_len,
     })
@@ -750,6 +825,33 @@ mod tests {
     }
 
     #[test]
+    fn short_and_long_payloads_get_the_same_checksum_both_ways() {
+        // Up to DIRECT_CRC_MAX the header and payload are hashed in one
+        // pass, above it two CRCs are combined: either way the checksum is
+        // the CRC of the header tail and the payload, seeded by kind and salt.
+        for len in [
+            0,
+            1,
+            DIRECT_CRC_MAX - 1,
+            DIRECT_CRC_MAX,
+            DIRECT_CRC_MAX + 1,
+            5000,
+        ] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut buf = Vec::new();
+            frame(&mut buf, Kind::Message, 3, &payload, 42);
+            let mut h = crc32fast::Hasher::new_with_initial(seed(Kind::Message, 42));
+            h.update(&buf[OFF_LEN..HEADER_LEN + len]);
+            let crc = u32::from_le_bytes(buf[OFF_CRC..OFF_LEN].try_into().unwrap());
+            assert_eq!(crc, h.finalize(), "payload of {len} bytes");
+            assert_eq!(parse(&buf, 42).unwrap().payload, &payload[..]);
+            let last = HEADER_LEN + len - 1;
+            buf[last] ^= 1;
+            assert!(parse(&buf, 42).is_err(), "flip in {len} bytes undetected");
+        }
+    }
+
+    #[test]
     fn message_roundtrip() {
         let mut p = Vec::new();
         encode_message(
@@ -776,5 +878,34 @@ mod tests {
         q.extend_from_slice(&65536u32.to_le_bytes());
         q.extend_from_slice(&vec![0u8; 65536 * 4 + 4]);
         assert!(decode_message(&q).is_none());
+    }
+
+    #[test]
+    fn an_envelope_holds_only_the_wanted_addresses_and_checks_the_whole_frame() {
+        let mut p = Vec::new();
+        let rcpts = [
+            ("a@x.com", "x.com"),
+            ("b@y.com", "y.com"),
+            ("c@x.com", "x.com"),
+        ];
+        encode_message(&mut p, 7, 100, "s@q", b"meta", &rcpts, b"BODY");
+        let mut addrs = vec!["stale".to_string()];
+        let e = decode_envelope(&p, &[0, 2, 5], &mut addrs).unwrap();
+        assert_eq!(
+            (e.id, e.received, e.sender, e.meta),
+            (7, 100, "s@q", &b"meta"[..])
+        );
+        assert_eq!(&p[e.body_off..e.body_off + e.body_len], b"BODY");
+        assert_eq!(addrs, ["a@x.com", "c@x.com", ""]);
+        let m = decode_message(&p).unwrap();
+        assert_eq!((m.body_off, m.body_len), (e.body_off, e.body_len));
+        for cut in 0..p.len() {
+            assert!(decode_envelope(&p[..cut], &[1], &mut addrs).is_none());
+        }
+        // A wanted address that is not UTF-8 is refused.
+        let at = p.windows(7).position(|w| w == b"b@y.com").unwrap();
+        p[at] = 0xff;
+        assert!(decode_envelope(&p, &[1], &mut addrs).is_none());
+        assert!(decode_envelope(&p, &[0], &mut addrs).is_some());
     }
 }

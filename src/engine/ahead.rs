@@ -1,0 +1,142 @@
+//! A delivery session's read-ahead. When the record of the message a
+//! session leases is not at hand, the session looks at the next messages in
+//! its destination's ready FIFO (under the scheduler lock it already holds)
+//! and reads their records too, with one `pread` per run of nearby records
+//! ([`Log::read_records`]), keeping them until it leases those messages.
+//! A session so reads the records it will deliver, in few system calls,
+//! and not the 64 KiB blocks of the shared read-ahead (most of which another
+//! destination's messages fill).
+//!
+//! A record kept here is never stale: the bytes at a log position never
+//! change once durable (segment numbers are not reused), each record was
+//! checked (CRC) when read and is checked against the leased message's id
+//! when used, and a message moved by compaction is looked up at its new
+//! position. A record another session delivers first is just not used. The
+//! segment file is kept open with its records, so a delivery can send the
+//! body from it even when compaction removed the segment meanwhile.
+//! Depends on `index`, `sched`, `storage`, the rest of `engine`.
+
+use super::Engine;
+use crate::error::Result;
+use crate::index::*;
+use crate::sched::SchedShard;
+use crate::storage::log::Log;
+use crate::storage::record::Kind;
+use crate::storage::vfs::VFile;
+use crate::types::RcptState;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Most messages read ahead at once.
+const AHEAD: usize = 32;
+/// Most ready FIFO entries looked at for them (entries of recipients leased
+/// with an earlier one, or gone, are skipped).
+const LOOK: usize = 16 * AHEAD;
+/// Records less than this apart share one read…
+const GAP: u64 = 4 << 10;
+/// … of at most this many bytes.
+const CHUNK: usize = 64 << 10;
+
+/// (segment, offset, record length) of a message record, as the index keeps it.
+pub(crate) type Loc = (u32, u32, u32);
+
+/// A message record read, and the open file of its segment (none if it
+/// could not be opened).
+pub(crate) type Record = (Kind, Bytes, Option<Arc<dyn VFile>>);
+
+/// The records a session read ahead, and where the next ones are.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    recs: Vec<(u32, u32, Kind, Bytes)>,
+    /// The open files of their segments.
+    files: Vec<(u32, Arc<dyn VFile>)>,
+    /// Locations of the messages next in the FIFO, found by [`Ahead::peek`].
+    next: Vec<Loc>,
+}
+
+impl Ahead {
+    /// Whether the record at `loc` was read ahead.
+    pub(crate) fn has(&self, loc: Loc) -> bool {
+        self.recs.iter().any(|r| (r.0, r.1) == (loc.0, loc.1))
+    }
+
+    /// Notes where the records of up to `n` messages next in bucket `bl`'s
+    /// ready FIFO (recipients ready for `bucket`) are, for the next
+    /// [`Ahead::read`]. Lock order: the caller holds the sched shard; each
+    /// message shard is taken after it, as leasing does.
+    pub(crate) fn peek(&mut self, q: &Engine, ss: &SchedShard, bl: u32, bucket: u32, n: usize) {
+        self.next.clear();
+        let n = n.min(AHEAD);
+        let mut held: Option<(usize, parking_lot::MutexGuard<'_, MsgShard>)> = None;
+        for rr in ss.buckets[bl as usize].ready.iter().take(LOOK) {
+            if self.next.len() >= n {
+                break;
+            }
+            let msh = rr.shard();
+            if held.as_ref().is_none_or(|(s, _)| *s != msh) {
+                drop(held.take()); // one message shard at a time
+                held = Some((msh, q.msgs[msh].lock()));
+            }
+            let Some((_, ms)) = held.as_ref() else {
+                continue;
+            };
+            let Some(r) = ms.rcpts.get(rr.local() as usize) else {
+                continue;
+            };
+            if r.state() != RcptState::Ready || r.bucket() != bucket || r.flags() & F_MOVING != 0 {
+                continue;
+            }
+            let m = ms.msgs[r.msg as usize];
+            let loc = (m.seg, m.off, m.len);
+            if self.next.last() != Some(&loc) {
+                self.next.push(loc);
+            }
+        }
+    }
+
+    /// The record at `loc`: the one read ahead, else read now together with
+    /// those [`Ahead::peek`] found (which replace what was kept).
+    pub(crate) fn read(&mut self, log: &Log, loc: Loc) -> Result<Record> {
+        if let Some(i) = self.recs.iter().position(|r| (r.0, r.1) == (loc.0, loc.1)) {
+            let (_, _, kind, rec) = self.recs.swap_remove(i);
+            return Ok((kind, rec, self.file(loc.0)));
+        }
+        self.recs.clear();
+        self.files.clear();
+        let mut want = std::mem::take(&mut self.next);
+        want.push(loc);
+        want.sort_unstable();
+        want.dedup_by_key(|l| (l.0, l.1));
+        let mut mine = None;
+        let mut spans = Vec::with_capacity(want.len());
+        for seg in want.chunk_by(|a, b| a.0 == b.0) {
+            // Opened before the reads: the records come from this file.
+            if let Ok(f) = log.segment_file(seg[0].0) {
+                self.files.push((seg[0].0, f));
+            }
+            spans.clear();
+            spans.extend(seg.iter().map(|l| (l.1 as u64, l.2 as usize)));
+            log.read_records(seg[0].0, &spans, CHUNK, GAP, |k, res| {
+                let at = (seg[k].0, seg[k].1);
+                if at == (loc.0, loc.1) {
+                    mine = Some(res);
+                } else if let Ok((kind, rec)) = res {
+                    self.recs.push((at.0, at.1, kind, rec));
+                }
+                Ok(true)
+            })?;
+        }
+        want.clear();
+        self.next = want;
+        let (kind, rec) = match mine {
+            Some(res) => res?,
+            None => log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?,
+        };
+        Ok((kind, rec, self.file(loc.0)))
+    }
+
+    fn file(&self, seg: u32) -> Option<Arc<dyn VFile>> {
+        let f = self.files.iter().find(|f| f.0 == seg)?;
+        Some(f.1.clone())
+    }
+}
