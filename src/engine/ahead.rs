@@ -14,6 +14,9 @@
 //! position. A record another session delivers first is just not used. The
 //! segment file is kept open with its records, so a delivery can send the
 //! body from it even when compaction removed the segment meanwhile.
+//!
+//! Only a session alone on its destination peeks; sessions sharing one
+//! take the FIFO in turns and read through the log's shared read-ahead.
 //! Depends on `index`, `sched`, `storage`, the rest of `engine`.
 
 use super::Engine;
@@ -103,6 +106,12 @@ impl Ahead {
         }
         self.recs.clear();
         self.files.clear();
+        if self.next.is_empty() {
+            // Nothing peeked (a session sharing its destination): through the
+            // log's shared read-ahead, which serves sessions walking one FIFO.
+            let (kind, rec) = log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?;
+            return Ok((kind, rec, log.segment_file(loc.0).ok()));
+        }
         let mut want = std::mem::take(&mut self.next);
         want.push(loc);
         want.sort_unstable();

@@ -202,7 +202,11 @@ impl Lease {
             slot.leased
                 .extend(t.rids.iter().map(|&r| RcptRef::new(t.mshard, r)));
             slot.leased_msg = t.id();
-            if !self.ahead.has(t.loc) {
+            // Alone on its destination, a session reads ahead on its own;
+            // sessions sharing one pop the FIFO in turns, so each would read
+            // ahead records the others deliver: they share the log's
+            // read-ahead blocks instead (`Ahead::read`).
+            if !self.ahead.has(t.loc) && ss.buckets[bl as usize].slots.len() == 1 {
                 let left = q
                     .opts
                     .deliveries_per_session
