@@ -65,9 +65,40 @@ fn a_session_reads_the_records_of_its_destination_in_few_reads() {
     let ops = fs.ops() - before;
     let want: Vec<String> = (0..64).map(|i| format!("a{i}")).collect();
     assert_eq!(tags, want);
-    // 64 records about 450 bytes apart, 32 read ahead at a time: a few
-    // reads (and the completions stay buffered: the clock does not move).
+    // 64 records about 900 bytes apart (b.example's between them), 32 read
+    // ahead at a time: a few reads, where one per record would be 64 (and
+    // the completions stay buffered: the clock does not move).
     assert!(ops <= 6, "{ops} file operations for 64 deliveries");
+}
+
+#[test]
+fn a_message_delivered_in_several_batches_is_read_once() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(T0);
+    let o = Options {
+        vfs: fs.vfs(),
+        auto_maintenance: false,
+        ..opts(&clock)
+    };
+    let q = Queue::open("/q", o).unwrap();
+    // 120 recipients at one destination: three deliveries of 50, 50, 20.
+    let rcpts: Vec<String> = (0..120).map(|i| format!("u{i}@a.example")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let big = q.enqueue(&msg("s@src.example", &refs, b"big")).unwrap();
+    interleaved(&q, 8);
+    let mut s = q.session_for("a.example").unwrap().unwrap();
+    let before = fs.ops();
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let d = s.next_delivery().unwrap().unwrap();
+        assert_eq!(d.id(), big);
+        sizes.push(d.recipients().len());
+        let n = d.recipients().len();
+        d.complete(&vec![Outcome::Delivered; n]).unwrap();
+    }
+    assert_eq!(sizes, [50, 50, 20]);
+    assert_eq!(fs.ops() - before, 1, "one read for the three deliveries");
+    assert_eq!(take_all(&mut s).len(), 8);
 }
 
 #[test]

@@ -30,11 +30,15 @@ use crate::types::RcptState;
 use bytes::Bytes;
 use std::sync::Arc;
 
-/// Most messages read ahead at once.
+/// Most messages read ahead at once…
 const AHEAD: usize = 32;
+/// … and most bytes of their records (a record larger than a read, below,
+/// is read only when its message is leased).
+const AHEAD_BYTES: u64 = 1 << 20;
 /// Most ready FIFO entries looked at for them (entries of recipients leased
-/// with an earlier one, or gone, are skipped).
-const LOOK: usize = 16 * AHEAD;
+/// with an earlier one, or gone, are skipped), all under the scheduler
+/// shard's lock.
+const LOOK: usize = 8 * AHEAD;
 /// Records less than this apart share one read…
 const GAP: u64 = 4 << 10;
 /// … of at most this many bytes.
@@ -70,6 +74,7 @@ impl Ahead {
     pub(crate) fn peek(&mut self, q: &Engine, ss: &SchedShard, bl: u32, bucket: u32, n: usize) {
         self.next.clear();
         let n = n.min(AHEAD);
+        let mut bytes = 0u64;
         let mut held: Option<(usize, parking_lot::MutexGuard<'_, MsgShard>)> = None;
         for rr in ss.buckets[bl as usize].ready.iter().take(LOOK) {
             if self.next.len() >= n {
@@ -91,18 +96,24 @@ impl Ahead {
             }
             let m = ms.msgs[r.msg as usize];
             let loc = (m.seg, m.off, m.len);
-            if self.next.last() != Some(&loc) {
-                self.next.push(loc);
+            if self.next.last() == Some(&loc) || m.len as usize > CHUNK {
+                continue;
             }
+            bytes += m.len as u64;
+            if bytes > AHEAD_BYTES {
+                break;
+            }
+            self.next.push(loc);
         }
     }
 
     /// The record at `loc`: the one read ahead, else read now together with
-    /// those [`Ahead::peek`] found (which replace what was kept).
+    /// those [`Ahead::peek`] found (which replace what was kept). The record
+    /// read stays kept too: a message with more recipients at the
+    /// destination than one delivery takes is leased again at once.
     pub(crate) fn read(&mut self, log: &Log, loc: Loc) -> Result<Record> {
-        if let Some(i) = self.recs.iter().position(|r| (r.0, r.1) == (loc.0, loc.1)) {
-            let (_, _, kind, rec) = self.recs.swap_remove(i);
-            return Ok((kind, rec, self.file(loc.0)));
+        if let Some(r) = self.recs.iter().find(|r| (r.0, r.1) == (loc.0, loc.1)) {
+            return Ok((r.2, r.3.clone(), self.file(loc.0)));
         }
         self.recs.clear();
         self.files.clear();
@@ -110,7 +121,11 @@ impl Ahead {
             // Nothing peeked (a session sharing its destination): through the
             // log's shared read-ahead, which serves sessions walking one FIFO.
             let (kind, rec) = log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?;
-            return Ok((kind, rec, log.segment_file(loc.0).ok()));
+            if let Ok(f) = log.segment_file(loc.0) {
+                self.files.push((loc.0, f));
+            }
+            self.keep(loc.0, loc.1, kind, &rec);
+            return Ok((kind, rec, self.file(loc.0)));
         }
         let mut want = std::mem::take(&mut self.next);
         want.push(loc);
@@ -127,10 +142,11 @@ impl Ahead {
             spans.extend(seg.iter().map(|l| (l.1 as u64, l.2 as usize)));
             log.read_records(seg[0].0, &spans, CHUNK, GAP, |k, res| {
                 let at = (seg[k].0, seg[k].1);
+                if let Ok((kind, rec)) = &res {
+                    self.keep(at.0, at.1, *kind, rec);
+                }
                 if at == (loc.0, loc.1) {
                     mine = Some(res);
-                } else if let Ok((kind, rec)) = res {
-                    self.recs.push((at.0, at.1, kind, rec));
                 }
                 Ok(true)
             })?;
@@ -142,6 +158,14 @@ impl Ahead {
             None => log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?,
         };
         Ok((kind, rec, self.file(loc.0)))
+    }
+
+    /// Keeps a record read (not one larger than a read-ahead run: a big
+    /// message is not held between deliveries).
+    fn keep(&mut self, seg: u32, off: u32, kind: Kind, rec: &Bytes) {
+        if rec.len() <= CHUNK {
+            self.recs.push((seg, off, kind, rec.clone()));
+        }
     }
 
     fn file(&self, seg: u32) -> Option<Arc<dyn VFile>> {

@@ -1077,8 +1077,9 @@ impl Log {
 
     /// Reads and verifies the records of segment `seg` at `spans` (offset and
     /// expected length as the index knows them, sorted by offset) with few
-    /// large reads into private buffers (the shared read-ahead cache is left
-    /// to sessions): spans less than `gap` bytes apart, within `chunk` bytes of
+    /// large reads into private buffers (searches, and a session reading
+    /// ahead along its FIFO; the shared read-ahead blocks serve readers that
+    /// walk a segment one record at a time): spans less than `gap` bytes apart, within `chunk` bytes of
     /// the first, share one `pread`. `f` gets each span's index and its record
     /// or the error reading it, in order, and returns whether to go on. A span
     /// that a shared read cannot serve (a bad sector, a segment removed
