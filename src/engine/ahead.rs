@@ -34,7 +34,7 @@ use std::sync::Arc;
 const AHEAD: usize = 32;
 /// … and most bytes of their records (a record larger than a read, below,
 /// is read only when its message is leased).
-const AHEAD_BYTES: u64 = 1 << 20;
+const AHEAD_BYTES: u64 = 256 << 10;
 /// Most ready FIFO entries looked at for them (entries of recipients leased
 /// with an earlier one, or gone, are skipped), all under the scheduler
 /// shard's lock.

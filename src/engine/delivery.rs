@@ -251,6 +251,16 @@ impl Lease {
                 ms.rcpts[j as usize].set_state(RcptState::Leased);
                 ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
             }
+            // The FIFO entries of the recipients leased with this one (pushed
+            // together when the message was published) are stale now: dropped
+            // here, under the lock held, rather than one lock each later.
+            let ready = &mut ss.buckets[bl as usize].ready;
+            while let Some(&next) = ready.front() {
+                if next.shard() != msh || rids.binary_search(&next.local()).is_err() {
+                    break;
+                }
+                ready.pop_front();
+            }
             return Some(Taken {
                 mshard: msh,
                 local: r.msg,
