@@ -48,8 +48,10 @@ fn interleaved(q: &Queue, n: usize) -> Vec<MessageId> {
     a
 }
 
-#[test]
-fn a_session_reads_the_records_of_its_destination_in_few_reads() {
+/// A queue on a simulated filesystem that counts file operations, with a
+/// clock that does not move (completions stay buffered) and no automatic
+/// maintenance.
+fn counted() -> (SimFs, Queue) {
     let fs = SimFs::new();
     let clock = ManualClock::new(T0);
     let o = Options {
@@ -58,6 +60,12 @@ fn a_session_reads_the_records_of_its_destination_in_few_reads() {
         ..opts(&clock)
     };
     let q = Queue::open("/q", o).unwrap();
+    (fs, q)
+}
+
+#[test]
+fn a_session_reads_the_records_of_its_destination_in_few_reads() {
+    let (fs, q) = counted();
     interleaved(&q, 64);
     let mut s = q.session_for("a.example").unwrap().unwrap();
     let before = fs.ops();
@@ -73,14 +81,7 @@ fn a_session_reads_the_records_of_its_destination_in_few_reads() {
 
 #[test]
 fn a_message_delivered_in_several_batches_is_read_once() {
-    let fs = SimFs::new();
-    let clock = ManualClock::new(T0);
-    let o = Options {
-        vfs: fs.vfs(),
-        auto_maintenance: false,
-        ..opts(&clock)
-    };
-    let q = Queue::open("/q", o).unwrap();
+    let (fs, q) = counted();
     // 120 recipients at one destination: three deliveries of 50, 50, 20.
     let rcpts: Vec<String> = (0..120).map(|i| format!("u{i}@a.example")).collect();
     let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
@@ -103,14 +104,7 @@ fn a_message_delivered_in_several_batches_is_read_once() {
 
 #[test]
 fn sessions_sharing_a_destination_share_its_reads() {
-    let fs = SimFs::new();
-    let clock = ManualClock::new(T0);
-    let o = Options {
-        vfs: fs.vfs(),
-        auto_maintenance: false,
-        ..opts(&clock)
-    };
-    let q = Queue::open("/q", o).unwrap();
+    let (fs, q) = counted();
     interleaved(&q, 64);
     let mut ss: Vec<Session> = (0..4)
         .map(|_| q.session_for("a.example").unwrap().unwrap())
