@@ -11,9 +11,10 @@
 //! change once durable (segment numbers are not reused), each record was
 //! checked (CRC) when read and is checked against the leased message's id
 //! when used, and a message moved by compaction is looked up at its new
-//! position. A record another session delivers first is just not used. The
-//! segment file is kept open with its records, so a delivery can send the
-//! body from it even when compaction removed the segment meanwhile.
+//! position. A record another session delivers first is just not used.
+//! Nothing here holds a segment file open (sessions are many; the log keeps
+//! at most 64 open): the delivery opens its message's segment right after
+//! the lease, as without the read-ahead.
 //!
 //! Only a session alone on its destination peeks; sessions sharing one
 //! take the FIFO in turns and read through the log's shared read-ahead.
@@ -25,10 +26,8 @@ use crate::index::*;
 use crate::sched::SchedShard;
 use crate::storage::log::Log;
 use crate::storage::record::Kind;
-use crate::storage::vfs::VFile;
 use crate::types::RcptState;
 use bytes::Bytes;
-use std::sync::Arc;
 
 /// Most messages read ahead at once…
 const AHEAD: usize = 32;
@@ -47,16 +46,10 @@ const CHUNK: usize = 64 << 10;
 /// (segment, offset, record length) of a message record, as the index keeps it.
 pub(crate) type Loc = (u32, u32, u32);
 
-/// A message record read, and the open file of its segment (none if it
-/// could not be opened).
-pub(crate) type Record = (Kind, Bytes, Option<Arc<dyn VFile>>);
-
 /// The records a session read ahead, and where the next ones are.
 #[derive(Default)]
 pub(crate) struct Ahead {
     recs: Vec<(u32, u32, Kind, Bytes)>,
-    /// The open files of their segments.
-    files: Vec<(u32, Arc<dyn VFile>)>,
     /// Locations of the messages next in the FIFO, found by [`Ahead::peek`].
     next: Vec<Loc>,
 }
@@ -111,21 +104,17 @@ impl Ahead {
     /// those [`Ahead::peek`] found (which replace what was kept). The record
     /// read stays kept too: a message with more recipients at the
     /// destination than one delivery takes is leased again at once.
-    pub(crate) fn read(&mut self, log: &Log, loc: Loc) -> Result<Record> {
+    pub(crate) fn read(&mut self, log: &Log, loc: Loc) -> Result<(Kind, Bytes)> {
         if let Some(r) = self.recs.iter().find(|r| (r.0, r.1) == (loc.0, loc.1)) {
-            return Ok((r.2, r.3.clone(), self.file(loc.0)));
+            return Ok((r.2, r.3.clone()));
         }
         self.recs.clear();
-        self.files.clear();
         if self.next.is_empty() {
             // Nothing peeked (a session sharing its destination): through the
             // log's shared read-ahead, which serves sessions walking one FIFO.
             let (kind, rec) = log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?;
-            if let Ok(f) = log.segment_file(loc.0) {
-                self.files.push((loc.0, f));
-            }
             self.keep(loc.0, loc.1, kind, &rec);
-            return Ok((kind, rec, self.file(loc.0)));
+            return Ok((kind, rec));
         }
         let mut want = std::mem::take(&mut self.next);
         want.push(loc);
@@ -134,10 +123,6 @@ impl Ahead {
         let mut mine = None;
         let mut spans = Vec::with_capacity(want.len());
         for seg in want.chunk_by(|a, b| a.0 == b.0) {
-            // Opened before the reads: the records come from this file.
-            if let Ok(f) = log.segment_file(seg[0].0) {
-                self.files.push((seg[0].0, f));
-            }
             spans.clear();
             spans.extend(seg.iter().map(|l| (l.1 as u64, l.2 as usize)));
             log.read_records(seg[0].0, &spans, CHUNK, GAP, |k, res| {
@@ -153,11 +138,10 @@ impl Ahead {
         }
         want.clear();
         self.next = want;
-        let (kind, rec) = match mine {
-            Some(res) => res?,
-            None => log.read_record(loc.0, loc.1 as u64, loc.2 as usize)?,
-        };
-        Ok((kind, rec, self.file(loc.0)))
+        match mine {
+            Some(res) => res,
+            None => log.read_record(loc.0, loc.1 as u64, loc.2 as usize),
+        }
     }
 
     /// Keeps a record read (not one larger than a read-ahead run: a big
@@ -166,10 +150,5 @@ impl Ahead {
         if rec.len() <= CHUNK {
             self.recs.push((seg, off, kind, rec.clone()));
         }
-    }
-
-    fn file(&self, seg: u32) -> Option<Arc<dyn VFile>> {
-        let f = self.files.iter().find(|f| f.0 == seg)?;
-        Some(f.1.clone())
     }
 }

@@ -67,8 +67,6 @@ struct Read {
     addrs: Vec<String>,
     /// Offset of the body from the start of the record.
     body_off: usize,
-    /// The open segment file it was read from.
-    file: Option<Arc<dyn VFile>>,
 }
 
 impl Lease {
@@ -312,7 +310,7 @@ impl Lease {
                 received: rd.received,
             },
             body_at: t.loc.1 as u64 + rd.body_off as u64,
-            file: rd.file,
+            file: q.log.segment_file(t.loc.0).ok(),
             done: false,
         })
     }
@@ -377,7 +375,7 @@ fn read_delivery(
     id: MessageId,
     (seg, off, _): (u32, u32, u32),
     want: &[u32],
-    (kind, payload, file): super::ahead::Record,
+    (kind, payload): (Kind, bytes::Bytes),
 ) -> Result<Read> {
     let bad = |why: &str| Error::Corrupt {
         path: q.dir.join(segment_name(seg)),
@@ -403,7 +401,6 @@ fn read_delivery(
         received: rec.received,
         addrs,
         body_off: record::HEADER_LEN + rec.body_off,
-        file,
     })
 }
 
