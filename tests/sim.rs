@@ -2878,6 +2878,47 @@ fn env_u64(k: &str) -> Option<u64> {
     std::env::var(k).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// The seed being run, and how many were started.
+#[derive(Default)]
+struct Running {
+    seed: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+/// A seed that runs for `MAILQ_SIM_WATCHDOG_SECS` (default 60; a seed
+/// takes about 50 ms) is taken for a hang: a deadlock prints nothing and
+/// would end as a CI timeout, so the watchdog prints the seed to replay and
+/// aborts. It stops when the returned sender is dropped.
+fn watchdog(running: Arc<Running>) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::RecvTimeoutError;
+    let limit = Duration::from_secs(env_u64("MAILQ_SIM_WATCHDOG_SECS").unwrap_or(60));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let h = std::thread::spawn(move || {
+        let mut last = 0;
+        let mut since = std::time::Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let count = running.count.load(Relaxed);
+            if count != last {
+                (last, since) = (count, std::time::Instant::now());
+            } else if since.elapsed() >= limit {
+                let seed = running.seed.load(Relaxed);
+                eprintln!(
+                    "simulation: seed {seed} has run for {limit:?}, taken for a hang \
+                     (a deadlock prints nothing). Replay it: MAILQ_SIM_SEED={seed} \
+                     cargo test --release --test sim -- --nocapture simulation"
+                );
+                std::process::abort();
+            }
+        }
+    });
+    (tx, h)
+}
+
 #[test]
 fn simulation() {
     let steps = env_u64("MAILQ_SIM_STEPS").unwrap_or(300) as usize;
@@ -2908,7 +2949,15 @@ fn simulation() {
     let started = std::time::Instant::now();
     let mut totals = Totals::default();
     let mut failures = Vec::new();
-    for &seed in &seeds {
+    let running = Arc::new(Running::default());
+    let (done, watchdog) = watchdog(running.clone());
+    for (i, &seed) in seeds.iter().enumerate() {
+        running
+            .seed
+            .store(seed, std::sync::atomic::Ordering::Relaxed);
+        running
+            .count
+            .store(i as u64 + 1, std::sync::atomic::Ordering::Relaxed);
         match run_seed(seed, steps, verbose, &disabled) {
             Ok(t) => totals += t,
             Err(report) => {
@@ -2922,6 +2971,8 @@ fn simulation() {
             }
         }
     }
+    drop(done);
+    let _ = watchdog.join();
     std::panic::set_hook(prev);
     println!(
         "simulation: {} seeds x {steps} steps in {:.1?}: {} steps, {} crashes, {} reopens, {} bit flips, {} hooks fired of {} armed, {} deliveries, {} nested steps, {} lease reclaims, {} leaked deliveries, {} model checks, {} recipients expired by a sweep, {} delay warnings acknowledged",
