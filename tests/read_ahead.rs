@@ -14,17 +14,22 @@ fn body(tag: &str) -> Vec<u8> {
     format!("{tag}:{}", "x".repeat(400)).into_bytes()
 }
 
-/// Takes every delivery of the session, checks that each is the message its
-/// recipient names (address and body), completes it and returns the tags.
+/// Takes every delivery of the session ([`deliver`]) and returns the tags.
 fn take_all(s: &mut Session) -> Vec<String> {
     let mut tags = Vec::new();
     while let Some(d) = s.next_delivery().unwrap() {
-        let tag = d.recipients()[0].split('@').next().unwrap().to_string();
-        assert_eq!(d.body(), &body(&tag)[..], "the record of another message");
-        tags.push(tag);
-        d.complete(&[Outcome::Delivered]).unwrap();
+        tags.push(deliver(d));
     }
     tags
+}
+
+/// Checks that a delivery is the message its recipient names (address and
+/// body), completes it and returns its tag.
+fn deliver(d: Delivery<'_>) -> String {
+    let tag = d.recipients()[0].split('@').next().unwrap().to_string();
+    assert_eq!(d.body(), &body(&tag)[..], "the record of another message");
+    d.complete(&[Outcome::Delivered]).unwrap();
+    tag
 }
 
 /// `n` messages to a.example and `n` to b.example, interleaved in the log.
@@ -112,11 +117,7 @@ fn sessions_sharing_a_destination_share_its_reads() {
     let before = fs.ops();
     let mut tags = Vec::new();
     for i in 0..64 {
-        let d = ss[i % 4].next_delivery().unwrap().unwrap();
-        let tag = d.recipients()[0].split('@').next().unwrap().to_string();
-        assert_eq!(d.body(), &body(&tag)[..]);
-        tags.push(tag);
-        d.complete(&[Outcome::Delivered]).unwrap();
+        tags.push(deliver(ss[i % 4].next_delivery().unwrap().unwrap()));
     }
     let ops = fs.ops() - before;
     let want: Vec<String> = (0..64).map(|i| format!("a{i}")).collect();

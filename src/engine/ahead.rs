@@ -26,7 +26,6 @@ use crate::index::*;
 use crate::sched::SchedShard;
 use crate::storage::log::Log;
 use crate::storage::record::Kind;
-use crate::types::RcptState;
 use bytes::Bytes;
 
 /// Most messages read ahead at once…
@@ -84,7 +83,7 @@ impl Ahead {
             let Some(r) = ms.rcpts.get(rr.local() as usize) else {
                 continue;
             };
-            if r.state() != RcptState::Ready || r.bucket() != bucket || r.flags() & F_MOVING != 0 {
+            if !r.ready_in(bucket) {
                 continue;
             }
             let m = ms.msgs[r.msg as usize];

@@ -227,10 +227,7 @@ impl Lease {
             let Some(r) = ms.rcpts.get(rid as usize).copied() else {
                 continue;
             };
-            if r.state() != RcptState::Ready
-                || r.bucket() != self.bucket
-                || r.flags() & F_MOVING != 0
-            {
+            if !r.ready_in(self.bucket) {
                 continue;
             }
             let m = ms.msgs[r.msg as usize];

@@ -85,6 +85,11 @@ impl Rcpt {
         debug_assert!(b < MAX_BUCKETS);
         self.bs = (self.bs & 0xff) | (b << 8);
     }
+    /// Ready to be leased by a session of `bucket`: ready, in that bucket,
+    /// and not between buckets (a re-route not applied yet).
+    pub fn ready_in(&self, bucket: u32) -> bool {
+        self.state() == RcptState::Ready && self.bucket() == bucket && self.flags() & F_MOVING == 0
+    }
     /// Flags (`F_*`).
     pub fn flags(&self) -> u8 {
         (self.bs & 0xf) as u8
