@@ -47,6 +47,8 @@ struct Taken {
     local: u32,
     gen: u32,
     rids: Vec<u32>,
+    /// Previous attempts of each of `rids`.
+    attempts: Vec<u16>,
     first: u32,
     /// (segment, offset, record length) of the message record.
     loc: (u32, u32, u32),
@@ -231,7 +233,8 @@ impl Lease {
                 continue;
             }
             let m = ms.msgs[r.msg as usize];
-            let mut rids = vec![rid];
+            let mut rids = Vec::with_capacity(max.min(m.n as usize));
+            rids.push(rid);
             for j in m.first..m.first + m.n as u32 {
                 if rids.len() >= max {
                     break;
@@ -242,8 +245,11 @@ impl Lease {
                 }
             }
             rids.sort_unstable();
+            let mut attempts = Vec::with_capacity(rids.len());
             for &j in &rids {
-                ms.rcpts[j as usize].set_state(RcptState::Leased);
+                let rc = &mut ms.rcpts[j as usize];
+                rc.set_state(RcptState::Leased);
+                attempts.push(rc.attempts());
                 ss.buckets[bl as usize].shift(RcptState::Ready, RcptState::Leased);
             }
             // The FIFO entries of the recipients leased with this one (pushed
@@ -261,6 +267,7 @@ impl Lease {
                 local: r.msg,
                 gen: m.gen,
                 rids,
+                attempts,
                 first: m.first,
                 loc: (m.seg, m.off, m.len),
             });
@@ -273,9 +280,8 @@ impl Lease {
     fn deliver(&mut self, t: Taken, indices: Vec<u32>, rd: Read) -> Option<DeliveryCore> {
         let q = self.q.clone();
         let id = t.id();
-        let ms = q.msgs[t.mshard].lock();
-        if ms.get(t.local, t.gen).is_none() {
-            drop(ms);
+        let gone = q.msgs[t.mshard].lock().get(t.local, t.gen).is_none();
+        if gone {
             let mut ss = q.sched[shard_of(self.bucket)].lock();
             let b = &mut ss.buckets[local_of(self.bucket) as usize];
             if let Some(i) = b.slot(self.token) {
@@ -283,14 +289,7 @@ impl Lease {
             }
             return None;
         }
-        let attempts = t
-            .rids
-            .iter()
-            .map(|&r| ms.rcpts[r as usize].attempts())
-            .collect();
-        drop(ms);
         Some(DeliveryCore {
-            q: q.clone(),
             bucket: self.bucket,
             token: self.token,
             mshard: t.mshard,
@@ -301,13 +300,14 @@ impl Lease {
                 sender: rd.sender,
                 addrs: rd.addrs,
                 indices,
-                attempts,
+                attempts: t.attempts,
                 meta: rd.meta,
                 body: rd.body,
                 received: rd.received,
             },
             body_at: t.loc.1 as u64 + rd.body_off as u64,
             file: q.log.segment_file(t.loc.0).ok(),
+            q,
             done: false,
         })
     }
