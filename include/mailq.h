@@ -282,9 +282,10 @@ typedef struct mailq_options {
    */
   uint32_t delay_warning_secs;
   /**
-   * Non-zero (the default): zero-fill the next segment's file ahead, on the
-   * thread that runs maintenance, so that commits do not grow the file.
-   * Set 0 on copy-on-write filesystems (btrfs, ZFS).
+   * Non-zero (the default): make the next segment's file ahead (a deleted
+   * segment's file kept for reuse, else a zero-filled one), on the thread
+   * that runs maintenance, so that commits do not grow the file. Set 0 on
+   * copy-on-write filesystems (btrfs, ZFS).
    */
   uint32_t preallocate_segments;
 } mailq_options;

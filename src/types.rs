@@ -455,12 +455,14 @@ pub struct Options {
     pub checkpoint_bytes: u64,
     /// Run checkpoints and compaction on the caller's thread when due (default true).
     pub auto_maintenance: bool,
-    /// Zero-fill the file of the next segment ahead, on the thread that runs
-    /// maintenance (workers' calls and [`crate::Queue::tick`]), so that
-    /// commits overwrite written blocks instead of growing the file: each
-    /// fdatasync then commits no file size or extent change (default true;
-    /// costs one segment of disk, written once per segment). Turn it off on
-    /// copy-on-write filesystems (btrfs, ZFS), where it cannot pay.
+    /// Make the file of the next segment ahead, on the thread that runs
+    /// maintenance (workers' calls and [`crate::Queue::tick`]): a deleted
+    /// segment's file kept for reuse, else a zero-filled one, so that commits
+    /// overwrite written blocks instead of growing the file: each fdatasync
+    /// then commits no file size or extent change (default true; costs one
+    /// segment of disk, plus up to four deleted segments' files kept, and
+    /// writing the zeros of each segment no deleted file serves). Turn it off
+    /// on copy-on-write filesystems (btrfs, ZFS), where it cannot pay.
     pub preallocate_segments: bool,
     /// Compact a sealed segment whose live bytes fall under this fraction of the segment
     /// size (default 2/3, which bounds sealed segments to 1.5× their live data).

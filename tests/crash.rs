@@ -189,6 +189,24 @@ fn w_segments_made_ahead(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Deleted segments' files reused: segments die, a checkpoint deletes them
+/// and keeps their files, `tick` renames one in as the next segment's file
+/// made ahead, and the log rolls into it. So the crash points include a
+/// kept file, its renames, the new header over the old one, and segments
+/// that end in older records.
+fn w_segments_reused(c: &mut Ctx) -> Result<()> {
+    for _ in 0..3 {
+        c.enqueue_n(4, 1, 700)?;
+        c.deliver(4, delivered)?;
+        c.sync()?;
+        c.q().checkpoint()?;
+        c.q().tick();
+    }
+    c.enqueue_n(4, 1, 700)?;
+    c.q().tick();
+    Ok(())
+}
+
 fn w_outcomes(c: &mut Ctx) -> Result<()> {
     c.enqueue_n(8, 2, 50)?;
     c.deliver(6, mixed)?;
@@ -438,10 +456,11 @@ fn enumerate(name: &str, opts: OptsFn, w: Workload) -> usize {
 
 #[test]
 fn crash_at_every_io_operation() {
-    let workloads: [(&str, OptsFn, Workload); 12] = [
+    let workloads: [(&str, OptsFn, Workload); 13] = [
         ("enqueue burst", base, w_enqueue_burst),
         ("segment roll", small_segments, w_segment_roll),
         ("segments made ahead", small_segments, w_segments_made_ahead),
+        ("segments reused", small_segments, w_segments_reused),
         ("deliveries, every outcome", base, w_outcomes),
         ("checkpoint", base, w_checkpoint),
         ("compaction", small_segments, w_compaction),

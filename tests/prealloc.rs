@@ -1,7 +1,9 @@
 //! Segments made ahead (`preallocate_segments`): maintenance zero-fills the
-//! next segment's file, the log renames it into place when it rolls, commits
-//! overwrite its zeros, and recovery reads a tail of zeros as the end of what
-//! was written, not as damage, while still noticing records lost before it.
+//! next segment's file (or reuses a deleted segment's file), the log renames
+//! it into place when it rolls, commits overwrite its zeros (or older
+//! records), and recovery reads a tail of zeros (or of older records) as the
+//! end of what was written, not as damage, while still noticing records lost
+//! before it.
 mod common;
 use common::*;
 use mailq::*;
@@ -29,7 +31,19 @@ fn prepared_files(dir: &Path) -> Vec<String> {
 /// Enqueues `n` messages of about 1 KiB, ticking after each (an MTA's event
 /// loop), and returns their ids; records whether a file made ahead was seen.
 fn fill(q: &Queue, dir: &Path, from: usize, n: usize, seen: &mut bool) -> Vec<MessageId> {
-    let body = vec![b'x'; 1000];
+    fill_sized(q, dir, from, n, 1000, seen)
+}
+
+/// [`fill`] with bodies of `len` bytes.
+fn fill_sized(
+    q: &Queue,
+    dir: &Path,
+    from: usize,
+    n: usize,
+    len: usize,
+    seen: &mut bool,
+) -> Vec<MessageId> {
+    let body = vec![b'x'; len];
     (from..from + n)
         .map(|i| {
             let r = format!("u{i}@d{}.example", i % 7);
@@ -67,6 +81,15 @@ fn filled(tag: &str, prealloc: bool, n: usize) -> Filled {
         ids,
         seen,
     }
+}
+
+/// Closes `q` (a checkpoint) and opens its directory again, which must
+/// read clean.
+fn reopen_clean(q: Queue, dir: &Path, clock: &std::sync::Arc<ManualClock>) -> Queue {
+    q.close().unwrap();
+    let q = Queue::open(dir, options(clock, true)).unwrap();
+    assert_clean(&q);
+    q
 }
 
 fn assert_clean(q: &Queue) {
@@ -121,9 +144,7 @@ fn segments_are_made_ahead_and_survive_reopen_with_their_zero_tails() {
     // Everything delivered: the same queue reads back empty.
     let n = drain(&q, |_, _| Outcome::Delivered);
     assert_eq!(n, 500);
-    q.close().unwrap();
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    assert_clean(&q);
+    let q = reopen_clean(q, dir.path(), &clock);
     assert_eq!(q.stats().recipients(), 0);
 }
 
@@ -234,4 +255,266 @@ fn zeros_before_the_checkpoint_position_are_reported() {
         "the lost span is reported: {:?}",
         r.damaged
     );
+}
+
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+}
+
+/// Where the records written into a segment file end: at zeros, at a
+/// header that is not one, or at an older record than its own header.
+fn written_end(data: &[u8]) -> usize {
+    let first = sim::record::header(data).unwrap().seq;
+    record_offsets(data)
+        .into_iter()
+        .find(|&o| sim::record::header(&data[o..]).is_ok_and(|h| h.seq < first))
+        .unwrap_or_else(|| {
+            let offs = record_offsets(data);
+            let last = *offs.last().unwrap();
+            last + sim::record::padded(
+                sim::record::HEADER_LEN + sim::record::header(&data[last..]).unwrap().len,
+            )
+        })
+}
+
+/// The name of the segment after the last one in `dir`.
+fn next_segment_name(dir: &Path) -> String {
+    let last = segment_files(dir).pop().unwrap();
+    let stem = last.file_stem().unwrap().to_str().unwrap();
+    format!("{:08x}.seg", u32::from_str_radix(stem, 16).unwrap() + 1)
+}
+
+/// A queue filled with `n` messages of `len`-byte bodies, drained, synced
+/// and checkpointed: its dead segments are deleted, some of their files
+/// kept for reuse.
+fn drained(tag: &str, n: usize, len: usize) -> (TempDir, std::sync::Arc<ManualClock>, Queue) {
+    let dir = TempDir::new(tag);
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    fill_sized(&q, dir.path(), 0, n, len, &mut false);
+    assert_eq!(drain(&q, |_, _| Outcome::Delivered), n);
+    q.sync().unwrap();
+    q.checkpoint().unwrap();
+    (dir, clock, q)
+}
+
+#[test]
+fn deleted_segments_files_are_reused_and_their_older_records_read_as_the_end() {
+    // Small records: the files kept are full almost to their end.
+    let (dir, clock, q) = drained("reuse", 1500, 100);
+    let spares = files_ending(dir.path(), ".seg.spare");
+    assert!(!spares.is_empty(), "dead segments' files kept for reuse");
+    let spare_inodes: Vec<u64> = spares.iter().map(|n| inode(&dir.path().join(n))).collect();
+    let mut seen = false;
+    // Larger records than the files held: they end before older ones do.
+    let ids = fill_sized(&q, dir.path(), 2000, 150, 2500, &mut seen);
+    let segs = segment_files(dir.path());
+    let reused: Vec<_> = segs
+        .iter()
+        .filter(|s| spare_inodes.contains(&inode(s)))
+        .collect();
+    assert!(!reused.is_empty(), "a kept file became a segment: {segs:?}");
+    let mut behind = 0;
+    for s in &reused {
+        // Not zero-filled first: what the file held before is still there,
+        // behind the new records.
+        let data = std::fs::read(s).unwrap();
+        assert!(data.len() as u64 >= SEG);
+        let end = written_end(&data);
+        behind += usize::from(data[end..].iter().any(|&b| b != 0));
+    }
+    assert!(behind > 0, "older records follow what was written");
+    drop(q); // no clean close: recovery replays the reused files as left
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    assert_clean(&q);
+    assert!(
+        files_ending(dir.path(), ".seg.spare").is_empty(),
+        "removed at open"
+    );
+    assert_eq!(q.stats().recipients(), 150);
+    for id in &ids {
+        assert_eq!(q.inspect(*id).unwrap().recipients.len(), 1);
+    }
+    assert_eq!(drain(&q, |_, _| Outcome::Delivered), 150);
+    let q = reopen_clean(q, dir.path(), &clock);
+    assert_eq!(q.stats().recipients(), 0);
+}
+
+#[test]
+fn a_reused_file_whose_own_header_never_became_durable_holds_nothing() {
+    let dir = TempDir::new("reuse-header");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let mut seen = false;
+    fill(&q, dir.path(), 0, 150, &mut seen);
+    let old = std::fs::read(&segment_files(dir.path())[0]).unwrap();
+    assert_eq!(drain(&q, |_, _| Outcome::Delivered), 150);
+    let ids = fill(&q, dir.path(), 150, 3, &mut seen);
+    q.close().unwrap();
+    // A crash after a kept file was renamed into place as the next segment,
+    // before the header written over its start became durable: it still
+    // reads as the old segment it was, records and all.
+    std::fs::write(dir.path().join(next_segment_name(dir.path())), &old).unwrap();
+
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    assert_clean(&q);
+    // The old segment's messages, all delivered, do not come back.
+    assert_eq!(q.stats().recipients(), 3);
+    for id in &ids {
+        assert!(q.inspect(*id).is_ok());
+    }
+    fill(&q, dir.path(), 200, 150, &mut seen);
+    let q = reopen_clean(q, dir.path(), &clock);
+    assert_eq!(q.stats().recipients(), 153);
+}
+
+/// A queue of 300 messages dropped without a checkpoint (recovery replays
+/// every segment), its segment files, and the first one's bytes and record
+/// offsets.
+struct Replayed {
+    dir: TempDir,
+    clock: std::sync::Arc<ManualClock>,
+    ids: Vec<MessageId>,
+    segs: Vec<std::path::PathBuf>,
+    first: Vec<u8>,
+    fo: Vec<usize>,
+}
+
+fn replayed(tag: &str) -> Replayed {
+    let Filled {
+        dir, clock, q, ids, ..
+    } = filled(tag, true, 300);
+    drop(q);
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 4);
+    let first = std::fs::read(&segs[0]).unwrap();
+    let fo = record_offsets(&first);
+    Replayed {
+        dir,
+        clock,
+        ids,
+        segs,
+        first,
+        fo,
+    }
+}
+
+impl Replayed {
+    /// The first segment's second record (an older one than any later
+    /// segment's), from `skip` bytes into it, and what follows it.
+    fn older(&self, skip: usize) -> &[u8] {
+        &self.first[self.fo[1] + skip..]
+    }
+
+    fn open(&self) -> Queue {
+        Queue::open(self.dir.path(), options(&self.clock, true)).unwrap()
+    }
+
+    /// How many of its messages the queue still has.
+    fn present(&self, q: &Queue) -> usize {
+        self.ids.iter().filter(|id| q.inspect(**id).is_ok()).count()
+    }
+}
+
+#[test]
+fn an_older_record_followed_by_newer_ones_is_damage_not_the_end() {
+    let r = replayed("reuse-damage");
+    let older = &r.older(0)[..r.fo[2] - r.fo[1]];
+    // A misplaced write: a record of the first segment lands in the middle
+    // of the third, whose records go on after it.
+    let mut data = std::fs::read(&r.segs[2]).unwrap();
+    let at = record_offsets(&data)[5];
+    data[at..at + older.len()].copy_from_slice(older);
+    std::fs::write(&r.segs[2], &data).unwrap();
+
+    let q = r.open();
+    let damaged = q.recovery_report().damaged;
+    assert!(
+        damaged.iter().any(|d| d.offset == at as u64),
+        "reported where it lies: {damaged:?}"
+    );
+    // Only the records it covers are lost; the rest of that segment is read.
+    let present = r.present(&q);
+    assert!(present >= r.ids.len() - 2, "{present} of {}", r.ids.len());
+}
+
+#[test]
+fn a_deleted_segments_file_that_a_delivery_holds_is_not_reused() {
+    let dir = TempDir::new("reuse-held");
+    let clock = ManualClock::new(T0);
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let body = [b'h'; 1000];
+    let put = |to: &str| {
+        let id = q.enqueue(&msg("s@src.example", &[to], &body)).unwrap();
+        q.tick();
+        id
+    };
+    // The first segment: the held message and 40 for d1; then 200 for d2.
+    let held = put("a@held.example");
+    for i in 0..40 {
+        put(&format!("u{i}@d1.example"));
+    }
+    let first = segment_files(dir.path())[0].clone();
+    for i in 0..200 {
+        put(&format!("u{i}@d2.example"));
+    }
+    assert!(segment_files(dir.path()).len() >= 4);
+    // A delivery of the held message is in flight: it holds the first
+    // segment's file open (the C API streams the body from it).
+    let mut s = q.session_for("held.example").unwrap().unwrap();
+    let d = s.next_delivery().unwrap().unwrap();
+    assert_eq!(d.id(), held);
+    let mut s1 = q.session_for("d1.example").unwrap().unwrap();
+    while let Some(d1) = s1.next_delivery().unwrap() {
+        d1.complete(&[Outcome::Delivered]).unwrap();
+    }
+    drop(s1);
+    q.sync().unwrap();
+    // Compaction moves the held message (and what else lives) out of the
+    // sparse first segment, which is then deleted: no other segment died,
+    // so there is room to keep its file, but a delivery holds it.
+    q.checkpoint().unwrap();
+    assert!(!first.exists(), "the first segment was deleted");
+    assert!(
+        files_ending(dir.path(), ".seg.spare").is_empty(),
+        "a file a delivery reads from is never kept to be overwritten"
+    );
+    assert_eq!(&d.body()[..], &body[..]);
+    d.complete(&[Outcome::Delivered]).unwrap();
+    drop(s);
+    // Once nothing holds them, deleted segments' files are kept.
+    assert_eq!(drain(&q, |_, _| Outcome::Delivered), 200);
+    q.sync().unwrap();
+    q.checkpoint().unwrap();
+    assert!(!files_ending(dir.path(), ".seg.spare").is_empty());
+    let q = reopen_clean(q, dir.path(), &clock);
+    assert_eq!(q.stats().recipients(), 0);
+}
+
+#[test]
+fn a_segment_may_end_inside_an_older_record() {
+    let r = replayed("reuse-inside");
+    // What a reused file holds past the records written into it: the rest
+    // of an older record, and more after it. In a sealed segment (its
+    // successor starts at the next sequence number: nothing was lost) and
+    // in the last one.
+    for s in [&r.segs[1], r.segs.last().unwrap()] {
+        let mut data = std::fs::read(s).unwrap();
+        let end = written_end(&data);
+        let older = r.older(40);
+        let n = older.len().min(data.len() - end);
+        data[end..end + n].copy_from_slice(&older[..n]);
+        std::fs::write(s, &data).unwrap();
+    }
+    let q = r.open();
+    assert_clean(&q);
+    assert_eq!(r.present(&q), r.ids.len());
 }

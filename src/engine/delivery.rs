@@ -26,8 +26,10 @@ pub(crate) struct DeliveryCore {
     mshard: usize,
     rids: Vec<u32>,
     data: DeliveryData,
-    /// Absolute file offset of the body in its segment.
+    /// Absolute file offset of the body in its segment…
     body_at: u64,
+    /// … and that segment.
+    seg: u32,
     /// The segment file, held open for the delivery's lifetime (compaction may
     /// unlink it meanwhile; the open file stays valid).
     file: Option<Arc<dyn VFile>>,
@@ -306,6 +308,7 @@ impl Lease {
                 received: rd.received,
             },
             body_at: t.loc.1 as u64 + rd.body_off as u64,
+            seg: t.loc.0,
             file: q.log.segment_file(t.loc.0).ok(),
             q,
             done: false,
@@ -423,6 +426,14 @@ impl DeliveryCore {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
         }
+    }
+
+    /// [`DeliveryCore::body_file`] for a descriptor that goes to the
+    /// caller and may outlive the delivery: the segment's file is then never
+    /// reused once deleted.
+    pub(crate) fn exported_body_file(&self) -> Result<(Arc<dyn VFile>, u64)> {
+        self.q.log.export_segment(self.seg);
+        self.body_file()
     }
 
     /// Records one outcome per recipient.

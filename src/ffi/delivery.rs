@@ -186,7 +186,7 @@ pub unsafe extern "C" fn mailq_delivery_body_fd(
             )
         };
         with_core(d, |c| {
-            let (file, off) = c.body_file()?;
+            let (file, off) = c.exported_body_file()?;
             let body_len = c.body().len();
             let Some(raw) = file.raw_fd() else {
                 return fail(
@@ -345,9 +345,13 @@ pub extern "C" fn mailq_delivery_free(d: *mut mailq_delivery) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::events::mailq_tick;
     use super::super::handle::{mailq, mailq_session};
     use super::super::observe::{mailq_stats, mailq_stats_get};
-    use super::super::queue::{mailq_close, mailq_enqueue, mailq_open, mailq_sync};
+    use super::super::options::{mailq_options, mailq_options_init};
+    use super::super::queue::{
+        mailq_checkpoint, mailq_close, mailq_enqueue, mailq_open, mailq_sync,
+    };
     use super::super::session::{
         mailq_next_session, mailq_session_free, mailq_session_next_delivery,
     };
@@ -406,6 +410,12 @@ mod tests {
 
     /// Marks every recipient delivered, completes the delivery, ends the session.
     fn deliver(s: *mut mailq_session, d: *mut mailq_delivery) {
+        complete_delivered(d);
+        mailq_session_free(s);
+    }
+
+    /// Marks every recipient delivered and completes the delivery.
+    fn complete_delivered(d: *mut mailq_delivery) {
         for i in 0..mailq_delivery_recipient_count(d) {
             // SAFETY: valid handle; NULL reason is allowed for MAILQ_DELIVERED.
             let st = unsafe {
@@ -420,7 +430,16 @@ mod tests {
             assert_eq!(st, MAILQ_OK, "{}", last_error());
         }
         assert_eq!(mailq_delivery_complete(d), MAILQ_OK, "{}", last_error());
-        mailq_session_free(s);
+    }
+
+    /// The delivery's body as a descriptor of the caller's own, its offset
+    /// and length.
+    fn body_fd(d: *mut mailq_delivery) -> (c_int, u64, usize) {
+        let (mut fd, mut off, mut len) = (-1, 0u64, 0usize);
+        // SAFETY: valid handle and out-pointers.
+        let st = unsafe { mailq_delivery_body_fd(d, &mut fd, &mut off, &mut len) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+        (fd, off, len)
     }
 
     fn pread_exact(fd: c_int, off: u64, len: usize) -> Vec<u8> {
@@ -453,10 +472,7 @@ mod tests {
         let body = b"Subject: fd\r\n\r\nbody through a descriptor\r\n";
         enqueue(q, c"a@fd.example", body);
         let (s, d) = take(q);
-        let (mut fd, mut off, mut len) = (-1, 0u64, 0usize);
-        // SAFETY: valid handle and out-pointers.
-        let st = unsafe { mailq_delivery_body_fd(d, &mut fd, &mut off, &mut len) };
-        assert_eq!(st, MAILQ_OK, "{}", last_error());
+        let (fd, off, len) = body_fd(d);
         assert!(fd >= 0);
         let log_fd = match with_core(d, |c| Ok(c.body_file()?.0.raw_fd())) {
             Ok(raw) => raw,
@@ -499,6 +515,84 @@ mod tests {
             // Reopened through /proc: an open file description of its own, read-only.
             assert_eq!(fl_flags & libc::O_ACCMODE, libc::O_RDONLY, "not read-only");
         }
+        assert_eq!(mailq_close(q), MAILQ_OK, "{}", last_error());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A body descriptor stays valid after its delivery ends (the header
+    /// says so), so its segment's file, once deleted, is never reused for a
+    /// later segment: the descriptor still reads the body after the segment
+    /// died and deleted segments' files became new segments.
+    #[test]
+    fn a_body_fd_still_reads_its_body_after_segment_files_are_reused() {
+        let dir =
+            std::env::temp_dir().join(format!("mailq-ffi-bodyfd-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cdir = CString::new(dir.to_str().expect("temp dir is UTF-8")).expect("no NUL");
+        let mut o = std::mem::MaybeUninit::<mailq_options>::zeroed();
+        // SAFETY: `o` is writable and of that size; init fills every field.
+        let st =
+            unsafe { mailq_options_init(o.as_mut_ptr(), std::mem::size_of::<mailq_options>()) };
+        assert_eq!(st, MAILQ_OK);
+        // SAFETY: initialised just above (all fields are plain integers).
+        let mut o = unsafe { o.assume_init() };
+        o.segment_size = 64 * 1024;
+        let mut q = std::ptr::null_mut();
+        // SAFETY: valid C string, options and out-pointer.
+        let st = unsafe { mailq_open(cdir.as_ptr(), &o, &mut q) };
+        assert_eq!(st, MAILQ_OK, "{}", last_error());
+
+        let body = b"Subject: kept\r\n\r\nthe body a descriptor reads\r\n";
+        enqueue(q, c"a@fd.example", body);
+        let (s, d) = take(q);
+        let (fd, off, len) = body_fd(d);
+        deliver(s, d);
+        let files = |suffix: &str| {
+            std::fs::read_dir(&dir)
+                .expect("queue dir")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                })
+                .count()
+        };
+        let mut kept = 0;
+        for round in 0..4 {
+            for i in 0..100 {
+                let rcpt = CString::new(format!("r{round}.{i}@d.example")).expect("no NUL");
+                enqueue(q, &rcpt, &[b'x'; 1000]);
+                let mut ready = 0;
+                // SAFETY: valid handle and out-pointer.
+                assert_eq!(unsafe { mailq_tick(q, &mut ready) }, MAILQ_OK);
+            }
+            loop {
+                let mut s = std::ptr::null_mut();
+                // SAFETY: valid handle and out-pointer.
+                let st = unsafe { mailq_next_session(q, &mut s) };
+                assert_eq!(st, MAILQ_OK, "{}", last_error());
+                if s.is_null() {
+                    break;
+                }
+                loop {
+                    let mut d = std::ptr::null_mut();
+                    // SAFETY: valid handles and out-pointer.
+                    let st = unsafe { mailq_session_next_delivery(s, &mut d) };
+                    assert_eq!(st, MAILQ_OK, "{}", last_error());
+                    if d.is_null() {
+                        break;
+                    }
+                    complete_delivered(d);
+                }
+                mailq_session_free(s);
+            }
+            assert_eq!(mailq_sync(q), MAILQ_OK, "{}", last_error());
+            assert_eq!(mailq_checkpoint(q), MAILQ_OK, "{}", last_error());
+            kept += files(".seg.spare");
+        }
+        assert!(kept > 0, "deleted segments' files were kept for reuse");
+        assert_eq!(pread_exact(fd, off, len), body);
+        // SAFETY: closing the descriptor this call handed to us, once.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
         assert_eq!(mailq_close(q), MAILQ_OK, "{}", last_error());
         let _ = std::fs::remove_dir_all(&dir);
     }

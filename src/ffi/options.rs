@@ -57,9 +57,10 @@ pub struct mailq_options {
     /// handed out once by `mailq_take_bounces` with `delayed` set, for a DSN
     /// with `Action: delayed` (default 0: no warnings; less than the lifetime).
     pub delay_warning_secs: u32,
-    /// Non-zero (the default): zero-fill the next segment's file ahead, on the
-    /// thread that runs maintenance, so that commits do not grow the file.
-    /// Set 0 on copy-on-write filesystems (btrfs, ZFS).
+    /// Non-zero (the default): make the next segment's file ahead (a deleted
+    /// segment's file kept for reuse, else a zero-filled one), on the thread
+    /// that runs maintenance, so that commits do not grow the file. Set 0 on
+    /// copy-on-write filesystems (btrfs, ZFS).
     pub preallocate_segments: u32,
 }
 

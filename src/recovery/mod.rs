@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::index::{global, MsgShard};
 use crate::sched::{Keys, SchedShard};
 use crate::storage::checkpoint::{DecodeError, CHECKPOINT, VERSION};
-use crate::storage::log::{is_prepared_name, parse_segment_name, segment_name, LogStart, Pos};
+use crate::storage::log::{
+    is_prepared_name, is_spare_name, parse_segment_name, segment_name, LogStart, Pos,
+};
 use crate::storage::record;
 use crate::storage::vfs::Vfs;
 use crate::types::{MessageId, Options};
@@ -57,10 +59,14 @@ pub fn open(dir: &Path, opts: &Options, now: u32) -> Result<Recovered> {
         .list(dir)
         .map_err(|e| Error::io("list queue directory", dir, e))?;
     let segs: BTreeSet<u32> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
-    // Files made ahead for segments never reached hold nothing: the log makes
-    // new ones when it wants them.
+    // Files made ahead for segments never reached hold nothing, and files of
+    // deleted segments kept for reuse hold nothing live: the log makes new
+    // ones when it wants them.
     // Best effort: one that cannot be removed is harmless (never read).
-    for n in names.iter().filter(|n| is_prepared_name(n)) {
+    for n in names
+        .iter()
+        .filter(|n| is_prepared_name(n) || is_spare_name(n))
+    {
         let _ = vfs.remove(&dir.join(n));
     }
     let mut b = Builder::new(opts.concurrency, now);
@@ -196,9 +202,11 @@ fn replay_log(
         }
         if is_last {
             let old_format = segment_version(data).is_some_and(|v| v < record::FORMAT_VERSION);
-            // A tail of zeros is the rest of a file made ahead: kept, the log
-            // writes into it. A torn tail is cut.
-            if !replay::all_zero(&data[end..]) {
+            // A tail of zeros, or of a reused file's older records, is the
+            // rest of a file made ahead: kept, the log writes over it. A torn
+            // tail is cut.
+            let clean = b.zero_end.is_some_and(|z| (z.0, z.1) == (seg, end as u64));
+            if !clean && !replay::all_zero(&data[end..]) {
                 truncate(vfs, &path, end as u64)?;
             }
             active = seg;
@@ -226,7 +234,8 @@ fn replay_log(
     })
 }
 
-/// After a segment that ended in zeros, its successor's header must carry
+/// After a segment that ended in zeros (or in a reused file's older
+/// records), its successor's header must carry
 /// the next sequence number: a sealed segment was synced whole before its
 /// successor was created, so a gap means the filesystem lost records that
 /// were acknowledged (reported as damage, where the zeros begin).
@@ -238,13 +247,16 @@ fn check_zero_end(b: &mut Builder, seg: u32, data: &[u8], start: usize) {
         return;
     }
     if let Ok(f) = record::parse(data, b.salt) {
-        if f.kind == record::Kind::SegmentHeader && f.seq != last.saturating_add(1) {
+        // (A header naming an older segment is a reused file's: its own
+        // header never became durable, and nothing was written to it.)
+        let own = record::parse_segment_header(f.payload).is_some_and(|h| h.1 == seg);
+        if f.kind == record::Kind::SegmentHeader && own && f.seq != last.saturating_add(1) {
             b.report.damaged.push(Damage {
                 segment: prev,
                 offset: at,
                 len: 0,
                 reason: format!(
-                    "segment ends in zeros, but its successor starts at sequence {} instead of {}: records were lost",
+                    "segment ends in zeros or older records, but its successor starts at sequence {} instead of {}: records were lost",
                     f.seq,
                     last.saturating_add(1)
                 ),
@@ -269,7 +281,7 @@ fn report_short_segment(b: &mut Builder, seg: u32, len: usize, data_len: usize, 
         offset: len as u64,
         len: (start - len) as u64,
         reason: if len < data_len {
-            "segment reads zeros before the checkpoint position".into()
+            "segment reads zeros or older records before the checkpoint position".into()
         } else {
             "segment is shorter than the checkpoint position".into()
         },

@@ -257,6 +257,18 @@ impl Builder {
                     self.zero_end = Some((seg, off as u64, self.last_seq));
                     return off;
                 }
+                // Nothing newer anywhere after, and no record of a batch
+                // that never became durable whole starting here (a torn
+                // tail, cut below): the end of what was written. The file
+                // was a deleted segment's, reused, and what it held before
+                // follows, at boundaries of its own. Like zeros; a newer
+                // record further on makes it damage instead.
+                _ if !self.torn_at(data, off)
+                    && resync(data, off, self.salt, self.last_seq).is_none() =>
+                {
+                    self.zero_end = Some((seg, off as u64, self.last_seq));
+                    return off;
+                }
                 other => {
                     let e = match other {
                         Ok(_) => "sequence number goes backwards".to_string(),
@@ -270,6 +282,19 @@ impl Builder {
             }
         }
         off
+    }
+
+    /// Whether a record of ours that is not an older one starts at `off`
+    /// (its checksum failed): its magic, and a header that is cut short or
+    /// newer than the last record replayed. A batch cut short by a crash,
+    /// or damage; a reused file's older bytes are neither (an older record
+    /// has an older header; elsewhere its bytes rarely hold the magic at a
+    /// record boundary).
+    fn torn_at(&self, data: &[u8], off: usize) -> bool {
+        let rest = &data[off..];
+        rest.len() >= 4
+            && rest[..4] == MAGIC.to_le_bytes()
+            && !record::header(rest).is_ok_and(|h| h.seq <= self.last_seq)
     }
 
     /// Checks where replay of a segment starts: a foreign format version stops
@@ -305,6 +330,17 @@ impl Builder {
             return Err(0);
         }
         match head {
+            // A deleted segment's file reused for this one, whose own header
+            // never became durable: nothing was written to it.
+            Ok(f)
+                if f.kind == Kind::SegmentHeader
+                    && f.seq <= self.last_seq
+                    && record::parse_segment_header(f.payload)
+                        .is_some_and(|h| h.1 < seg && h.2 == self.salt) =>
+            {
+                self.zero_end = Some((seg, 0, self.last_seq));
+                Err(0)
+            }
             Ok(f) if f.kind == Kind::SegmentHeader => {
                 let h = record::parse_segment_header(f.payload);
                 if h.map(|h| h.1) != Some(seg) || h.map(|h| h.2) != Some(self.salt) {
@@ -472,16 +508,19 @@ pub(super) fn all_zero(data: &[u8]) -> bool {
         && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Where the records before `start` give way to zeros, if they do: walking
-/// the headers from the segment's start (no checksums), a zero header
-/// before `start` means the filesystem lost bytes the checkpoint says were
-/// written (a file made ahead is as long as a full segment, so a shorter
-/// file no longer shows it). A damaged header stops the walk: that is
-/// reported where the record is read.
+/// Where the records before `start` give way to zeros (or to a reused
+/// file's older records), if they do: walking the headers from the
+/// segment's start (no checksums), a zero header, or one with a sequence
+/// number below the segment header's, before `start` means the filesystem
+/// lost bytes the checkpoint says were written (a file made ahead is as
+/// long as a full segment, so a shorter file no longer shows it). A
+/// damaged header stops the walk: that is reported where the record is read.
 pub(super) fn zeros_before(data: &[u8], start: usize) -> Option<usize> {
     let mut off = 0;
+    let mut first = None;
     while off < start.min(data.len()) {
         match record::header(&data[off..]) {
+            Ok(h) if h.seq < *first.get_or_insert(h.seq) => return Some(off),
             Ok(h) => off += record::padded(HEADER_LEN + h.len),
             Err(record::FrameError::Zero) => return Some(off),
             Err(_) => return None,

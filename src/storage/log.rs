@@ -62,6 +62,23 @@ pub fn prepared_name(seg: u32) -> String {
     format!("{seg:08x}.seg.pre")
 }
 
+/// File name of a deleted segment's file kept to be reused as a later
+/// segment's file made ahead (see [`Log::remove_segments`]); recovery
+/// removes any it finds.
+pub fn spare_name(seg: u32) -> String {
+    format!("{seg:08x}.seg.spare")
+}
+
+/// Whether `name` is a deleted segment's file kept for reuse.
+pub fn is_spare_name(name: &str) -> bool {
+    name.strip_suffix(".seg.spare")
+        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Most deleted segments' files kept for reuse at once (each is a segment's
+/// worth of disk until it is reused).
+const MAX_SPARES: usize = 4;
+
 /// Whether `name` is a file made ahead for a segment.
 pub fn is_prepared_name(name: &str) -> bool {
     name.strip_suffix(".seg.pre")
@@ -262,6 +279,28 @@ struct Files {
     /// Segments deleted by compaction: never reopened (a reader holding a stale
     /// location gets an error and re-checks where the message lives now).
     removed: HashSet<u32>,
+    /// Handles evicted from `open` that someone may still hold (a delivery
+    /// keeps its segment's file for its lifetime): a segment's file is
+    /// reused only when no handle to it is held anywhere.
+    evicted: Vec<(u32, std::sync::Weak<dyn VFile>)>,
+    /// Segments whose file was handed out as a descriptor of the caller's
+    /// own (it stays valid after its delivery ends): never reused.
+    exported: HashSet<u32>,
+}
+
+impl Files {
+    /// Forgets segment `seg` (deleted): no handle is given out any more;
+    /// returns whether none is held either (its file may then be reused:
+    /// nobody reads it through an old handle).
+    fn forget(&mut self, seg: u32) -> bool {
+        self.removed.insert(seg);
+        let cached = self.open.remove(&seg);
+        self.evicted.retain(|(_, w)| w.strong_count() > 0);
+        let exported = self.exported.remove(&seg);
+        !exported
+            && cached.is_none_or(|(f, _)| Arc::strong_count(&f) == 1)
+            && !self.evicted.iter().any(|(s, _)| *s == seg)
+    }
 }
 
 /// Clears `flushing` and poisons the log if the leader's write unwinds (a panic
@@ -370,6 +409,9 @@ pub struct Log {
     /// Its segment and bytes zeroed, readable without that mutex.
     prep_seg: AtomicU64,
     prep_done: AtomicU64,
+    /// Deleted segments whose files are kept (as [`spare_name`]) to be
+    /// reused by [`Log::prepare_next`] instead of zero-filling a new file.
+    spares: Mutex<Vec<u32>>,
 }
 
 /// Parameters for opening the log after recovery.
@@ -431,6 +473,7 @@ impl Log {
             preparing: Mutex::new(None),
             prep_seg: AtomicU64::new(u64::MAX),
             prep_done: AtomicU64::new(0),
+            spares: Mutex::new(Vec::new()),
         };
         if start.len == 0 {
             // A fresh active segment: write its header durably now.
@@ -694,6 +737,14 @@ impl Log {
         self.file(seg, false)
     }
 
+    /// Notes that a descriptor of segment `seg`'s file goes to the caller,
+    /// who may read it for as long as it likes: once deleted, its file is
+    /// never reused (reuse overwrites it). Called while a handle to the file
+    /// is held (a delivery's), so a deletion before this sees that handle.
+    pub fn export_segment(&self, seg: u32) {
+        self.files.lock().exported.insert(seg);
+    }
+
     fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
         let removed = || Error::Corrupt {
             path: self.path(seg),
@@ -755,7 +806,12 @@ impl Log {
                 .min_by_key(|(_, e)| e.1)
                 .map(|(s, _)| s)
             {
-                files.open.remove(&victim);
+                if let Some((f, _)) = files.open.remove(&victim) {
+                    files.evicted.retain(|(_, w)| w.strong_count() > 0);
+                    if Arc::strong_count(&f) > 1 {
+                        files.evicted.push((victim, Arc::downgrade(&f)));
+                    }
+                }
             }
         }
         files.open.insert(seg, (f.clone(), now));
@@ -832,10 +888,14 @@ impl Log {
             for old in stale.into_iter().chain(busy.take().map(|b| b.0)) {
                 let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
             }
-            match self.vfs.open(&path, true) {
-                Ok(f) => {
-                    *busy = Some((seg, f, 0));
-                    self.prep_done.store(0, Ordering::Relaxed);
+            let made = match self.reuse_spare(&path) {
+                Some(reused) => Ok(reused),
+                None => self.vfs.open(&path, true).map(|f| (f, 0)),
+            };
+            match made {
+                Ok((f, done)) => {
+                    *busy = Some((seg, f, done));
+                    self.prep_done.store(done, Ordering::Relaxed);
                     self.prep_seg.store(seg as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -847,29 +907,32 @@ impl Log {
         let Some((_, f, done)) = busy.as_mut() else {
             return Ok(());
         };
-        let goal = self.fill_goal(self.active_fill.load(Ordering::Relaxed));
-        let upto = (*done + PREPARE_SLICE).min(goal);
-        if upto <= *done {
-            return Ok(());
-        }
-        let last = upto == self.seg_max;
-        if let Err(e) = zero_fill(&**f, *done, upto).and_then(|()| {
-            // Complete: its size and blocks durable before the log uses it.
-            if last {
-                f.sync_data()
-            } else {
-                Ok(())
+        // A reused file is complete as it is, up to its length.
+        if *done < self.seg_max {
+            let goal = self.fill_goal(self.active_fill.load(Ordering::Relaxed));
+            let upto = (*done + PREPARE_SLICE).min(goal);
+            if upto <= *done {
+                return Ok(());
             }
-        }) {
-            *busy = None;
-            self.prepared_for.store(seg as u64, Ordering::Relaxed);
-            let _ = self.vfs.remove(&path);
-            return Err(Error::io("zero-fill the next segment", &path, e));
-        }
-        *done = upto;
-        self.prep_done.store(upto, Ordering::Relaxed);
-        if upto < self.seg_max {
-            return Ok(());
+            let last = upto == self.seg_max;
+            if let Err(e) = zero_fill(&**f, *done, upto).and_then(|()| {
+                // Complete: its size and blocks durable before the log uses it.
+                if last {
+                    f.sync_data()
+                } else {
+                    Ok(())
+                }
+            }) {
+                *busy = None;
+                self.prepared_for.store(seg as u64, Ordering::Relaxed);
+                let _ = self.vfs.remove(&path);
+                return Err(Error::io("zero-fill the next segment", &path, e));
+            }
+            *done = upto;
+            self.prep_done.store(upto, Ordering::Relaxed);
+            if upto < self.seg_max {
+                return Ok(());
+            }
         }
         let Some((_, f, _)) = busy.take() else {
             return Ok(());
@@ -891,6 +954,44 @@ impl Log {
             let _ = self.vfs.remove(&self.dir.join(prepared_name(old)));
         }
         Ok(())
+    }
+
+    /// A deleted segment's file, renamed to `path`, to serve as the next
+    /// segment's file made ahead, and how much of a segment it already
+    /// covers (its length, at most a segment): its blocks are allocated and
+    /// written, and its size durable (it was a synced segment), so the
+    /// commits into it overwrite blocks as into a zero-filled file, without
+    /// writing the zeros first. What it held before stays behind the records
+    /// written into it; recovery reads a record older than the segment's own
+    /// as the end of its data, as it reads zeros. Its pages are asked into
+    /// the page cache ahead (a commit's partial last page is read from disk
+    /// before it is written otherwise). `None` when no file is kept or
+    /// reusing one fails (it is then removed).
+    fn reuse_spare(&self, path: &Path) -> Option<(Arc<dyn VFile>, u64)> {
+        let old = self.spares.lock().pop()?;
+        let from = self.dir.join(spare_name(old));
+        let reused = self
+            .vfs
+            .rename(&from, path)
+            .and_then(|()| self.vfs.open(path, false))
+            .and_then(|f| Ok((f.len()?, f)));
+        let (len, f) = match reused {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = self.vfs.remove(&from);
+                let _ = self.vfs.remove(path);
+                return None;
+            }
+        };
+        if let Some(fd) = f.raw_fd() {
+            // SAFETY: plain syscall on a descriptor `f` keeps open for the
+            // duration of the call; no memory is passed. Advisory only: its
+            // result does not matter.
+            unsafe {
+                libc::posix_fadvise(fd, 0, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+        Some((f, len.min(self.seg_max)))
     }
 
     /// Takes the ready file if it was made for a segment below `seg`.
@@ -1175,6 +1276,11 @@ impl Log {
 
     /// Deletes sealed segment files, then fsyncs the directory once (one
     /// journal commit for all: each one stalls concurrent fdatasyncs).
+    ///
+    /// With preallocation on, up to [`MAX_SPARES`] of their files are kept
+    /// (renamed to [`spare_name`]) for [`Log::prepare_next`] to reuse, each
+    /// only if no handle to it is held: a delivery keeps its segment's file
+    /// open for its lifetime, and a file being reused is overwritten.
     pub fn remove_segments(&self, segs: &[u32]) -> Result<()> {
         for &seg in segs {
             self.unlink_segment(seg)?;
@@ -1188,14 +1294,20 @@ impl Log {
     }
 
     fn unlink_segment(&self, seg: u32) -> Result<()> {
-        {
-            let mut files = self.files.lock();
-            files.removed.insert(seg);
-            files.open.remove(&seg);
-        }
+        let unheld = self.files.lock().forget(seg);
         self.readahead.lock().forget(seg);
         self.sealed_len.lock().remove(&seg);
         let path = self.path(seg);
+        // (No lock is held across the rename: maintenance alone removes
+        // segments, and a storage call may run anything meanwhile.)
+        let room = self.spares.lock().len() < MAX_SPARES;
+        if self.preallocate && unheld && room {
+            let spare = self.dir.join(spare_name(seg));
+            if self.vfs.rename(&path, &spare).is_ok() {
+                self.spares.lock().push(seg);
+                return Ok(());
+            }
+        }
         self.vfs
             .remove(&path)
             .map_err(|e| Error::io("remove segment", &path, e))
