@@ -32,6 +32,7 @@ struct Run {
     checkpoints: u64,
     copied: u64,
     deleted: u64,
+    reused: u64,
 }
 
 fn pct(sorted: &[u32], p: f64) -> u32 {
@@ -168,6 +169,7 @@ fn run(name: &'static str, maintenance: bool, live: u64, secs: u64, producers: u
         checkpoints: after.checkpoints - before.checkpoints,
         copied: after.messages_copied - before.messages_copied,
         deleted: after.segments_deleted - before.segments_deleted,
+        reused: after.segments_reused - before.segments_reused,
     }
 }
 
@@ -181,7 +183,7 @@ fn report(r: &Run) -> [u32; 4] {
         *l.last().unwrap_or(&0),
     ];
     println!(
-        "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
         r.name,
         r.enqueued as f64 / r.secs,
         r.delivered as f64 / r.secs,
@@ -191,7 +193,8 @@ fn report(r: &Run) -> [u32; 4] {
         p[3],
         r.checkpoints,
         r.copied,
-        r.deleted
+        r.deleted,
+        r.reused
     );
     p
 }
@@ -299,8 +302,8 @@ fn main() {
     println!(
         "{live} live recipients, {producers} producers, {secs} s each (4 KiB, 3 recipients; churn delivers as many)\n"
     );
-    println!("| maintenance | enqueue msg/s | delivered rcpt/s | p50 µs | p99 µs | p99.9 µs | max µs | checkpoints | messages copied | segments deleted |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| maintenance | enqueue msg/s | delivered rcpt/s | p50 µs | p99 µs | p99.9 µs | max µs | checkpoints | messages copied | segments deleted | segments reused |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let a = report(&on);
     let b = report(&off);
     println!(

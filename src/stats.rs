@@ -161,6 +161,9 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Segments deleted by compaction since open.
     pub segments_deleted: u64,
+    /// Segments made ahead from a deleted segment's file (no zeros written)
+    /// since open.
+    pub segments_reused: u64,
     /// Live messages compaction copied forward since open.
     pub messages_copied: u64,
     /// Bytes of RAM held by the index (recipients, messages, buckets, timers).
@@ -252,6 +255,7 @@ impl Stats {
             self.bytes_written,
             self.checkpoints,
             self.segments_deleted,
+            self.segments_reused,
             self.messages_copied,
             self.refused,
             self.delay_warnings,
@@ -361,7 +365,7 @@ const GAUGES: [(&str, &str); 9] = [
 ];
 
 /// Counters, likewise.
-const COUNTERS: [(&str, &str); 17] = [
+const COUNTERS: [(&str, &str); 18] = [
     ("accepted_messages_total", "Messages accepted."),
     ("accepted_recipients_total", "Recipients accepted."),
     ("delivered_total", "Recipients delivered."),
@@ -381,6 +385,10 @@ const COUNTERS: [(&str, &str); 17] = [
     (
         "segments_deleted_total",
         "Log segments deleted by compaction.",
+    ),
+    (
+        "segments_reused_total",
+        "Log segments made ahead from a deleted segment's file (no zeros written).",
     ),
     (
         "messages_copied_total",

@@ -322,6 +322,7 @@ fn deleted_segments_files_are_reused_and_their_older_records_read_as_the_end() {
         .filter(|s| spare_inodes.contains(&inode(s)))
         .collect();
     assert!(!reused.is_empty(), "a kept file became a segment: {segs:?}");
+    assert_eq!(q.stats().segments_reused, reused.len() as u64);
     let mut behind = 0;
     for s in &reused {
         // Not zero-filled first: what the file held before is still there,

@@ -525,12 +525,13 @@ fn stats(v: &Value) -> String {
         (
             "log",
             format!(
-                "{} fsyncs, {} group commits, {} bytes, {} checkpoints, {} segments compacted",
+                "{} fsyncs, {} group commits, {} bytes, {} checkpoints, {} segments compacted, {} reused",
                 num(&v["fsyncs"]),
                 num(&v["commits"]),
                 num(&v["bytes_written"]),
                 num(&v["checkpoints"]),
-                num(&v["segments_deleted"])
+                num(&v["segments_deleted"]),
+                num(&v["segments_reused"])
             ),
         ),
         ("memory", format!("{} bytes of index", num(&v["index_bytes"]))),

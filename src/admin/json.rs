@@ -322,6 +322,7 @@ pub fn stats(s: &Stats) -> Value {
         "bytes_written": s.bytes_written,
         "checkpoints": s.checkpoints,
         "segments_deleted": s.segments_deleted,
+        "segments_reused": s.segments_reused,
         "messages_copied": s.messages_copied,
         "index_bytes": s.index_bytes,
         "poisoned": s.poisoned,

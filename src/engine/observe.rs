@@ -120,6 +120,7 @@ impl Engine {
         st.fsyncs = lc.syncs;
         st.commits = lc.commits;
         st.bytes_written = lc.bytes;
+        st.segments_reused = lc.reused;
         let m = self.maint.lock();
         st.checkpoints = m.checkpoints;
         st.segments_deleted = m.segments_deleted;

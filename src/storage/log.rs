@@ -371,6 +371,8 @@ pub struct LogCounters {
     pub commits: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Segments whose file made ahead was a deleted segment's (not zero-filled).
+    pub reused: u64,
 }
 
 /// A file being made ahead: its segment, the file, bytes zeroed so far.
@@ -991,6 +993,7 @@ impl Log {
                 libc::posix_fadvise(fd, 0, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
             }
         }
+        self.counters.lock().reused += 1;
         Some((f, len.min(self.seg_max)))
     }
 
