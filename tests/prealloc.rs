@@ -234,6 +234,21 @@ fn a_file_left_made_ahead_is_removed_at_open_and_the_queue_goes_on() {
     assert!(seen);
 }
 
+/// Opens `dir` from its checkpoint; what was lost from `cut` on, before the
+/// checkpoint position, must be reported there.
+fn assert_lost_before_checkpoint(dir: &Path, clock: &std::sync::Arc<ManualClock>, cut: usize) {
+    let q = Queue::open(dir, options(clock, true)).unwrap();
+    let r = q.recovery_report();
+    assert!(r.checkpoint_used);
+    assert!(
+        r.damaged
+            .iter()
+            .any(|d| d.offset == cut as u64 && d.reason.contains("before the checkpoint position")),
+        "the lost span is reported: {:?}",
+        r.damaged
+    );
+}
+
 #[test]
 fn zeros_before_the_checkpoint_position_are_reported() {
     let Filled { dir, clock, q, .. } = filled("prealloc-ckpt", true, 150);
@@ -245,16 +260,7 @@ fn zeros_before_the_checkpoint_position_are_reported() {
     assert_eq!(std::fs::metadata(&last).unwrap().len(), SEG);
     let cut = zero_last_two_records(&last);
 
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    let r = q.recovery_report();
-    assert!(r.checkpoint_used);
-    assert!(
-        r.damaged
-            .iter()
-            .any(|d| d.offset == cut as u64 && d.reason.contains("before the checkpoint position")),
-        "the lost span is reported: {:?}",
-        r.damaged
-    );
+    assert_lost_before_checkpoint(dir.path(), &clock, cut);
 }
 
 fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
@@ -518,4 +524,81 @@ fn a_segment_may_end_inside_an_older_record() {
     let q = r.open();
     assert_clean(&q);
     assert_eq!(r.present(&q), r.ids.len());
+}
+
+/// The last segment's file as recovery will read it: its bytes, where its
+/// records end, and the last record's offset and sequence number.
+struct Tail {
+    path: std::path::PathBuf,
+    data: Vec<u8>,
+    end: usize,
+    last: usize,
+    seq: u64,
+}
+
+fn tail(dir: &Path) -> Tail {
+    let path = segment_files(dir).pop().unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let end = written_end(&data);
+    let last = *record_offsets(&data[..end]).last().unwrap();
+    let seq = sim::record::header(&data[last..]).unwrap().seq;
+    Tail {
+        path,
+        data,
+        end,
+        last,
+        seq,
+    }
+}
+
+#[test]
+fn pieces_of_a_batch_cut_short_are_cut_even_after_a_lost_first_sector() {
+    let Filled { dir, clock, q, .. } = filled("reuse-torn", true, 150);
+    drop(q);
+    let mut t = tail(dir.path());
+    // A batch cut short: its first sector never reached the disk (it reads
+    // as what was there), a later piece did: a newer header, bad checksum.
+    let piece = t.end + 512;
+    let rec = t.data[t.last..t.end].to_vec();
+    t.data[piece..piece + rec.len()].copy_from_slice(&rec);
+    t.data[piece + 16..piece + 24].copy_from_slice(&(t.seq + 3).to_le_bytes());
+    std::fs::write(&t.path, &t.data).unwrap();
+
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let r = q.recovery_report();
+    assert!(r.damaged.is_empty(), "{:?}", r.damaged);
+    assert!(r.torn_tail_bytes > 0, "a torn tail, not a clean end");
+    // Cut: no piece stays behind to be met again after new records.
+    assert_eq!(std::fs::metadata(&t.path).unwrap().len() as usize, t.end);
+}
+
+#[test]
+fn a_last_record_with_a_flipped_magic_is_a_torn_tail_not_an_end() {
+    let Filled { dir, clock, q, .. } = filled("reuse-magic", true, 150);
+    drop(q);
+    let mut t = tail(dir.path());
+    t.data[t.last] ^= 0x10;
+    std::fs::write(&t.path, &t.data).unwrap();
+
+    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    assert!(q.recovery_report().torn_tail_bytes > 0, "reported");
+}
+
+#[test]
+fn bytes_before_the_checkpoint_position_that_are_not_records_are_reported() {
+    let Filled { dir, clock, q, .. } = filled("reuse-lost-ckpt", true, 150);
+    q.checkpoint().unwrap(); // its position is in the active segment
+    drop(q);
+    // The filesystem loses the last records before that position, and they
+    // read back as a reused file's older bytes would: not at their
+    // boundaries.
+    let mut t = tail(dir.path());
+    let offs = record_offsets(&t.data[..t.end]);
+    let cut = offs[offs.len() - 3];
+    for (i, b) in t.data[cut..t.end].iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1;
+    }
+    std::fs::write(&t.path, &t.data).unwrap();
+
+    assert_lost_before_checkpoint(dir.path(), &clock, cut);
 }

@@ -182,7 +182,19 @@ fn replay_log(
         };
         b.report.segments_scanned += 1;
         check_zero_end(b, seg, data, start);
-        let written = replay::zeros_before(data, start).unwrap_or(data.len());
+        let written = match replay::before(data, start) {
+            replay::Before::Whole => data.len(),
+            replay::Before::Lost(at) => at,
+            replay::Before::Broken(at) => {
+                b.report.damaged.push(Damage {
+                    segment: seg,
+                    offset: at as u64,
+                    len: (start - at) as u64,
+                    reason: "the records before the checkpoint position do not read back as written (damaged, or lost by the filesystem)".into(),
+                });
+                data.len()
+            }
+        };
         if start > written {
             report_short_segment(b, seg, written, data.len(), start);
             if is_last {

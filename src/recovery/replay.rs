@@ -257,15 +257,12 @@ impl Builder {
                     self.zero_end = Some((seg, off as u64, self.last_seq));
                     return off;
                 }
-                // Nothing newer anywhere after, and no record of a batch
-                // that never became durable whole starting here (a torn
-                // tail, cut below): the end of what was written. The file
-                // was a deleted segment's, reused, and what it held before
-                // follows, at boundaries of its own. Like zeros; a newer
-                // record further on makes it damage instead.
-                _ if !self.torn_at(data, off)
-                    && resync(data, off, self.salt, self.last_seq).is_none() =>
-                {
+                // No record of ours that is not an older one starts here
+                // (a batch cut short: a torn tail, cut below) and no newer
+                // header anywhere after: the end of what was written. The
+                // file was a deleted segment's, reused, and what it held
+                // before follows, at boundaries of its own. Like zeros.
+                _ if !self.torn_at(data, off) && !newer_header_after(data, off, self.last_seq) => {
                     self.zero_end = Some((seg, off as u64, self.last_seq));
                     return off;
                 }
@@ -284,17 +281,17 @@ impl Builder {
         off
     }
 
-    /// Whether a record of ours that is not an older one starts at `off`
-    /// (its checksum failed): its magic, and a header that is cut short or
-    /// newer than the last record replayed. A batch cut short by a crash,
-    /// or damage; a reused file's older bytes are neither (an older record
-    /// has an older header; elsewhere its bytes rarely hold the magic at a
-    /// record boundary).
+    /// Whether a record of ours that is not an older one starts at `off`,
+    /// where replay stopped: our magic without a whole, valid, older record
+    /// (a reused file's older records are whole where they start: the new
+    /// data ended there), or the next sequence number where the header
+    /// keeps it (a flipped magic). A batch cut short by a crash, or damage.
     fn torn_at(&self, data: &[u8], off: usize) -> bool {
         let rest = &data[off..];
-        rest.len() >= 4
-            && rest[..4] == MAGIC.to_le_bytes()
-            && !record::header(rest).is_ok_and(|h| h.seq <= self.last_seq)
+        if rest.len() >= 4 && rest[..4] == MAGIC.to_le_bytes() {
+            return !record::parse(rest, self.salt).is_ok_and(|f| f.seq <= self.last_seq);
+        }
+        rest.len() >= HEADER_LEN && rest[16..24] == self.last_seq.saturating_add(1).to_le_bytes()
     }
 
     /// Checks where replay of a segment starts: a foreign format version stops
@@ -508,25 +505,52 @@ pub(super) fn all_zero(data: &[u8]) -> bool {
         && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Where the records before `start` give way to zeros (or to a reused
-/// file's older records), if they do: walking the headers from the
-/// segment's start (no checksums), a zero header, or one with a sequence
-/// number below the segment header's, before `start` means the filesystem
-/// lost bytes the checkpoint says were written (a file made ahead is as
-/// long as a full segment, so a shorter file no longer shows it). A
-/// damaged header stops the walk: that is reported where the record is read.
-pub(super) fn zeros_before(data: &[u8], start: usize) -> Option<usize> {
+/// How the records before the checkpoint position read back.
+pub(super) enum Before {
+    /// Their headers lead from the segment's start to the position.
+    Whole,
+    /// Zeros, or a header older than the segment's own, from this offset:
+    /// the filesystem lost bytes the checkpoint says were written (a file
+    /// made ahead is as long as a full segment, so a shorter file no longer
+    /// shows it).
+    Lost(usize),
+    /// A header that is not one (or one whose record runs past the
+    /// position) at this offset: damage, or lost bytes that read back as a
+    /// reused file's older ones, which keep their own boundaries.
+    Broken(usize),
+}
+
+/// Walks the record headers of a segment from its start to `start` (no
+/// checksums): see [`Before`].
+pub(super) fn before(data: &[u8], start: usize) -> Before {
     let mut off = 0;
     let mut first = None;
     while off < start.min(data.len()) {
         match record::header(&data[off..]) {
-            Ok(h) if h.seq < *first.get_or_insert(h.seq) => return Some(off),
+            Ok(h) if h.seq < *first.get_or_insert(h.seq) => return Before::Lost(off),
+            Ok(h) if off + record::padded(HEADER_LEN + h.len) > start => {
+                return Before::Broken(off)
+            }
             Ok(h) => off += record::padded(HEADER_LEN + h.len),
-            Err(record::FrameError::Zero) => return Some(off),
-            Err(_) => return None,
+            Err(record::FrameError::Zero) => return Before::Lost(off),
+            Err(_) => return Before::Broken(off),
         }
     }
-    None
+    Before::Whole
+}
+
+/// Whether a header of ours newer than `last_seq` lies at an aligned offset
+/// from `from` on (no checksums: a piece of a batch cut short counts).
+fn newer_header_after(data: &[u8], from: usize, last_seq: u64) -> bool {
+    let magic = MAGIC.to_le_bytes();
+    let mut o = from.div_ceil(record::ALIGN) * record::ALIGN;
+    while o + HEADER_LEN <= data.len() {
+        if data[o..o + 4] == magic && record::header(&data[o..]).is_ok_and(|h| h.seq > last_seq) {
+            return true;
+        }
+        o += record::ALIGN;
+    }
+    false
 }
 
 /// Finds where replay can resume after damage at `from`: the next aligned offset

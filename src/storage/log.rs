@@ -744,7 +744,10 @@ impl Log {
     /// never reused (reuse overwrites it). Called while a handle to the file
     /// is held (a delivery's), so a deletion before this sees that handle.
     pub fn export_segment(&self, seg: u32) {
-        self.files.lock().exported.insert(seg);
+        let mut files = self.files.lock();
+        if !files.removed.contains(&seg) {
+            files.exported.insert(seg);
+        }
     }
 
     fn file(&self, seg: u32, create: bool) -> Result<Arc<dyn VFile>> {
@@ -1285,35 +1288,44 @@ impl Log {
     /// only if no handle to it is held: a delivery keeps its segment's file
     /// open for its lifetime, and a file being reused is overwritten.
     pub fn remove_segments(&self, segs: &[u32]) -> Result<()> {
+        let mut kept = Vec::new();
         for &seg in segs {
-            self.unlink_segment(seg)?;
+            if self.unlink_segment(seg, kept.len())? {
+                kept.push(seg);
+            }
         }
         if !segs.is_empty() {
             self.vfs
                 .sync_dir(&self.dir)
                 .map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         }
+        // Reusable only once the renames are durable: a crash must not bring
+        // back a segment's name on a file that holds another segment's records.
+        self.spares.lock().extend(kept);
         Ok(())
     }
 
-    fn unlink_segment(&self, seg: u32) -> Result<()> {
+    /// Deletes segment `seg`'s file, or renames it to [`spare_name`] when
+    /// it may be reused (`kept` others are being kept already); returns
+    /// whether it was kept.
+    fn unlink_segment(&self, seg: u32, kept: usize) -> Result<bool> {
         let unheld = self.files.lock().forget(seg);
         self.readahead.lock().forget(seg);
         self.sealed_len.lock().remove(&seg);
         let path = self.path(seg);
         // (No lock is held across the rename: maintenance alone removes
         // segments, and a storage call may run anything meanwhile.)
-        let room = self.spares.lock().len() < MAX_SPARES;
+        let room = self.spares.lock().len() + kept < MAX_SPARES;
         if self.preallocate && unheld && room {
             let spare = self.dir.join(spare_name(seg));
             if self.vfs.rename(&path, &spare).is_ok() {
-                self.spares.lock().push(seg);
-                return Ok(());
+                return Ok(true);
             }
         }
         self.vfs
             .remove(&path)
-            .map_err(|e| Error::io("remove segment", &path, e))
+            .map_err(|e| Error::io("remove segment", &path, e))?;
+        Ok(false)
     }
 }
 
