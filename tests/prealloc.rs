@@ -21,11 +21,7 @@ fn options(clock: &std::sync::Arc<ManualClock>, prealloc: bool) -> Options {
 }
 
 fn prepared_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".seg.pre"))
-        .collect()
+    files_ending(dir, ".seg.pre")
 }
 
 /// Enqueues `n` messages of about 1 KiB, ticking after each (an MTA's event
@@ -263,6 +259,7 @@ fn zeros_before_the_checkpoint_position_are_reported() {
     assert_lost_before_checkpoint(dir.path(), &clock, cut);
 }
 
+/// Names of the files in `dir` that end in `suffix`.
 fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()

@@ -542,15 +542,25 @@ pub(super) fn before(data: &[u8], start: usize) -> Before {
 /// Whether a header of ours newer than `last_seq` lies at an aligned offset
 /// from `from` on (no checksums: a piece of a batch cut short counts).
 fn newer_header_after(data: &[u8], from: usize, last_seq: u64) -> bool {
+    find_header(data, from, |_, h| h.seq > last_seq).is_some()
+}
+
+/// The first aligned offset from `from` on holding our magic and a header
+/// (no checksum checked) that `want` accepts, given its offset.
+fn find_header(
+    data: &[u8],
+    from: usize,
+    mut want: impl FnMut(usize, &record::Header) -> bool,
+) -> Option<usize> {
     let magic = MAGIC.to_le_bytes();
     let mut o = from.div_ceil(record::ALIGN) * record::ALIGN;
     while o + HEADER_LEN <= data.len() {
-        if data[o..o + 4] == magic && record::header(&data[o..]).is_ok_and(|h| h.seq > last_seq) {
-            return true;
+        if data[o..o + 4] == magic && record::header(&data[o..]).is_ok_and(|h| want(o, &h)) {
+            return Some(o);
         }
         o += record::ALIGN;
     }
-    false
+    None
 }
 
 /// Finds where replay can resume after damage at `from`: the next aligned offset
@@ -560,23 +570,12 @@ fn newer_header_after(data: &[u8], from: usize, last_seq: u64) -> bool {
 /// body full of fake headers costs one CRC only for in-window candidates; and a
 /// forged record would also need the queue's secret salt.
 fn resync(data: &[u8], from: usize, salt: u32, last_seq: u64) -> Option<usize> {
-    let mut o = (from + 1).div_ceil(record::ALIGN) * record::ALIGN;
-    let magic = MAGIC.to_le_bytes();
-    while o + HEADER_LEN <= data.len() {
-        if data[o..o + 4] == magic {
-            if let Ok(h) = record::header(&data[o..]) {
-                let window = ((o - from) / HEADER_LEN) as u64 + 2;
-                if h.seq > last_seq
-                    && h.seq <= last_seq.saturating_add(window)
-                    && record::parse(&data[o..], salt).is_ok()
-                {
-                    return Some(o);
-                }
-            }
-        }
-        o += record::ALIGN;
-    }
-    None
+    find_header(data, from + 1, |o, h| {
+        let window = ((o - from) / HEADER_LEN) as u64 + 2;
+        h.seq > last_seq
+            && h.seq <= last_seq.saturating_add(window)
+            && record::parse(&data[o..], salt).is_ok()
+    })
 }
 
 impl Builder {
