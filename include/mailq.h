@@ -1022,8 +1022,9 @@ int mailq_poll_fd(struct mailq *q);
 enum mailq_status mailq_ack_poll(struct mailq *q);
 
 /**
- * Unix time of the next scheduled event (retry, probe, lease deadline), or 0
- * when nothing is scheduled. Arm a timer for it and call `mailq_tick`.
+ * Unix time of the next scheduled event (retry, probe, lease deadline, the
+ * end of a deleted segment's file kept for reuse), or 0 when nothing is
+ * scheduled. Arm a timer for it and call `mailq_tick`.
  */
 enum mailq_status mailq_next_wakeup(struct mailq *q, uint64_t *when);
 

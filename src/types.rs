@@ -460,8 +460,9 @@ pub struct Options {
     /// segment's file kept for reuse, else a zero-filled one, so that commits
     /// overwrite written blocks instead of growing the file: each fdatasync
     /// then commits no file size or extent change (default true; costs one
-    /// segment of disk, plus up to four deleted segments' files kept, and
-    /// writing the zeros of each segment no deleted file serves). Turn it off
+    /// segment of disk, plus up to four deleted segments' files kept for at
+    /// most ten minutes, and writing the zeros of each segment no deleted
+    /// file serves). Turn it off
     /// on copy-on-write filesystems (btrfs, ZFS), where it cannot pay.
     pub preallocate_segments: bool,
     /// Compact a sealed segment whose live bytes fall under this fraction of the segment

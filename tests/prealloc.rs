@@ -599,3 +599,32 @@ fn bytes_before_the_checkpoint_position_that_are_not_records_are_reported() {
 
     assert_lost_before_checkpoint(dir.path(), &clock, cut);
 }
+
+#[test]
+fn kept_files_an_idle_queue_does_not_reuse_are_deleted_after_ten_minutes() {
+    let (dir, clock, q) = drained("reuse-idle", 300, 1000);
+    assert!(!files_ending(dir.path(), ".seg.spare").is_empty());
+    // The queue is idle: its next wake-up is when the kept files go.
+    let due = q.next_wakeup().expect("a wake-up for the kept files");
+    assert!(due <= T0 + 601, "{due}");
+    clock.advance(599);
+    q.tick();
+    assert!(
+        !files_ending(dir.path(), ".seg.spare").is_empty(),
+        "kept ten minutes"
+    );
+    clock.advance(2);
+    q.tick();
+    assert!(
+        files_ending(dir.path(), ".seg.spare").is_empty(),
+        "then deleted"
+    );
+    assert_eq!(q.next_wakeup(), None, "nothing left to wake up for");
+    // Segments made ahead are zero-filled again, and the queue goes on.
+    let mut seen = false;
+    let ids = fill(&q, dir.path(), 5000, 150, &mut seen);
+    assert!(seen);
+    assert_eq!(q.stats().segments_reused, 0);
+    let q = reopen_clean(q, dir.path(), &clock);
+    assert_eq!(q.stats().recipients(), ids.len() as u64);
+}

@@ -229,6 +229,7 @@ impl Engine {
         let _ = self.sweep_if_due();
         let _ = self.sync_if_due();
         self.prepare_if_wanted();
+        self.log.trim_spares();
         if self.opts.auto_maintenance {
             self.maybe_maintain();
         }
@@ -357,10 +358,14 @@ impl Engine {
     }
 
     /// The earliest scheduled event in clock milliseconds: a deferred retry, a
-    /// probe, a lease deadline, or the outcome-sync deadline.
+    /// probe, a lease deadline, the outcome-sync deadline, or when a kept
+    /// file of a deleted segment is due to be deleted.
     pub(crate) fn next_event_ms(&self) -> Option<u64> {
         let mut best = self.next_event_secs().map(|t| t.saturating_mul(1000));
-        if let Some(d) = self.log.sync_deadline() {
+        for d in [self.log.sync_deadline(), self.log.spare_deadline()]
+            .into_iter()
+            .flatten()
+        {
             best = Some(best.map_or(d, |b| b.min(d)));
         }
         best

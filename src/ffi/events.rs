@@ -42,8 +42,9 @@ unsafe fn answer<T>(
     })
 }
 
-/// Unix time of the next scheduled event (retry, probe, lease deadline), or 0
-/// when nothing is scheduled. Arm a timer for it and call `mailq_tick`.
+/// Unix time of the next scheduled event (retry, probe, lease deadline, the
+/// end of a deleted segment's file kept for reuse), or 0 when nothing is
+/// scheduled. Arm a timer for it and call `mailq_tick`.
 #[no_mangle]
 pub unsafe extern "C" fn mailq_next_wakeup(q: *mut mailq, when: *mut u64) -> mailq_status {
     // SAFETY: `when` is writable (header contract).

@@ -76,8 +76,11 @@ pub fn is_spare_name(name: &str) -> bool {
 }
 
 /// Most deleted segments' files kept for reuse at once (each is a segment's
-/// worth of disk until it is reused).
+/// worth of disk until it is reused)…
 const MAX_SPARES: usize = 4;
+/// … and how long one is kept unused (milliseconds): an idle queue gives
+/// the disk back ([`Log::trim_spares`]).
+pub const SPARE_KEEP_MS: u64 = 10 * 60 * 1000;
 
 /// Whether `name` is a file made ahead for a segment.
 pub fn is_prepared_name(name: &str) -> bool {
@@ -412,8 +415,9 @@ pub struct Log {
     prep_seg: AtomicU64,
     prep_done: AtomicU64,
     /// Deleted segments whose files are kept (as [`spare_name`]) to be
-    /// reused by [`Log::prepare_next`] instead of zero-filling a new file.
-    spares: Mutex<Vec<u32>>,
+    /// reused by [`Log::prepare_next`] instead of zero-filling a new file,
+    /// and when each was kept (clock milliseconds).
+    spares: Mutex<Vec<(u32, u64)>>,
 }
 
 /// Parameters for opening the log after recovery.
@@ -973,7 +977,7 @@ impl Log {
     /// before it is written otherwise). `None` when no file is kept or
     /// reusing one fails (it is then removed).
     fn reuse_spare(&self, path: &Path) -> Option<(Arc<dyn VFile>, u64)> {
-        let old = self.spares.lock().pop()?;
+        let (old, _) = self.spares.lock().pop()?;
         let from = self.dir.join(spare_name(old));
         let reused = self
             .vfs
@@ -1301,8 +1305,38 @@ impl Log {
         }
         // Reusable only once the renames are durable: a crash must not bring
         // back a segment's name on a file that holds another segment's records.
-        self.spares.lock().extend(kept);
+        let now = self.clock.now_millis();
+        self.spares
+            .lock()
+            .extend(kept.into_iter().map(|s| (s, now)));
         Ok(())
+    }
+
+    /// Deletes the kept files of deleted segments that were not reused
+    /// within [`SPARE_KEEP_MS`] (an idle queue gives the disk back). Best
+    /// effort: a file that cannot be removed now is removed at the next open.
+    pub fn trim_spares(&self) {
+        let now = self.clock.now_millis();
+        let old: Vec<u32> = {
+            let mut spares = self.spares.lock();
+            let (old, keep) = spares
+                .iter()
+                .partition(|&&(_, at)| now >= at.saturating_add(SPARE_KEEP_MS));
+            *spares = keep;
+            old.into_iter().map(|(s, _)| s).collect()
+        };
+        for seg in old {
+            let _ = self.vfs.remove(&self.dir.join(spare_name(seg)));
+        }
+    }
+
+    /// When (clock milliseconds) the oldest kept file is due to be deleted.
+    pub fn spare_deadline(&self) -> Option<u64> {
+        let spares = self.spares.lock();
+        spares
+            .iter()
+            .map(|&(_, at)| at.saturating_add(SPARE_KEEP_MS))
+            .min()
     }
 
     /// Deletes segment `seg`'s file, or renames it to [`spare_name`] when
