@@ -196,15 +196,8 @@ fn records_lost_before_a_sealed_segments_zeros_are_reported() {
     let segs = segment_files(dir.path());
     let cut = zero_last_two_records(&segs[1]);
 
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
-    let r = q.recovery_report();
-    assert!(
-        r.damaged
-            .iter()
-            .any(|d| d.offset == cut as u64 && d.reason.contains("records were lost")),
-        "the gap in sequence numbers is reported where the zeros begin: {:?}",
-        r.damaged
-    );
+    // The gap in sequence numbers is reported where the zeros begin.
+    let q = opened_with_damage(dir.path(), &clock, cut, "records were lost");
     // The messages of the other segments are all there.
     let present = ids.iter().filter(|id| q.inspect(**id).is_ok()).count();
     assert_eq!(present, ids.len() - 2);
@@ -230,19 +223,30 @@ fn a_file_left_made_ahead_is_removed_at_open_and_the_queue_goes_on() {
     assert!(seen);
 }
 
+/// Opens `dir`, whose recovery must report damage at offset `at` for a
+/// reason that says `why`.
+fn opened_with_damage(
+    dir: &Path,
+    clock: &std::sync::Arc<ManualClock>,
+    at: usize,
+    why: &str,
+) -> Queue {
+    let q = Queue::open(dir, options(clock, true)).unwrap();
+    let damaged = &q.recovery_report().damaged;
+    assert!(
+        damaged
+            .iter()
+            .any(|d| d.offset == at as u64 && d.reason.contains(why)),
+        "reported at {at} ({why}): {damaged:?}"
+    );
+    q
+}
+
 /// Opens `dir` from its checkpoint; what was lost from `cut` on, before the
 /// checkpoint position, must be reported there.
 fn assert_lost_before_checkpoint(dir: &Path, clock: &std::sync::Arc<ManualClock>, cut: usize) {
-    let q = Queue::open(dir, options(clock, true)).unwrap();
-    let r = q.recovery_report();
-    assert!(r.checkpoint_used);
-    assert!(
-        r.damaged
-            .iter()
-            .any(|d| d.offset == cut as u64 && d.reason.contains("before the checkpoint position")),
-        "the lost span is reported: {:?}",
-        r.damaged
-    );
+    let q = opened_with_damage(dir, clock, cut, "before the checkpoint position");
+    assert!(q.recovery_report().checkpoint_used);
 }
 
 #[test]
