@@ -465,8 +465,10 @@ pub struct Options {
     /// file serves). Turn it off
     /// on copy-on-write filesystems (btrfs, ZFS), where it cannot pay.
     pub preallocate_segments: bool,
-    /// Compact a sealed segment whose live bytes fall under this fraction of the segment
-    /// size (default 2/3, which bounds sealed segments to 1.5× their live data).
+    /// Keep sealed segments at least this fraction live on average (default
+    /// 2/3, which bounds them to 1.5× their live data): while they are not,
+    /// the emptiest one (itself under the fraction) is compacted, its live
+    /// messages copied forward and the segment deleted.
     pub compact_below: f64,
     /// Backpressure: `enqueue` refuses ([`crate::Error::TryLater`]) a message that
     /// would take the recipients not yet final above this (0, the default: no
