@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::storage::record::{self, Kind, HEADER_LEN};
-use crate::storage::vfs::{VFile, Vfs};
+use crate::storage::vfs::{writeback, VFile, Vfs, Writeback};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -345,24 +345,31 @@ fn zero_fill(f: &dyn VFile, from: u64, to: u64) -> std::io::Result<()> {
     while off < to {
         let n = (to - off).min(PIECE);
         f.write_all_at(off, &zeros[..n as usize])?;
-        if let Some(fd) = f.raw_fd() {
-            // SAFETY: plain syscall on a descriptor the file keeps open for
-            // the duration of the call; no memory is passed.
-            let r = unsafe {
-                libc::sync_file_range(
-                    fd,
-                    off as libc::off64_t,
-                    n as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+        writeback(f, off, n, Writeback::Start)?;
         off += n;
     }
     Ok(())
+}
+
+/// The page size the kernel's cache works in (4 KiB, or a multiple of it).
+const PAGE: u64 = 4096;
+
+/// Pads `buf`, to be written at `off` into a file made ahead (at least
+/// `len` long), with zeros to the end of its last page. A write that covers
+/// part of a page the kernel does not hold reads the page from disk first;
+/// a deleted segment's file reused is not in the cache (nor is a zero-filled
+/// one whose pages were dropped), so each commit would wait for one read.
+/// Covering whole pages, it never does: a commit's first page is the
+/// previous commit's last, written whole. The zeros lie past the log's end,
+/// where recovery reads zeros as the end of a segment, and the next commit
+/// overwrites them; they cost no I/O (pages are written back whole). Never
+/// past `len`: a file is not grown by it.
+fn pad_to_page(off: u64, buf: &mut Vec<u8>, len: u64) {
+    let end = off + buf.len() as u64;
+    let to = end.next_multiple_of(PAGE).min(len);
+    if to > end {
+        buf.resize(buf.len() + (to - end) as usize, 0);
+    }
 }
 
 /// Statistics of the log.
@@ -408,6 +415,10 @@ pub struct Log {
     prepared_for: AtomicU64,
     /// A zero-filled file ready for this segment.
     prepared: Mutex<Option<(u32, Arc<dyn VFile>)>>,
+    /// The segment whose file was made ahead (a segment long, at least):
+    /// its commits are padded to whole pages ([`pad_to_page`]); `u64::MAX`
+    /// for none.
+    made_ahead: AtomicU64,
     /// The file being made ahead: its segment, the file, bytes zeroed so far
     /// (held while a slice is written).
     preparing: Mutex<Option<Filling>>,
@@ -476,6 +487,7 @@ impl Log {
             active_fill: AtomicU64::new(start.len),
             prepared_for: AtomicU64::new(u64::MAX),
             prepared: Mutex::new(None),
+            made_ahead: AtomicU64::new(u64::MAX),
             preparing: Mutex::new(None),
             prep_seg: AtomicU64::new(u64::MAX),
             prep_done: AtomicU64::new(0),
@@ -972,9 +984,8 @@ impl Log {
     /// commits into it overwrite blocks as into a zero-filled file, without
     /// writing the zeros first. What it held before stays behind the records
     /// written into it; recovery reads a record older than the segment's own
-    /// as the end of its data, as it reads zeros. Its pages are asked into
-    /// the page cache ahead (a commit's partial last page is read from disk
-    /// before it is written otherwise). `None` when no file is kept or
+    /// as the end of its data, as it reads zeros. None of it is read: commits
+    /// write whole pages ([`pad_to_page`]). `None` when no file is kept or
     /// reusing one fails (it is then removed).
     fn reuse_spare(&self, path: &Path) -> Option<(Arc<dyn VFile>, u64)> {
         let (old, _) = self.spares.lock().pop()?;
@@ -992,14 +1003,6 @@ impl Log {
                 return None;
             }
         };
-        if let Some(fd) = f.raw_fd() {
-            // SAFETY: plain syscall on a descriptor `f` keeps open for the
-            // duration of the call; no memory is passed. Advisory only: its
-            // result does not matter.
-            unsafe {
-                libc::posix_fadvise(fd, 0, len as libc::off_t, libc::POSIX_FADV_WILLNEED);
-            }
-        }
         self.counters.lock().reused += 1;
         Some((f, len.min(self.seg_max)))
     }
@@ -1028,6 +1031,7 @@ impl Log {
             let from = self.dir.join(prepared_name(seg));
             if self.vfs.rename(&from, &self.path(seg)).is_ok() {
                 if let Some(f) = self.cache_file(seg, f) {
+                    self.made_ahead.store(seg as u64, Ordering::Relaxed);
                     return Ok(f);
                 }
             } else {
@@ -1070,9 +1074,12 @@ impl Log {
                 j += 1;
             }
             if !coalesced.is_empty() {
+                bytes += coalesced.len();
+                if self.made_ahead.load(Ordering::Relaxed) == seg as u64 {
+                    pad_to_page(start_off, &mut coalesced, self.seg_max);
+                }
                 f.write_all_at(start_off, &coalesced)
                     .map_err(|e| Error::io("write segment", self.path(seg), e))?;
-                bytes += coalesced.len();
             }
             f.sync_data()
                 .map_err(|e| Error::io("fdatasync segment", self.path(seg), e))?;

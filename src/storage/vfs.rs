@@ -44,6 +44,42 @@ pub trait Vfs: Send + Sync + 'static {
     }
 }
 
+/// What [`writeback`] does with a range of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writeback {
+    /// Starts writing its dirty pages, without waiting.
+    Start,
+    /// Waits until the writes started on it are done.
+    Wait,
+}
+
+/// Starts, or waits for, the writeback of `len` bytes of `f` at `off`
+/// (`sync_file_range(2)`), so that a big write reaches the disk in pieces
+/// instead of one burst that concurrent commits would queue behind. Makes
+/// nothing durable (neither data nor the file's size: only an fdatasync
+/// does). Returns `false`, doing nothing, when the file has no descriptor
+/// (a custom [`Vfs`]).
+pub fn writeback(f: &dyn VFile, off: u64, len: u64, what: Writeback) -> io::Result<bool> {
+    let Some(fd) = f.raw_fd() else {
+        return Ok(false);
+    };
+    if len == 0 {
+        // (A length of 0 would mean "to the end of the file".)
+        return Ok(true);
+    }
+    let flags = match what {
+        Writeback::Start => libc::SYNC_FILE_RANGE_WRITE,
+        Writeback::Wait => libc::SYNC_FILE_RANGE_WAIT_BEFORE,
+    };
+    // SAFETY: plain syscall on a descriptor the file keeps open for the
+    // duration of the call; no memory is passed.
+    let r = unsafe { libc::sync_file_range(fd, off as libc::off64_t, len as libc::off64_t, flags) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// Reads "not found" and "not a directory" (a missing ancestor) as `false`.
 pub fn absent_is_false(r: io::Result<bool>) -> io::Result<bool> {
     match r {
