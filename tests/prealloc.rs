@@ -272,6 +272,14 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Bytes of the deleted segments' files still on disk.
+fn spare_bytes(dir: &Path) -> u64 {
+    files_ending(dir, ".seg.spare")
+        .iter()
+        .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
+        .sum()
+}
+
 fn inode(p: &Path) -> u64 {
     std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
 }
@@ -301,11 +309,16 @@ fn next_segment_name(dir: &Path) -> String {
 
 /// A queue filled with `n` messages of `len`-byte bodies, drained, synced
 /// and checkpointed: its dead segments are deleted, some of their files
-/// kept for reuse.
-fn drained(tag: &str, n: usize, len: usize) -> (TempDir, std::sync::Arc<ManualClock>, Queue) {
+/// kept for reuse (with `prealloc`), the others to be given back.
+fn drained(
+    tag: &str,
+    n: usize,
+    len: usize,
+    prealloc: bool,
+) -> (TempDir, std::sync::Arc<ManualClock>, Queue) {
     let dir = TempDir::new(tag);
     let clock = ManualClock::new(T0);
-    let q = Queue::open(dir.path(), options(&clock, true)).unwrap();
+    let q = Queue::open(dir.path(), options(&clock, prealloc)).unwrap();
     fill_sized(&q, dir.path(), 0, n, len, &mut false);
     assert_eq!(drain(&q, |_, _| Outcome::Delivered), n);
     q.sync().unwrap();
@@ -316,7 +329,7 @@ fn drained(tag: &str, n: usize, len: usize) -> (TempDir, std::sync::Arc<ManualCl
 #[test]
 fn deleted_segments_files_are_reused_and_their_older_records_read_as_the_end() {
     // Small records: the files kept are full almost to their end.
-    let (dir, clock, q) = drained("reuse", 1500, 100);
+    let (dir, clock, q) = drained("reuse", 1500, 100, true);
     let spares = files_ending(dir.path(), ".seg.spare");
     assert!(!spares.is_empty(), "dead segments' files kept for reuse");
     let spare_inodes: Vec<u64> = spares.iter().map(|n| inode(&dir.path().join(n))).collect();
@@ -624,8 +637,8 @@ fn bytes_before_the_checkpoint_position_that_are_not_records_are_reported() {
 }
 
 #[test]
-fn kept_files_an_idle_queue_does_not_reuse_are_deleted_after_ten_minutes() {
-    let (dir, clock, q) = drained("reuse-idle", 300, 1000);
+fn kept_files_an_idle_queue_does_not_reuse_are_given_back_after_ten_minutes() {
+    let (dir, clock, q) = drained("reuse-idle", 300, 1000, true);
     assert!(!files_ending(dir.path(), ".seg.spare").is_empty());
     // The queue is idle: its next wake-up is when the kept files go.
     let due = q.next_wakeup().expect("a wake-up for the kept files");
@@ -637,11 +650,26 @@ fn kept_files_an_idle_queue_does_not_reuse_are_deleted_after_ten_minutes() {
         "kept ten minutes"
     );
     clock.advance(2);
+    let sizes = || spare_bytes(dir.path());
+    let before = sizes();
     q.tick();
-    assert!(
-        files_ending(dir.path(), ".seg.spare").is_empty(),
-        "then deleted"
-    );
+    assert!(sizes() < before, "then given back");
+    // A piece at a time (an eighth of a segment, 20 ms apart: a file freed
+    // whole is one big discard that commits wait behind), each piece a
+    // wake-up of its own.
+    let mut ticks = 1;
+    while !files_ending(dir.path(), ".seg.spare").is_empty() {
+        let left = sizes();
+        q.tick();
+        assert_eq!(sizes(), left, "not before the next piece is due");
+        assert!(q.next_timeout().is_some_and(|t| !t.is_zero()));
+        clock.advance_millis(20);
+        assert_eq!(q.next_timeout(), Some(std::time::Duration::ZERO));
+        q.tick();
+        ticks += 1;
+        assert!(ticks < 100, "given back in time");
+    }
+    assert!(ticks >= 8, "in pieces: {ticks} ticks");
     assert_eq!(q.next_wakeup(), None, "nothing left to wake up for");
     // Segments made ahead are zero-filled again, and the queue goes on.
     let mut seen = false;
@@ -650,4 +678,35 @@ fn kept_files_an_idle_queue_does_not_reuse_are_deleted_after_ten_minutes() {
     assert_eq!(q.stats().segments_reused, 0);
     let q = reopen_clean(q, dir.path(), &clock);
     assert_eq!(q.stats().recipients(), ids.len() as u64);
+}
+
+#[test]
+fn deleted_segments_files_not_kept_are_given_back_in_pieces() {
+    // Without preallocation nothing is kept for reuse: each dead segment's
+    // file is renamed away at once, then cut by an eighth of a segment per
+    // wake-up, 20 ms apart (with online discard, a file freed whole is one
+    // big discard every concurrent commit waits behind).
+    let (dir, clock, q) = drained("give-back", 300, 1000, false);
+    let files = files_ending(dir.path(), ".seg.spare");
+    assert!(files.len() >= 3, "{files:?}");
+    let mut left = spare_bytes(dir.path());
+    let mut ticks = 0;
+    while left > 0 {
+        assert_eq!(q.next_timeout(), Some(std::time::Duration::ZERO));
+        q.tick();
+        let now = spare_bytes(dir.path());
+        assert!(left - now <= SEG / 8, "one piece: {left} -> {now}");
+        assert!(now < left);
+        q.tick();
+        assert_eq!(spare_bytes(dir.path()), now, "20 ms apart");
+        left = now;
+        clock.advance_millis(20);
+        ticks += 1;
+        assert!(ticks < 1000);
+    }
+    assert!(ticks >= 8 * files.len() - 1, "{ticks} pieces");
+    assert!(files_ending(dir.path(), ".seg.spare").is_empty());
+    assert_eq!(q.next_wakeup(), None, "nothing left to wake up for");
+    let q = reopen_clean(q, dir.path(), &clock);
+    assert_eq!(q.stats().recipients(), 0);
 }
