@@ -328,8 +328,9 @@ impl Queue {
     }
 
     /// Unix time of the next scheduled event (deferred retry, probe, lease deadline,
-    /// the deadline for syncing buffered outcome records, or the end of the ten
-    /// minutes a deleted segment's file is kept for reuse), or `None` when nothing
+    /// the deadline for syncing buffered outcome records, the end of the ten
+    /// minutes a deleted segment's file is kept for reuse, or the next piece of
+    /// one being given back), or `None` when nothing
     /// is scheduled. A time in the past means "now". Call [`Queue::tick`] then.
     /// Its resolution is a second: an event loop that wants the outcome-sync
     /// deadline to the millisecond uses [`Queue::next_timeout`] (or the poll fd,

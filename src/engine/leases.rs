@@ -359,7 +359,8 @@ impl Engine {
 
     /// The earliest scheduled event in clock milliseconds: a deferred retry, a
     /// probe, a lease deadline, the outcome-sync deadline, or when a kept
-    /// file of a deleted segment is due to be deleted.
+    /// file of a deleted segment, or the next piece of one, is due to be
+    /// given back.
     pub(crate) fn next_event_ms(&self) -> Option<u64> {
         let mut best = self.next_event_secs().map(|t| t.saturating_mul(1000));
         for d in [self.log.sync_deadline(), self.log.spare_deadline()]

@@ -345,6 +345,11 @@ fn remove_dead_segments(q: &Engine, m: &mut Maint, live: &SegLive) -> Result<Vec
 /// whose copying brings the rest to at least `below` live on average, each
 /// under `below` itself.
 fn worth_copying(mut held: Vec<(u64, u32)>, size: f64, below: f64) -> Vec<u32> {
+    // (A record longer than a segment makes its segment as long: counted
+    // full, it neither hides sparse segments nor is copied.)
+    for h in &mut held {
+        h.0 = h.0.min(size as u64);
+    }
     let mut disk = held.len() as f64 * size;
     let mut bytes: f64 = held.iter().map(|&(b, _)| b as f64).sum();
     held.sort_unstable();
@@ -597,6 +602,13 @@ mod tests {
         assert_eq!(pick(&[(60, 2), (10, 0), (100, 3), (50, 1)]), vec![0]);
         // 95 of 300: all three, emptiest first.
         assert_eq!(pick(&[(60, 5), (5, 7), (30, 6)]), vec![7, 6, 5]);
+    }
+
+    #[test]
+    fn a_segment_longer_than_one_counts_as_one_full_segment() {
+        // A 1,000-byte record in a 100-byte segment: 1,002 of 300 live as
+        // counted raw would hide the two empty segments.
+        assert_eq!(pick(&[(1000, 0), (1, 1), (1, 2)]), vec![1, 2]);
     }
 
     #[test]

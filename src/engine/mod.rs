@@ -354,6 +354,7 @@ impl Engine {
     fn after_write(&self) -> Result<()> {
         self.sync_if_due()?;
         self.prepare_if_wanted();
+        self.log.give_back();
         if self.opts.auto_maintenance {
             self.maybe_maintain();
         }

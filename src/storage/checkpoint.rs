@@ -54,7 +54,8 @@ const WARNED_BIT: u8 = 0x80;
 pub(super) const TRAILER: usize = 4 + 8 + 8;
 /// Bytes buffered before a checkpoint piece is written.
 const SINK_CHUNK: usize = 256 << 10;
-/// Bytes written between two syncs of the checkpoint file.
+/// Bytes of the checkpoint file in flight to disk at most (or, without a
+/// descriptor to pace it by, written between two syncs).
 const WRITEBACK: u64 = 1 << 20;
 
 /// The snapshot's position in the log and the counters to resume from.
@@ -126,7 +127,7 @@ pub struct Writer<'a> {
     deferred: bool,
     /// File offset of the tables (version 5), once begun.
     tables_at: Option<u64>,
-    /// Bytes written before the last sync.
+    /// Bytes known on disk: waited for, or synced.
     synced: u64,
 }
 

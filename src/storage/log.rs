@@ -63,8 +63,8 @@ pub fn prepared_name(seg: u32) -> String {
 }
 
 /// File name of a deleted segment's file kept to be reused as a later
-/// segment's file made ahead (see [`Log::remove_segments`]); recovery
-/// removes any it finds.
+/// segment's file made ahead, or being given back a piece at a time (see
+/// [`Log::remove_segments`]); recovery removes any it finds.
 pub fn spare_name(seg: u32) -> String {
     format!("{seg:08x}.seg.spare")
 }
@@ -90,6 +90,9 @@ pub const SPARE_KEEP_MS: u64 = 10 * 60 * 1000;
 /// at worst while 64 MiB files were unlinked, 3–4.5 ms while they were cut
 /// by 8 MiB every 20 ms).
 const GIVE_BACK_MS: u64 = 20;
+/// Most deleted segments' files being given back at once; older ones are
+/// deleted whole (as before pieces) when more die than are given back.
+const MAX_DYING: usize = 4;
 
 /// Whether `name` is a file made ahead for a segment.
 pub fn is_prepared_name(name: &str) -> bool {
@@ -368,8 +371,9 @@ const PAGE: u64 = 4096;
 /// part of a page the kernel does not hold reads the page from disk first;
 /// a deleted segment's file reused is not in the cache (nor is a zero-filled
 /// one whose pages were dropped), so each commit would wait for one read.
-/// Covering whole pages, it never does: a commit's first page is the
-/// previous commit's last, written whole. The zeros lie past the log's end,
+/// Covering whole pages, it never does, but for a commit's first page,
+/// which is the previous commit's last, written whole (read again only if
+/// the kernel dropped it in between). The zeros lie past the log's end,
 /// where recovery reads zeros as the end of a segment, and the next commit
 /// overwrites them; they cost no I/O (pages are written back whole). Never
 /// past `len`: a file is not grown by it.
@@ -393,6 +397,10 @@ pub struct LogCounters {
     /// Segments whose file made ahead was a deleted segment's (not zero-filled).
     pub reused: u64,
 }
+
+/// A deleted segment's file being given back: its segment, bytes left (or
+/// `u64::MAX` before the first piece), whether a piece is being cut now.
+type Dying = (u32, u64, bool);
 
 /// A file being made ahead: its segment, the file, bytes zeroed so far.
 type Filling = (u32, Arc<dyn VFile>, u64);
@@ -439,9 +447,10 @@ pub struct Log {
     /// and when each was kept (clock milliseconds).
     spares: Mutex<Vec<(u32, u64)>>,
     /// Deleted segments' files not kept, renamed [`spare_name`], being
-    /// given back a piece at a time: (segment, bytes left, or `u64::MAX`
-    /// before the first piece), and when the next piece is due (clock ms).
-    dying: Mutex<(Vec<(u32, u64)>, u64)>,
+    /// given back a piece at a time, oldest first: (segment, bytes left, or
+    /// `u64::MAX` before the first piece, being cut now), and when the next
+    /// piece is due (clock ms).
+    dying: Mutex<(Vec<Dying>, u64)>,
 }
 
 /// Parameters for opening the log after recovery.
@@ -507,6 +516,16 @@ impl Log {
             spares: Mutex::new(Vec::new()),
             dying: Mutex::new((Vec::new(), 0)),
         };
+        if start.len > 0 && preallocate {
+            // Reopened in a file made ahead: its commits are padded too.
+            let long = log.file(start.active, false).and_then(|f| {
+                f.len()
+                    .map_err(|e| Error::io("stat segment", log.path(start.active), e))
+            });
+            if long.is_ok_and(|l| l >= seg_max) {
+                log.made_ahead.store(start.active as u64, Ordering::Relaxed);
+            }
+        }
         if start.len == 0 {
             // A fresh active segment: write its header durably now.
             let mut b = Batch::new();
@@ -1008,7 +1027,15 @@ impl Log {
             .vfs
             .rename(&from, path)
             .and_then(|()| self.vfs.open(path, false))
-            .and_then(|f| Ok((f.len()?, f)));
+            .and_then(|f| {
+                let len = f.len()?;
+                // A segment made longer by a record larger than a segment:
+                // cut to one (rare; the disk bound counts segments as one).
+                if len > self.seg_max {
+                    f.set_len(self.seg_max)?;
+                }
+                Ok((len.min(self.seg_max), f))
+            });
         let (len, f) = match reused {
             Ok(r) => r,
             Err(_) => {
@@ -1018,7 +1045,7 @@ impl Log {
             }
         };
         self.counters.lock().reused += 1;
-        Some((f, len.min(self.seg_max)))
+        Some((f, len))
     }
 
     /// Takes the ready file if it was made for a segment below `seg`.
@@ -1333,16 +1360,13 @@ impl Log {
         self.spares
             .lock()
             .extend(kept.into_iter().map(|s| (s, now)));
-        self.dying
-            .lock()
-            .0
-            .extend(dying.into_iter().map(|s| (s, u64::MAX)));
+        self.to_give_back(dying);
         Ok(())
     }
 
-    /// Deletes the kept files of deleted segments that were not reused
-    /// within [`SPARE_KEEP_MS`] (an idle queue gives the disk back). Best
-    /// effort: a file that cannot be removed now is removed at the next open.
+    /// Gives back (a piece at a time, [`Log::give_back`]) the kept files of
+    /// deleted segments that were not reused within [`SPARE_KEEP_MS`]: an
+    /// idle queue gives the disk back.
     pub fn trim_spares(&self) {
         let now = self.clock.now_millis();
         let old: Vec<u32> = {
@@ -1353,30 +1377,51 @@ impl Log {
             *spares = keep;
             old.into_iter().map(|(s, _)| s).collect()
         };
-        self.dying
-            .lock()
-            .0
-            .extend(old.into_iter().map(|s| (s, u64::MAX)));
-        self.give_back(now);
+        self.to_give_back(old);
+        self.give_back();
+    }
+
+    /// Queues deleted segments' files (renamed [`spare_name`], the rename
+    /// durable) to be given back a piece at a time. Beyond [`MAX_DYING`]
+    /// queued, the oldest are deleted whole at once: the disk a backlog
+    /// holds stays bounded whoever calls [`Log::give_back`] how often.
+    fn to_give_back(&self, segs: Vec<u32>) {
+        if segs.is_empty() {
+            return;
+        }
+        let whole: Vec<u32> = {
+            let mut d = self.dying.lock();
+            d.0.extend(segs.into_iter().map(|s| (s, u64::MAX, false)));
+            let over = d.0.len().saturating_sub(MAX_DYING);
+            // (Never one being cut right now.)
+            let idle: Vec<usize> = (0..d.0.len()).filter(|&i| !d.0[i].2).take(over).collect();
+            idle.into_iter().rev().map(|i| d.0.remove(i).0).collect()
+        };
+        for seg in whole {
+            let _ = self.vfs.remove(&self.dir.join(spare_name(seg)));
+        }
     }
 
     /// Cuts the first file being given back by an eighth of a segment (or
-    /// deletes it once that is all it holds), if the next piece is due at
-    /// `now`. Best effort: a file that cannot be cut is deleted; one that
+    /// deletes it once that is all it holds), if the next piece is due.
+    /// Called by `tick` and after every completion (cheap when nothing is
+    /// due). Best effort: a file that cannot be cut is deleted; one that
     /// cannot be deleted is removed at the next open.
-    fn give_back(&self, now: u64) {
+    pub fn give_back(&self) {
+        let now = self.clock.now_millis();
         let (seg, left) = {
             let mut d = self.dying.lock();
-            let Some(&first) = d.0.first() else {
+            let Some(&(seg, left, busy)) = d.0.first() else {
                 return;
             };
             // (A clock stepped back makes the next piece due at once.)
-            if now < d.1 && d.1 - now <= GIVE_BACK_MS {
+            if busy || (now < d.1 && d.1 - now <= GIVE_BACK_MS) {
                 return;
             }
             d.1 = now.saturating_add(GIVE_BACK_MS);
-            d.0.remove(0);
-            first
+            // Stays listed while it is cut (a wake-up is still reported).
+            d.0[0].2 = true;
+            (seg, left)
         };
         let path = self.dir.join(spare_name(seg));
         let piece = (self.seg_max / 8).max(PAGE);
@@ -1389,15 +1434,23 @@ impl Log {
             }
             Ok(to)
         });
-        match cut {
-            Ok(to) if to > 0 => self.dying.lock().0.insert(0, (seg, to)),
-            _ => {
-                let _ = self.vfs.remove(&path);
+        let gone = !matches!(cut, Ok(to) if to > 0);
+        if gone {
+            let _ = self.vfs.remove(&path);
+        }
+        let mut d = self.dying.lock();
+        if let Some(i) = d.0.iter().position(|e| e.0 == seg) {
+            match cut {
+                Ok(to) if to > 0 => d.0[i] = (seg, to, false),
+                _ => {
+                    d.0.remove(i);
+                }
             }
         }
     }
 
-    /// When (clock milliseconds) the oldest kept file is due to be deleted.
+    /// When (clock milliseconds) a kept file of a deleted segment is due to
+    /// be given back, or the next piece of one being given back is.
     pub fn spare_deadline(&self) -> Option<u64> {
         let kept = self
             .spares
@@ -1406,7 +1459,15 @@ impl Log {
             .map(|&(_, at)| at.saturating_add(SPARE_KEEP_MS))
             .min();
         let d = self.dying.lock();
-        let piece = (!d.0.is_empty()).then_some(d.1);
+        // (After the clock stepped back, the piece is due now.)
+        let now = self.clock.now_millis();
+        let piece = (!d.0.is_empty()).then(|| {
+            if d.1 > now.saturating_add(GIVE_BACK_MS) {
+                now
+            } else {
+                d.1
+            }
+        });
         kept.into_iter().chain(piece).min()
     }
 
