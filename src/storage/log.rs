@@ -84,7 +84,7 @@ pub const SPARE_KEEP_MS: u64 = 10 * 60 * 1000;
 
 /// A deleted segment's file that is not kept is given back in eighths of a
 /// segment, one at least this many milliseconds after the previous
-/// ([`Log::trim_spares`]): with online discard (ext4 `-o discard`) a file
+/// ([`Log::give_back`]): with online discard (ext4 `-o discard`) a file
 /// freed whole is a discard of a segment at the next journal commit, which
 /// every concurrent commit waits behind (an 8 KiB append+fdatasync: 14–15 ms
 /// at worst while 64 MiB files were unlinked, 3–4.5 ms while they were cut
@@ -1332,13 +1332,15 @@ impl Log {
         }
     }
 
-    /// Deletes sealed segment files, then fsyncs the directory once (one
-    /// journal commit for all: each one stalls concurrent fdatasyncs).
+    /// Deletes sealed segments, then fsyncs the directory once (one journal
+    /// commit for all: each one stalls concurrent fdatasyncs).
     ///
-    /// With preallocation on, up to [`MAX_SPARES`] of their files are kept
-    /// (renamed to [`spare_name`]) for [`Log::prepare_next`] to reuse, each
-    /// only if no handle to it is held: a delivery keeps its segment's file
-    /// open for its lifetime, and a file being reused is overwritten.
+    /// A file no handle holds is renamed to [`spare_name`]: with
+    /// preallocation on, up to [`MAX_SPARES`] are kept for
+    /// [`Log::prepare_next`] to reuse, the others are given back a piece at
+    /// a time ([`Log::give_back`]). A held file (a delivery keeps its
+    /// segment's file open for its lifetime; a file reused is overwritten,
+    /// one given back is cut) is unlinked whole.
     pub fn remove_segments(&self, segs: &[u32]) -> Result<()> {
         let (mut kept, mut dying) = (Vec::new(), Vec::new());
         for &seg in segs {
