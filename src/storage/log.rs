@@ -1410,12 +1410,14 @@ impl Log {
     /// due). Best effort: a file that cannot be cut is deleted; one that
     /// cannot be deleted is removed at the next open.
     pub fn give_back(&self) {
-        let now = self.clock.now_millis();
         let (seg, left) = {
             let mut d = self.dying.lock();
+            // (Checked before the clock is read: this runs after every
+            // completion, and there is mostly nothing to give back.)
             let Some(&(seg, left, busy)) = d.0.first() else {
                 return;
             };
+            let now = self.clock.now_millis();
             // (A clock stepped back makes the next piece due at once.)
             if busy || (now < d.1 && d.1 - now <= GIVE_BACK_MS) {
                 return;
@@ -1461,9 +1463,9 @@ impl Log {
             .map(|&(_, at)| at.saturating_add(SPARE_KEEP_MS))
             .min();
         let d = self.dying.lock();
-        // (After the clock stepped back, the piece is due now.)
-        let now = self.clock.now_millis();
         let piece = (!d.0.is_empty()).then(|| {
+            // (After the clock stepped back, the piece is due now.)
+            let now = self.clock.now_millis();
             if d.1 > now.saturating_add(GIVE_BACK_MS) {
                 now
             } else {
